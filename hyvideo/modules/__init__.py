@@ -1,0 +1,1 @@
+"""Model building blocks: DiT, VAE, text encoders and the tensor math they share."""

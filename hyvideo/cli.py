@@ -1,0 +1,205 @@
+"""Command line: argparse -> `validate` -> `SampleRequest` -> `hyvideo.pipeline.run`.
+
+Every flag of the official HunyuanVideo `sample_video.py` is accepted with the official default; flags we cannot honour
+yet fail with exit code 2 (see `hyvideo.request.SUPPORTED_VALUES_ONLY`). Exit codes: 0 done, 1 fault while running,
+2 bad input (one line on stderr, nothing written), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import traceback
+from pathlib import Path
+from typing import NoReturn
+
+from loguru import logger
+
+from hyvideo.request import (
+    ATTN_BACKENDS,
+    MODELS,
+    PRECISIONS,
+    PROMPT_TEMPLATES,
+    RESOLUTIONS,
+    SEED_TYPES,
+    TEXT_ENCODERS,
+    VAES,
+    SampleRequest,
+    UsageError,
+    validate,
+)
+
+PROG = "sample_video.py"
+
+
+class _Parser(argparse.ArgumentParser):
+    """ArgumentParser whose errors become `UsageError` (one line, exit 2) instead of usage text plus exit."""
+
+    def error(self, message: str) -> NoReturn:
+        m = re.match(r"argument ([^:]+): (.*)", message, re.DOTALL)
+        if m:
+            flag = m.group(1).split("/")[0]
+            raise UsageError(flag, f"{m.group(2)} (see --help)")
+        m = re.match(r"unrecognized arguments: (.*)", message, re.DOTALL)
+        if m:
+            raise UsageError(None, f"unknown argument(s): {m.group(1)} (see --help)")
+        raise UsageError(None, f"{message} (see --help)")
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except the uninformative None/False ones."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default in (None, False, "", argparse.SUPPRESS):
+            return action.help or ""
+        return super()._get_help_string(action) or ""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """All flags with their official defaults, plus ours (--device, --fps, --save-latents, ...)."""
+    p = _Parser(
+        prog=PROG,
+        description="Generate videos from a text prompt with HunyuanVideo weights.",
+        allow_abbrev=False,
+        formatter_class=_HelpFormatter,
+    )
+
+    g = p.add_argument_group("input and output")
+    g.add_argument("--prompt", default=None, help="text describing the video (required unless --decode-latents)")
+    g.add_argument("--neg-prompt", default=None, help="negative prompt; the built-in one when --cfg-scale > 1")
+    g.add_argument("--video-size", type=int, nargs="+", default=[720, 1280], metavar="N", help="HEIGHT WIDTH in pixels")
+    g.add_argument("--video-length", type=int, default=129, help="number of frames, 4n+1 (1 gives an image)")
+    g.add_argument("--num-videos", type=int, default=1, help="videos to generate; video i uses seed + i")
+    g.add_argument("--seed", type=int, default=None, help="random seed; picked at random and logged when omitted")
+    g.add_argument("--seed-type", default="auto", choices=SEED_TYPES, help="auto: --seed or random; fixed needs --seed")
+    g.add_argument("--save-path", default="./results", help="output directory (created if missing)")
+    g.add_argument("--save-path-suffix", default="", help="if set, output goes to <save-path>_<suffix>")
+    g.add_argument("--name-suffix", default="", help="appended to every output file name")
+    g.add_argument("--fps", type=int, default=24, help="frames per second of the MP4")
+    g.add_argument("--save-latents", action="store_true", help="also write <video>.latents.safetensors")
+    g.add_argument("--decode-latents", default=None, metavar="FILE", help="decode this latents file, skip sampling")
+
+    g = p.add_argument_group("sampling")
+    g.add_argument("--infer-steps", type=int, default=50, help="denoising steps")
+    g.add_argument("--cfg-scale", type=float, default=1.0, help="real classifier-free guidance; > 1 doubles the cost")
+    g.add_argument("--embedded-cfg-scale", type=float, default=6.0, help="guidance given to the cfg-distilled model")
+    g.add_argument("--flow-shift", type=float, default=7.0, help="shift of the flow-matching sigma schedule (> 0)")
+    g.add_argument("--flow-reverse", action="store_true", help="accepted for compatibility; sampling runs 1 -> 0")
+    g.add_argument("--flow-solver", default="euler", help="ODE solver (euler only)")
+    g.add_argument("--denoise-type", default="flow", help="denoising formulation (flow only)")
+    g.add_argument("--use-linear-quadratic-schedule", action="store_true", help="MovieGen schedule (not supported yet)")
+    g.add_argument("--linear-schedule-end", type=int, default=25, help="linear steps of that schedule")
+    g.add_argument("--batch-size", type=int, default=1, help="videos per forward pass (1 only for now)")
+
+    g = p.add_argument_group("model")
+    g.add_argument("--model-base", default="ckpts", help="folder with all weights: official ckpts/ tree or diffusers")
+    g.add_argument("--dit-weight", default=None, help="DiT weight file or folder (default: found under --model-base)")
+    g.add_argument("--model", default="HYVideo-T/2-cfgdistill", choices=MODELS, help="DiT preset")
+    g.add_argument("--model-resolution", default="540p", choices=RESOLUTIONS, help="resolution tag of the weights")
+    g.add_argument("--load-key", default="module", help="state-dict key inside the official .pt (module or ema)")
+    g.add_argument("--latent-channels", type=int, default=16, help="latent channels; must match the VAE")
+    g.add_argument("--precision", default="bf16", choices=PRECISIONS, help="DiT dtype")
+    g.add_argument("--rope-theta", type=int, default=256, help="RoPE base")
+    g.add_argument("--vae", default="884-16c-hy", choices=VAES, help="VAE name")
+    g.add_argument("--vae-precision", default="fp16", choices=PRECISIONS, help="VAE dtype")
+    g.add_argument("--vae-tiling", action=argparse.BooleanOptionalAction, default=True, help="decode in tiles")
+
+    g = p.add_argument_group("text encoders")
+    g.add_argument("--text-encoder", default="llm", choices=TEXT_ENCODERS, help="first text encoder (LLM)")
+    g.add_argument("--text-encoder-precision", default="fp16", choices=PRECISIONS, help="LLM dtype")
+    g.add_argument("--text-states-dim", type=int, default=4096, help="LLM hidden size")
+    g.add_argument("--text-len", type=int, default=256, help="LLM prompt tokens after the template")
+    g.add_argument("--tokenizer", default="llm", choices=TEXT_ENCODERS, help="first tokenizer")
+    g.add_argument("--prompt-template", default="dit-llm-encode", choices=PROMPT_TEMPLATES, help="template, 1 frame")
+    g.add_argument(
+        "--prompt-template-video", default="dit-llm-encode-video", choices=PROMPT_TEMPLATES, help="template, video"
+    )
+    g.add_argument("--hidden-state-skip-layer", type=int, default=2, help="use LLM hidden_states[-(N + 1)]")
+    g.add_argument("--apply-final-norm", action="store_true", help="final LLM norm on those states (not supported yet)")
+    g.add_argument("--text-encoder-2", default="clipL", choices=TEXT_ENCODERS, help="second text encoder (CLIP)")
+    g.add_argument("--text-encoder-precision-2", default="fp16", choices=PRECISIONS, help="CLIP dtype")
+    g.add_argument("--text-states-dim-2", type=int, default=768, help="CLIP pooled size")
+    g.add_argument("--tokenizer-2", default="clipL", choices=TEXT_ENCODERS, help="second tokenizer")
+    g.add_argument("--text-len-2", type=int, default=77, help="CLIP prompt tokens")
+
+    g = p.add_argument_group("runtime")
+    g.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: cuda if available, else cpu)")
+    g.add_argument("--attn-backend", default="auto", choices=ATTN_BACKENDS, help="attention kernels")
+    g.add_argument("--disable-autocast", action="store_true", help="no autocast in denoising and decoding")
+    g.add_argument("--use-cpu-offload", action="store_true", help="offload idle models to CPU (not supported yet)")
+    g.add_argument("--use-fp8", action="store_true", help="fp8 DiT weights (not supported yet)")
+    g.add_argument("--reproduce", action="store_true", help="deterministic algorithms")
+    g.add_argument("--ulysses-degree", type=int, default=1, help="Ulysses sequence parallelism (1 only for now)")
+    g.add_argument("--ring-degree", type=int, default=1, help="ring attention parallelism (1 only for now)")
+    g.add_argument("--debug", action="store_true", help="debug logs and full tracebacks on errors")
+    return p
+
+
+def parse_request(argv: list[str] | None = None) -> SampleRequest:
+    """Parse and validate `argv` into a `SampleRequest` (raises `UsageError`); handy for tests and scripts."""
+    return validate(build_parser().parse_args(argv))
+
+
+def _configure_logging(debug: bool) -> None:
+    logger.remove()
+    fmt = "<green>{time:HH:mm:ss}</green> | <level>{level: <7}</level> | {message}"
+    logger.add(sys.stderr, level="DEBUG" if debug else "INFO", format=fmt, backtrace=False, diagnose=False)
+
+
+def _fail(code: int, text: str) -> int:
+    print(" ".join(f"error: {text}".split()), file=sys.stderr)
+    return code
+
+
+def _one_line(e: BaseException) -> str:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return f"{type(e).__name__}: {lines[0] if lines else '(no message)'}"
+
+
+def _checkpoint_error() -> type[Exception]:
+    """`CheckpointError`, imported late (it pulls in torch); a never-raised stand-in if that import fails."""
+    try:
+        from hyvideo.checkpoints.common import CheckpointError
+    except Exception:  # the pipeline import will report the real problem
+
+        class CheckpointError(Exception):  # type: ignore[no-redef]
+            pass
+
+    return CheckpointError
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the sampler; returns the process exit code (0 done, 1 fault, 2 bad input, 130 interrupted)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        args = build_parser().parse_args(argv)
+        _configure_logging(args.debug)
+        request = validate(args)
+    except UsageError as e:
+        return _fail(2, str(e))
+    except KeyboardInterrupt:
+        return _fail(130, "interrupted")
+    except SystemExit as e:  # --help
+        return e.code if isinstance(e.code, int) else 0
+
+    checkpoint_error = _checkpoint_error()
+    try:
+        from hyvideo.pipeline import run
+
+        paths: list[Path] = run(request)
+    except KeyboardInterrupt:
+        return _fail(130, "interrupted")
+    except UsageError as e:  # a check that needs loaded components (e.g. a size the model cannot take)
+        return _fail(2, str(e))
+    except checkpoint_error as e:
+        if request.debug:
+            traceback.print_exc()
+        return _fail(2, str(e))
+    except Exception as e:
+        if request.debug:
+            traceback.print_exc()
+        return _fail(1, _one_line(e) + ("" if request.debug else " (run with --debug for the traceback)"))
+    for path in paths:
+        logger.info(f"wrote {path}")
+    return 0

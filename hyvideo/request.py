@@ -1,0 +1,400 @@
+"""What one run of the sampler is asked to do: `SampleRequest`, and `validate`, which builds it from parsed flags.
+
+`validate` does every cheap check (numbers, choices we can honour, paths, device) before anything expensive loads and
+raises `UsageError(flag, message)` on the first problem. It never creates files or directories. Nothing downstream of
+it sees argparse: the pipeline reads only the `SampleRequest`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+import random
+import re
+from argparse import Namespace
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from loguru import logger
+
+Precision = Literal["fp32", "fp16", "bf16"]
+AttnBackend = Literal["auto", "sdpa", "flash"]
+
+PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "bf16")
+MODELS: tuple[str, ...] = ("HYVideo-T/2-cfgdistill", "HYVideo-T/2")
+VAES: tuple[str, ...] = ("884-16c-hy",)
+TEXT_ENCODERS: tuple[str, ...] = ("llm", "clipL")
+PROMPT_TEMPLATES: tuple[str, ...] = ("dit-llm-encode", "dit-llm-encode-video")
+SEED_TYPES: tuple[str, ...] = ("auto", "random", "fixed", "file")
+RESOLUTIONS: tuple[str, ...] = ("540p", "720p")
+ATTN_BACKENDS: tuple[str, ...] = ("auto", "sdpa", "flash")
+
+# DESIGN §4: used only when cfg_scale > 1 and no --neg-prompt is given.
+DEFAULT_NEGATIVE_PROMPT = (
+    "Aerial view, aerial view, overexposed, low quality, deformation, a poor composition, bad hands, bad teeth, "
+    "bad eyes, bad limbs, distortion"
+)
+
+SIZE_MULTIPLE = 16  # H and W must be multiples of this (VAE 8x8 times patch 2x2); others are rounded up
+RANDOM_SEED_MAX = 1_000_000  # a missing --seed is drawn from [0, RANDOM_SEED_MAX], as the official tool does
+SEED_MAX = 2**63 - 1  # seed + i (video i) must fit a torch generator seed
+
+# Flags that parse but that we cannot honour yet: flag -> the only values we accept. Anything else fails with exit
+# code 2 and "not supported yet" instead of being ignored. When the pipeline learns a feature, delete its line here.
+SUPPORTED_VALUES_ONLY: dict[str, tuple[object, ...]] = {
+    "--use-cpu-offload": (False,),
+    "--use-fp8": (False,),
+    "--ulysses-degree": (1,),
+    "--ring-degree": (1,),
+    "--batch-size": (1,),  # several videos are sampled one after another (--num-videos), not batched
+    "--denoise-type": ("flow",),
+    "--flow-solver": ("euler",),
+    "--use-linear-quadratic-schedule": (False,),
+    "--seed-type": ("auto", "random", "fixed"),  # "file" needs a prompt file, which we do not read yet
+    "--text-encoder": ("llm",),
+    "--text-encoder-2": ("clipL",),
+    "--tokenizer": ("llm",),
+    "--tokenizer-2": ("clipL",),
+    "--apply-final-norm": (False,),
+}
+
+
+class UsageError(Exception):
+    """Bad command-line input. `flag` names the offending flag (or None); `message` says what is valid."""
+
+    def __init__(self, flag: str | None, message: str) -> None:
+        self.flag = flag
+        self.message = message
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        text = f"{self.flag}: {self.message}" if self.flag else self.message
+        return " ".join(text.split())  # always one line, whatever the user typed
+
+
+@dataclass(frozen=True, kw_only=True)
+class SampleRequest:
+    """A resolved, validated sampling request. Built only by `validate`; read by `hyvideo.pipeline.run`."""
+
+    # --- what to generate ---
+    prompt: str | None  # stripped, non-empty text prompt; None only when decoding latents (decode_latents set)
+    neg_prompt: str | None  # negative prompt for real CFG; None exactly when cfg_scale <= 1 (no unconditional pass)
+    height: int  # output height in pixels, a multiple of 16 (rounded up from --video-size)
+    width: int  # output width in pixels, a multiple of 16
+    video_length: int  # frames, 4n+1; latent frames = (video_length - 1) // 4 + 1
+    seed: int  # seed of video 0; video i uses seed + i on a CPU generator (DESIGN §5)
+    seed_was_random: bool  # True when --seed was missing and `seed` was drawn at random (already logged)
+    num_videos: int  # videos to generate for the prompt, one after another
+    batch_size: int  # videos per forward pass; 1 until batching is supported
+    # --- sampling ---
+    infer_steps: int  # Euler steps (>= 1)
+    cfg_scale: float  # real classifier-free guidance scale; > 1 enables the unconditional pass
+    embedded_cfg_scale: float  # guidance fed to the cfg-distilled DiT (x1000 inside the model); >= 0
+    flow_shift: float  # sigma shift s' = shift*s / (1 + (shift-1)*s); > 0
+    flow_reverse: bool  # accepted for compatibility; sampling always runs sigma 1 -> 0 (DESIGN §5)
+    flow_solver: str  # "euler" (the only one supported)
+    denoise_type: str  # "flow" (the only one supported)
+    use_linear_quadratic_schedule: bool  # MovieGen-style schedule; False until supported
+    linear_schedule_end: int  # linear part's step count for that schedule (>= 1)
+    # --- models ---
+    model: str  # DiT preset: "HYVideo-T/2-cfgdistill" (guidance embedding) or "HYVideo-T/2"
+    model_base: Path  # existing directory: official `ckpts/` tree or a diffusers folder (model_index.json)
+    dit_weight: Path | None  # explicit DiT weights (existing file or directory); None = locate under model_base
+    model_resolution: str  # "540p" or "720p"; informational (the official tool records it, weights are shared)
+    load_key: str  # key of the state dict inside the official .pt ("module" or "ema")
+    latent_channels: int  # DiT/VAE latent channels; equals the VAE's (16)
+    precision: Precision  # DiT compute dtype
+    rope_theta: int  # RoPE base (256)
+    vae: str  # VAE name, "884-16c-hy"
+    vae_precision: Precision  # VAE dtype
+    vae_tiling: bool  # decode in overlapping spatial/temporal tiles (DESIGN §3) to bound memory
+    text_encoder: str  # "llm" (Llama-3-8B from llava-llama-3)
+    text_encoder_precision: Precision  # LLM dtype
+    text_states_dim: int  # LLM hidden size (4096)
+    text_len: int  # LLM tokens kept after cropping the template (256)
+    tokenizer: str  # "llm"
+    prompt_template: str  # template name for 1-frame outputs ("dit-llm-encode")
+    prompt_template_video: str  # template name for video outputs ("dit-llm-encode-video")
+    hidden_state_skip_layer: int  # use hidden_states[-(skip + 1)] of the LLM (2 -> hidden_states[-3])
+    apply_final_norm: bool  # apply the LLM's final norm to those states; False until supported
+    text_encoder_2: str  # "clipL" (CLIP ViT-L/14 text model, pooled output)
+    text_encoder_precision_2: Precision  # CLIP dtype
+    text_states_dim_2: int  # CLIP pooled size (768)
+    tokenizer_2: str  # "clipL"
+    text_len_2: int  # CLIP tokens (77)
+    # --- runtime ---
+    device: str  # torch device string, checked available: "cpu", "cuda", "cuda:N" or "mps"
+    attn_backend: AttnBackend  # "auto" (flash on CUDA when installed, else SDPA), "sdpa" or "flash"
+    disable_autocast: bool  # run the denoising loop and decode without autocast
+    use_cpu_offload: bool  # offload idle components to CPU; False until supported
+    use_fp8: bool  # fp8 weight storage for the DiT; False until supported
+    reproduce: bool  # deterministic algorithms (torch.use_deterministic_algorithms) for bit-reproducible runs
+    ulysses_degree: int  # Ulysses sequence-parallel degree; 1 until supported
+    ring_degree: int  # ring-attention degree; 1 until supported
+    # --- output ---
+    save_dir: Path  # output directory (--save-path, plus "_<suffix>" with --save-path-suffix); may not exist yet
+    name_suffix: str  # appended to each output file name (no path separators)
+    fps: int  # frames per second of the MP4 (24)
+    save_latents: bool  # also write <video name>.latents.safetensors (key "latents", float32, (1, C, T, h, w))
+    decode_latents: Path | None  # existing latents file to decode instead of sampling; None = sample
+    debug: bool  # show full tracebacks and debug logs
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def _exists(path: Path) -> bool:
+    """Path.exists that treats unusable paths (embedded NUL, name too long, no permission) as missing."""
+    try:
+        return path.exists()
+    except (OSError, ValueError):
+        return False
+
+
+def _check_int(args: Namespace, dest: str, low: int, what: str = "") -> int:
+    value = getattr(args, dest)
+    if value < low:
+        flag = "--" + dest.replace("_", "-")
+        raise UsageError(flag, f"must be an integer >= {low}{what}, got {value}")
+    return int(value)
+
+
+def _check_float(args: Namespace, dest: str, low: float, *, strict: bool = False, what: str = "") -> float:
+    value = float(getattr(args, dest))
+    bad = not math.isfinite(value) or (value <= low if strict else value < low)
+    if bad:
+        flag = "--" + dest.replace("_", "-")
+        op = ">" if strict else ">="
+        raise UsageError(flag, f"must be a finite number {op} {low:g}{what}, got {value}")
+    return value
+
+
+def _check_size(size: list[int] | tuple[int, ...]) -> tuple[int, int]:
+    size = list(size)
+    if len(size) != 2:
+        raise UsageError("--video-size", f"give two integers, HEIGHT WIDTH (e.g. 720 1280), got {len(size)} value(s)")
+    if min(size) < 1:
+        raise UsageError("--video-size", f"HEIGHT and WIDTH must be positive integers, got {size[0]} {size[1]}")
+    return int(size[0]), int(size[1])
+
+
+def _check_save_dir(save_dir: Path) -> None:
+    """The output directory must be a writable directory, or creatable under one; nothing is created here."""
+    flag = "--save-path"
+    if "\0" in str(save_dir) or any(len(part.encode()) > 255 for part in save_dir.parts):
+        raise UsageError(flag, f"{save_dir!s:.200} is not a valid path")
+    if _exists(save_dir):
+        if not save_dir.is_dir():
+            raise UsageError(flag, f"{save_dir} exists and is not a directory; give a directory")
+        if not os.access(save_dir, os.W_OK | os.X_OK):
+            raise UsageError(flag, f"{save_dir} is not writable; give a directory you can write to")
+        return
+    try:
+        parent = save_dir.absolute().parent
+        while not _exists(parent) and parent != parent.parent:
+            parent = parent.parent
+    except (OSError, ValueError) as e:
+        raise UsageError(flag, f"{save_dir!s:.200} is not a usable path ({e})") from None
+    if not parent.is_dir():
+        raise UsageError(flag, f"cannot create {save_dir}: {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(flag, f"cannot create {save_dir}: {parent} is not writable")
+
+
+def _resolve_device(name: str | None) -> str:
+    """'cuda' if available else 'cpu' when unset; otherwise the named device, which must be present."""
+    if name is not None and not re.fullmatch(r"cpu|cuda(:\d+)?|mps", name):
+        raise UsageError("--device", f"expected cpu, cuda, cuda:N or mps, got {name!r}")
+    if name == "cpu":
+        return name
+    import torch  # only here: the check needs the runtime, and "cpu" needs nothing
+
+    if name is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "mps":
+        if not torch.backends.mps.is_available():
+            raise UsageError("--device", "mps is not available on this machine; use --device cpu")
+        return name
+    if not torch.cuda.is_available():
+        raise UsageError("--device", f"{name} requested but CUDA is not available; use --device cpu")
+    index = int(name.partition(":")[2] or 0)
+    if index >= torch.cuda.device_count():
+        raise UsageError("--device", f"{name}: only {torch.cuda.device_count()} CUDA device(s) present")
+    return name
+
+
+def _check_unsupported(args: Namespace) -> None:
+    for flag, accepted in SUPPORTED_VALUES_ONLY.items():
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value not in accepted:
+            shown = "" if isinstance(value, bool) else f" {value}"
+            ok = "" if accepted == (False,) else f" (supported: {', '.join(str(a) for a in accepted)})"
+            raise UsageError(flag, f"{flag}{shown} is not supported yet{ok}")
+
+
+def validate(args: Namespace) -> SampleRequest:
+    """Check parsed flags and resolve them into a `SampleRequest`; raise `UsageError` on the first problem.
+
+    Cheap checks only (no model loads, no files created). Log lines about rounding and the chosen seed are emitted
+    only once everything is valid, so a failing run prints exactly one line.
+    """
+    notes: list[str] = []
+
+    # --- numbers ---
+    height, width = _check_size(args.video_size)
+    video_length = _check_int(args, "video_length", 1)
+    if (video_length - 1) % 4:
+        lo = (video_length - 1) // 4 * 4 + 1
+        raise UsageError("--video-length", f"must be 4n+1 (e.g. {lo} or {lo + 4}), got {video_length}")
+    infer_steps = _check_int(args, "infer_steps", 1)
+    num_videos = _check_int(args, "num_videos", 1)
+    batch_size = _check_int(args, "batch_size", 1)
+    ulysses_degree = _check_int(args, "ulysses_degree", 1)
+    ring_degree = _check_int(args, "ring_degree", 1)
+    fps = _check_int(args, "fps", 1)
+    text_len = _check_int(args, "text_len", 1)
+    text_len_2 = _check_int(args, "text_len_2", 1)
+    text_states_dim = _check_int(args, "text_states_dim", 1)
+    text_states_dim_2 = _check_int(args, "text_states_dim_2", 1)
+    skip = _check_int(args, "hidden_state_skip_layer", 0)
+    linear_schedule_end = _check_int(args, "linear_schedule_end", 1)
+    rope_theta = _check_int(args, "rope_theta", 1)
+    cfg_scale = _check_float(args, "cfg_scale", 1.0, what=" (1 turns real classifier-free guidance off)")
+    embedded_cfg_scale = _check_float(args, "embedded_cfg_scale", 0.0)
+    flow_shift = _check_float(args, "flow_shift", 0.0, strict=True)
+    vae_channels = int(args.vae.split("-")[1].rstrip("c"))
+    if args.latent_channels != vae_channels:
+        raise UsageError("--latent-channels", f"must equal the channels of --vae {args.vae} ({vae_channels})")
+    if args.use_linear_quadratic_schedule and linear_schedule_end > infer_steps:
+        raise UsageError("--linear-schedule-end", f"must be <= --infer-steps ({infer_steps})")
+
+    # --- text ---
+    decode_only = args.decode_latents is not None
+    prompt = args.prompt.strip() if args.prompt is not None else None
+    if not prompt:
+        if not decode_only:
+            raise UsageError("--prompt", "give a non-empty text prompt, e.g. --prompt 'a cat walks on the grass'")
+        prompt = None
+    neg = args.neg_prompt.strip() if args.neg_prompt is not None else ""
+    if cfg_scale > 1:
+        neg_prompt: str | None = neg or DEFAULT_NEGATIVE_PROMPT
+    else:
+        neg_prompt = None
+        if neg:
+            notes.append("--neg-prompt has no effect without --cfg-scale > 1 (real classifier-free guidance is off)")
+    if "/" in args.name_suffix or "\0" in args.name_suffix:
+        raise UsageError("--name-suffix", "must not contain '/' or NUL; it becomes part of a file name")
+    if not args.load_key.strip():
+        raise UsageError("--load-key", "must not be empty (e.g. module or ema)")
+
+    # --- seed ---
+    if args.seed is not None and not 0 <= args.seed <= SEED_MAX - (num_videos - 1):
+        raise UsageError("--seed", f"must be an integer in [0, {SEED_MAX - (num_videos - 1)}], got {args.seed}")
+    if args.seed_type == "fixed" and args.seed is None:
+        raise UsageError("--seed-type", "fixed needs --seed N")
+    if args.seed_type == "random" and args.seed is not None:
+        raise UsageError("--seed-type", "random draws the seed itself; drop --seed N or use --seed-type fixed")
+
+    # --- flags accepted but not implemented ---
+    _check_unsupported(args)
+
+    # --- filesystem ---
+    model_base = Path(args.model_base)
+    if not _exists(model_base) or not model_base.is_dir():
+        raise UsageError(
+            "--model-base",
+            f"{model_base!s:.200} is not a directory; give the folder holding the weights (official ckpts/ tree or "
+            "a diffusers-format folder)",
+        )
+    dit_weight = Path(args.dit_weight) if args.dit_weight else None
+    if dit_weight is not None and not _exists(dit_weight):
+        raise UsageError("--dit-weight", f"{dit_weight!s:.200} does not exist; give a weight file or directory")
+    decode_latents = Path(args.decode_latents) if decode_only else None
+    if decode_latents is not None and not (_exists(decode_latents) and decode_latents.is_file()):
+        raise UsageError("--decode-latents", f"{decode_latents!s:.200} is not a file; give a .latents.safetensors file")
+    save_dir = Path(f"{args.save_path}_{args.save_path_suffix}" if args.save_path_suffix else args.save_path)
+    _check_save_dir(save_dir)
+
+    # --- runtime ---
+    device = _resolve_device(args.device)
+    if args.attn_backend == "flash":
+        if importlib.util.find_spec("flash_attn") is None:
+            raise UsageError("--attn-backend", "flash needs the flash-attn package (pip install flash-attn); use sdpa")
+        if not device.startswith("cuda"):
+            raise UsageError("--attn-backend", f"flash needs a CUDA device, got --device {device}; use sdpa")
+
+    # --- resolved values (logged only now that everything is valid) ---
+    rounded = _round_up(height, SIZE_MULTIPLE), _round_up(width, SIZE_MULTIPLE)
+    if rounded != (height, width):
+        notes.append(
+            f"--video-size {height} {width} rounded up to {rounded[0]} {rounded[1]} (multiples of {SIZE_MULTIPLE})"
+        )
+    seed_was_random = args.seed is None
+    seed = random.randint(0, RANDOM_SEED_MAX) if args.seed is None else int(args.seed)
+    if seed_was_random and not decode_only:
+        notes.append(f"seed {seed} picked at random (pass --seed {seed} to repeat this run)")
+    for note in notes:
+        logger.info(note)
+
+    return SampleRequest(
+        prompt=prompt,
+        neg_prompt=neg_prompt,
+        height=rounded[0],
+        width=rounded[1],
+        video_length=video_length,
+        seed=seed,
+        seed_was_random=seed_was_random,
+        num_videos=num_videos,
+        batch_size=batch_size,
+        infer_steps=infer_steps,
+        cfg_scale=cfg_scale,
+        embedded_cfg_scale=embedded_cfg_scale,
+        flow_shift=flow_shift,
+        flow_reverse=bool(args.flow_reverse),
+        flow_solver=args.flow_solver,
+        denoise_type=args.denoise_type,
+        use_linear_quadratic_schedule=bool(args.use_linear_quadratic_schedule),
+        linear_schedule_end=linear_schedule_end,
+        model=args.model,
+        model_base=model_base,
+        dit_weight=dit_weight,
+        model_resolution=args.model_resolution,
+        load_key=args.load_key.strip(),
+        latent_channels=int(args.latent_channels),
+        precision=args.precision,
+        rope_theta=rope_theta,
+        vae=args.vae,
+        vae_precision=args.vae_precision,
+        vae_tiling=bool(args.vae_tiling),
+        text_encoder=args.text_encoder,
+        text_encoder_precision=args.text_encoder_precision,
+        text_states_dim=text_states_dim,
+        text_len=text_len,
+        tokenizer=args.tokenizer,
+        prompt_template=args.prompt_template,
+        prompt_template_video=args.prompt_template_video,
+        hidden_state_skip_layer=skip,
+        apply_final_norm=bool(args.apply_final_norm),
+        text_encoder_2=args.text_encoder_2,
+        text_encoder_precision_2=args.text_encoder_precision_2,
+        text_states_dim_2=text_states_dim_2,
+        tokenizer_2=args.tokenizer_2,
+        text_len_2=text_len_2,
+        device=device,
+        attn_backend=args.attn_backend,
+        disable_autocast=bool(args.disable_autocast),
+        use_cpu_offload=bool(args.use_cpu_offload),
+        use_fp8=bool(args.use_fp8),
+        reproduce=bool(args.reproduce),
+        ulysses_degree=ulysses_degree,
+        ring_degree=ring_degree,
+        save_dir=save_dir,
+        name_suffix=args.name_suffix,
+        fps=fps,
+        save_latents=bool(args.save_latents),
+        decode_latents=decode_latents,
+        debug=bool(args.debug),
+    )

@@ -1,0 +1,301 @@
+"""Loading the DiT: the official `mp_rank_00_model_states.pt` and diffusers-format `transformer/` folders.
+
+Official keys equal our module names, so an official state dict loads with no mapping. The diffusers layout goes
+through the one table below (`DIFFUSERS_RULES`), which both directions use.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from hyvideo.checkpoints.common import (
+    CheckpointError,
+    StateDict,
+    as_state_dict,
+    assign_state_dict,
+    load_safetensors_dir,
+    load_torch_file,
+)
+from hyvideo.config import DiTConfig, dit_config
+from hyvideo.modules.dit import HYVideoDiT
+
+OFFICIAL_FILE = "mp_rank_00_model_states.pt"
+DIFFUSERS_STEM = "diffusion_pytorch_model"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The key map. Each rule: official name (with {n} for a block index) -> diffusers name(s) and how tensors change.
+#   "same":  one tensor, renamed
+#   "split": official tensor = cat(diffusers parts, dim 0); part sizes from `parts(cfg)`
+#   "swap":  official = cat(shift, scale), diffusers = cat(scale, shift)
+# ---------------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Rule:
+    official: str
+    diffusers: tuple[str, ...]
+    kind: str = "same"
+    parts: Callable[[DiTConfig], list[int]] | None = None
+
+
+def _qkv(cfg: DiTConfig) -> list[int]:
+    return [cfg.hidden_size] * 3
+
+
+def _linear1(cfg: DiTConfig) -> list[int]:
+    return [cfg.hidden_size] * 3 + [cfg.mlp_hidden]
+
+
+_R = "txt_in.individual_token_refiner.blocks.{n}"
+_DR = "context_embedder.token_refiner.refiner_blocks.{n}"
+_TE = "time_text_embed"
+
+DIFFUSERS_RULES: tuple[Rule, ...] = (
+    Rule("img_in.proj", ("x_embedder.proj",)),
+    Rule("time_in.mlp.0", (f"{_TE}.timestep_embedder.linear_1",)),
+    Rule("time_in.mlp.2", (f"{_TE}.timestep_embedder.linear_2",)),
+    Rule("guidance_in.mlp.0", (f"{_TE}.guidance_embedder.linear_1",)),
+    Rule("guidance_in.mlp.2", (f"{_TE}.guidance_embedder.linear_2",)),
+    Rule("vector_in.in_layer", (f"{_TE}.text_embedder.linear_1",)),
+    Rule("vector_in.out_layer", (f"{_TE}.text_embedder.linear_2",)),
+    Rule("txt_in.input_embedder", ("context_embedder.proj_in",)),
+    Rule("txt_in.t_embedder.mlp.0", (f"context_embedder.{_TE}.timestep_embedder.linear_1",)),
+    Rule("txt_in.t_embedder.mlp.2", (f"context_embedder.{_TE}.timestep_embedder.linear_2",)),
+    Rule("txt_in.c_embedder.linear_1", (f"context_embedder.{_TE}.text_embedder.linear_1",)),
+    Rule("txt_in.c_embedder.linear_2", (f"context_embedder.{_TE}.text_embedder.linear_2",)),
+    Rule(f"{_R}.norm1", (f"{_DR}.norm1",)),
+    Rule(f"{_R}.norm2", (f"{_DR}.norm2",)),
+    Rule(f"{_R}.self_attn_qkv", (f"{_DR}.attn.to_q", f"{_DR}.attn.to_k", f"{_DR}.attn.to_v"), "split", _qkv),
+    Rule(f"{_R}.self_attn_proj", (f"{_DR}.attn.to_out.0",)),
+    Rule(f"{_R}.mlp.fc1", (f"{_DR}.ff.net.0.proj",)),
+    Rule(f"{_R}.mlp.fc2", (f"{_DR}.ff.net.2",)),
+    Rule(f"{_R}.adaLN_modulation.1", (f"{_DR}.norm_out.linear",)),
+    Rule("double_blocks.{n}.img_mod.linear", ("transformer_blocks.{n}.norm1.linear",)),
+    Rule("double_blocks.{n}.txt_mod.linear", ("transformer_blocks.{n}.norm1_context.linear",)),
+    Rule(
+        "double_blocks.{n}.img_attn_qkv",
+        tuple(f"transformer_blocks.{{n}}.attn.to_{x}" for x in "qkv"),
+        "split",
+        _qkv,
+    ),
+    Rule(
+        "double_blocks.{n}.txt_attn_qkv",
+        tuple(f"transformer_blocks.{{n}}.attn.add_{x}_proj" for x in "qkv"),
+        "split",
+        _qkv,
+    ),
+    Rule("double_blocks.{n}.img_attn_q_norm", ("transformer_blocks.{n}.attn.norm_q",)),
+    Rule("double_blocks.{n}.img_attn_k_norm", ("transformer_blocks.{n}.attn.norm_k",)),
+    Rule("double_blocks.{n}.txt_attn_q_norm", ("transformer_blocks.{n}.attn.norm_added_q",)),
+    Rule("double_blocks.{n}.txt_attn_k_norm", ("transformer_blocks.{n}.attn.norm_added_k",)),
+    Rule("double_blocks.{n}.img_attn_proj", ("transformer_blocks.{n}.attn.to_out.0",)),
+    Rule("double_blocks.{n}.txt_attn_proj", ("transformer_blocks.{n}.attn.to_add_out",)),
+    Rule("double_blocks.{n}.img_mlp.fc1", ("transformer_blocks.{n}.ff.net.0.proj",)),
+    Rule("double_blocks.{n}.img_mlp.fc2", ("transformer_blocks.{n}.ff.net.2",)),
+    Rule("double_blocks.{n}.txt_mlp.fc1", ("transformer_blocks.{n}.ff_context.net.0.proj",)),
+    Rule("double_blocks.{n}.txt_mlp.fc2", ("transformer_blocks.{n}.ff_context.net.2",)),
+    Rule(
+        "single_blocks.{n}.linear1",
+        tuple(f"single_transformer_blocks.{{n}}.{x}" for x in ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp")),
+        "split",
+        _linear1,
+    ),
+    Rule("single_blocks.{n}.linear2", ("single_transformer_blocks.{n}.proj_out",)),
+    Rule("single_blocks.{n}.q_norm", ("single_transformer_blocks.{n}.attn.norm_q",)),
+    Rule("single_blocks.{n}.k_norm", ("single_transformer_blocks.{n}.attn.norm_k",)),
+    Rule("single_blocks.{n}.modulation.linear", ("single_transformer_blocks.{n}.norm.linear",)),
+    Rule("final_layer.linear", ("proj_out",)),
+    Rule("final_layer.adaLN_modulation.1", ("norm_out.linear",), "swap"),
+)
+
+
+def _pattern(template: str) -> re.Pattern:
+    return re.compile(re.escape(template).replace(re.escape("{n}"), r"(?P<n>\d+)") + r"\.(?P<p>weight|bias)$")
+
+
+_OFFICIAL = [(_pattern(r.official), r) for r in DIFFUSERS_RULES]
+_DIFFUSERS = [(_pattern(d), r, i) for r in DIFFUSERS_RULES for i, d in enumerate(r.diffusers)]
+
+
+def _fill(template: str, n: str | None, param: str) -> str:
+    return (template.replace("{n}", n) if n is not None else template) + "." + param
+
+
+def official_to_diffusers(sd: Mapping[str, torch.Tensor], cfg: DiTConfig) -> StateDict:
+    """Official-named state dict -> diffusers-named (fused tensors split as views, adaLN halves swapped)."""
+    out: StateDict = {}
+    unknown = []
+    for key, value in sd.items():
+        for pat, rule in _OFFICIAL:
+            m = pat.match(key)
+            if m:
+                names = [_fill(d, m["n"] if "{n}" in d else None, m["p"]) for d in rule.diffusers]
+                if rule.kind == "same":
+                    out[names[0]] = value
+                elif rule.kind == "split":
+                    out.update(zip(names, value.split(rule.parts(cfg), dim=0), strict=True))
+                else:  # swap
+                    shift, scale = value.chunk(2, dim=0)
+                    out[names[0]] = torch.cat([scale, shift], 0)
+                break
+        else:
+            unknown.append(key)
+    if unknown:
+        raise CheckpointError(f"official DiT state dict: {len(unknown)} keys with no diffusers name: {unknown[:5]}")
+    return out
+
+
+def diffusers_to_official(sd: Mapping[str, torch.Tensor], cfg: DiTConfig, what: str = "diffusers DiT") -> StateDict:
+    """Diffusers-named state dict -> official names (split parts fused back, adaLN halves swapped)."""
+    out: StateDict = {}
+    pending: dict[str, dict[int, torch.Tensor]] = {}
+    rules: dict[str, Rule] = {}
+    unknown = []
+    for key, value in sd.items():
+        for pat, rule, i in _DIFFUSERS:
+            m = pat.match(key)
+            if m:
+                name = _fill(rule.official, m["n"] if "{n}" in rule.official else None, m["p"])
+                if rule.kind == "same":
+                    out[name] = value
+                elif rule.kind == "swap":
+                    scale, shift = value.chunk(2, dim=0)
+                    out[name] = torch.cat([shift, scale], 0)
+                else:
+                    pending.setdefault(name, {})[i] = value
+                    rules[name] = rule
+                break
+        else:
+            unknown.append(key)
+    if unknown:
+        raise CheckpointError(f"{what}: unexpected keys {len(unknown)}: {', '.join(sorted(unknown)[:5])}")
+    for name, parts in pending.items():
+        n = len(rules[name].diffusers)
+        if len(parts) != n:
+            absent = [rules[name].diffusers[i] for i in range(n) if i not in parts]
+            raise CheckpointError(f"{what}: {name} needs all of its parts; missing {absent}")
+        out[name] = torch.cat([parts[i] for i in range(n)], 0)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Building and loading
+# ---------------------------------------------------------------------------------------------------------------
+def build_dit(cfg: DiTConfig, device: torch.device | str = "meta") -> HYVideoDiT:
+    """The DiT with uninitialised (meta) weights by default: no memory until a state dict is assigned."""
+    with torch.device(device):
+        return HYVideoDiT(cfg)
+
+
+def find_dit_weights(path: str | Path) -> tuple[str, Path]:
+    """Resolve a DiT weight location to ("official", file) or ("diffusers", dir)."""
+    path = Path(path)
+    if path.is_file():
+        if path.suffix == ".safetensors":
+            return "diffusers", path
+        return "official", path
+    if path.is_dir():
+        if (path / OFFICIAL_FILE).is_file():
+            return "official", path / OFFICIAL_FILE
+        if any(path.glob(f"{DIFFUSERS_STEM}*.safetensors*")):
+            return "diffusers", path
+        raise CheckpointError(f"{path}: no {OFFICIAL_FILE} and no {DIFFUSERS_STEM}*.safetensors in this folder")
+    raise CheckpointError(f"{path}: DiT weights not found")
+
+
+def read_dit_state_dict(path: str | Path, cfg: DiTConfig, load_key: str = "module") -> StateDict:
+    """Official-named state dict from an official `.pt`, a diffusers folder, or a single safetensors file."""
+    kind, where = find_dit_weights(path)
+    if kind == "official":
+        return as_state_dict(load_torch_file(where), where, load_key)
+    if where.is_file():
+        from hyvideo.checkpoints.common import load_safetensors
+
+        sd = load_safetensors(where)
+    else:
+        sd = load_safetensors_dir(where, DIFFUSERS_STEM)
+    if any(k.startswith(("double_blocks.", "single_blocks.", "img_in.")) for k in sd):
+        return sd  # already official names (e.g. a converted single file)
+    return diffusers_to_official(sd, cfg, str(where))
+
+
+def load_dit(
+    path: str | Path,
+    cfg: DiTConfig | None = None,
+    *,
+    preset: str = "HYVideo-T/2-cfgdistill",
+    load_key: str = "module",
+    dtype: torch.dtype | None = None,
+    device: torch.device | str = "cpu",
+) -> HYVideoDiT:
+    """Build on meta, read weights (mmap), assign strictly, then cast/move. Host RAM stays near one copy.
+
+    `cfg` defaults to the preset overridden by a `config.json` beside the weights.
+    """
+    _, where = find_dit_weights(path)
+    if cfg is None:
+        folder = where if where.is_dir() else where.parent
+        cfg = dit_config(preset, folder / "config.json")
+    sd = read_dit_state_dict(path, cfg, load_key)
+    model = build_dit(cfg)
+    assign_state_dict(model, sd, f"DiT {where}")
+    del sd
+    if dtype is not None or str(device) != "cpu":
+        model.to(device=device, dtype=dtype)
+    return model.eval().requires_grad_(False)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Writing (used by the tiny-model kit and the tests)
+# ---------------------------------------------------------------------------------------------------------------
+def save_dit_official(model: HYVideoDiT, folder: str | Path, load_key: str = "module") -> Path:
+    """`folder/mp_rank_00_model_states.pt` = {load_key: state_dict} plus a diffusers-named `config.json`."""
+    import json
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    sd = {k: v.contiguous() for k, v in model.state_dict().items()}
+    torch.save({load_key: sd}, folder / OFFICIAL_FILE)
+    (folder / "config.json").write_text(json.dumps(model.cfg.to_diffusers(), indent=2))
+    return folder / OFFICIAL_FILE
+
+
+def save_dit_diffusers(model: HYVideoDiT, folder: str | Path, max_shard_bytes: int | None = None) -> Path:
+    """A diffusers `transformer/` folder: config.json + safetensors (sharded with an index when over the limit)."""
+    import json
+
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg = model.cfg
+    sd = {k: v.contiguous() for k, v in official_to_diffusers(model.state_dict(), cfg).items()}
+    config = {"_class_name": "HunyuanVideoTransformer3DModel", **cfg.to_diffusers()}
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    if max_shard_bytes is None:
+        save_file(sd, str(folder / f"{DIFFUSERS_STEM}.safetensors"))
+        return folder
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for k in sorted(sd):
+        nbytes = sd[k].numel() * sd[k].element_size()
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][k] = sd[k]
+        size += nbytes
+    weight_map = {}
+    for i, shard in enumerate(shards):
+        name = f"{DIFFUSERS_STEM}-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, str(folder / name))
+        weight_map.update(dict.fromkeys(shard, name))
+    index = {
+        "metadata": {"total_size": sum(v.numel() * v.element_size() for v in sd.values())},
+        "weight_map": weight_map,
+    }
+    (folder / f"{DIFFUSERS_STEM}.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    return folder

@@ -1,0 +1,163 @@
+"""Model configurations and presets (DESIGN §2).
+
+One dataclass per component; presets live here. A `config.json` beside the DiT weights, written with diffusers'
+HunyuanVideoTransformer3DModel key names, overrides the preset (small test models rely on it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class ConfigError(ValueError):
+    """An invalid model configuration; the message names the field and what is valid."""
+
+
+@dataclass(frozen=True)
+class DiTConfig:
+    """HYVideo-T/2 diffusion transformer. Defaults are the released 13B HYVideo-T/2-cfgdistill."""
+
+    in_channels: int = 16  # latent channels in (VAE 884-16c-hy gives 16)
+    out_channels: int = 16  # velocity channels out
+    hidden_size: int = 3072  # token width; = heads * head_dim
+    heads: int = 24  # attention heads in every block (refiner included)
+    mlp_ratio: float = 4.0  # MLP width = hidden_size * mlp_ratio (12288)
+    depth_double: int = 20  # double-stream (img/txt) blocks
+    depth_single: int = 40  # single-stream blocks on cat(img, txt)
+    depth_refiner: int = 2  # token-refiner blocks in txt_in
+    patch_size: tuple[int, int, int] = (1, 2, 2)  # (pt, ph, pw) of the Conv3d patch embedding
+    rope_axes: tuple[int, int, int] = (16, 56, 56)  # RoPE dims for (t, h, w); sum = head_dim
+    rope_theta: float = 256.0
+    guidance_embed: bool = True  # cfg-distilled: embedded guidance input (guidance_in)
+    text_states_dim: int = 4096  # LLM hidden size (Llama-3-8B)
+    text_pool_dim: int = 768  # CLIP-L pooled size
+    qk_norm: str = "rms_norm"  # the release uses RMS qk-norm; "none" disables it
+    norm_eps: float = 1e-6
+
+    def __post_init__(self) -> None:
+        def need(ok: bool, msg: str) -> None:
+            if not ok:
+                raise ConfigError(f"DiT config: {msg}")
+
+        for name in ("in_channels", "out_channels", "hidden_size", "heads", "text_states_dim", "text_pool_dim"):
+            need(int(getattr(self, name)) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("depth_double", "depth_single", "depth_refiner"):
+            need(int(getattr(self, name)) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
+        need(
+            self.hidden_size % self.heads == 0, f"hidden_size {self.hidden_size} is not divisible by heads {self.heads}"
+        )
+        need(
+            len(self.patch_size) == 3 and min(self.patch_size) >= 1,
+            f"patch_size must be 3 ints >= 1: {self.patch_size}",
+        )
+        need(len(self.rope_axes) == 3, f"rope_axes must have 3 entries (t, h, w), got {self.rope_axes}")
+        need(
+            all(a > 0 and a % 2 == 0 for a in self.rope_axes), f"rope_axes must be positive and even: {self.rope_axes}"
+        )
+        need(
+            sum(self.rope_axes) == self.head_dim,
+            f"sum(rope_axes) = {sum(self.rope_axes)} must equal head_dim = hidden_size/heads = {self.head_dim}",
+        )
+        need(self.mlp_ratio > 0 and self.mlp_hidden == self.hidden_size * self.mlp_ratio, "mlp_ratio must give an int")
+        need(self.qk_norm in ("rms_norm", "none"), f"qk_norm must be 'rms_norm' or 'none', got {self.qk_norm!r}")
+        need(self.rope_theta > 0, f"rope_theta must be > 0, got {self.rope_theta}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.heads
+
+    @property
+    def mlp_hidden(self) -> int:
+        return int(self.hidden_size * self.mlp_ratio)
+
+    def replace(self, **changes: object) -> DiTConfig:
+        return dataclasses.replace(self, **changes)
+
+    # diffusers' HunyuanVideoTransformer3DModel config <-> ours
+    @classmethod
+    def from_diffusers(cls, cfg: dict, base: DiTConfig | None = None) -> DiTConfig:
+        """Override `base` (default: the cfgdistill preset) with the diffusers-named keys present in `cfg`."""
+        base = base or DIT_PRESETS["HYVideo-T/2-cfgdistill"]
+        kw: dict[str, object] = {}
+        heads = int(cfg.get("num_attention_heads", base.heads))
+        head_dim = int(cfg.get("attention_head_dim", base.head_dim))
+        kw["heads"], kw["hidden_size"] = heads, heads * head_dim
+        simple = {
+            "in_channels": "in_channels",
+            "out_channels": "out_channels",
+            "num_layers": "depth_double",
+            "num_single_layers": "depth_single",
+            "num_refiner_layers": "depth_refiner",
+            "mlp_ratio": "mlp_ratio",
+            "guidance_embeds": "guidance_embed",
+            "text_embed_dim": "text_states_dim",
+            "pooled_projection_dim": "text_pool_dim",
+            "rope_theta": "rope_theta",
+            "qk_norm": "qk_norm",
+        }
+        for theirs, ours in simple.items():
+            if cfg.get(theirs) is not None:
+                kw[ours] = cfg[theirs]
+        if cfg.get("out_channels") is None and "in_channels" in cfg:
+            kw["out_channels"] = cfg["in_channels"]
+        if "patch_size" in cfg or "patch_size_t" in cfg:
+            p = int(cfg.get("patch_size", base.patch_size[1]))
+            kw["patch_size"] = (int(cfg.get("patch_size_t", base.patch_size[0])), p, p)
+        if "rope_axes_dim" in cfg:
+            kw["rope_axes"] = tuple(int(a) for a in cfg["rope_axes_dim"])
+        if cfg.get("image_condition_type") is not None:
+            raise ConfigError(f"DiT config: image_condition_type {cfg['image_condition_type']!r} is not supported")
+        for ints in ("in_channels", "out_channels", "depth_double", "depth_single", "depth_refiner"):
+            if ints in kw:
+                kw[ints] = int(kw[ints])  # type: ignore[arg-type]
+        return dataclasses.replace(base, **kw)
+
+    def to_diffusers(self) -> dict:
+        """This config with diffusers' key names (what `config.json` beside our test weights holds)."""
+        return {
+            "in_channels": self.in_channels,
+            "out_channels": self.out_channels,
+            "num_attention_heads": self.heads,
+            "attention_head_dim": self.head_dim,
+            "num_layers": self.depth_double,
+            "num_single_layers": self.depth_single,
+            "num_refiner_layers": self.depth_refiner,
+            "mlp_ratio": self.mlp_ratio,
+            "patch_size": self.patch_size[1],
+            "patch_size_t": self.patch_size[0],
+            "qk_norm": self.qk_norm,
+            "guidance_embeds": self.guidance_embed,
+            "text_embed_dim": self.text_states_dim,
+            "pooled_projection_dim": self.text_pool_dim,
+            "rope_theta": self.rope_theta,
+            "rope_axes_dim": list(self.rope_axes),
+        }
+
+
+DIT_PRESETS: dict[str, DiTConfig] = {
+    "HYVideo-T/2-cfgdistill": DiTConfig(),
+    "HYVideo-T/2": DiTConfig(guidance_embed=False),
+}
+
+
+def dit_config(preset: str, config_json: str | Path | None = None) -> DiTConfig:
+    """The preset named `preset`, overridden by a diffusers-style `config.json` when one is given and exists."""
+    if preset not in DIT_PRESETS:
+        raise ConfigError(f"--model: unknown DiT {preset!r}; choose from {', '.join(DIT_PRESETS)}")
+    base = DIT_PRESETS[preset]
+    if config_json is None or not Path(config_json).is_file():
+        return base
+    try:
+        cfg = json.loads(Path(config_json).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{config_json}: not a readable JSON file ({e})") from None
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"{config_json}: expected a JSON object")
+    try:
+        return DiTConfig.from_diffusers(cfg, base)
+    except (TypeError, ValueError) as e:
+        msg = str(e) if isinstance(e, ConfigError) else f"bad value ({e})"
+        raise ConfigError(f"{config_json}: {msg}") from None

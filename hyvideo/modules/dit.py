@@ -1,0 +1,216 @@
+"""HYVideo-T/2 diffusion transformer (DESIGN §2). Attribute names equal the official checkpoint keys.
+
+Data flow (B batch, C hidden, Li image tokens, Lt text tokens):
+    img = img_in(latents)                       (B, Li, C)      tokens t-major over the (T, H/2, W/2) grid
+    txt = txt_in(llm_states, t, mask)           (B, Lt, C)
+    vec = time_in(t) + vector_in(clip) [+ guidance_in(g)]   (B, C)
+    double_blocks: separate weights per stream, joint attention over cat(img, txt)
+    single_blocks: one stream over cat(img, txt)
+    final_layer on the image tokens -> unpatchify -> (B, out, T, H, W)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from hyvideo.config import DiTConfig
+from hyvideo.modules.attention import KeyMask, attention
+from hyvideo.modules.embeddings import MLPEmbedder, PatchEmbed, TimestepEmbedder, apply_rope, rope_table
+from hyvideo.modules.layers import MLP, Modulation, RMSNorm, layer_norm, modulate
+from hyvideo.modules.token_refiner import TokenRefiner
+
+
+@dataclass
+class Context:
+    """What every block needs besides its input, built once per forward."""
+
+    rope: torch.Tensor  # (Li, D/2) complex rotations for the image tokens
+    mask: KeyMask | None  # over cat(img, txt) keys; None when no padding remains
+    backend: str  # attention backend name
+
+
+def _qk_norm(cfg: DiTConfig) -> nn.Module:
+    return RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm == "rms_norm" else nn.Identity()
+
+
+class DoubleStreamBlock(nn.Module):
+    """Image and text streams with their own weights, joined only in attention; RoPE on image q/k."""
+
+    def __init__(self, cfg: DiTConfig) -> None:
+        super().__init__()
+        C, self.heads, self.eps = cfg.hidden_size, cfg.heads, cfg.norm_eps
+        for s in ("img", "txt"):
+            setattr(self, f"{s}_mod", Modulation(C, 6))
+            setattr(self, f"{s}_attn_qkv", nn.Linear(C, 3 * C))
+            setattr(self, f"{s}_attn_q_norm", _qk_norm(cfg))
+            setattr(self, f"{s}_attn_k_norm", _qk_norm(cfg))
+            setattr(self, f"{s}_attn_proj", nn.Linear(C, C))
+            setattr(self, f"{s}_mlp", MLP(C, cfg.mlp_hidden))
+
+    def _qkv(self, s: str, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor):
+        qkv = getattr(self, f"{s}_attn_qkv")(modulate(layer_norm(x, self.eps), shift, scale))
+        q, k, v = rearrange(qkv, "B L (K H D) -> K B L H D", K=3, H=self.heads)  # layout K, H, D
+        return getattr(self, f"{s}_attn_q_norm")(q), getattr(self, f"{s}_attn_k_norm")(k), v
+
+    def forward(self, img: torch.Tensor, txt: torch.Tensor, vec: torch.Tensor, ctx: Context):
+        # img (B, Li, C), txt (B, Lt, C), vec (B, C)
+        i_sh1, i_sc1, i_g1, i_sh2, i_sc2, i_g2 = self.img_mod(vec)
+        t_sh1, t_sc1, t_g1, t_sh2, t_sc2, t_g2 = self.txt_mod(vec)
+        iq, ik, iv = self._qkv("img", img, i_sh1, i_sc1)
+        tq, tk, tv = self._qkv("txt", txt, t_sh1, t_sc1)
+        iq, ik = apply_rope(iq, ctx.rope), apply_rope(ik, ctx.rope)
+        out = attention(
+            torch.cat([iq, tq], 1), torch.cat([ik, tk], 1), torch.cat([iv, tv], 1), ctx.mask, ctx.backend
+        )  # (B, Li+Lt, C)
+        i_out, t_out = out.split([img.shape[1], txt.shape[1]], dim=1)
+        img = img + i_g1[:, None] * self.img_attn_proj(i_out)
+        img = img + i_g2[:, None] * self.img_mlp(modulate(layer_norm(img, self.eps), i_sh2, i_sc2))
+        txt = txt + t_g1[:, None] * self.txt_attn_proj(t_out)
+        txt = txt + t_g2[:, None] * self.txt_mlp(modulate(layer_norm(txt, self.eps), t_sh2, t_sc2))
+        return img, txt
+
+
+class SingleStreamBlock(nn.Module):
+    """One Linear gives qkv and the MLP input in parallel; linear2 maps cat(attn, gelu(mlp)) back."""
+
+    def __init__(self, cfg: DiTConfig) -> None:
+        super().__init__()
+        C, self.heads, self.eps = cfg.hidden_size, cfg.heads, cfg.norm_eps
+        self.mlp_hidden = cfg.mlp_hidden
+        self.linear1 = nn.Linear(C, 3 * C + self.mlp_hidden)
+        self.linear2 = nn.Linear(C + self.mlp_hidden, C)
+        self.q_norm = _qk_norm(cfg)
+        self.k_norm = _qk_norm(cfg)
+        self.modulation = Modulation(C, 3)
+
+    def forward(self, x: torch.Tensor, vec: torch.Tensor, ctx: Context) -> torch.Tensor:
+        # x (B, Li+Lt, C): image tokens first
+        shift, scale, gate = self.modulation(vec)
+        qkv, mlp = self.linear1(modulate(layer_norm(x, self.eps), shift, scale)).split(
+            [3 * x.shape[-1], self.mlp_hidden], dim=-1
+        )
+        q, k, v = rearrange(qkv, "B L (K H D) -> K B L H D", K=3, H=self.heads)
+        q, k = self.q_norm(q), self.k_norm(k)
+        Li = ctx.rope.shape[0]
+        q = torch.cat([apply_rope(q[:, :Li], ctx.rope), q[:, Li:]], 1)
+        k = torch.cat([apply_rope(k[:, :Li], ctx.rope), k[:, Li:]], 1)
+        out = attention(q, k, v, ctx.mask, ctx.backend)  # (B, L, C)
+        return x + gate[:, None] * self.linear2(torch.cat([out, F.gelu(mlp, approximate="tanh")], -1))
+
+
+class FinalLayer(nn.Module):
+    """Modulated LayerNorm then Linear to pt*ph*pw*out values per token (ordered c, pt, ph, pw)."""
+
+    def __init__(self, cfg: DiTConfig) -> None:
+        super().__init__()
+        self.eps = cfg.norm_eps
+        pt, ph, pw = cfg.patch_size
+        self.linear = nn.Linear(cfg.hidden_size, pt * ph * pw * cfg.out_channels)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(cfg.hidden_size, 2 * cfg.hidden_size))
+
+    def forward(self, x: torch.Tensor, vec: torch.Tensor) -> torch.Tensor:
+        shift, scale = self.adaLN_modulation(vec).chunk(2, dim=-1)
+        return self.linear(modulate(layer_norm(x, self.eps), shift, scale))
+
+
+class HYVideoDiT(nn.Module):
+    """forward(latents (B,16,T,H,W), t (B,), text (B,L,4096), mask (B,L), clip (B,768), guidance (B,)|None)."""
+
+    def __init__(self, cfg: DiTConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        C = cfg.hidden_size
+        self.img_in = PatchEmbed(cfg.patch_size, cfg.in_channels, C)
+        self.txt_in = TokenRefiner(cfg.text_states_dim, C, cfg.heads, cfg.depth_refiner, cfg.mlp_ratio)
+        self.time_in = TimestepEmbedder(C)
+        self.vector_in = MLPEmbedder(cfg.text_pool_dim, C)
+        self.guidance_in = TimestepEmbedder(C) if cfg.guidance_embed else None
+        self.double_blocks = nn.ModuleList([DoubleStreamBlock(cfg) for _ in range(cfg.depth_double)])
+        self.single_blocks = nn.ModuleList([SingleStreamBlock(cfg) for _ in range(cfg.depth_single)])
+        self.final_layer = FinalLayer(cfg)
+        self.attn_backend = "auto"
+        self._rope_cache: dict[tuple, torch.Tensor] = {}
+
+    def rope(self, grid: tuple[int, int, int], device: torch.device) -> torch.Tensor:
+        """RoPE table for a token grid, cached per (grid, device): shape-only work is never redone per step."""
+        key = (grid, str(device))
+        if key not in self._rope_cache:
+            self._rope_cache[key] = rope_table(grid, self.cfg.rope_axes, self.cfg.rope_theta, device)
+        return self._rope_cache[key]
+
+    def embed(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        text_states: torch.Tensor,
+        text_mask: torch.Tensor | None,
+        text_pooled: torch.Tensor,
+        guidance: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Context]:
+        """Everything before the blocks: (img (B,Li,C), txt (B,Lt,C), vec (B,C), Context)."""
+        cfg = self.cfg
+        B, _, T, H, W = x.shape
+        pt, ph, pw = cfg.patch_size
+        if T % pt or H % ph or W % pw:
+            raise ValueError(f"latent grid {(T, H, W)} is not divisible by the patch size {cfg.patch_size}")
+        dtype = self.img_in.proj.weight.dtype
+        text_states, valid = drop_padding(text_states.to(dtype), text_mask)
+        t = t.expand(B) if t.numel() == 1 else t
+        vec = self.time_in(t) + self.vector_in(text_pooled.to(dtype))
+        if self.guidance_in is not None:
+            if guidance is None:
+                raise ValueError("this DiT has a guidance embedding: pass guidance (embedded cfg scale x 1000)")
+            vec = vec + self.guidance_in(guidance.expand(B) if guidance.numel() == 1 else guidance)
+        img = self.img_in(x.to(dtype))
+        txt = self.txt_in(text_states, t, valid, self.attn_backend)
+        Li = img.shape[1]
+        mask = None if valid is None else KeyMask(F.pad(valid, (Li, 0), value=True))  # (B, Li+Lt)
+        ctx = Context(self.rope((T // pt, H // ph, W // pw), x.device), mask, self.attn_backend)
+        return img, txt, vec, ctx
+
+    def unpatchify(self, out: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+        pt, ph, pw = self.cfg.patch_size
+        T, H, W = grid
+        return rearrange(out, "B (T H W) (c pt ph pw) -> B c (T pt) (H ph) (W pw)", T=T, H=H, W=W, pt=pt, ph=ph, pw=pw)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        text_states: torch.Tensor,
+        text_mask: torch.Tensor | None,
+        text_pooled: torch.Tensor,
+        guidance: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Velocity for latents x (B, in, T, H, W) at timestep t (B,) in [0, 1000]; returns (B, out, T, H, W)."""
+        img, txt, vec, ctx = self.embed(x, t, text_states, text_mask, text_pooled, guidance)
+        Li = img.shape[1]
+        for block in self.double_blocks:
+            img, txt = block(img, txt, vec, ctx)
+        h = torch.cat([img, txt], 1)  # (B, Li+Lt, C)
+        for block in self.single_blocks:
+            h = block(h, vec, ctx)
+        out = self.final_layer(h[:, :Li], vec)  # text tokens dropped
+        pt, ph, pw = self.cfg.patch_size
+        _, _, T, H, W = x.shape
+        return self.unpatchify(out, (T // pt, H // ph, W // pw))
+
+
+def drop_padding(states: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Remove text positions that are padding in every sample; return (states (B, L', D), valid (B, L') or None).
+
+    For batch 1 this drops all padding (no mask needed, fused kernels apply). A mask is returned only when some
+    sample still has padding, i.e. batch > 1 with different prompt lengths.
+    """
+    if mask is None:
+        return states, None
+    valid = mask.bool()
+    keep = valid.any(0)  # (L,)
+    if not bool(keep.all()):
+        states, valid = states[:, keep], valid[:, keep]
+    return states, (None if bool(valid.all()) else valid)

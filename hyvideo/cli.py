@@ -43,7 +43,8 @@ class _Parser(argparse.ArgumentParser):
             raise UsageError(flag, f"{m.group(2)} (see --help)")
         m = re.match(r"unrecognized arguments: (.*)", message, re.DOTALL)
         if m:
-            raise UsageError(None, f"unknown argument(s): {m.group(1)} (see --help)")
+            unknown = m.group(1) if m.group(1).strip() else repr(m.group(1))
+            raise UsageError(None, f"unknown argument(s): {unknown} (see --help)")
         raise UsageError(None, f"{message} (see --help)")
 
 

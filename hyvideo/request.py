@@ -230,9 +230,10 @@ def _check_unsupported(args: Namespace) -> None:
     for flag, accepted in SUPPORTED_VALUES_ONLY.items():
         value = getattr(args, flag[2:].replace("-", "_"))
         if value not in accepted:
-            shown = "" if isinstance(value, bool) else f" {value}"
-            ok = "" if accepted == (False,) else f" (supported: {', '.join(str(a) for a in accepted)})"
-            raise UsageError(flag, f"{flag}{shown} is not supported yet{ok}")
+            if isinstance(value, bool):
+                raise UsageError(flag, "not supported yet; drop the flag")
+            ok = ", ".join(str(a) for a in accepted)
+            raise UsageError(flag, f"{value} is not supported yet (supported: {ok})")
 
 
 def validate(args: Namespace) -> SampleRequest:

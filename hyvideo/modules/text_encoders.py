@@ -1,0 +1,319 @@
+"""Text conditioning: a decoder-only LLM (per-token states) and CLIP-L (one pooled vector), DESIGN §4.
+
+LLM: prompt -> template -> tokens (max_length = text_len + crop_start, right padding, truncation) ->
+`hidden_states[-(skip + 1)]` (optionally the model's final norm) -> drop the first crop_start positions, which hold
+the template's instruction prefix -> states (B, text_len, D) and mask (B, text_len).
+CLIP: prompt -> 77 tokens (max_length padding, truncation) -> `pooler_output` (B, 768).
+
+Weights load with transformers from local folders only (`local_files_only=True`); nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from loguru import logger
+from transformers import AutoConfig, AutoModel, AutoTokenizer, CLIPTextModel
+from transformers.utils import logging as hf_logging
+
+PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+# The two official prompt templates (DESIGN §4), verbatim; "{}" is where the prompt goes.
+PROMPT_TEMPLATES: dict[str, str] = {
+    "dit-llm-encode": (  # images (1 frame); crop_start 36 with the Llama-3 tokenizer
+        "<|start_header_id|>system<|end_header_id|>\n\nDescribe the image by detailing the color, shape, size, "
+        "texture, quantity, text, spatial relationships of the objects and background:<|eot_id|>"
+        "<|start_header_id|>user<|end_header_id|>\n\n{}<|eot_id|>"
+    ),
+    "dit-llm-encode-video": (  # videos (frames > 1); crop_start 95 with the Llama-3 tokenizer
+        "<|start_header_id|>system<|end_header_id|>\n\nDescribe the video by detailing the following aspects: "
+        "1. The main content and theme of the video."
+        "2. The color, shape, size, texture, quantity, text, and spatial relationships of the objects."
+        "3. Actions, events, behaviors temporal relationships, physical movement changes of the objects."
+        "4. background environment, light, style and atmosphere."
+        "5. camera angles, movements, and transitions used in the video:<|eot_id|>"
+        "<|start_header_id|>user<|end_header_id|>\n\n{}<|eot_id|>"
+    ),
+}
+
+# What the official release hard-codes as crop_start (Llama-3 tokenizer); we compute it, this is for reference.
+OFFICIAL_CROP_START: dict[str, int] = {"dit-llm-encode": 36, "dit-llm-encode-video": 95}
+
+NEGATIVE_PROMPT = (
+    "Aerial view, aerial view, overexposed, low quality, deformation, a poor composition, bad hands, bad teeth, "
+    "bad eyes, bad limbs, distortion"
+)
+
+
+@dataclass
+class TextEncoderConfig:
+    """Where the two text encoders live and how they encode (official flag names in brackets)."""
+
+    llm_path: str | Path  # HF folder with the LLM weights (official: ckpts/text_encoder)
+    clip_path: str | Path  # HF folder with CLIP-L (official: ckpts/text_encoder_2)
+    llm_tokenizer_path: str | Path | None = None  # None = llm_path (official tree); diffusers: <base>/tokenizer
+    clip_tokenizer_path: str | Path | None = None  # None = clip_path; diffusers: <base>/tokenizer_2
+    text_len: int = 256  # LLM tokens kept after cropping the template [--text-len]
+    text_len_2: int = 77  # CLIP tokens [--text-len-2]
+    hidden_state_skip_layer: int = 2  # use hidden_states[-(skip+1)]; 0 = last layer [--hidden-state-skip-layer]
+    apply_final_norm: bool = False  # run the LLM's final norm on an intermediate layer [--apply-final-norm]
+    precision: str = "fp16"  # LLM weights dtype [--text-encoder-precision]
+    precision_2: str = "fp16"  # CLIP weights dtype [--text-encoder-precision-2]
+    prompt_template: str = "dit-llm-encode"  # template for 1-frame requests [--prompt-template]
+    prompt_template_video: str = "dit-llm-encode-video"  # template for videos [--prompt-template-video]
+
+    def __post_init__(self) -> None:
+        for name in ("precision", "precision_2"):
+            if getattr(self, name) not in PRECISIONS:
+                raise ValueError(f"{name} must be one of {sorted(PRECISIONS)}, got {getattr(self, name)!r}")
+        for name in ("prompt_template", "prompt_template_video"):
+            if getattr(self, name) not in PROMPT_TEMPLATES:
+                raise ValueError(f"{name} must be one of {sorted(PROMPT_TEMPLATES)}, got {getattr(self, name)!r}")
+        if self.text_len < 1 or self.text_len_2 < 1:
+            raise ValueError("text_len and text_len_2 must be positive")
+        if self.hidden_state_skip_layer < 0:
+            raise ValueError("hidden_state_skip_layer must be >= 0")
+
+    @classmethod
+    def from_model_base(cls, base: str | Path, **overrides: object) -> TextEncoderConfig:
+        """Paths for either layout: official (`text_encoder/` holds model + tokenizer, `text_encoder_2/` likewise)
+        or diffusers (`text_encoder/`, `tokenizer/`, `text_encoder_2/`, `tokenizer_2/`)."""
+        base = Path(base)
+        diffusers = (base / "tokenizer").is_dir()
+        paths = {
+            "llm_path": base / "text_encoder",
+            "clip_path": base / "text_encoder_2",
+            "llm_tokenizer_path": base / "tokenizer" if diffusers else None,
+            "clip_tokenizer_path": base / "tokenizer_2" if diffusers else None,
+        }
+        return cls(**{**paths, **overrides})
+
+
+@dataclass
+class TextEmbeddings:
+    """What the DiT is conditioned on, for a batch of B prompts."""
+
+    llm_states: torch.Tensor  # (B, text_len, D_llm), the LLM's dtype
+    llm_mask: torch.Tensor  # (B, text_len) int64, 1 = real token
+    clip_pooled: torch.Tensor  # (B, D_clip), CLIP's dtype
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> TextEmbeddings:
+        """Move the tensors; `dtype` applies to the float tensors only (the mask keeps int64)."""
+        return TextEmbeddings(
+            self.llm_states.to(device=device, dtype=dtype),
+            self.llm_mask.to(device=device),
+            self.clip_pooled.to(device=device, dtype=dtype),
+        )
+
+
+def template_name(video_length: int, config: TextEncoderConfig) -> str:
+    """The video template for frames > 1, the image template for a single frame (official data_type rule)."""
+    return config.prompt_template_video if video_length > 1 else config.prompt_template
+
+
+def _warn_truncated(tokenizer, texts: list[str], max_length: int, what: str) -> None:
+    """Log which prompts lost tokens to truncation (counted with special tokens, as the model sees them)."""
+    full = tokenizer(texts, add_special_tokens=True, truncation=False)["input_ids"]
+    for i, ids in enumerate(full):
+        if len(ids) > max_length:
+            dropped = tokenizer.decode(ids[max_length - 1 :], skip_special_tokens=True)
+            logger.warning(
+                f"{what}: prompt {i} is {len(ids)} tokens, more than {max_length}; truncated, dropping: {dropped!r}"
+            )
+
+
+@contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """Silence transformers' load report; we check the loading info ourselves and raise on real problems."""
+    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _check_loading(path: str | Path, info: dict, ignore: tuple[str, ...] = ()) -> None:
+    """Fail on missing or mis-shaped weights (they would be random); unexpected keys under `ignore` are fine."""
+    missing = sorted(info.get("missing_keys", ()))
+    mismatched = sorted(str(k) for k in info.get("mismatched_keys", ()))
+    unexpected = sorted(k for k in info.get("unexpected_keys", ()) if not k.startswith(ignore))
+    if missing or mismatched:
+        raise ValueError(f"{path}: missing weights {missing[:5]}, shape mismatches {mismatched[:5]}")
+    if unexpected:
+        logger.warning(f"{path}: ignoring {len(unexpected)} unexpected weights, e.g. {unexpected[:5]}")
+
+
+def _load_llm(path: str | Path, dtype: torch.dtype, device: torch.device | str) -> torch.nn.Module:
+    """The LLM's base model (no LM head). Accepts a base-model checkpoint (`LlamaModel`, diffusers layout) or a
+    causal-LM checkpoint (`LlamaForCausalLM`, the official tree: the head's weights are skipped). A LLaVA-style
+    checkpoint loads whole and keeps only its language model."""
+    config = AutoConfig.from_pretrained(path, local_files_only=True)
+    with _quiet_transformers():
+        model, info = AutoModel.from_pretrained(path, dtype=dtype, local_files_only=True, output_loading_info=True)
+    _check_loading(path, info, ignore=("lm_head.",))
+    if getattr(config, "text_config", None) is not None and hasattr(model, "language_model"):
+        model = model.language_model  # LLaVA: (vision tower, projector, language model) -> language model
+    return model.to(device).eval().requires_grad_(False)
+
+
+def _load_clip(path: str | Path, dtype: torch.dtype, device: torch.device | str) -> torch.nn.Module:
+    """CLIP's text tower; a full CLIPModel checkpoint (openai/clip-vit-large-patch14) loads its text half."""
+    with _quiet_transformers():
+        model, info = CLIPTextModel.from_pretrained(path, dtype=dtype, local_files_only=True, output_loading_info=True)
+    _check_loading(path, info, ignore=("vision_model.", "visual_projection.", "text_projection.", "logit_scale"))
+    return model.to(device).eval().requires_grad_(False)
+
+
+class LLMEncoder:
+    """Per-token prompt states from a decoder-only LLM with the HunyuanVideo templates (DESIGN §4)."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        tokenizer_path: str | Path | None = None,
+        *,
+        dtype: torch.dtype = torch.float16,
+        device: torch.device | str = "cpu",
+        text_len: int = 256,
+        hidden_state_skip_layer: int = 2,
+        apply_final_norm: bool = False,
+    ) -> None:
+        self.tokenizer = AutoTokenizer.from_pretrained(
+            tokenizer_path or path, padding_side="right", local_files_only=True
+        )
+        if self.tokenizer.pad_token is None:  # plain Llama-3 tokenizers have none; padded positions are masked out
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model = _load_llm(path, dtype, device)
+        self.device = torch.device(device)
+        self.text_len = text_len
+        self.skip = hidden_state_skip_layer
+        self.apply_final_norm = apply_final_norm
+        self._crop: dict[str, tuple[int, ...]] = {}
+
+    def prefix_ids(self, template: str) -> tuple[int, ...]:
+        """Token ids of the template text before "{}" (with BOS), cached per template."""
+        if template not in self._crop:
+            prefix = template.split("{}")[0]
+            self._crop[template] = tuple(self.tokenizer(prefix, add_special_tokens=True)["input_ids"])
+        return self._crop[template]
+
+    def crop_start(self, template: str) -> int:
+        """DESIGN §4 decision: crop_start = number of tokens of the template before "{}" (95 / 36 for Llama-3)."""
+        return len(self.prefix_ids(template))
+
+    @torch.inference_mode()
+    def encode(self, prompts: list[str], template: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """prompts -> (states (B, text_len, D), mask (B, text_len) int64), states = hidden_states[-(skip+1)]."""
+        crop = self.crop_start(template)
+        max_length = self.text_len + crop
+        texts = [template.format(p) for p in prompts]
+        batch = self.tokenizer(
+            texts, max_length=max_length, padding="max_length", truncation=True, return_tensors="pt"
+        )  # input_ids, attention_mask: (B, text_len + crop)
+        _warn_truncated(self.tokenizer, texts, max_length, "LLM text encoder")
+        if not torch.equal(batch["input_ids"][:, :crop], torch.tensor([self.prefix_ids(template)] * len(texts))):
+            logger.warning("LLM tokenizer merged the template prefix with the prompt; crop_start may be off by one")
+        ids = batch["input_ids"].to(self.device)
+        mask = batch["attention_mask"].to(self.device)
+        out = self.model(input_ids=ids, attention_mask=mask, output_hidden_states=True, use_cache=False)
+        states = out.hidden_states[-(self.skip + 1)]  # (B, L, D)
+        if self.apply_final_norm and self.skip > 0:  # the last layer's output is already normed
+            states = self.model.norm(states)
+        return states[:, crop:], mask[:, crop:]  # (B, text_len, D), (B, text_len)
+
+    def free(self) -> None:
+        """Drop the weights (the tokenizer stays); the encoder cannot encode afterwards."""
+        self.model = _free(self.model)
+
+
+class CLIPEncoder:
+    """CLIP-L text tower: one pooled vector per prompt (the final-norm state at the end-of-text token)."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        tokenizer_path: str | Path | None = None,
+        *,
+        dtype: torch.dtype = torch.float16,
+        device: torch.device | str = "cpu",
+        text_len: int = 77,
+    ) -> None:
+        self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_path or path, local_files_only=True)
+        self.model = _load_clip(path, dtype, device)
+        self.device = torch.device(device)
+        self.text_len = text_len
+
+    @torch.inference_mode()
+    def encode(self, prompts: list[str]) -> torch.Tensor:
+        """prompts -> pooler_output (B, D). No padding mask is needed: attention is causal and the pooled token is
+        the first end-of-text token, which sees no padding."""
+        batch = self.tokenizer(
+            prompts, max_length=self.text_len, padding="max_length", truncation=True, return_tensors="pt"
+        )  # input_ids: (B, 77)
+        _warn_truncated(self.tokenizer, prompts, self.text_len, "CLIP text encoder")
+        return self.model(input_ids=batch["input_ids"].to(self.device)).pooler_output  # (B, D)
+
+    def free(self) -> None:
+        """Drop the weights (the tokenizer stays); the encoder cannot encode afterwards."""
+        self.model = _free(self.model)
+
+
+def _free(model: torch.nn.Module | None) -> None:
+    """Move a model's weights off the accelerator and let them be collected; returns None to assign back."""
+    if model is not None:
+        model.to("meta")  # releases storage even if someone else still holds a reference to the module
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return None
+
+
+class TextEncoders:
+    """Both encoders behind one call: `encode(prompts, video_length) -> TextEmbeddings`; `free()` afterwards."""
+
+    def __init__(self, config: TextEncoderConfig, device: torch.device | str = "cpu") -> None:
+        self.config = config
+        self.llm = LLMEncoder(
+            config.llm_path,
+            config.llm_tokenizer_path,
+            dtype=PRECISIONS[config.precision],
+            device=device,
+            text_len=config.text_len,
+            hidden_state_skip_layer=config.hidden_state_skip_layer,
+            apply_final_norm=config.apply_final_norm,
+        )
+        self.clip = CLIPEncoder(
+            config.clip_path,
+            config.clip_tokenizer_path,
+            dtype=PRECISIONS[config.precision_2],
+            device=device,
+            text_len=config.text_len_2,
+        )
+
+    def template(self, video_length: int) -> str:
+        """The template text used for a request of `video_length` frames."""
+        return PROMPT_TEMPLATES[template_name(video_length, self.config)]
+
+    def crop_start(self, video_length: int) -> int:
+        """Template prefix length in tokens for a request of `video_length` frames."""
+        return self.llm.crop_start(self.template(video_length))
+
+    def encode(self, prompts: str | list[str], video_length: int) -> TextEmbeddings:
+        """Encode B prompts for a request of `video_length` frames (picks the video or image template)."""
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        states, mask = self.llm.encode(prompts, self.template(video_length))
+        return TextEmbeddings(states, mask, self.clip.encode(prompts))
+
+    def free(self) -> None:
+        """Release both models' weights (call after encoding, before the DiT runs)."""
+        self.llm.free()
+        self.clip.free()

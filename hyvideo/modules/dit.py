@@ -24,6 +24,8 @@ from hyvideo.modules.embeddings import MLPEmbedder, PatchEmbed, TimestepEmbedder
 from hyvideo.modules.layers import MLP, Modulation, RMSNorm, layer_norm, modulate
 from hyvideo.modules.token_refiner import TokenRefiner
 
+REFINER_MLP_RATIO = 4.0  # the release fixes the refiner MLP at 4x, whatever the blocks' mlp_ratio
+
 
 @dataclass
 class Context:
@@ -126,7 +128,7 @@ class HYVideoDiT(nn.Module):
         self.cfg = cfg
         C = cfg.hidden_size
         self.img_in = PatchEmbed(cfg.patch_size, cfg.in_channels, C)
-        self.txt_in = TokenRefiner(cfg.text_states_dim, C, cfg.heads, cfg.depth_refiner, cfg.mlp_ratio)
+        self.txt_in = TokenRefiner(cfg.text_states_dim, C, cfg.heads, cfg.depth_refiner, REFINER_MLP_RATIO)
         self.time_in = TimestepEmbedder(C)
         self.vector_in = MLPEmbedder(cfg.text_pool_dim, C)
         self.guidance_in = TimestepEmbedder(C) if cfg.guidance_embed else None

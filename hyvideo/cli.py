@@ -184,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # --help
         return e.code if isinstance(e.code, int) else 0
 
+    logger.debug(f"request: {request}")
     checkpoint_error = _checkpoint_error()
     try:
         from hyvideo.pipeline import run

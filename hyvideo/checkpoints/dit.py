@@ -149,13 +149,20 @@ def official_to_diffusers(sd: Mapping[str, torch.Tensor], cfg: DiTConfig) -> Sta
     return out
 
 
-def diffusers_to_official(sd: Mapping[str, torch.Tensor], cfg: DiTConfig, what: str = "diffusers DiT") -> StateDict:
-    """Diffusers-named state dict -> official names (split parts fused back, adaLN halves swapped)."""
+def diffusers_to_official(
+    sd: Mapping[str, torch.Tensor], cfg: DiTConfig, what: str = "diffusers DiT", consume: bool = False
+) -> StateDict:
+    """Diffusers-named state dict -> official names (split parts fused back, adaLN halves swapped).
+
+    With `consume=True` entries are popped from `sd` as they are converted and fused parts are released as soon as
+    their tensor is built, so converting a loaded file never holds two copies of the weights.
+    """
     out: StateDict = {}
     pending: dict[str, dict[int, torch.Tensor]] = {}
     rules: dict[str, Rule] = {}
     unknown = []
-    for key, value in sd.items():
+    for key in list(sd):
+        value = sd.pop(key) if consume else sd[key]  # type: ignore[attr-defined]
         for pat, rule, i in _DIFFUSERS:
             m = pat.match(key)
             if m:
@@ -166,8 +173,12 @@ def diffusers_to_official(sd: Mapping[str, torch.Tensor], cfg: DiTConfig, what: 
                     scale, shift = value.chunk(2, dim=0)
                     out[name] = torch.cat([shift, scale], 0)
                 else:
-                    pending.setdefault(name, {})[i] = value
+                    parts = pending.setdefault(name, {})
+                    parts[i] = value
                     rules[name] = rule
+                    if len(parts) == len(rule.diffusers):  # complete: fuse now and let the parts go
+                        out[name] = torch.cat([parts[j] for j in range(len(parts))], 0)
+                        del pending[name]
                 break
         else:
             unknown.append(key)
@@ -175,10 +186,8 @@ def diffusers_to_official(sd: Mapping[str, torch.Tensor], cfg: DiTConfig, what: 
         raise CheckpointError(f"{what}: unexpected keys {len(unknown)}: {', '.join(sorted(unknown)[:5])}")
     for name, parts in pending.items():
         n = len(rules[name].diffusers)
-        if len(parts) != n:
-            absent = [rules[name].diffusers[i] for i in range(n) if i not in parts]
-            raise CheckpointError(f"{what}: {name} needs all of its parts; missing {absent}")
-        out[name] = torch.cat([parts[i] for i in range(n)], 0)
+        absent = [rules[name].diffusers[i] for i in range(n) if i not in parts]
+        raise CheckpointError(f"{what}: {name} needs all of its parts; missing {absent}")
     return out
 
 
@@ -220,7 +229,7 @@ def read_dit_state_dict(path: str | Path, cfg: DiTConfig, load_key: str = "modul
         sd = load_safetensors_dir(where, DIFFUSERS_STEM)
     if any(k.startswith(("double_blocks.", "single_blocks.", "img_in.")) for k in sd):
         return sd  # already official names (e.g. a converted single file)
-    return diffusers_to_official(sd, cfg, str(where))
+    return diffusers_to_official(sd, cfg, str(where), consume=True)
 
 
 def load_dit(

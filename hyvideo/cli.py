@@ -117,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--prompt-template-video", default="dit-llm-encode-video", choices=PROMPT_TEMPLATES, help="template, video"
     )
     g.add_argument("--hidden-state-skip-layer", type=int, default=2, help="use LLM hidden_states[-(N + 1)]")
-    g.add_argument("--apply-final-norm", action="store_true", help="final LLM norm on those states (not supported yet)")
+    g.add_argument("--apply-final-norm", action="store_true", help="apply the LLM final norm to those states")
     g.add_argument("--text-encoder-2", default="clipL", choices=TEXT_ENCODERS, help="second text encoder (CLIP)")
     g.add_argument("--text-encoder-precision-2", default="fp16", choices=PRECISIONS, help="CLIP dtype")
     g.add_argument("--text-states-dim-2", type=int, default=768, help="CLIP pooled size")

@@ -57,7 +57,6 @@ SUPPORTED_VALUES_ONLY: dict[str, tuple[object, ...]] = {
     "--text-encoder-2": ("clipL",),
     "--tokenizer": ("llm",),
     "--tokenizer-2": ("clipL",),
-    "--apply-final-norm": (False,),
 }
 
 
@@ -118,7 +117,7 @@ class SampleRequest:
     prompt_template: str  # template name for 1-frame outputs ("dit-llm-encode")
     prompt_template_video: str  # template name for video outputs ("dit-llm-encode-video")
     hidden_state_skip_layer: int  # use hidden_states[-(skip + 1)] of the LLM (2 -> hidden_states[-3])
-    apply_final_norm: bool  # apply the LLM's final norm to those states; False until supported
+    apply_final_norm: bool  # apply the LLM's final norm to those states (no-op when skip is 0)
     text_encoder_2: str  # "clipL" (CLIP ViT-L/14 text model, pooled output)
     text_encoder_precision_2: Precision  # CLIP dtype
     text_states_dim_2: int  # CLIP pooled size (768)

@@ -1,0 +1,149 @@
+"""Output files: MP4 videos, latent tensors and their names. Every file is written atomically: to a temporary
+name in the destination directory, then `os.replace`d, so a reader never sees a half-written file and an error
+(or Ctrl-C) leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import tempfile
+import unicodedata
+from collections.abc import Iterator, Mapping
+from datetime import datetime
+from pathlib import Path
+
+import imageio.v2 as imageio
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+LATENTS_KEY = "latents"
+SLUG_MAX_CHARS = 100
+SLUG_MAX_BYTES = 150  # UTF-8 bytes, so the whole name stays far below the usual 255-byte limit even for CJK prompts
+_SLUG_KEEP = set("-_,.+()'")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path` (same suffix); on success it replaces `path`, on any exception
+    (KeyboardInterrupt included) it is deleted and the exception propagates."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem[:40]}.", suffix=f".tmp{path.suffix}")
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o666 & ~umask)  # mkstemp makes 0600 files; give the result normal permissions
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def to_uint8_frames(video: torch.Tensor | np.ndarray, signed: bool = False) -> np.ndarray:
+    """(3, T, H, W) or (T, H, W, 3) (a leading batch dim of 1 is dropped) float video -> (T, H, W, 3) uint8.
+
+    Values are in [0, 1], or in [-1, 1] with `signed=True` (the VAE's output range): x01 = (x + 1) / 2. They are
+    clamped, then rounded: uint8 = round(255 * x01). Layout: channels-last if the last dim is 3, else channels-first
+    if the first dim is 3; a shape that fits both, e.g. (3, 3, H, 3), is refused rather than guessed.
+    """
+    x = torch.as_tensor(video).detach()
+    if x.ndim == 5 and x.shape[0] == 1:
+        x = x[0]
+    if x.ndim != 4:
+        raise ValueError(f"expected a (3, T, H, W) or (T, H, W, 3) video, got shape {tuple(x.shape)}")
+    last, first = x.shape[-1] == 3, x.shape[0] == 3
+    if last and first:
+        raise ValueError(f"ambiguous video layout {tuple(x.shape)}: both (3,T,H,W) and (T,H,W,3) fit")
+    if not (last or first):
+        raise ValueError(f"video needs 3 channels first or last, got shape {tuple(x.shape)}")
+    if first:
+        x = x.permute(1, 2, 3, 0)  # (3, T, H, W) -> (T, H, W, 3)
+    x = x.float().cpu()
+    if signed:
+        x = (x + 1) / 2
+    return (x.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+
+
+def write_mp4(
+    video: torch.Tensor | np.ndarray, path: str | Path, fps: float = 24, *, signed: bool = False, quality: float = 8
+) -> Path:
+    """Write an H.264 (libx264, yuv420p) MP4 with imageio-ffmpeg, atomically. See `to_uint8_frames` for the
+    accepted layouts and value ranges. Frames are written at their exact size: yuv420p needs even width and height,
+    so odd sizes raise ValueError (no silent resize or padding; imageio's macro-block resizing is turned off).
+    `quality` is imageio's 0-10 scale (10 = best). Returns the path."""
+    frames = to_uint8_frames(video, signed=signed)  # (T, H, W, 3)
+    _, height, width, _ = frames.shape
+    if height % 2 or width % 2:
+        raise ValueError(f"H.264 yuv420p needs even frame sizes, got {height}x{width}")
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        writer = imageio.get_writer(
+            tmp,
+            format="FFMPEG",
+            mode="I",
+            fps=fps,
+            codec="libx264",
+            pixelformat="yuv420p",
+            quality=quality,
+            macro_block_size=1,
+            ffmpeg_log_level="error",
+        )
+        try:
+            for frame in frames:
+                writer.append_data(frame)
+        finally:
+            writer.close()
+    return path
+
+
+def save_latents(latents: torch.Tensor, path: str | Path, metadata: Mapping[str, object] | None = None) -> Path:
+    """Save latents (e.g. (1, C, T, h, w)) as float32 under safetensors key "latents", atomically. Metadata
+    values are stored as strings (safetensors allows only str -> str)."""
+    tensors = {LATENTS_KEY: latents.detach().to("cpu", torch.float32).contiguous()}
+    meta = {str(k): str(v) for k, v in (metadata or {}).items()}
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, tmp, metadata=meta)
+    return path
+
+
+def load_latents(path: str | Path) -> tuple[torch.Tensor, dict[str, str]]:
+    """Read a file written by `save_latents`: (latents float32, metadata). Raises KeyError without "latents"."""
+    with safe_open(str(path), framework="pt", device="cpu") as f:
+        if LATENTS_KEY not in f.keys():  # noqa: SIM118 (safe_open has no __contains__)
+            raise KeyError(f"{path}: no tensor named {LATENTS_KEY!r} (found {sorted(f.keys())})")
+        return f.get_tensor(LATENTS_KEY).float(), dict(f.metadata() or {})
+
+
+def slugify(text: str, max_chars: int = SLUG_MAX_CHARS, max_bytes: int = SLUG_MAX_BYTES) -> str:
+    """A filesystem-safe name fragment: NFC-normalised; unicode letters, digits and - _ , . + ( ) ' kept; every
+    other run (spaces, slashes, control and reserved characters) becomes one "_"; no leading/trailing . _ -;
+    at most `max_chars` characters and `max_bytes` UTF-8 bytes; "video" if nothing is left."""
+    text = unicodedata.normalize("NFC", text)
+    kept = "".join(ch if (ch.isalnum() or ch in _SLUG_KEEP) else "_" for ch in text)
+    slug = re.sub(r"_+", "_", kept).strip("._-")[:max_chars]
+    while len(slug.encode("utf-8")) > max_bytes:
+        slug = slug[:-1]
+    return slug.strip("._-") or "video"
+
+
+def video_filename(
+    save_path: str | Path, seed: int, prompt: str, when: datetime | None = None, suffix: str = ""
+) -> Path:
+    """`{save_path}/{YYYY-mm-dd-HH-MM-SS}_seed{seed}_{slug}{suffix}.mp4` (official naming, safe slug); `when`
+    defaults to now, `suffix` is the official --name-suffix (slugified too)."""
+    stamp = (when or datetime.now()).strftime("%Y-%m-%d-%H-%M-%S")
+    tail = f"_{slugify(suffix)}" if suffix else ""
+    return Path(save_path) / f"{stamp}_seed{seed}_{slugify(prompt)}{tail}.mp4"
+
+
+def latents_filename(video_path: str | Path) -> Path:
+    """The latents file beside a video: `<name>.mp4` -> `<name>.latents.safetensors`."""
+    video_path = Path(video_path)
+    return video_path.with_name(video_path.stem + ".latents.safetensors")

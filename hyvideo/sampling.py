@@ -1,0 +1,150 @@
+"""Flow-matching sampling as plain functions (k-diffusion style), DESIGN §5.
+
+The sampler sees only a model function `model_fn(x, t) -> v`: x (B, C, T, H, W) float32 latents, t (B,) float32
+timesteps in [0, 1000], v the predicted velocity (any float dtype). Conditioning and guidance are closures built
+around the network by `with_cond` / `with_cfg`; the sampler never knows the architecture.
+
+Conventions: sigma runs 1 (pure noise) -> 0 (data); x_sigma = (1 - sigma) * x_0 + sigma * noise, so
+v = dx/dsigma = noise - x_0 and an Euler step is x <- x + v * (sigma_next - sigma).
+
+Not implemented: the official `--use-linear-quadratic-schedule` / `--linear-schedule-end` flags. The official
+release only declares them (hyvideo/config.py); no code reads them, so there is no reference behaviour to match.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x (B,C,T,H,W) fp32, t (B,) fp32) -> v
+CondModelFn = Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]  # (x, t, cond) -> v
+Callback = Callable[[dict[str, Any]], None]
+
+NUM_TRAIN_TIMESTEPS = 1000  # model timestep = sigma * 1000
+
+
+def shift_sigmas(sigmas: torch.Tensor, shift: float) -> torch.Tensor:
+    """SD3-style time shift: s' = shift * s / (1 + (shift - 1) * s); keeps 0 -> 0 and 1 -> 1."""
+    return shift * sigmas / (1 + (shift - 1) * sigmas)
+
+
+def flow_sigmas(steps: int, shift: float = 7.0) -> torch.Tensor:
+    """The N+1 noise levels of an N-step run, 1 -> 0 (DESIGN §5): linspace(1, 0, N+1) then `shift_sigmas`.
+
+    Computed in float32 on the CPU, as the official scheduler does; diffusers' FlowMatchEulerDiscreteScheduler
+    (numpy linspace in float64, then float32) agrees to within 1 ulp. Returns (N+1,) float32, last entry 0.
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    if shift <= 0:
+        raise ValueError(f"shift must be > 0, got {shift}")
+    return shift_sigmas(torch.linspace(1, 0, steps + 1, dtype=torch.float32), shift)
+
+
+def timesteps(sigmas: torch.Tensor) -> torch.Tensor:
+    """Model timesteps of each step: t_i = sigma_i * 1000 for i < N. (N,) float32."""
+    return sigmas[:-1].float() * NUM_TRAIN_TIMESTEPS
+
+
+@torch.no_grad()
+def euler(model_fn: ModelFn, x: torch.Tensor, sigmas: torch.Tensor, callback: Callback | None = None) -> torch.Tensor:
+    """Explicit Euler on dx/dsigma = v: x_{i+1} = x_i + v(x_i, 1000 * sigma_i) * (sigma_{i+1} - sigma_i).
+
+    The state is kept in float32 whatever dtype the model computes in. `callback` (if any) gets a dict with
+    i, x (after the step), v, sigma, sigma_next and t after every step. Returns the final x (float32).
+    """
+    x = x.float()
+    sigmas = sigmas.float().to(x.device)
+    ts = timesteps(sigmas)  # (N,)
+    for i, t in enumerate(ts):
+        v = model_fn(x, t.expand(x.shape[0]))  # t: (B,)
+        x = x + v.float() * (sigmas[i + 1] - sigmas[i])
+        if callback is not None:
+            callback({"i": i, "x": x, "v": v, "sigma": sigmas[i], "sigma_next": sigmas[i + 1], "t": t})
+    return x
+
+
+def with_cond(model_fn: CondModelFn, cond: Any) -> ModelFn:
+    """Bind one conditioning: (x, t) -> model_fn(x, t, cond). Used when there is no real CFG (embedded guidance
+    is a model input, part of `cond` or of `model_fn`)."""
+
+    def fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return model_fn(x, t, cond)
+
+    return fn
+
+
+def with_cfg(model_fn: CondModelFn, cond: Any, uncond: Any, scale: float, *, batched: bool = False) -> ModelFn:
+    """Classifier-free guidance: v = v_uncond + scale * (v_cond - v_uncond).
+
+    batched=False runs two forwards (as diffusers' pipeline does); batched=True runs one forward on the batch
+    [uncond; cond] (as the official pipeline does), concatenating `uncond` and `cond` along dim 0 field by field
+    (tensors, dataclasses, dicts, tuples/lists of them; None stays None).
+    """
+    if not batched:
+
+        def two_calls(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            v_cond = model_fn(x, t, cond)
+            v_uncond = model_fn(x, t, uncond)
+            return v_uncond + scale * (v_cond - v_uncond)
+
+        return two_calls
+
+    both = cat_cond(uncond, cond)
+
+    def one_call(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        v_uncond, v_cond = model_fn(torch.cat([x, x]), torch.cat([t, t]), both).chunk(2)
+        return v_uncond + scale * (v_cond - v_uncond)
+
+    return one_call
+
+
+def cat_cond(a: Any, b: Any) -> Any:
+    """Concatenate two conditionings of the same structure along the batch dimension (dim 0)."""
+    if a is None and b is None:
+        return None
+    if isinstance(a, torch.Tensor):
+        return torch.cat([a, b.to(a.device)])
+    if dataclasses.is_dataclass(a) and not isinstance(a, type):
+        return dataclasses.replace(
+            a, **{f.name: cat_cond(getattr(a, f.name), getattr(b, f.name)) for f in dataclasses.fields(a)}
+        )
+    if isinstance(a, dict):
+        return {k: cat_cond(a[k], b[k]) for k in a}
+    if isinstance(a, (tuple, list)):
+        return type(a)(cat_cond(x, y) for x, y in zip(a, b, strict=True))
+    if a == b:  # scalars shared by both halves (e.g. a guidance value)
+        return a
+    raise TypeError(f"cannot batch conditioning values {a!r} and {b!r}")
+
+
+def latent_shape(
+    batch: int, video_length: int, height: int, width: int, channels: int = 16
+) -> tuple[int, int, int, int, int]:
+    """(B, C, (L-1)//4 + 1, H/8, W/8) for L = 4n+1 frames of H x W pixels (causal 4x time, 8x space VAE)."""
+    if (video_length - 1) % 4 or height % 8 or width % 8:
+        raise ValueError(f"need frames = 4n+1 and H, W multiples of 8; got {video_length}, {height}x{width}")
+    return (batch, channels, (video_length - 1) // 4 + 1, height // 8, width // 8)
+
+
+def initial_noise(
+    shape: Sequence[int],
+    seeds: int | Sequence[int],
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """Starting latents: video i is torch.randn(shape[1:]) from a CPU generator seeded `seeds[i]` (an int seed
+    means seed + i), float32, then moved to `device` (DESIGN §5). The same seed gives the same video on every
+    device, and video i does not depend on the batch size. Equals diffusers' `randn_tensor` with a list of CPU
+    generators. Returns `shape` float32."""
+    batch = shape[0]
+    seeds = [seeds + i for i in range(batch)] if isinstance(seeds, int) else list(seeds)
+    if len(seeds) != batch:
+        raise ValueError(f"{len(seeds)} seeds for a batch of {batch}")
+    noise = [
+        torch.randn(tuple(shape[1:]), generator=torch.Generator("cpu").manual_seed(s), dtype=torch.float32)
+        for s in seeds
+    ]
+    return torch.stack(noise).to(device)

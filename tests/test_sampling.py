@@ -1,0 +1,127 @@
+"""Flow-matching schedule, Euler sampler, guidance wrappers and initial noise (DESIGN §5)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler
+from diffusers.utils.torch_utils import randn_tensor
+
+from hyvideo.sampling import (
+    cat_cond,
+    euler,
+    flow_sigmas,
+    initial_noise,
+    latent_shape,
+    timesteps,
+    with_cfg,
+    with_cond,
+)
+
+
+def diffusers_scheduler(steps: int, shift: float) -> FlowMatchEulerDiscreteScheduler:
+    """The scheduler as HunyuanVideoPipeline sets it up: sigmas = linspace(1, 0, N+1)[:-1], shifted inside."""
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=shift)
+    scheduler.set_timesteps(sigmas=np.linspace(1.0, 0.0, steps + 1)[:-1], device="cpu")
+    return scheduler
+
+
+@pytest.mark.parametrize(("steps", "shift"), [(50, 7.0), (30, 17.0), (1, 7.0), (7, 1.0), (13, 5.0)])
+def test_sigmas_match_diffusers(steps, shift):
+    sigmas = flow_sigmas(steps, shift)
+    scheduler = diffusers_scheduler(steps, shift)
+    assert sigmas.shape == (steps + 1,) and sigmas.dtype == torch.float32
+    assert sigmas[0] == 1 and sigmas[-1] == 0 and (sigmas.diff() < 0).all()
+    assert torch.allclose(sigmas, scheduler.sigmas, rtol=0, atol=2.5e-7)  # diffusers goes via float64: <= 1 ulp
+    assert torch.allclose(timesteps(sigmas), scheduler.timesteps, rtol=0, atol=2.5e-4)
+
+
+def test_sigma_formula():
+    s = torch.linspace(1, 0, 11)
+    assert torch.equal(flow_sigmas(10, 1.0), s)
+    assert torch.allclose(flow_sigmas(10, 7.0), 7 * s / (1 + 6 * s))
+    with pytest.raises(ValueError):
+        flow_sigmas(0, 7.0)
+
+
+def toy_model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    return 0.7 * torch.tanh(x) + (t / 1000).view(-1, 1, 1, 1, 1) ** 2
+
+
+def test_euler_matches_scheduler_step():
+    steps, shift = 10, 7.0
+    x0 = initial_noise((2, 4, 3, 4, 4), 42)
+    scheduler = diffusers_scheduler(steps, shift)
+    scheduler.set_begin_index(0)
+    ref = x0.clone()
+    for t in scheduler.timesteps:
+        ref = scheduler.step(toy_model(ref, t.expand(2)), t, ref, return_dict=False)[0]
+    ours = euler(toy_model, x0, flow_sigmas(steps, shift))
+    assert ours.dtype == torch.float32
+    assert (ours - ref).abs().max().item() <= 1e-6
+
+
+def test_euler_passes_timesteps_and_calls_back():
+    seen_t, seen_i = [], []
+    sigmas = flow_sigmas(4, 7.0)
+
+    def model(x, t):
+        seen_t.append(t.clone())
+        return torch.ones_like(x, dtype=torch.bfloat16)  # any dtype in, fp32 state kept
+
+    x = euler(model, torch.zeros(3, 1, 1, 1, 1), sigmas, callback=lambda d: seen_i.append(d["i"]))
+    assert seen_i == [0, 1, 2, 3]
+    assert all(t.shape == (3,) and torch.equal(t, (s * 1000).expand(3)) for t, s in zip(seen_t, sigmas, strict=False))
+    assert torch.allclose(x, torch.full_like(x, -1.0))  # sum of dsigma = 0 - 1
+
+
+@dataclass
+class Cond:
+    states: torch.Tensor
+    pooled: torch.Tensor
+    guidance: float = 6.0
+
+
+def cond_model(x, t, cond: Cond):
+    return x * cond.pooled.view(-1, 1, 1, 1, 1) + cond.states.sum(1).view(-1, 1, 1, 1, 1) + t.view(-1, 1, 1, 1, 1)
+
+
+def test_cfg_math_and_batching():
+    x = torch.randn(2, 2, 1, 2, 2)
+    t = torch.full((2,), 500.0)
+    cond = Cond(torch.randn(2, 3), torch.randn(2))
+    uncond = Cond(torch.randn(2, 3), torch.randn(2))
+    v_c, v_u = cond_model(x, t, cond), cond_model(x, t, uncond)
+    for batched in (False, True):
+        v = with_cfg(cond_model, cond, uncond, 4.5, batched=batched)(x, t)
+        assert torch.allclose(v, v_u + 4.5 * (v_c - v_u), atol=1e-6)
+    assert torch.allclose(with_cfg(cond_model, cond, uncond, 1.0)(x, t), v_c)
+    assert torch.equal(with_cond(cond_model, cond)(x, t), v_c)
+
+
+def test_cat_cond():
+    a, b = Cond(torch.zeros(1, 3), torch.zeros(1)), Cond(torch.ones(2, 3), torch.ones(2))
+    both = cat_cond(a, b)
+    assert both.states.shape == (3, 3) and both.pooled.tolist() == [0, 1, 1] and both.guidance == 6.0
+    assert cat_cond({"m": None, "x": (torch.zeros(1),)}, {"m": None, "x": (torch.ones(1),)})["x"][0].tolist() == [0, 1]
+    with pytest.raises(TypeError):
+        cat_cond(1.0, 2.0)
+
+
+def test_initial_noise_is_per_video_seeded():
+    shape = latent_shape(3, 129, 64, 96)
+    assert shape == (3, 16, 33, 8, 12)
+    noise = initial_noise(shape, 1234)
+    assert noise.dtype == torch.float32 and noise.shape == shape
+    assert torch.equal(noise, initial_noise(shape, [1234, 1235, 1236]))
+    assert torch.equal(noise[1], initial_noise((1, *shape[1:]), 1235)[0])  # independent of batch size
+    assert not torch.equal(noise[0], noise[1])
+    generators = [torch.Generator("cpu").manual_seed(1234 + i) for i in range(3)]
+    assert torch.equal(noise, randn_tensor(shape, generator=generators, dtype=torch.float32))
+    with pytest.raises(ValueError):
+        initial_noise(shape, [1, 2])
+    with pytest.raises(ValueError):
+        latent_shape(1, 128, 64, 64)

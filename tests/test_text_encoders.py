@@ -1,0 +1,178 @@
+"""Text encoders on the tiny locally-trained kit: template crop, layouts, parity with diffusers' pipeline."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler, HunyuanVideoPipeline
+from loguru import logger
+
+from hyvideo.modules.text_encoders import (
+    OFFICIAL_CROP_START,
+    PROMPT_TEMPLATES,
+    TextEncoderConfig,
+    TextEncoders,
+)
+from hyvideo.tiny_text import write_text_encoders_diffusers, write_text_encoders_official
+
+PROMPTS = ["A cat walks on the grass, realistic", "A panda dances happily in a snowy forest at night. " * 3]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models gain nothing from threads, and on a busy 2-core machine OpenMP spinning makes them 100x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def roots(tmp_path_factory):
+    base = tmp_path_factory.mktemp("tiny_text")
+    dims = write_text_encoders_diffusers(base / "diffusers", seed=0), write_text_encoders_official(base / "official")
+    return base / "diffusers", base / "official", dims
+
+
+@pytest.fixture(scope="module")
+def encoders(roots):
+    cfg = TextEncoderConfig.from_model_base(roots[0], precision="fp32", precision_2="fp32")
+    return TextEncoders(cfg)
+
+
+def test_dims_and_layouts(roots):
+    diffusers_root, official_root, (dims_d, dims_o) = roots
+    assert dims_d == dims_o and (dims_d.llm_hidden, dims_d.clip_hidden) == (32, 32)
+    for sub in ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2"):
+        assert (diffusers_root / sub).is_dir()
+    assert sorted(p.name for p in official_root.iterdir()) == ["text_encoder", "text_encoder_2"]
+    assert (official_root / "text_encoder" / "tokenizer.json").is_file()
+    assert (official_root / "text_encoder_2" / "tokenizer.json").is_file()
+
+
+def test_crop_start_is_the_template_prefix_length(encoders):
+    tok = encoders.llm.tokenizer
+    for name, template in PROMPT_TEMPLATES.items():
+        prefix = template.split("{}")[0]
+        assert encoders.llm.crop_start(template) == len(tok(prefix)["input_ids"])
+        # The tiny tokenizer keeps the template words whole, so it gives Llama-3's counts (95 / 36).
+        assert encoders.llm.crop_start(template) == OFFICIAL_CROP_START[name]
+        full = tok(template.format(PROMPTS[0]))["input_ids"]
+        assert tuple(full[: encoders.llm.crop_start(template)]) == encoders.llm.prefix_ids(template)
+    # Any template: <|begin_of_text|> <|start_header_id|> user <|end_header_id|> "\n\n"
+    assert encoders.llm.crop_start("<|start_header_id|>user<|end_header_id|>\n\n{}<|eot_id|>") == 5
+
+
+def test_template_choice_by_frame_count(encoders):
+    assert encoders.template(129) == encoders.template(5) == PROMPT_TEMPLATES["dit-llm-encode-video"]
+    assert encoders.template(1) == PROMPT_TEMPLATES["dit-llm-encode"]
+    assert (encoders.crop_start(129), encoders.crop_start(1)) == (95, 36)
+
+
+def test_shapes_and_mask(encoders):
+    emb = encoders.encode(PROMPTS, video_length=129)
+    assert emb.llm_states.shape == (2, 256, 32) and emb.llm_states.dtype == torch.float32
+    assert emb.llm_mask.shape == (2, 256) and emb.llm_mask.dtype == torch.int64
+    assert emb.clip_pooled.shape == (2, 32)
+    n_tokens = [len(encoders.llm.tokenizer(p, add_special_tokens=False)["input_ids"]) + 1 for p in PROMPTS]  # +eot
+    assert emb.llm_mask.sum(1).tolist() == n_tokens
+    for row, n in zip(emb.llm_mask, n_tokens, strict=True):  # right padding: ones then zeros
+        assert row[:n].all() and not row[n:].any()
+
+
+@pytest.mark.parametrize("video_length", [129, 1])
+def test_parity_with_diffusers_encode_prompt(encoders, video_length):
+    pipe = HunyuanVideoPipeline(
+        text_encoder=encoders.llm.model,
+        tokenizer=encoders.llm.tokenizer,
+        transformer=None,
+        vae=None,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0),
+        text_encoder_2=encoders.clip.model,
+        tokenizer_2=encoders.clip.tokenizer,
+    )
+    template = {"template": encoders.template(video_length), "crop_start": encoders.crop_start(video_length)}
+    states, pooled, mask = pipe.encode_prompt(PROMPTS, prompt_template=template, device=torch.device("cpu"))
+    ours = encoders.encode(PROMPTS, video_length)
+    assert (ours.llm_states - states).abs().max().item() <= 1e-6
+    assert (ours.clip_pooled - pooled).abs().max().item() <= 1e-6
+    assert torch.equal(ours.llm_mask, mask)
+
+
+def test_official_layout_matches_diffusers_layout(roots, encoders):
+    cfg = TextEncoderConfig.from_model_base(roots[1], precision="fp32", precision_2="fp32")
+    assert cfg.llm_tokenizer_path is None
+    official = TextEncoders(cfg).encode(PROMPTS, 129)  # a LlamaForCausalLM folder: the LM head is skipped
+    ours = encoders.encode(PROMPTS, 129)
+    assert torch.equal(official.llm_states, ours.llm_states)
+    assert torch.equal(official.clip_pooled, ours.clip_pooled)
+
+
+def test_hidden_state_choice_and_final_norm(roots, encoders):
+    llm = encoders.llm
+    template = encoders.template(129)
+    batch = llm.tokenizer([template.format(PROMPTS[0])], max_length=256 + 95, padding="max_length")
+    ids, mask = torch.tensor(batch["input_ids"]), torch.tensor(batch["attention_mask"])
+    with torch.no_grad():
+        hidden = llm.model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
+    states, _ = llm.encode([PROMPTS[0]], template)
+    assert torch.equal(states, hidden[-3][:, 95:])
+    cfg = TextEncoderConfig.from_model_base(roots[0], precision="fp32", precision_2="fp32", apply_final_norm=True)
+    normed, _ = TextEncoders(cfg).llm.encode([PROMPTS[0]], template)
+    with torch.no_grad():
+        assert torch.allclose(normed, llm.model.norm(hidden[-3])[:, 95:], atol=1e-6)
+
+
+def test_truncation_warns(encoders):
+    messages: list[str] = []
+    sink = logger.add(lambda m: messages.append(str(m)), level="WARNING")
+    try:
+        emb = encoders.encode(["a red car " * 200], 129)
+    finally:
+        logger.remove(sink)
+    assert emb.llm_mask.all()  # truncated: every kept position is a real token
+    assert any("LLM text encoder" in m and "truncated" in m for m in messages)
+    assert any("CLIP text encoder" in m and "truncated" in m for m in messages)
+    messages.clear()
+    sink = logger.add(lambda m: messages.append(str(m)), level="WARNING")
+    try:
+        encoders.encode(PROMPTS, 129)
+    finally:
+        logger.remove(sink)
+    assert messages == []
+
+
+def test_bf16_and_free(roots):
+    cfg = TextEncoderConfig.from_model_base(roots[0], precision="bf16", precision_2="bf16")
+    enc = TextEncoders(cfg)
+    emb = enc.encode(PROMPTS[:1], 129)
+    assert emb.llm_states.dtype == emb.clip_pooled.dtype == torch.bfloat16
+    assert emb.to(dtype=torch.float32).llm_mask.dtype == torch.int64
+    enc.free()
+    assert enc.llm.model is None and enc.clip.model is None
+
+
+def test_config_validation(tmp_path):
+    with pytest.raises(ValueError, match="precision"):
+        TextEncoderConfig(tmp_path, tmp_path, precision="fp8")
+    with pytest.raises(ValueError, match="prompt_template"):
+        TextEncoderConfig(tmp_path, tmp_path, prompt_template="nope")
+
+
+def test_tiny_kit_is_deterministic(tmp_path):
+    def digest(root):
+        return {
+            str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*"))
+            if p.is_file()
+        }
+
+    write_text_encoders_diffusers(tmp_path / "a", seed=3)
+    write_text_encoders_diffusers(tmp_path / "b", seed=3)
+    write_text_encoders_diffusers(tmp_path / "c", seed=4)
+    a, b, c = digest(tmp_path / "a"), digest(tmp_path / "b"), digest(tmp_path / "c")
+    assert a == b
+    assert a["text_encoder/model.safetensors"] != c["text_encoder/model.safetensors"]
+    assert a["tokenizer/tokenizer.json"] == c["tokenizer/tokenizer.json"]  # tokenizers do not depend on the seed

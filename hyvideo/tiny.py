@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -46,3 +47,78 @@ def randomize_(model: nn.Module, seed: int) -> nn.Module:
 
 def random_dit(cfg: DiTConfig = TINY_DIT, seed: int = 0) -> HYVideoDiT:
     return randomize_(HYVideoDiT(cfg), seed).eval().requires_grad_(False)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A complete tiny model on disk: `python -m hyvideo.tiny OUT [--layout official|diffusers]`
+# ---------------------------------------------------------------------------------------------------------------
+def tiny_vae_config():
+    from hyvideo.modules.vae import VAEConfig
+
+    return VAEConfig(block_out_channels=(16, 32, 32, 32), layers_per_block=1, norm_num_groups=8)
+
+
+MODEL_INDEX = {
+    "_class_name": "HunyuanVideoPipeline",
+    "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
+    "text_encoder": ["transformers", "LlamaModel"],
+    "text_encoder_2": ["transformers", "CLIPTextModel"],
+    "tokenizer": ["transformers", "PreTrainedTokenizerFast"],
+    "tokenizer_2": ["transformers", "CLIPTokenizer"],
+    "transformer": ["diffusers", "HunyuanVideoTransformer3DModel"],
+    "vae": ["diffusers", "AutoencoderKLHunyuanVideo"],
+}
+
+
+def write_tiny_model(root: str | Path, layout: str = "official", seed: int = 0, dit: DiTConfig = TINY_DIT) -> Path:
+    """Write a complete random-weight model (DiT, VAE, both text encoders with locally trained tokenizers).
+
+    official: root/hunyuan-video-t2v-720p/{transformers,vae}/, root/text_encoder/, root/text_encoder_2/
+    diffusers: root/model_index.json, transformer/, vae/, text_encoder/, tokenizer/, text_encoder_2/, tokenizer_2/,
+    scheduler/. The same seed gives the same weights in both layouts.
+    """
+    import json
+
+    from hyvideo.checkpoints.dit import save_dit_diffusers, save_dit_official
+    from hyvideo.checkpoints.layout import OFFICIAL_DIT_DIR
+    from hyvideo.checkpoints.vae import random_vae, save_vae_diffusers, save_vae_official
+    from hyvideo.tiny_text import write_text_encoders_diffusers, write_text_encoders_official
+
+    if layout not in ("official", "diffusers"):
+        raise ValueError(f"layout must be 'official' or 'diffusers', got {layout!r}")
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    write_text = write_text_encoders_official if layout == "official" else write_text_encoders_diffusers
+    dims = write_text(root, seed)
+    cfg = dit.replace(text_states_dim=dims.llm_hidden, text_pool_dim=dims.clip_hidden)
+    model = random_dit(cfg, seed)
+    vae_cfg = tiny_vae_config()
+    vae = random_vae(vae_cfg, seed)
+    if layout == "official":
+        save_dit_official(model, root / OFFICIAL_DIT_DIR / "transformers")
+        save_vae_official(vae, vae_cfg, root / OFFICIAL_DIT_DIR / "vae")
+    else:
+        save_dit_diffusers(model, root / "transformer")
+        save_vae_diffusers(vae, vae_cfg, root / "vae")
+        (root / "scheduler").mkdir(exist_ok=True)
+        sched = {"_class_name": "FlowMatchEulerDiscreteScheduler", "shift": 7.0, "num_train_timesteps": 1000}
+        (root / "scheduler" / "scheduler_config.json").write_text(json.dumps(sched, indent=2))
+        (root / "model_index.json").write_text(json.dumps(MODEL_INDEX, indent=2))
+    return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m hyvideo.tiny", description="Write a tiny random-weight model.")
+    ap.add_argument("out", type=Path, help="output folder (used as --model-base)")
+    ap.add_argument("--layout", choices=("official", "diffusers"), default="official")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    write_tiny_model(args.out, args.layout, args.seed)
+    print(f"wrote a tiny {args.layout}-layout model to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,246 @@
+"""The sampling pipeline: encode text -> noise -> sample -> decode -> write. It only orchestrates.
+
+Components load in the order they run and are freed when done (text encoders before the DiT loads, the DiT
+before the VAE loads), so host and device memory hold one large component at a time.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import torch
+from loguru import logger
+from tqdm import tqdm
+
+from hyvideo import io
+from hyvideo.checkpoints.dit import load_dit
+from hyvideo.checkpoints.layout import ModelPaths, locate
+from hyvideo.checkpoints.vae import load_vae
+from hyvideo.config import dit_config
+from hyvideo.modules.dit import HYVideoDiT
+from hyvideo.modules.text_encoders import PRECISIONS, TextEmbeddings, TextEncoderConfig, TextEncoders
+from hyvideo.modules.vae import HYVideoVAE
+from hyvideo.request import SampleRequest, UsageError
+from hyvideo.sampling import euler, flow_sigmas, initial_noise, latent_shape, with_cfg, with_cond
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Stage bookkeeping: time and peak memory per stage, logged as one line each
+# ---------------------------------------------------------------------------------------------------------------
+def peak_host_mb() -> float:
+    """Peak resident set size of this process (VmHWM), MiB; 0 where /proc is unavailable."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+@dataclass
+class Timings:
+    seconds: dict[str, float]
+
+    @contextmanager
+    def stage(self, name: str, device: torch.device) -> Iterator[None]:
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        t0 = time.perf_counter()
+        yield
+        dt = time.perf_counter() - t0
+        self.seconds[name] = self.seconds.get(name, 0.0) + dt
+        mem = f"peak host RSS {peak_host_mb():.0f} MiB"
+        if device.type == "cuda":
+            mem += f", peak {device} {torch.cuda.max_memory_allocated(device) / 2**20:.0f} MiB"
+        logger.info(f"{name}: {dt:.2f} s ({mem})")
+
+
+def _release_memory() -> None:
+    """Return freed memory to the system / CUDA allocator (call after dropping the last reference)."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Steps
+# ---------------------------------------------------------------------------------------------------------------
+def text_config(req: SampleRequest, paths: ModelPaths) -> TextEncoderConfig:
+    return TextEncoderConfig(
+        llm_path=paths.text_encoder,
+        clip_path=paths.text_encoder_2,
+        llm_tokenizer_path=paths.tokenizer,
+        clip_tokenizer_path=paths.tokenizer_2,
+        text_len=req.text_len,
+        text_len_2=req.text_len_2,
+        hidden_state_skip_layer=req.hidden_state_skip_layer,
+        apply_final_norm=req.apply_final_norm,
+        precision=req.text_encoder_precision,
+        precision_2=req.text_encoder_precision_2,
+        prompt_template=req.prompt_template,
+        prompt_template_video=req.prompt_template_video,
+    )
+
+
+def encode_text(
+    req: SampleRequest, paths: ModelPaths, device: torch.device
+) -> tuple[TextEmbeddings, TextEmbeddings | None]:
+    """(prompt embeddings, negative-prompt embeddings or None); the encoders are freed before returning."""
+    encoders = TextEncoders(text_config(req, paths), device)
+    try:
+        cond = encoders.encode([req.prompt], req.video_length)
+        uncond = encoders.encode([req.neg_prompt], req.video_length) if req.cfg_scale > 1 else None
+    finally:
+        encoders.free()
+    return cond, uncond
+
+
+def load_denoiser(req: SampleRequest, paths: ModelPaths, device: torch.device) -> HYVideoDiT:
+    folder = paths.dit if paths.dit.is_dir() else paths.dit.parent
+    cfg = dit_config(req.model, folder / "config.json").replace(rope_theta=float(req.rope_theta))
+    if cfg.in_channels != req.latent_channels:
+        raise UsageError(
+            "--latent-channels", f"the DiT takes {cfg.in_channels} latent channels, not {req.latent_channels}"
+        )
+    model = load_dit(paths.dit, cfg, load_key=req.load_key, dtype=PRECISIONS[req.precision], device=device)
+    model.attn_backend = req.attn_backend
+    return model
+
+
+def dit_fn(model: HYVideoDiT, embedded_cfg_scale: float):
+    """(x, t, TextEmbeddings) -> velocity, with the embedded guidance (x1000, in the DiT's dtype) when it has one."""
+    dtype = model.img_in.proj.weight.dtype
+
+    def fn(x: torch.Tensor, t: torch.Tensor, emb: TextEmbeddings) -> torch.Tensor:
+        g = None
+        if model.guidance_in is not None:
+            g = (torch.full((x.shape[0],), embedded_cfg_scale, dtype=dtype, device=x.device) * 1000.0).to(dtype)
+        return model(x, t, emb.llm_states, emb.llm_mask, emb.clip_pooled, g)
+
+    return fn
+
+
+def denoise(
+    model: HYVideoDiT,
+    cond: TextEmbeddings,
+    uncond: TextEmbeddings | None,
+    req: SampleRequest,
+    seed: int,
+    device: torch.device,
+) -> torch.Tensor:
+    """Final latents (1, C, T, h, w) float32 for one video: Euler over the shifted flow schedule from seeded noise."""
+    shape = latent_shape(1, req.video_length, req.height, req.width, req.latent_channels)
+    x = initial_noise(shape, [seed], device)
+    fn = dit_fn(model, req.embedded_cfg_scale)
+    cond = cond.to(device)
+    if uncond is None:
+        model_fn = with_cond(fn, cond)
+    else:
+        model_fn = with_cfg(fn, cond, uncond.to(device), req.cfg_scale)
+    sigmas = flow_sigmas(req.infer_steps, req.flow_shift)
+    with tqdm(total=req.infer_steps, desc=f"denoise seed {seed}", leave=False) as bar:
+        latents = euler(model_fn, x, sigmas, callback=lambda _: bar.update(1))
+    if not torch.isfinite(latents).all():
+        raise FloatingPointError(f"seed {seed}: non-finite latents; try --precision fp32 or bf16, or a lower cfg")
+    return latents
+
+
+def decode(vae: HYVideoVAE, latents: torch.Tensor) -> torch.Tensor:
+    """DiT latents (1, C, T, h, w) -> video (3, F, H, W) in [-1, 1], float32 on the CPU."""
+    return vae.decode_latents(latents).float().cpu()[0]
+
+
+def load_decoder(req: SampleRequest, paths: ModelPaths, device: torch.device) -> HYVideoVAE:
+    vae = load_vae(paths.vae, dtype=PRECISIONS[req.vae_precision], device=device)
+    return vae.enable_tiling() if req.vae_tiling else vae.disable_tiling()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The whole run
+# ---------------------------------------------------------------------------------------------------------------
+def run(req: SampleRequest) -> list[Path]:
+    """Generate (or decode) per the request; returns the MP4 paths written."""
+    device = torch.device(req.device)
+    if req.reproduce:
+        torch.use_deterministic_algorithms(True)
+    timings = Timings({})
+    if req.decode_latents is not None:
+        return [decode_only(req, device, timings)]
+    paths = locate(req.model_base, req.dit_weight)
+    logger.info(f"models: {paths.layout} layout at {req.model_base}; DiT {paths.dit}")
+    logger.info(
+        f"request: {req.width}x{req.height}, {req.video_length} frames, {req.infer_steps} steps, shift "
+        f"{req.flow_shift}, embedded cfg {req.embedded_cfg_scale}, cfg {req.cfg_scale}, seed {req.seed}, "
+        f"{req.num_videos} video(s), DiT {req.precision}, VAE {req.vae_precision}, device {device}"
+    )
+    with timings.stage("text encode", device):
+        cond, uncond = encode_text(req, paths, device)
+    with timings.stage("load DiT", device):
+        model = load_denoiser(req, paths, device)
+    seeds = [req.seed + i for i in range(req.num_videos)]
+    all_latents = []
+    for seed in seeds:
+        with timings.stage(f"denoise seed {seed}", device):
+            all_latents.append(denoise(model, cond, uncond, req, seed, device))
+    del model
+    _release_memory()
+    with timings.stage("load VAE", device):
+        vae = load_decoder(req, paths, device)
+    req.save_dir.mkdir(parents=True, exist_ok=True)
+    when = datetime.now()
+    written = []
+    for seed, latents in zip(seeds, all_latents, strict=True):
+        with timings.stage(f"decode seed {seed}", device):
+            video = decode(vae, latents)
+        with timings.stage(f"write seed {seed}", device):
+            path = io.video_filename(req.save_dir, seed, req.prompt or "", when, req.name_suffix)
+            if req.save_latents:
+                io.save_latents(latents, io.latents_filename(path), _latents_meta(req, seed))
+            written.append(io.write_mp4(video, path, fps=req.fps, signed=True))
+    total = sum(timings.seconds.values())
+    logger.info(f"done in {total:.1f} s; peak host RSS {peak_host_mb():.0f} MiB")
+    return written
+
+
+def _latents_meta(req: SampleRequest, seed: int) -> dict[str, object]:
+    return {
+        "prompt": req.prompt,
+        "seed": seed,
+        "height": req.height,
+        "width": req.width,
+        "video_length": req.video_length,
+        "infer_steps": req.infer_steps,
+        "flow_shift": req.flow_shift,
+        "embedded_cfg_scale": req.embedded_cfg_scale,
+        "cfg_scale": req.cfg_scale,
+    }
+
+
+def decode_only(req: SampleRequest, device: torch.device, timings: Timings) -> Path:
+    """--decode-latents FILE: decode saved latents with the VAE under --model-base and write the MP4 beside it."""
+    try:
+        latents, meta = io.load_latents(req.decode_latents)
+    except (KeyError, OSError, ValueError) as e:
+        raise UsageError("--decode-latents", f"{req.decode_latents}: not a latents file ({e})") from None
+    if latents.ndim != 5 or latents.shape[1] != req.latent_channels:
+        raise UsageError(
+            "--decode-latents", f"expected (1, {req.latent_channels}, T, h, w), got {tuple(latents.shape)}"
+        )
+    paths = locate(req.model_base, req.dit_weight, need_text=False, need_dit=False)
+    with timings.stage("load VAE", device):
+        vae = load_decoder(req, paths, device)
+    with timings.stage("decode", device):
+        video = decode(vae, latents.to(device))
+    name = Path(req.decode_latents).name.removesuffix(".latents.safetensors").removesuffix(".safetensors") + ".mp4"
+    req.save_dir.mkdir(parents=True, exist_ok=True)
+    with timings.stage("write", device):
+        path = io.write_mp4(video, req.save_dir / name, fps=req.fps, signed=True)
+    logger.info(f"decoded {req.decode_latents} (seed {meta.get('seed', '?')})")
+    return path

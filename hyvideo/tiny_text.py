@@ -14,6 +14,7 @@ random tiny `CLIPTextModel`. Everything is a pure function of `seed`.
 from __future__ import annotations
 
 import itertools
+import json
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -251,6 +252,18 @@ class TinyTextDims:
     clip_hidden: int  # DiT pooled_projection_dim (text_states_dim_2)
 
 
+def save_llm_tokenizer(tokenizer: PreTrainedTokenizerFast, folder: Path) -> None:
+    """Save as the Llama-3 release does: tokenizer.json + a config naming the generic `PreTrainedTokenizerFast`
+    (transformers 5 would write its internal "TokenizersBackend", which transformers 4 cannot resolve).
+    Load it with `AutoTokenizer`: in transformers 5 `LlamaTokenizerFast` rebuilds a SentencePiece-style
+    pipeline from the vocab and tokenizes byte-level BPE text differently."""
+    tokenizer.save_pretrained(folder)
+    config_file = folder / "tokenizer_config.json"
+    config = json.loads(config_file.read_text())
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
 def _build(seed: int) -> tuple[PreTrainedTokenizerFast, LlamaModel, CLIPTokenizer, CLIPTextModel]:
     llm_tok = build_llm_tokenizer()
     llm = build_llm(len(llm_tok), seed)
@@ -269,7 +282,7 @@ def write_text_encoders_official(root: str | Path, seed: int = 0) -> TinyTextDim
     torch.manual_seed(seed + 2)
     torch.nn.init.normal_(causal.lm_head.weight, std=0.02)  # present in the file, never used by the encoder
     causal.save_pretrained(root / "text_encoder")
-    llm_tok.save_pretrained(root / "text_encoder")
+    save_llm_tokenizer(llm_tok, root / "text_encoder")
     clip.save_pretrained(root / "text_encoder_2")
     clip_tok.save_pretrained(root / "text_encoder_2")
     return TinyTextDims(llm.config.hidden_size, clip.config.hidden_size)
@@ -280,7 +293,7 @@ def write_text_encoders_diffusers(root: str | Path, seed: int = 0) -> TinyTextDi
     root = Path(root)
     llm_tok, llm, clip_tok, clip = _build(seed)
     llm.save_pretrained(root / "text_encoder")
-    llm_tok.save_pretrained(root / "tokenizer")
+    save_llm_tokenizer(llm_tok, root / "tokenizer")
     clip.save_pretrained(root / "text_encoder_2")
     clip_tok.save_pretrained(root / "tokenizer_2")
     return TinyTextDims(llm.config.hidden_size, clip.config.hidden_size)

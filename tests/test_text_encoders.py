@@ -176,3 +176,33 @@ def test_tiny_kit_is_deterministic(tmp_path):
     assert a == b
     assert a["text_encoder/model.safetensors"] != c["text_encoder/model.safetensors"]
     assert a["tokenizer/tokenizer.json"] == c["tokenizer/tokenizer.json"]  # tokenizers do not depend on the seed
+
+
+def test_llava_style_checkpoint_keeps_the_language_model(tmp_path, roots, encoders):
+    from transformers import CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    llm = encoders.llm.model
+    vision = CLIPVisionConfig(
+        hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=16
+    )
+    llava = LlavaForConditionalGeneration(LlavaConfig(vision_config=vision, text_config=llm.config))
+    llava.model.language_model.load_state_dict(llm.state_dict())
+    llava.save_pretrained(tmp_path / "llava")
+    cfg = TextEncoderConfig(
+        tmp_path / "llava", roots[0] / "text_encoder_2", roots[0] / "tokenizer", roots[0] / "tokenizer_2"
+    )
+    cfg.precision = cfg.precision_2 = "fp32"
+    got = TextEncoders(cfg).encode(PROMPTS, 129)
+    assert torch.equal(got.llm_states, encoders.encode(PROMPTS, 129).llm_states)
+
+
+def test_tokenizer_files_name_generic_fast_tokenizer(roots):
+    import json
+
+    for folder in (roots[0] / "tokenizer", roots[1] / "text_encoder"):
+        assert (
+            json.loads((folder / "tokenizer_config.json").read_text())["tokenizer_class"] == "PreTrainedTokenizerFast"
+        )
+    assert json.loads((roots[0] / "tokenizer_2" / "tokenizer_config.json").read_text())["tokenizer_class"] == (
+        "CLIPTokenizer"
+    )

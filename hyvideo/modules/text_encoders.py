@@ -142,10 +142,11 @@ def _quiet_transformers() -> Iterator[None]:
 
 
 def _check_loading(path: str | Path, info: dict, ignore: tuple[str, ...] = ()) -> None:
-    """Fail on missing or mis-shaped weights (they would be random); unexpected keys under `ignore` are fine."""
+    """Fail on missing or mis-shaped weights (they would be random); unexpected keys with a dotted component in
+    `ignore` (e.g. "lm_head" in "language_model.lm_head.weight") are expected and skipped silently."""
     missing = sorted(info.get("missing_keys", ()))
     mismatched = sorted(str(k) for k in info.get("mismatched_keys", ()))
-    unexpected = sorted(k for k in info.get("unexpected_keys", ()) if not k.startswith(ignore))
+    unexpected = sorted(k for k in info.get("unexpected_keys", ()) if not set(k.split(".")) & set(ignore))
     if missing or mismatched:
         raise ValueError(f"{path}: missing weights {missing[:5]}, shape mismatches {mismatched[:5]}")
     if unexpected:
@@ -159,7 +160,7 @@ def _load_llm(path: str | Path, dtype: torch.dtype, device: torch.device | str) 
     config = AutoConfig.from_pretrained(path, local_files_only=True)
     with _quiet_transformers():
         model, info = AutoModel.from_pretrained(path, dtype=dtype, local_files_only=True, output_loading_info=True)
-    _check_loading(path, info, ignore=("lm_head.",))
+    _check_loading(path, info, ignore=("lm_head",))
     if getattr(config, "text_config", None) is not None and hasattr(model, "language_model"):
         model = model.language_model  # LLaVA: (vision tower, projector, language model) -> language model
     return model.to(device).eval().requires_grad_(False)
@@ -169,7 +170,7 @@ def _load_clip(path: str | Path, dtype: torch.dtype, device: torch.device | str)
     """CLIP's text tower; a full CLIPModel checkpoint (openai/clip-vit-large-patch14) loads its text half."""
     with _quiet_transformers():
         model, info = CLIPTextModel.from_pretrained(path, dtype=dtype, local_files_only=True, output_loading_info=True)
-    _check_loading(path, info, ignore=("vision_model.", "visual_projection.", "text_projection.", "logit_scale"))
+    _check_loading(path, info, ignore=("vision_model", "visual_projection", "text_projection", "logit_scale"))
     return model.to(device).eval().requires_grad_(False)
 
 

@@ -45,12 +45,11 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         raise
 
 
-def to_uint8_frames(video: torch.Tensor | np.ndarray, signed: bool = False) -> np.ndarray:
-    """(3, T, H, W) or (T, H, W, 3) (a leading batch dim of 1 is dropped) float video -> (T, H, W, 3) uint8.
+def as_frames(video: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """View a (3, T, H, W) or (T, H, W, 3) video (a leading batch dim of 1 is dropped) as (T, H, W, 3), no copy.
 
-    Values are in [0, 1], or in [-1, 1] with `signed=True` (the VAE's output range): x01 = (x + 1) / 2. They are
-    clamped, then rounded: uint8 = round(255 * x01). Layout: channels-last if the last dim is 3, else channels-first
-    if the first dim is 3; a shape that fits both, e.g. (3, 3, H, 3), is refused rather than guessed.
+    Layout: channels-last if the last dim is 3, else channels-first if the first dim is 3; a shape that fits
+    both, e.g. (3, 3, H, 3), is refused rather than guessed.
     """
     x = torch.as_tensor(video).detach()
     if x.ndim == 5 and x.shape[0] == 1:
@@ -62,22 +61,34 @@ def to_uint8_frames(video: torch.Tensor | np.ndarray, signed: bool = False) -> n
         raise ValueError(f"ambiguous video layout {tuple(x.shape)}: both (3,T,H,W) and (T,H,W,3) fit")
     if not (last or first):
         raise ValueError(f"video needs 3 channels first or last, got shape {tuple(x.shape)}")
-    if first:
-        x = x.permute(1, 2, 3, 0)  # (3, T, H, W) -> (T, H, W, 3)
+    return x.permute(1, 2, 3, 0) if first else x  # (T, H, W, 3)
+
+
+def to_uint8(x: torch.Tensor, signed: bool = False) -> np.ndarray:
+    """Float pixels in [0, 1] (or [-1, 1] with `signed`: x01 = (x + 1) / 2) -> uint8 = round(255 * clamp(x01))."""
     x = x.float().cpu()
     if signed:
         x = (x + 1) / 2
-    return (x.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+    return (x.clamp(0, 1) * 255).round().to(torch.uint8).contiguous().numpy()
+
+
+def to_uint8_frames(video: torch.Tensor | np.ndarray, signed: bool = False) -> np.ndarray:
+    """A whole video (see `as_frames` for layouts) -> (T, H, W, 3) uint8 (see `to_uint8` for values)."""
+    return to_uint8(as_frames(video), signed)
 
 
 def write_mp4(
     video: torch.Tensor | np.ndarray, path: str | Path, fps: float = 24, *, signed: bool = False, quality: float = 8
 ) -> Path:
-    """Write an H.264 (libx264, yuv420p) MP4 with imageio-ffmpeg, atomically. See `to_uint8_frames` for the
-    accepted layouts and value ranges. Frames are written at their exact size: yuv420p needs even width and height,
-    so odd sizes raise ValueError (no silent resize or padding; imageio's macro-block resizing is turned off).
-    `quality` is imageio's 0-10 scale (10 = best). Returns the path."""
-    frames = to_uint8_frames(video, signed=signed)  # (T, H, W, 3)
+    """Write an H.264 (libx264, yuv420p) MP4 with imageio-ffmpeg, atomically.
+
+    `video`: (3, T, H, W) or (T, H, W, 3) float, values in [0, 1], or in [-1, 1] (the VAE's output range) with
+    `signed=True`; converted one frame at a time, so a 720p clip needs no full-size copies. Frames are written at
+    their exact size: yuv420p needs even width and height, so odd sizes raise ValueError (no silent resize or
+    padding; imageio's macro-block resizing is turned off). `quality` is imageio's 0-10 scale (10 = best).
+    Returns the path.
+    """
+    frames = as_frames(video)  # (T, H, W, 3) view
     _, height, width, _ = frames.shape
     if height % 2 or width % 2:
         raise ValueError(f"H.264 yuv420p needs even frame sizes, got {height}x{width}")
@@ -96,7 +107,7 @@ def write_mp4(
         )
         try:
             for frame in frames:
-                writer.append_data(frame)
+                writer.append_data(to_uint8(frame, signed))  # (H, W, 3) uint8
         finally:
             writer.close()
     return path

@@ -34,3 +34,17 @@ format: install
 
 clean:
 	rm -rf $(VENV) results build *.egg-info
+
+# The tiny random-weight model (no downloads) and one MP4 from it.
+TINY := results/tiny-model
+$(TINY)/.done: $(STAMP) hyvideo/tiny.py hyvideo/tiny_text.py
+	$(PY) -m hyvideo.tiny $(TINY)
+	touch $@
+
+demo: $(TINY)/.done
+	$(PY) sample_video.py --model-base $(TINY) --prompt "A cat walks on the grass, realistic style." \
+		--video-size 128 128 --video-length 17 --infer-steps 8 --seed 42 --save-path results \
+		--precision fp32 --vae-precision fp32 --text-encoder-precision fp32 --text-encoder-precision-2 fp32
+
+bench: install
+	$(PY) -m benchmarks.bench_load

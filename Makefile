@@ -47,4 +47,4 @@ demo: $(TINY)/.done
 		--precision fp32 --vae-precision fp32 --text-encoder-precision fp32 --text-encoder-precision-2 fp32
 
 bench: install
-	$(PY) -m benchmarks.bench_load
+	$(PY) -m benchmarks

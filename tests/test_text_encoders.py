@@ -206,3 +206,27 @@ def test_tokenizer_files_name_generic_fast_tokenizer(roots):
     assert json.loads((roots[0] / "tokenizer_2" / "tokenizer_config.json").read_text())["tokenizer_class"] == (
         "CLIPTokenizer"
     )
+
+
+def test_full_clip_checkpoint_loads_its_text_tower(tmp_path, roots, encoders):
+    from transformers import CLIPConfig, CLIPModel, CLIPVisionConfig
+
+    text = encoders.clip.model
+    vision = CLIPVisionConfig(
+        hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=16
+    )
+    full = CLIPModel(CLIPConfig(text_config=text.config.to_dict(), vision_config=vision.to_dict(), projection_dim=8))
+    full.text_model.load_state_dict(text.state_dict())
+    full.save_pretrained(tmp_path / "clip")
+    cfg = TextEncoderConfig(
+        roots[0] / "text_encoder", tmp_path / "clip", roots[0] / "tokenizer", roots[0] / "tokenizer_2"
+    )
+    cfg.precision = cfg.precision_2 = "fp32"
+    got = TextEncoders(cfg).encode(PROMPTS, 129)
+    assert torch.equal(got.clip_pooled, encoders.encode(PROMPTS, 129).clip_pooled)
+
+
+def test_skip_layer_beyond_depth_is_refused(roots):
+    cfg = TextEncoderConfig.from_model_base(roots[0], precision="fp32", precision_2="fp32", hidden_state_skip_layer=4)
+    with pytest.raises(ValueError, match="hidden_state_skip_layer"):
+        TextEncoders(cfg)

@@ -194,6 +194,9 @@ class LLMEncoder:
         if self.tokenizer.pad_token is None:  # plain Llama-3 tokenizers have none; padded positions are masked out
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model = _load_llm(path, dtype, device)
+        layers = self.model.config.num_hidden_layers
+        if hidden_state_skip_layer > layers:  # hidden_states has layers + 1 entries (embeddings first)
+            raise ValueError(f"hidden_state_skip_layer {hidden_state_skip_layer} > the LLM's {layers} layers")
         self.device = torch.device(device)
         self.text_len = text_len
         self.skip = hidden_state_skip_layer

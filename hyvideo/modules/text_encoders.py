@@ -6,6 +6,9 @@ the template's instruction prefix -> states (B, text_len, D) and mask (B, text_l
 CLIP: prompt -> 77 tokens (max_length padding, truncation) -> `pooler_output` (B, 768).
 
 Weights load with transformers from local folders only (`local_files_only=True`); nothing is downloaded.
+
+Known difference: for 1-frame requests the official tool pads to 256 + 95 (the video template's crop_start) and so
+returns 315 image-template states; we return 256 (256 + 36, cropped). The extra positions are padding, masked out.
 """
 
 from __future__ import annotations

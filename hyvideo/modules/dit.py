@@ -11,6 +11,7 @@ Data flow (B batch, C hidden, Li image tokens, Lt text tokens):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -34,6 +35,9 @@ class Context:
     rope: torch.Tensor  # (Li, D/2) complex rotations for the image tokens
     mask: KeyMask | None  # over cat(img, txt) keys; None when no padding remains
     backend: str  # attention backend name
+    # the joint-attention function the blocks call, (q, k, v, mask, backend) -> (B, L, H*D); a wrapper (e.g.
+    # sequence parallelism) swaps it to change how attention is computed without touching the blocks
+    attn: Callable[..., torch.Tensor] = attention
 
 
 def _qk_norm(cfg: DiTConfig) -> nn.Module:
@@ -66,7 +70,7 @@ class DoubleStreamBlock(nn.Module):
         iq, ik, iv = self._qkv("img", img, i_sh1, i_sc1)
         tq, tk, tv = self._qkv("txt", txt, t_sh1, t_sc1)
         iq, ik = apply_rope(iq, ctx.rope), apply_rope(ik, ctx.rope)
-        out = attention(
+        out = ctx.attn(
             torch.cat([iq, tq], 1), torch.cat([ik, tk], 1), torch.cat([iv, tv], 1), ctx.mask, ctx.backend
         )  # (B, Li+Lt, C)
         i_out, t_out = out.split([img.shape[1], txt.shape[1]], dim=1)
@@ -101,7 +105,7 @@ class SingleStreamBlock(nn.Module):
         Li = ctx.rope.shape[0]
         q = torch.cat([apply_rope(q[:, :Li], ctx.rope), q[:, Li:]], 1)
         k = torch.cat([apply_rope(k[:, :Li], ctx.rope), k[:, Li:]], 1)
-        out = attention(q, k, v, ctx.mask, ctx.backend)  # (B, L, C)
+        out = ctx.attn(q, k, v, ctx.mask, ctx.backend)  # (B, L, C)
         return x + gate[:, None] * self.linear2(torch.cat([out, F.gelu(mlp, approximate="tanh")], -1))
 
 
@@ -191,16 +195,20 @@ class HYVideoDiT(nn.Module):
     ) -> torch.Tensor:
         """Velocity for latents x (B, in, T, H, W) at timestep t (B,) in [0, 1000]; returns (B, out, T, H, W)."""
         img, txt, vec, ctx = self.embed(x, t, text_states, text_mask, text_pooled, guidance)
+        out = self.transformer(img, txt, vec, ctx)
+        pt, ph, pw = self.cfg.patch_size
+        _, _, T, H, W = x.shape
+        return self.unpatchify(out, (T // pt, H // ph, W // pw))
+
+    def transformer(self, img: torch.Tensor, txt: torch.Tensor, vec: torch.Tensor, ctx: Context) -> torch.Tensor:
+        """Blocks and final layer on embedded tokens: img (B, Li, C) -> (B, Li, pt*ph*pw*out); text is dropped."""
         Li = img.shape[1]
         for block in self.double_blocks:
             img, txt = block(img, txt, vec, ctx)
         h = torch.cat([img, txt], 1)  # (B, Li+Lt, C)
         for block in self.single_blocks:
             h = block(h, vec, ctx)
-        out = self.final_layer(h[:, :Li], vec)  # text tokens dropped
-        pt, ph, pw = self.cfg.patch_size
-        _, _, T, H, W = x.shape
-        return self.unpatchify(out, (T // pt, H // ph, W // pw))
+        return self.final_layer(h[:, :Li], vec)  # text tokens dropped
 
 
 def drop_padding(states: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -1,0 +1,203 @@
+"""fp8 weight storage: quantisation math, real fp8 memory, closeness to the float model, the official file pair,
+and the fp8-compute (`torch._scaled_mm`) path against the upcast path."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from hyvideo.checkpoints.common import CheckpointError
+from hyvideo.checkpoints.dit import save_dit_official
+from hyvideo.quantization import (
+    FP8,
+    FP8_MAX,
+    FP8Linear,
+    dequantize_weight,
+    emulated_scaled_mm,
+    enable_fp8_compute,
+    fp8_bytes,
+    fp8_layer_names,
+    fp8_map_path,
+    fp8_matmul,
+    load_dit_fp8,
+    quantize_dit,
+    quantize_weight,
+    save_fp8_official,
+)
+from hyvideo.tiny import TINY_DIT, random_dit
+
+# Relative L2 error of the DiT output, fp8 (bf16 compute) vs the fp32 model, measured on TINY_DIT seeds 0-3:
+# 0.05-0.11 (bf16 alone: 0.015). The bound leaves headroom; a missing scale or a wrong layer gives errors >> 1.
+FP8_OUTPUT_TOL = 0.2
+
+
+def dit_inputs(cfg=TINY_DIT, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    return (
+        torch.randn(1, 16, 3, 8, 12, generator=g),
+        torch.tensor([500.0]),
+        torch.randn(1, 7, cfg.text_states_dim, generator=g),
+        torch.ones(1, 7, dtype=torch.long),
+        torch.randn(1, cfg.text_pool_dim, generator=g),
+        torch.tensor([6000.0]),
+    )
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+@pytest.mark.parametrize("granularity", ["tensor", "channel"])
+def test_quantize_weight_round_trip(granularity):
+    w = torch.randn(64, 32) * torch.logspace(-2, 1, 64)[:, None]  # rows spanning 3 decades
+    w8, s = quantize_weight(w, granularity)
+    assert w8.dtype == FP8 and w8.shape == w.shape and s.dtype == torch.float32
+    assert s.shape == (() if granularity == "tensor" else (64, 1))
+    assert w8.float().abs().max().item() == FP8_MAX  # the scale maps the (row) maximum onto 448
+    back = dequantize_weight(w8, s, torch.float32)
+    # e4m3 keeps 3 mantissa bits: every normal value within 2^-4 relative; subnormals within half a step (2^-10 s)
+    assert ((back - w).abs() <= (w.abs() * 2**-4).clamp_min(2**-10 * s)).all()
+    assert 0 < rel(back, w) < 0.04
+
+
+def test_block_linears_are_really_fp8_in_memory():
+    model = random_dit(TINY_DIT, 0)
+    names = fp8_layer_names(model)
+    # the official rule: every Linear under double_blocks / single_blocks, modulation Linears included
+    assert "double_blocks.0.img_attn_qkv" in names and "double_blocks.1.txt_mod.linear" in names
+    assert "single_blocks.0.linear1" in names and "single_blocks.1.modulation.linear" in names
+    assert not any(n.startswith(("txt_in", "final_layer", "img_in", "time_in")) for n in names)
+    bf16 = copy.deepcopy(model).to(torch.bfloat16)
+    before = sum(bf16.get_submodule(n).weight.nbytes for n in names)
+    quantize_dit(model)
+    for n in names:
+        layer = model.get_submodule(n)
+        assert isinstance(layer, FP8Linear) and layer.weight.dtype == FP8
+        assert layer.weight.untyped_storage().nbytes() == layer.weight.numel()  # one byte per weight, no shadow copy
+    fp8, _ = fp8_bytes(model)
+    assert fp8 == before // 2
+    assert set(model.state_dict()) == set(random_dit(TINY_DIT, 0).state_dict())  # official keys, scales not in it
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_fp8_output_close_to_float(seed):
+    model = random_dit(TINY_DIT, seed)
+    inp = dit_inputs()
+    ref = model(*inp)
+    fp8 = quantize_dit(copy.deepcopy(model)).to(torch.bfloat16)  # .to keeps fp8 tensors (float casts skip them)
+    names = fp8_layer_names(fp8)
+    assert all(fp8.get_submodule(n).weight.dtype == FP8 for n in names)
+    out = fp8(*inp)
+    assert out.dtype == torch.bfloat16
+    assert 0 < rel(out, ref) < FP8_OUTPUT_TOL
+    # mechanism, exactly: fp32 compute with fp8 weights == the float model holding the dequantised weights
+    q32 = quantize_dit(copy.deepcopy(model))
+    deq = copy.deepcopy(model)
+    for n in names:
+        layer = q32.get_submodule(n)
+        deq.get_submodule(n).weight.copy_(dequantize_weight(layer.weight, layer.scale, torch.float32))
+    assert torch.equal(q32(*inp), deq(*inp))
+
+
+def test_official_fp8_pair_loads(tmp_path):
+    model = random_dit(TINY_DIT, 2)
+    path = save_fp8_official(model, tmp_path / "transformers")
+    assert path.name == "mp_rank_00_model_states_fp8.pt"
+    assert fp8_map_path(path).name == "mp_rank_00_model_states_fp8_map.pt"
+    # the official layout: {"module": state dict}, fp8 block weights; map {module name: scalar scale}
+    stored = torch.load(path, weights_only=True)["module"]
+    scales = torch.load(fp8_map_path(path), weights_only=True)
+    assert set(scales) == set(fp8_layer_names(model))
+    assert all(s.dtype == torch.float32 and s.ndim == 0 for s in scales.values())
+    assert stored["double_blocks.0.img_attn_qkv.weight"].dtype == FP8
+    assert stored["final_layer.linear.weight"].dtype == torch.float32
+
+    loaded = load_dit_fp8(path, TINY_DIT)
+    assert all(loaded.get_submodule(n).weight.dtype == FP8 for n in scales)
+    expected = quantize_dit(copy.deepcopy(model), "tensor")
+    inp = dit_inputs()
+    assert torch.equal(loaded(*inp), expected(*inp))
+
+    # fp8 values saved in a wider dtype (bf16) load to the same model
+    wide = {k: v.to(torch.bfloat16) if v.dtype == FP8 else v for k, v in stored.items()}
+    torch.save({"module": wide}, tmp_path / "transformers" / "mp_rank_00_model_states_fp8.pt")
+    again = load_dit_fp8(path, TINY_DIT)
+    assert torch.equal(again(*inp), expected(*inp))
+
+
+def test_fp8_map_errors(tmp_path):
+    path = save_fp8_official(random_dit(TINY_DIT, 0), tmp_path)
+    scales = torch.load(fp8_map_path(path), weights_only=True)
+    del scales["single_blocks.1.linear2"]
+    torch.save(scales, fp8_map_path(path))
+    with pytest.raises(CheckpointError, match=r"missing layers \['single_blocks.1.linear2'\]"):
+        load_dit_fp8(path, TINY_DIT)
+    fp8_map_path(path).unlink()
+    with pytest.raises(CheckpointError, match="scale map"):
+        load_dit_fp8(path, TINY_DIT)
+
+
+def test_bf16_checkpoint_quantized_on_the_fly_while_loading(tmp_path):
+    model = random_dit(TINY_DIT, 4).to(torch.bfloat16)
+    path = save_dit_official(model, tmp_path)
+    loaded = load_dit_fp8(path, TINY_DIT, dtype=torch.bfloat16, granularity="channel")
+    first = loaded.get_submodule("double_blocks.0.img_mlp.fc1")
+    assert first.weight.dtype == FP8 and first.scale.shape == (first.out_features, 1)
+    assert loaded.final_layer.linear.weight.dtype == torch.bfloat16
+    inp = dit_inputs()
+    assert rel(loaded(*inp), model.float()(*inp)) < FP8_OUTPUT_TOL
+
+
+def test_quantize_after_weight_merge_and_not_twice():
+    """A LoRA-style merge on the float model, then quantize: the fp8 model follows the merged weights."""
+    model = random_dit(TINY_DIT, 5)
+    inp = dit_inputs()
+    g = torch.Generator().manual_seed(9)
+    with torch.no_grad():
+        for n in fp8_layer_names(model):
+            w = model.get_submodule(n).weight
+            w += 0.5 * torch.randn(w.shape[0], 2, generator=g) @ torch.randn(2, w.shape[1], generator=g) / w.shape[1]
+    merged = model(*inp)
+    q = quantize_dit(model)
+    snapshot = {n: q.get_submodule(n).weight.clone() for n in fp8_layer_names(q)}
+    quantize_dit(q)  # already fp8: left alone
+    assert all(
+        torch.equal(q.get_submodule(n).weight.view(torch.uint8), w.view(torch.uint8)) for n, w in snapshot.items()
+    )
+    assert rel(q(*inp), merged) < FP8_OUTPUT_TOL
+
+
+@pytest.mark.parametrize("granularity", ["tensor", "channel"])
+def test_fp8_compute_matches_upcast_path(granularity):
+    g = torch.Generator().manual_seed(0)
+    lin = nn.Linear(64, 48)
+    x = torch.randn(2, 10, 64, generator=g)
+    layer = FP8Linear.from_linear(lin, granularity)
+    upcast = layer(x)
+    # torch._scaled_mm runs on this CPU build; its result equals the fp32 emulation of its contract
+    real = fp8_matmul(x, layer.weight, layer.scale, layer.bias)
+    emulated = fp8_matmul(x, layer.weight, layer.scale, layer.bias, mm=emulated_scaled_mm)
+    assert real.shape == upcast.shape == (2, 10, 48)
+    assert torch.allclose(real, emulated, rtol=1e-5, atol=1e-5)
+    # activation quantisation adds e4m3 rounding of x: same order as the weight error
+    assert 0 < rel(real, upcast) < 0.06
+    # the same through the layer flag, and in bf16
+    enable_fp8_compute(layer)
+    assert torch.allclose(layer(x), real)
+    layer_bf16 = copy.deepcopy(layer)
+    layer_bf16.bias.data = layer_bf16.bias.data.bfloat16()
+    assert layer_bf16(x.bfloat16()).dtype == torch.bfloat16
+    assert rel(layer_bf16(x.bfloat16()), upcast) < 0.08
+
+
+def test_fp8_compute_whole_model_close():
+    model = quantize_dit(random_dit(TINY_DIT, 0))
+    inp = dit_inputs()
+    upcast = model(*inp)
+    assert enable_fp8_compute(model) == len(fp8_layer_names(model))
+    fast = model(*inp)
+    assert not torch.equal(fast, upcast)
+    assert rel(fast, upcast) < FP8_OUTPUT_TOL

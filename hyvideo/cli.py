@@ -158,16 +158,19 @@ def _one_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {lines[0] if lines else '(no message)'}"
 
 
-def _checkpoint_error() -> type[Exception]:
-    """`CheckpointError`, imported late (it pulls in torch); a never-raised stand-in if that import fails."""
+def _checkpoint_error() -> tuple[type[Exception], ...]:
+    """The bad-weights errors (exit 2): `CheckpointError` and `ConfigError` (an unusable config.json beside the
+    weights), imported late (they pull in torch); a never-raised stand-in if that import fails."""
     try:
         from hyvideo.checkpoints.common import CheckpointError
+        from hyvideo.config import ConfigError
     except Exception:  # the pipeline import will report the real problem
 
         class CheckpointError(Exception):  # type: ignore[no-redef]
             pass
 
-    return CheckpointError
+        return (CheckpointError,)
+    return (CheckpointError, ConfigError)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,6 +22,7 @@ from hyvideo import io
 from hyvideo.checkpoints.dit import load_dit
 from hyvideo.checkpoints.layout import ModelPaths, locate
 from hyvideo.checkpoints.vae import load_vae
+from hyvideo.checkpoints.verify import verify_vae
 from hyvideo.config import dit_config
 from hyvideo.modules.dit import HYVideoDiT
 from hyvideo.modules.text_encoders import PRECISIONS, TextEmbeddings, TextEncoderConfig, TextEncoders
@@ -146,10 +147,22 @@ def denoise(
         model_fn = with_cfg(fn, cond, uncond.to(device), req.cfg_scale)
     sigmas = flow_sigmas(req.infer_steps, req.flow_shift)
     with tqdm(total=req.infer_steps, desc=f"denoise seed {seed}", leave=False) as bar:
-        latents = euler(model_fn, x, sigmas, callback=lambda _: bar.update(1))
-    if not torch.isfinite(latents).all():
-        raise FloatingPointError(f"seed {seed}: non-finite latents; try --precision fp32 or bf16, or a lower cfg")
-    return latents
+
+        def step_done(state: dict) -> None:
+            bar.update(1)
+            check_finite(state["x"], state["i"], req, seed)
+
+        return euler(model_fn, x, sigmas, callback=step_done)
+
+
+def check_finite(x: torch.Tensor, i: int, req: SampleRequest, seed: int) -> None:
+    """Stop at the first Euler step whose latents hold NaN/inf (one device sync per step); they would decode to a
+    black or garbage video."""
+    if not torch.isfinite(x).all():
+        raise FloatingPointError(
+            f"seed {seed}: latents became NaN/inf at denoising step {i + 1} of {req.infer_steps} (DiT "
+            f"--precision {req.precision}); try --precision fp32 or bf16, or a lower --cfg-scale/--embedded-cfg-scale"
+        )
 
 
 def decode(vae: HYVideoVAE, latents: torch.Tensor) -> torch.Tensor:
@@ -174,6 +187,7 @@ def run(req: SampleRequest) -> list[Path]:
     if req.decode_latents is not None:
         return [decode_only(req, device, timings)]
     paths = locate(req.model_base, req.dit_weight)
+    verify_vae(paths.vae)  # names and shapes only: a bad VAE must fail now, not after sampling
     logger.info(f"models: {paths.layout} layout at {req.model_base}; DiT {paths.dit}")
     logger.info(
         f"request: {req.width}x{req.height}, {req.video_length} frames, {req.infer_steps} steps, shift "

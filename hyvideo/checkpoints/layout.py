@@ -59,19 +59,49 @@ def locate(
         )
     if dit_weight is not None:
         paths = ModelPaths(paths.layout, Path(dit_weight), *(getattr(paths, f) for f in _AFTER_DIT))
-    missing = [str(p) for p in _required(paths, need_text, need_dit) if not p.exists()]
+    missing = _missing(paths, need_text, need_dit)
     if missing:
         raise CheckpointError(
-            f"--model-base {base}: {paths.layout} layout, missing {', '.join(missing)} (see ckpts/README.md)"
+            f"--model-base {base}: {paths.layout} layout, missing {'; '.join(missing)} (see ckpts/README.md)"
         )
     return paths
 
 
 _AFTER_DIT = ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")
 
+# What a component folder must hold; each tuple lists alternatives (any one will do).
+VAE_FILES = (
+    ("config.json",),
+    ("pytorch_model.pt", "diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.safetensors.index.json"),
+)
+DIT_DIR_FILES = (
+    (OFFICIAL_DIT_FILE, "diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.safetensors.index.json"),
+)
+HF_MODEL_FILES = (
+    ("config.json",),
+    ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json"),
+)
+# A tokenizer folder needs a vocabulary file: from tokenizer_config.json alone transformers silently builds an
+# empty vocabulary (every word becomes <unk>).
+TOKENIZER_FILES = (("tokenizer.json", "vocab.json", "tokenizer.model"),)
 
-def _required(paths: ModelPaths, need_text: bool, need_dit: bool) -> list[Path]:
-    req = [paths.vae / "config.json"] + ([paths.dit] if need_dit else [])
+
+def _missing(paths: ModelPaths, need_text: bool, need_dit: bool) -> list[str]:
+    """Every absent component as "folder" or "folder/file (or other accepted names)", in load order."""
+    wants: list[tuple[Path, tuple[tuple[str, ...], ...]]] = []
     if need_text:
-        req += [p for p in (paths.text_encoder, paths.text_encoder_2, paths.tokenizer, paths.tokenizer_2) if p]
-    return req
+        wants += [(paths.text_encoder, HF_MODEL_FILES), (paths.tokenizer or paths.text_encoder, TOKENIZER_FILES)]
+        wants += [(paths.text_encoder_2, HF_MODEL_FILES), (paths.tokenizer_2 or paths.text_encoder_2, TOKENIZER_FILES)]
+    if need_dit:
+        wants.append((paths.dit, DIT_DIR_FILES if paths.dit.is_dir() else ()))
+    wants.append((paths.vae, VAE_FILES))
+    missing: list[str] = []
+    for folder, groups in wants:
+        if not folder.exists():
+            missing.append(str(folder))
+            continue
+        for names in groups:
+            if not any((folder / name).is_file() for name in names):
+                others = f" (or {', '.join(names[1:])})" if len(names) > 1 else ""
+                missing.append(f"{folder / names[0]}{others}")
+    return list(dict.fromkeys(missing))  # the official tree shares one folder between model and tokenizer

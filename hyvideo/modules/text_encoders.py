@@ -21,8 +21,11 @@ from pathlib import Path
 
 import torch
 from loguru import logger
+from safetensors import SafetensorError
 from transformers import AutoConfig, AutoModel, AutoTokenizer, CLIPTextModel
 from transformers.utils import logging as hf_logging
+
+from hyvideo.checkpoints.common import CheckpointError
 
 PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -144,6 +147,19 @@ def _quiet_transformers() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
+@contextmanager
+def _loading(path: str | Path, what: str) -> Iterator[None]:
+    """Turn transformers' / safetensors' errors about an unusable folder (missing or corrupt weights, config or
+    tokenizer files) into one `CheckpointError` naming the folder; out-of-memory stays a fault."""
+    try:
+        yield
+    except (CheckpointError, torch.OutOfMemoryError):
+        raise
+    except (OSError, ValueError, RuntimeError, SafetensorError) as e:
+        first = next((line.strip() for line in str(e).splitlines() if line.strip()), "")
+        raise CheckpointError(f"{path}: cannot load the {what} ({type(e).__name__}: {first[:200]})") from None
+
+
 def _check_loading(path: str | Path, info: dict, ignore: tuple[str, ...] = ()) -> None:
     """Fail on missing or mis-shaped weights (they would be random); unexpected keys with a dotted component in
     `ignore` (e.g. "lm_head" in "language_model.lm_head.weight") are expected and skipped silently."""
@@ -151,7 +167,7 @@ def _check_loading(path: str | Path, info: dict, ignore: tuple[str, ...] = ()) -
     mismatched = sorted(str(k) for k in info.get("mismatched_keys", ()))
     unexpected = sorted(k for k in info.get("unexpected_keys", ()) if not set(k.split(".")) & set(ignore))
     if missing or mismatched:
-        raise ValueError(f"{path}: missing weights {missing[:5]}, shape mismatches {mismatched[:5]}")
+        raise CheckpointError(f"{path}: missing weights {missing[:5]}, shape mismatches {mismatched[:5]}")
     if unexpected:
         logger.warning(f"{path}: ignoring {len(unexpected)} unexpected weights, e.g. {unexpected[:5]}")
 
@@ -160,10 +176,10 @@ def _load_llm(path: str | Path, dtype: torch.dtype, device: torch.device | str) 
     """The LLM's base model (no LM head). Accepts a base-model checkpoint (`LlamaModel`, diffusers layout) or a
     causal-LM checkpoint (`LlamaForCausalLM`, the official tree: the head's weights are skipped). A LLaVA-style
     checkpoint loads whole and keeps only its language model."""
-    config = AutoConfig.from_pretrained(path, local_files_only=True)
-    with _quiet_transformers():
+    with _loading(path, "LLM text encoder"), _quiet_transformers():
+        config = AutoConfig.from_pretrained(path, local_files_only=True)
         model, info = AutoModel.from_pretrained(path, dtype=dtype, local_files_only=True, output_loading_info=True)
-    _check_loading(path, info, ignore=("lm_head",))
+        _check_loading(path, info, ignore=("lm_head",))
     if getattr(config, "text_config", None) is not None and hasattr(model, "language_model"):
         model = model.language_model  # LLaVA: (vision tower, projector, language model) -> language model
     return model.to(device).eval().requires_grad_(False)
@@ -171,9 +187,9 @@ def _load_llm(path: str | Path, dtype: torch.dtype, device: torch.device | str) 
 
 def _load_clip(path: str | Path, dtype: torch.dtype, device: torch.device | str) -> torch.nn.Module:
     """CLIP's text tower; a full CLIPModel checkpoint (openai/clip-vit-large-patch14) loads its text half."""
-    with _quiet_transformers():
+    with _loading(path, "CLIP text encoder"), _quiet_transformers():
         model, info = CLIPTextModel.from_pretrained(path, dtype=dtype, local_files_only=True, output_loading_info=True)
-    _check_loading(path, info, ignore=("vision_model", "visual_projection", "text_projection", "logit_scale"))
+        _check_loading(path, info, ignore=("vision_model", "visual_projection", "text_projection", "logit_scale"))
     return model.to(device).eval().requires_grad_(False)
 
 
@@ -191,9 +207,10 @@ class LLMEncoder:
         hidden_state_skip_layer: int = 2,
         apply_final_norm: bool = False,
     ) -> None:
-        self.tokenizer = AutoTokenizer.from_pretrained(
-            tokenizer_path or path, padding_side="right", local_files_only=True
-        )
+        with _loading(tokenizer_path or path, "LLM tokenizer"):
+            self.tokenizer = AutoTokenizer.from_pretrained(
+                tokenizer_path or path, padding_side="right", local_files_only=True
+            )
         if self.tokenizer.pad_token is None:  # plain Llama-3 tokenizers have none; padded positions are masked out
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model = _load_llm(path, dtype, device)
@@ -254,7 +271,8 @@ class CLIPEncoder:
         device: torch.device | str = "cpu",
         text_len: int = 77,
     ) -> None:
-        self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_path or path, local_files_only=True)
+        with _loading(tokenizer_path or path, "CLIP tokenizer"):
+            self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_path or path, local_files_only=True)
         self.model = _load_clip(path, dtype, device)
         self.device = torch.device(device)
         self.text_len = text_len

@@ -126,7 +126,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = p.add_argument_group("runtime")
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: cuda if available, else cpu)")
-    g.add_argument("--attn-backend", default="auto", choices=ATTN_BACKENDS, help="attention kernels")
+    g.add_argument(
+        "--attn-backend", default="auto", choices=ATTN_BACKENDS, help="attention kernels (flash, sage: CUDA only)"
+    )
+    g.add_argument(
+        "--teacache-thresh",
+        type=float,
+        default=0.0,
+        help="TeaCache step caching threshold (0 off; 0.1 / 0.15 skip more)",
+    )
+    g.add_argument("--compile", action="store_true", help="torch.compile the transformer blocks (slow first step)")
     g.add_argument("--disable-autocast", action="store_true", help="no autocast in denoising and decoding")
     g.add_argument("--use-cpu-offload", action="store_true", help="offload idle models to CPU (not supported yet)")
     g.add_argument("--use-fp8", action="store_true", help="fp8 DiT weights (not supported yet)")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import gc
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -23,12 +23,14 @@ from hyvideo.checkpoints.dit import load_dit
 from hyvideo.checkpoints.layout import ModelPaths, locate
 from hyvideo.checkpoints.vae import load_vae
 from hyvideo.checkpoints.verify import verify_vae
+from hyvideo.compile import compile_blocks
 from hyvideo.config import dit_config
 from hyvideo.modules.dit import HYVideoDiT
 from hyvideo.modules.text_encoders import PRECISIONS, TextEmbeddings, TextEncoderConfig, TextEncoders
 from hyvideo.modules.vae import HYVideoVAE
 from hyvideo.request import SampleRequest, UsageError
 from hyvideo.sampling import euler, flow_sigmas, initial_noise, latent_shape, with_cfg, with_cond
+from hyvideo.teacache import TeaCache
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -112,18 +114,21 @@ def load_denoiser(req: SampleRequest, paths: ModelPaths, device: torch.device) -
         )
     model = load_dit(paths.dit, cfg, load_key=req.load_key, dtype=PRECISIONS[req.precision], device=device)
     model.attn_backend = req.attn_backend
-    return model
+    return compile_blocks(model) if req.compile else model
 
 
-def dit_fn(model: HYVideoDiT, embedded_cfg_scale: float):
-    """(x, t, TextEmbeddings) -> velocity, with the embedded guidance (x1000, in the DiT's dtype) when it has one."""
+def dit_fn(model: HYVideoDiT, embedded_cfg_scale: float, forward: Callable[..., torch.Tensor] | None = None):
+    """(x, t, TextEmbeddings) -> velocity, with the embedded guidance (x1000, in the DiT's dtype) when it has one.
+
+    `forward` (default: the model itself) takes the model's arguments; a wrapper such as `TeaCache` goes there."""
     dtype = model.img_in.proj.weight.dtype
+    forward = model if forward is None else forward
 
     def fn(x: torch.Tensor, t: torch.Tensor, emb: TextEmbeddings) -> torch.Tensor:
         g = None
         if model.guidance_in is not None:
             g = (torch.full((x.shape[0],), embedded_cfg_scale, dtype=dtype, device=x.device) * 1000.0).to(dtype)
-        return model(x, t, emb.llm_states, emb.llm_mask, emb.clip_pooled, g)
+        return forward(x, t, emb.llm_states, emb.llm_mask, emb.clip_pooled, g)
 
     return fn
 
@@ -139,12 +144,13 @@ def denoise(
     """Final latents (1, C, T, h, w) float32 for one video: Euler over the shifted flow schedule from seeded noise."""
     shape = latent_shape(1, req.video_length, req.height, req.width, req.latent_channels)
     x = initial_noise(shape, [seed], device)
-    fn = dit_fn(model, req.embedded_cfg_scale)
     cond = cond.to(device)
+    uncond = None if uncond is None else uncond.to(device)
+    fn = dit_fn(model, req.embedded_cfg_scale, step_cache(model, req, cond, uncond))
     if uncond is None:
         model_fn = with_cond(fn, cond)
     else:
-        model_fn = with_cfg(fn, cond, uncond.to(device), req.cfg_scale)
+        model_fn = with_cfg(fn, cond, uncond, req.cfg_scale)
     sigmas = flow_sigmas(req.infer_steps, req.flow_shift)
     with tqdm(total=req.infer_steps, desc=f"denoise seed {seed}", leave=False) as bar:
 
@@ -163,6 +169,19 @@ def check_finite(x: torch.Tensor, i: int, req: SampleRequest, seed: int) -> None
             f"seed {seed}: latents became NaN/inf at denoising step {i + 1} of {req.infer_steps} (DiT "
             f"--precision {req.precision}); try --precision fp32 or bf16, or a lower --cfg-scale/--embedded-cfg-scale"
         )
+
+
+def step_cache(
+    model: HYVideoDiT, req: SampleRequest, cond: TextEmbeddings, uncond: TextEmbeddings | None
+) -> TeaCache | None:
+    """--teacache-thresh > 0: a fresh TeaCache for one video, with named cond/uncond streams; else None."""
+    if req.teacache_thresh <= 0:
+        return None
+    cache = TeaCache(model, req.teacache_thresh, req.infer_steps)
+    cache.name_stream(cond.llm_states, "prompt")
+    if uncond is not None:
+        cache.name_stream(uncond.llm_states, "negative prompt")
+    return cache
 
 
 def decode(vae: HYVideoVAE, latents: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,7 @@ from typing import Literal
 from loguru import logger
 
 Precision = Literal["fp32", "fp16", "bf16"]
-AttnBackend = Literal["auto", "sdpa", "flash"]
+AttnBackend = Literal["auto", "sdpa", "flash", "sage"]
 
 PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "bf16")
 MODELS: tuple[str, ...] = ("HYVideo-T/2-cfgdistill", "HYVideo-T/2")
@@ -29,7 +29,7 @@ TEXT_ENCODERS: tuple[str, ...] = ("llm", "clipL")
 PROMPT_TEMPLATES: tuple[str, ...] = ("dit-llm-encode", "dit-llm-encode-video")
 SEED_TYPES: tuple[str, ...] = ("auto", "random", "fixed", "file")
 RESOLUTIONS: tuple[str, ...] = ("540p", "720p")
-ATTN_BACKENDS: tuple[str, ...] = ("auto", "sdpa", "flash")
+ATTN_BACKENDS: tuple[str, ...] = ("auto", "sdpa", "flash", "sage")
 
 # DESIGN §4: used only when cfg_scale > 1 and no --neg-prompt is given.
 DEFAULT_NEGATIVE_PROMPT = (
@@ -125,7 +125,9 @@ class SampleRequest:
     text_len_2: int  # CLIP tokens (77)
     # --- runtime ---
     device: str  # torch device string, checked available: "cpu", "cuda", "cuda:N" or "mps"
-    attn_backend: AttnBackend  # "auto" (flash on CUDA when installed, else SDPA), "sdpa" or "flash"
+    attn_backend: AttnBackend  # "auto" (flash on CUDA when installed, else SDPA), "sdpa", "flash" or "sage" (CUDA)
+    teacache_thresh: float  # TeaCache: skip the DiT blocks while the accumulated rescaled change < this; 0 = off
+    compile: bool  # torch.compile each transformer block (regional); the first step pays the compilation
     disable_autocast: bool  # run the denoising loop and decode without autocast
     use_cpu_offload: bool  # offload idle components to CPU; False until supported
     use_fp8: bool  # fp8 weight storage for the DiT; False until supported
@@ -320,11 +322,19 @@ def validate(args: Namespace) -> SampleRequest:
 
     # --- runtime ---
     device = _resolve_device(args.device)
-    if args.attn_backend == "flash":
-        if importlib.util.find_spec("flash_attn") is None:
-            raise UsageError("--attn-backend", "flash needs the flash-attn package (pip install flash-attn); use sdpa")
+    if args.attn_backend in ("flash", "sage"):
+        package, pip = {"flash": ("flash_attn", "flash-attn"), "sage": ("sageattention", "sageattention")}[
+            args.attn_backend
+        ]
+        if importlib.util.find_spec(package) is None:
+            raise UsageError(
+                "--attn-backend", f"{args.attn_backend} needs the {pip} package (pip install {pip}); use sdpa"
+            )
         if not device.startswith("cuda"):
-            raise UsageError("--attn-backend", f"flash needs a CUDA device, got --device {device}; use sdpa")
+            raise UsageError(
+                "--attn-backend", f"{args.attn_backend} needs a CUDA device, got --device {device}; use sdpa"
+            )
+    teacache_thresh = _check_float(args, "teacache_thresh", 0.0, what=" (0 turns step caching off)")
 
     # --- resolved values (logged only now that everything is valid) ---
     rounded = _round_up(height, SIZE_MULTIPLE), _round_up(width, SIZE_MULTIPLE)
@@ -385,6 +395,8 @@ def validate(args: Namespace) -> SampleRequest:
         text_len_2=text_len_2,
         device=device,
         attn_backend=args.attn_backend,
+        teacache_thresh=teacache_thresh,
+        compile=bool(args.compile),
         disable_autocast=bool(args.disable_autocast),
         use_cpu_offload=bool(args.use_cpu_offload),
         use_fp8=bool(args.use_fp8),

@@ -1,4 +1,5 @@
-"""One attention entry point for every block: torch SDPA by default, flash-attn varlen on CUDA when installed.
+"""One attention entry point for every block: torch SDPA by default, flash-attn (varlen) on CUDA when installed,
+SageAttention (int8 q/k, CUDA) on request.
 
 Inputs are (B, L, H, D) — the layout a fused qkv Linear produces — and the output is (B, L, H*D).
 Text padding is handled by the caller's `KeyMask`: for batch 1 the DiT drops padded tokens entirely, so no mask is
@@ -21,8 +22,17 @@ except ImportError:  # pragma: no cover - depends on the install
     flash_attn_func = flash_attn_varlen_func = None
     HAS_FLASH = False
 
-Backend = Literal["auto", "sdpa", "flash"]
-BACKENDS: tuple[str, ...] = ("auto", "sdpa", "flash")
+try:  # optional CUDA kernels (SageAttention: int8 q k^T, approximate)
+    from sageattention import sageattn
+
+    HAS_SAGE = True
+except ImportError:  # pragma: no cover - depends on the install
+    sageattn = None
+    HAS_SAGE = False
+
+Backend = Literal["auto", "sdpa", "flash", "sage"]
+BACKENDS: tuple[str, ...] = ("auto", "sdpa", "flash", "sage")
+PACKAGES = {"flash": (HAS_FLASH, "flash-attn"), "sage": (HAS_SAGE, "sageattention")}
 
 
 @dataclass(frozen=True)
@@ -46,16 +56,24 @@ def check_backend(backend: str, device: torch.device) -> None:
     """Raise a clear error if `backend` cannot run on `device` (called before any weights load)."""
     if backend not in BACKENDS:
         raise ValueError(f"--attn-backend: unknown {backend!r}; choose from {', '.join(BACKENDS)}")
-    if backend == "flash" and not HAS_FLASH:
-        raise ValueError("--attn-backend flash: flash-attn is not installed (pip install flash-attn)")
-    if backend == "flash" and device.type != "cuda":
-        raise ValueError(f"--attn-backend flash: needs a CUDA device, got {device.type}")
+    if backend in PACKAGES:
+        installed, pip = PACKAGES[backend]
+        if not installed:
+            raise ValueError(f"--attn-backend {backend}: {pip} is not installed (pip install {pip})")
+        if device.type != "cuda":
+            raise ValueError(f"--attn-backend {backend}: needs a CUDA device, got {device.type}")
 
 
-def _use_flash(q: torch.Tensor, backend: str) -> bool:
-    if backend == "sdpa" or not HAS_FLASH or q.device.type != "cuda":
-        return False
-    return q.dtype in (torch.float16, torch.bfloat16)
+def kernel_for(q: torch.Tensor, backend: str) -> str:
+    """Which kernel `attention` runs for q: "flash", "sage" or "sdpa" (CUDA half-precision inputs only use the
+    optional kernels; everything else, and a requested kernel that is not installed, falls back to SDPA)."""
+    if q.device.type != "cuda" or q.dtype not in (torch.float16, torch.bfloat16):
+        return "sdpa"
+    if backend == "sage" and HAS_SAGE:
+        return "sage"
+    if backend in ("auto", "flash") and HAS_FLASH:
+        return "flash"
+    return "sdpa"
 
 
 def attention(
@@ -63,12 +81,15 @@ def attention(
 ) -> torch.Tensor:
     """softmax(q k^T / sqrt(D)) v over keys allowed by `mask`. q, k, v: (B, L, H, D) -> (B, L, H*D)."""
     B, L, H, D = q.shape
-    if _use_flash(q, backend):
+    kernel = kernel_for(q, backend)
+    if kernel == "flash":
         if mask is None:
             out = flash_attn_func(q, k, v)  # (B, L, H, D)
         else:
             out = varlen_attention(q, k, v, mask, flash_attn_varlen_func)
         return out.reshape(B, L, H * D)
+    if kernel == "sage":
+        return sage_attention(q, k, v, mask, sageattn).reshape(B, L, H * D)
     attn_mask = None if mask is None else mask.sdpa_mask()
     out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=attn_mask)
     return out.transpose(1, 2).reshape(B, L, H * D)  # (B, H, L, D) -> (B, L, H*D)
@@ -87,6 +108,22 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Ke
     full = out.new_zeros(B * L, H, D)
     full.index_copy_(0, idx, out)
     return full.view(B, L, H, D)
+
+
+def sage_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: KeyMask | None, kernel) -> torch.Tensor:
+    """SageAttention on (B, L, H, D) inputs -> (B, L, H, D). `kernel(q, k, v, tensor_layout="NHD")` is sageattn.
+
+    Without a mask one call covers the batch. With a mask (batch > 1 with padded text) each sample's valid tokens
+    are gathered and attended alone (the kernel has no key mask); padded query rows come out as zeros.
+    """
+    if mask is None:
+        return kernel(q, k, v, tensor_layout="NHD", is_causal=False)
+    out = torch.zeros_like(q)
+    for b in range(q.shape[0]):
+        idx = mask.valid[b].nonzero().squeeze(1)  # (Lb,) positions of this sample's real tokens
+        qb, kb, vb = (t[b : b + 1].index_select(1, idx) for t in (q, k, v))  # (1, Lb, H, D)
+        out[b].index_copy_(0, idx, kernel(qb, kb, vb, tensor_layout="NHD", is_causal=False)[0])
+    return out
 
 
 def reference_varlen_kernel(q, k, v, cu_q, cu_k, max_q, max_k) -> torch.Tensor:

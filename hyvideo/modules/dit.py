@@ -202,13 +202,17 @@ class HYVideoDiT(nn.Module):
 
     def transformer(self, img: torch.Tensor, txt: torch.Tensor, vec: torch.Tensor, ctx: Context) -> torch.Tensor:
         """Blocks and final layer on embedded tokens: img (B, Li, C) -> (B, Li, pt*ph*pw*out); text is dropped."""
+        return self.final_layer(self.run_blocks(img, txt, vec, ctx), vec)
+
+    def run_blocks(self, img: torch.Tensor, txt: torch.Tensor, vec: torch.Tensor, ctx: Context) -> torch.Tensor:
+        """All double then single blocks: the image tokens (B, Li, C) after them (text tokens dropped)."""
         Li = img.shape[1]
         for block in self.double_blocks:
             img, txt = block(img, txt, vec, ctx)
         h = torch.cat([img, txt], 1)  # (B, Li+Lt, C)
         for block in self.single_blocks:
             h = block(h, vec, ctx)
-        return self.final_layer(h[:, :Li], vec)  # text tokens dropped
+        return h[:, :Li]
 
 
 def drop_padding(states: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -8,6 +8,7 @@ yet fail with exit code 2 (see `hyvideo.request.SUPPORTED_VALUES_ONLY`). Exit co
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 import traceback
@@ -140,8 +141,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--use-cpu-offload", action="store_true", help="offload idle models to CPU (not supported yet)")
     g.add_argument("--use-fp8", action="store_true", help="fp8 DiT weights (not supported yet)")
     g.add_argument("--reproduce", action="store_true", help="deterministic algorithms")
-    g.add_argument("--ulysses-degree", type=int, default=1, help="Ulysses sequence parallelism (1 only for now)")
-    g.add_argument("--ring-degree", type=int, default=1, help="ring attention parallelism (1 only for now)")
+    g.add_argument("--ulysses-degree", type=int, default=1, help="Ulysses sequence parallelism (torchrun)")
+    g.add_argument("--ring-degree", type=int, default=1, help="ring attention parallelism (torchrun)")
+    g.add_argument("--cfg-parallel", action="store_true", help="cond/uncond on two halves of the processes")
+    g.add_argument(
+        "--shard-weights",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="with torchrun, each process holds 1/N of the DiT block weights (FSDP2)",
+    )
+    g.add_argument("--dist-timeout", type=float, default=900.0, help="seconds an inter-process wait may take")
     g.add_argument("--debug", action="store_true", help="debug logs and full tracebacks on errors")
     return p
 
@@ -154,11 +163,20 @@ def parse_request(argv: list[str] | None = None) -> SampleRequest:
 def _configure_logging(debug: bool) -> None:
     logger.remove()
     fmt = "<green>{time:HH:mm:ss}</green> | <level>{level: <7}</level> | {message}"
-    logger.add(sys.stderr, level="DEBUG" if debug else "INFO", format=fmt, backtrace=False, diagnose=False)
+    level = "DEBUG" if debug else "INFO" if _rank() in (None, "0") else "WARNING"  # torchrun: rank 0 logs progress
+    logger.add(sys.stderr, level=level, format=fmt, backtrace=False, diagnose=False)
+
+
+def _rank() -> str | None:
+    """This process's rank in a torchrun job of several processes, else None."""
+    return os.environ.get("RANK") if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None
 
 
 def _fail(code: int, text: str) -> int:
-    print(" ".join(f"error: {text}".split()), file=sys.stderr)
+    rank = _rank()
+    print(" ".join(f"error: {'' if rank is None else f'rank {rank}: '}{text}".split()), file=sys.stderr)
+    if "hyvideo.parallel.steps" in sys.modules:  # in a running torchrun job: leave now so no peer waits on us
+        sys.modules["hyvideo.parallel.steps"].abort(code)
     return code
 
 

@@ -24,10 +24,11 @@ from hyvideo.checkpoints.layout import ModelPaths, locate
 from hyvideo.checkpoints.vae import load_vae
 from hyvideo.checkpoints.verify import verify_vae
 from hyvideo.compile import compile_blocks
-from hyvideo.config import dit_config
+from hyvideo.config import DiTConfig, dit_config
 from hyvideo.modules.dit import HYVideoDiT
 from hyvideo.modules.text_encoders import PRECISIONS, TextEmbeddings, TextEncoderConfig, TextEncoders
 from hyvideo.modules.vae import HYVideoVAE
+from hyvideo.parallel import steps as dist_steps
 from hyvideo.request import SampleRequest, UsageError
 from hyvideo.sampling import euler, flow_sigmas, initial_noise, latent_shape, with_cfg, with_cond
 from hyvideo.teacache import TeaCache
@@ -105,14 +106,21 @@ def encode_text(
     return cond, uncond
 
 
-def load_denoiser(req: SampleRequest, paths: ModelPaths, device: torch.device) -> HYVideoDiT:
+def denoiser_config(req: SampleRequest, paths: ModelPaths) -> DiTConfig:
+    """The preset overridden by a config.json beside the DiT weights (cheap: no weights are read)."""
     folder = paths.dit if paths.dit.is_dir() else paths.dit.parent
-    cfg = dit_config(req.model, folder / "config.json").replace(rope_theta=float(req.rope_theta))
+    return dit_config(req.model, folder / "config.json").replace(rope_theta=float(req.rope_theta))
+
+
+def load_denoiser(req: SampleRequest, paths: ModelPaths, device: torch.device) -> HYVideoDiT:
+    cfg = denoiser_config(req, paths)
     if cfg.in_channels != req.latent_channels:
         raise UsageError(
             "--latent-channels", f"the DiT takes {cfg.in_channels} latent channels, not {req.latent_channels}"
         )
-    model = load_dit(paths.dit, cfg, load_key=req.load_key, dtype=PRECISIONS[req.precision], device=device)
+    model = dist_steps.load_sharded(req, paths.dit, cfg, PRECISIONS[req.precision])  # torchrun: 1/N of the blocks
+    if model is None:
+        model = load_dit(paths.dit, cfg, load_key=req.load_key, dtype=PRECISIONS[req.precision], device=device)
     model.attn_backend = req.attn_backend
     return compile_blocks(model) if req.compile else model
 
@@ -150,9 +158,9 @@ def denoise(
     if uncond is None:
         model_fn = with_cond(fn, cond)
     else:
-        model_fn = with_cfg(fn, cond, uncond, req.cfg_scale)
+        model_fn = dist_steps.guided(fn, cond, uncond, req.cfg_scale) or with_cfg(fn, cond, uncond, req.cfg_scale)
     sigmas = flow_sigmas(req.infer_steps, req.flow_shift)
-    with tqdm(total=req.infer_steps, desc=f"denoise seed {seed}", leave=False) as bar:
+    with tqdm(total=req.infer_steps, desc=f"denoise seed {seed}", leave=False, disable=not dist_steps.is_main()) as bar:
 
         def step_done(state: dict) -> None:
             bar.update(1)
@@ -204,8 +212,12 @@ def run(req: SampleRequest) -> list[Path]:
         torch.use_deterministic_algorithms(True)
     timings = Timings({})
     if req.decode_latents is not None:
-        return [decode_only(req, device, timings)]
+        return [decode_only(req, device, timings)] if dist_steps.is_main() else []
     paths = locate(req.model_base, req.dit_weight)
+    if req.ulysses_degree > 1:
+        dist_steps.check_heads(req, denoiser_config(req, paths))
+    mesh = dist_steps.start(req)  # several torchrun processes: join the job (None otherwise)
+    device = device if mesh is None else mesh.device
     verify_vae(paths.vae)  # names and shapes only: a bad VAE must fail now, not after sampling
     logger.info(f"models: {paths.layout} layout at {req.model_base}; DiT {paths.dit}")
     logger.info(
@@ -214,9 +226,9 @@ def run(req: SampleRequest) -> list[Path]:
         f"{req.num_videos} video(s), DiT {req.precision}, VAE {req.vae_precision}, device {device}"
     )
     with timings.stage("text encode", device):
-        cond, uncond = encode_text(req, paths, device)
+        cond, uncond = dist_steps.shared_text(lambda: encode_text(req, paths, device), req)  # rank 0 encodes
     with timings.stage("load DiT", device):
-        model = load_denoiser(req, paths, device)
+        model = dist_steps.wrap(load_denoiser(req, paths, device))  # sequence parallel under torchrun
     seeds = [req.seed + i for i in range(req.num_videos)]
     all_latents = []
     for seed in seeds:
@@ -224,6 +236,9 @@ def run(req: SampleRequest) -> list[Path]:
             all_latents.append(denoise(model, cond, uncond, req, seed, device))
     del model
     _release_memory()
+    if not dist_steps.is_main():  # rank 0 decodes and writes; wait for it, so its failure is ours too
+        dist_steps.finish()
+        return []
     with timings.stage("load VAE", device):
         vae = load_decoder(req, paths, device)
     req.save_dir.mkdir(parents=True, exist_ok=True)
@@ -239,6 +254,7 @@ def run(req: SampleRequest) -> list[Path]:
             written.append(io.write_mp4(video, path, fps=req.fps, signed=True))
     total = sum(timings.seconds.values())
     logger.info(f"done in {total:.1f} s; peak host RSS {peak_host_mb():.0f} MiB")
+    dist_steps.finish()
     return written
 
 

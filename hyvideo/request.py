@@ -46,8 +46,6 @@ SEED_MAX = 2**63 - 1  # seed + i (video i) must fit a torch generator seed
 SUPPORTED_VALUES_ONLY: dict[str, tuple[object, ...]] = {
     "--use-cpu-offload": (False,),
     "--use-fp8": (False,),
-    "--ulysses-degree": (1,),
-    "--ring-degree": (1,),
     "--batch-size": (1,),  # several videos are sampled one after another (--num-videos), not batched
     "--denoise-type": ("flow",),
     "--flow-solver": ("euler",),
@@ -132,8 +130,12 @@ class SampleRequest:
     use_cpu_offload: bool  # offload idle components to CPU; False until supported
     use_fp8: bool  # fp8 weight storage for the DiT; False until supported
     reproduce: bool  # deterministic algorithms (torch.use_deterministic_algorithms) for bit-reproducible runs
-    ulysses_degree: int  # Ulysses sequence-parallel degree; 1 until supported
-    ring_degree: int  # ring-attention degree; 1 until supported
+    ulysses_degree: int  # U: attention heads split U ways by all-to-all (needs torchrun); 1 = off
+    ring_degree: int  # R: image tokens' keys/values passed around a ring of R processes; 1 = off
+    cfg_parallel: bool = False  # cond and uncond passes on two halves of the processes (needs cfg_scale > 1)
+    shard_weights: bool = True  # with several processes, each holds 1/N of the DiT blocks' weights (FSDP2)
+    dist_timeout: float = 900.0  # seconds any inter-process wait may take before the run fails
+    world_size: int = 1  # processes in the torchrun job = U x R (x 2 with cfg_parallel); 1 = no torchrun
     # --- output ---
     save_dir: Path  # output directory (--save-path, plus "_<suffix>" with --save-path-suffix); may not exist yet
     name_suffix: str  # appended to each output file name (no path separators)
@@ -237,6 +239,41 @@ def _check_unsupported(args: Namespace) -> None:
             raise UsageError(flag, f"{value} is not supported yet (supported: {ok})")
 
 
+def _check_parallel(args: Namespace, ulysses: int, ring: int, cfg_scale: float) -> int:
+    """The degrees must tile the torchrun job exactly: U x R (x 2 with --cfg-parallel) == WORLD_SIZE (1 without
+    torchrun). Returns the number of processes."""
+    cfg_parallel = bool(getattr(args, "cfg_parallel", False))
+    if cfg_parallel and cfg_scale <= 1:
+        raise UsageError("--cfg-parallel", "needs --cfg-scale > 1 (without real CFG there is no second pass to split)")
+    timeout = float(getattr(args, "dist_timeout", 900.0))
+    if not math.isfinite(timeout) or timeout <= 0:
+        raise UsageError("--dist-timeout", f"must be a number of seconds > 0, got {timeout}")
+    needed = ulysses * ring * (2 if cfg_parallel else 1)
+    torchrun = all(v in os.environ for v in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"))
+    world = int(os.environ["WORLD_SIZE"]) if torchrun else 1
+    batch = getattr(args, "prompt_file", None) is not None or getattr(args, "batch_entry", False)
+    if batch and world > 1:
+        if needed > 1:
+            raise UsageError(
+                "--prompt-file",
+                "with sequence parallelism is not supported yet; drop --ulysses-degree/--ring-degree/--cfg-parallel "
+                "and each process takes its own share of the entries",
+            )
+        return 1  # data parallel: each process runs alone on its share of the entries (hyvideo.batch)
+    product = f"--ulysses-degree {ulysses} x --ring-degree {ring}" + (" x 2 (--cfg-parallel)" if cfg_parallel else "")
+    if needed > 1 and not torchrun:
+        flag = "--ulysses-degree" if ulysses > 1 else "--ring-degree" if ring > 1 else "--cfg-parallel"
+        raise UsageError(
+            flag, f"{product} = {needed} processes: launch with torchrun --nproc_per_node {needed} sample_video.py ..."
+        )
+    if needed != world:
+        raise UsageError(
+            "--ulysses-degree",
+            f"{product} = {needed} process(es), but torchrun started {world}; make the product equal --nproc_per_node",
+        )
+    return world
+
+
 def validate(args: Namespace) -> SampleRequest:
     """Check parsed flags and resolve them into a `SampleRequest`; raise `UsageError` on the first problem.
 
@@ -302,6 +339,7 @@ def validate(args: Namespace) -> SampleRequest:
 
     # --- flags accepted but not implemented ---
     _check_unsupported(args)
+    world_size = _check_parallel(args, ulysses_degree, ring_degree, cfg_scale)
 
     # --- filesystem ---
     model_base = Path(args.model_base)
@@ -403,6 +441,10 @@ def validate(args: Namespace) -> SampleRequest:
         reproduce=bool(args.reproduce),
         ulysses_degree=ulysses_degree,
         ring_degree=ring_degree,
+        cfg_parallel=bool(getattr(args, "cfg_parallel", False)),
+        shard_weights=bool(getattr(args, "shard_weights", True)),
+        dist_timeout=float(getattr(args, "dist_timeout", 900.0)),
+        world_size=world_size,
         save_dir=save_dir,
         name_suffix=args.name_suffix,
         fps=fps,

@@ -140,8 +140,6 @@ def test_bad_input_exit_2_one_line(
 UNSUPPORTED: list[list[str]] = [
     ["--use-cpu-offload"],
     ["--use-fp8"],
-    ["--ulysses-degree", "2"],
-    ["--ring-degree", "4"],
     ["--batch-size", "2"],
     ["--denoise-type", "ddpm"],
     ["--flow-solver", "heun"],

@@ -1,0 +1,150 @@
+"""Joint attention over image tokens split across ranks: Ulysses (all-to-all over heads) x ring (k/v passed around).
+
+Each rank of a sequence-parallel group holds one chunk of `c` image tokens (the global sequence is padded to
+U * R * c; padding sits at the end) and the full, identical text tokens. Per attention call:
+1. Ulysses: all-to-all inside the U-group turns image q/k/v (B, c, H, D) into (B, U*c, H/U, D): the group's
+   U chunks (one contiguous ring block) for this rank's H/U heads. Text q/k/v are replicated; take the same heads.
+2. Ring: each of the R ring blocks' valid image keys, and the text keys once, are attended to by this rank's
+   queries; partial results merge exactly by log-sum-exp:
+       o = sum_j exp(lse_j - lse) o_j,   lse = log sum_j exp(lse_j),   lse_j = log sum_{k in j} exp(q.k / sqrt(D)).
+   With R == 1 one ordinary `attention` call over [valid image keys; text keys] suffices (any backend).
+3. Inverse all-to-all for the image output; text output heads are all-gathered inside the U-group.
+Partial results merge in a fixed block order, so every rank computes bit-identical text outputs.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from hyvideo.modules.attention import HAS_FLASH, KeyMask, attention, flash_attn_func
+from hyvideo.parallel.group import Mesh
+
+
+def attention_lse(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_valid: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(softmax(q k^T / sqrt(D)) v, lse) with lse = logsumexp_k(q k^T / sqrt(D)) over allowed keys.
+
+    q (B, Lq, H, D), k/v (B, Lk, H, D), key_valid (B, Lk) bool or None -> out (B, Lq, H, D), lse (B, H, Lq) float32.
+    CPU: torch's fused flash kernel (returns lse). CUDA half precision without a mask: flash-attn. Otherwise the
+    explicit math in float32 (memory B*H*Lq*Lk).
+    """
+    qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))  # (B, H, L, D)
+    if q.device.type == "cpu":
+        bias = None
+        if key_valid is not None:  # additive mask in q's dtype, (B, 1, 1, Lk)
+            bias = torch.zeros(key_valid.shape, dtype=q.dtype).masked_fill(~key_valid, float("-inf"))[:, None, None]
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(qt, kt, vt, attn_mask=bias)
+        return out.transpose(1, 2), lse.float()
+    if HAS_FLASH and key_valid is None and q.device.type == "cuda" and q.dtype in (torch.float16, torch.bfloat16):
+        out, lse, _ = flash_attn_func(q, k, v, return_attn_probs=True)  # out (B, Lq, H, D), lse (B, H, Lq)
+        return out, lse.float()
+    scores = qt.float() @ kt.float().transpose(-1, -2) * q.shape[-1] ** -0.5  # (B, H, Lq, Lk)
+    if key_valid is not None:
+        scores = scores.masked_fill(~key_valid[:, None, None, :], float("-inf"))
+    lse = scores.logsumexp(-1)  # (B, H, Lq)
+    out = (scores - lse[..., None]).exp() @ vt.float()
+    return out.to(q.dtype).transpose(1, 2), lse
+
+
+def merge_lse(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """Exact softmax over the union of key sets from per-set (out (B, L, H, D), lse (B, H, L)), in list order."""
+    lse = torch.logsumexp(torch.stack([p[1] for p in parts]), 0)  # (B, H, L)
+    total = torch.zeros(parts[0][0].shape, dtype=torch.float32, device=parts[0][0].device)
+    for out, part_lse in parts:
+        w = (part_lse - lse).exp().transpose(1, 2)[..., None]  # (B, L, H, 1); 0 for a set with no allowed key
+        total += torch.where(w > 0, w * out.float(), 0.0)
+    return total.to(parts[0][0].dtype)
+
+
+def _all_to_all(x: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
+    """x (U, ...) -> (U, ...): slot j goes to group rank j; slot j of the result came from group rank j."""
+    if x.shape[0] == 1:
+        return x
+    x = x.contiguous()
+    out = torch.empty_like(x)
+    dist.all_to_all_single(out, x, group=group)
+    return out
+
+
+class SequenceParallelAttention:
+    """The `Context.attn` of a sequence-parallel forward: (q, k, v, mask, backend) -> (B, c + Lt, H*D).
+
+    q/k/v (B, c + Lt, H, D) = this rank's image chunk (c tokens, possibly padding) followed by all text tokens.
+    `mask`, when not None, is a `KeyMask` over those c + Lt positions; only its text part is read (image
+    padding is known from `num_image_tokens`).
+    """
+
+    def __init__(self, mesh: Mesh, num_image_tokens: int, chunk: int) -> None:
+        self.mesh, self.chunk = mesh, chunk
+        block = mesh.ulysses * chunk  # image tokens per ring block
+        # valid (non-padding) image tokens in each ring block; padding is at the end of the global sequence
+        self.block_valid = [max(0, min(block, num_image_tokens - r * block)) for r in range(mesh.ring)]
+
+    def __call__(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: KeyMask | None, backend: str
+    ) -> torch.Tensor:
+        m, c = self.mesh, self.chunk
+        H, D = q.shape[2:]
+        U, Hu = m.ulysses, H // m.ulysses
+        heads = slice(m.u_rank * Hu, (m.u_rank + 1) * Hu)
+        txt_valid = None if mask is None else mask.valid[:, c:]  # (B, Lt)
+        # 1. Ulysses: (3, B, c, H, D) -> per destination u: (U, 3, B, c, Hu, D) -> (3, B, U*c, Hu, D)
+        qkv = torch.stack([q[:, :c], k[:, :c], v[:, :c]]).unflatten(3, (U, Hu)).permute(3, 0, 1, 2, 4, 5)
+        iq, ik, iv = _all_to_all(qkv, m.ulysses_group).permute(1, 2, 0, 3, 4, 5).flatten(2, 3)
+        tq, tk, tv = q[:, c:, heads], k[:, c:, heads], v[:, c:, heads]  # (B, Lt, Hu, D)
+        # 2. attention of [valid image queries; text queries] over every block's valid image keys and text keys
+        n = self.block_valid[m.r_rank]
+        queries = torch.cat([iq[:, :n], tq], 1)  # (B, n+Lt, Hu, D)
+        if m.ring == 1:
+            keys_valid = None if txt_valid is None else KeyMask(F.pad(txt_valid, (n, 0), value=True))
+            out = attention(queries, torch.cat([ik[:, :n], tk], 1), torch.cat([iv[:, :n], tv], 1), keys_valid, backend)
+            out = out.unflatten(-1, (Hu, D))  # (B, n+Lt, Hu, D)
+        else:
+            out = self._ring(queries, ik, iv, tk, tv, txt_valid)
+        i_out, t_out = out.split([n, out.shape[1] - n], 1)
+        i_out = F.pad(i_out, (0, 0, 0, 0, 0, U * c - n))  # padded query rows -> 0 (dropped at the end anyway)
+        # 3. inverse Ulysses: (B, U*c, Hu, D) -> (U, B, c, Hu, D) -> all-to-all -> (B, c, U*Hu, D)
+        i_out = _all_to_all(i_out.unflatten(1, (U, c)).transpose(0, 1), m.ulysses_group)
+        i_out = i_out.permute(1, 2, 0, 3, 4).flatten(2, 3)  # (B, c, H, D)
+        if U > 1:
+            parts = [torch.empty_like(t_out) for _ in range(U)]
+            dist.all_gather(parts, t_out.contiguous(), group=m.ulysses_group)
+            t_out = torch.cat(parts, 2)  # (B, Lt, H, D)
+        return torch.cat([i_out, t_out], 1).flatten(2)  # (B, c + Lt, H*D)
+
+    def _ring(
+        self,
+        queries: torch.Tensor,
+        ik: torch.Tensor,
+        iv: torch.Tensor,
+        tk: torch.Tensor,
+        tv: torch.Tensor,
+        txt_valid: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Pass image k/v blocks around the ring (send to r+1, receive from r-1), attend to each, merge by lse."""
+        m = self.mesh
+        R, r = m.ring, m.r_rank
+        kv = torch.stack([ik, iv]).contiguous()  # (2, B, U*c, Hu, D)
+        parts: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        for step in range(R):
+            j = (r - step) % R  # ring position whose block we hold now
+            pending, incoming = [], None
+            if step < R - 1:
+                incoming = torch.empty_like(kv)
+                ops = [
+                    dist.P2POp(dist.isend, kv, m.ring_ranks[(r + 1) % R], m.ring_group),
+                    dist.P2POp(dist.irecv, incoming, m.ring_ranks[(r - 1) % R], m.ring_group),
+                ]
+                pending = dist.batch_isend_irecv(ops)
+            n = self.block_valid[j]
+            if n > 0:
+                parts[j] = attention_lse(queries, kv[0][:, :n], kv[1][:, :n])
+            for req in pending:
+                req.wait()
+            if incoming is not None:
+                kv = incoming
+        parts[R] = attention_lse(queries, tk, tv, txt_valid)
+        return merge_lse([parts[j] for j in sorted(parts)])

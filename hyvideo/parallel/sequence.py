@@ -1,0 +1,84 @@
+"""Sequence parallelism applied to a built `HYVideoDiT` from outside, and real CFG split over two rank groups.
+
+`SequenceParallelDiT(dit, mesh)` has the DiT's forward signature and result. Per forward:
+    img, txt, vec, ctx = dit.embed(...)              every rank, full (cheap)
+    pad Li image tokens to N*c (N = U*R, c = ceil(Li/N)); keep chunk sp_rank: (B, c, C); RoPE rows likewise
+    out = dit.transformer(chunk, txt, vec, ctx with attn = SequenceParallelAttention)     (B, c, P)
+    all-gather the chunks over the sequence-parallel group, drop the padding, unpatchify  (B, out, T, H, W)
+Text tokens are computed redundantly (identically) on every rank; padded image tokens are never used as keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from hyvideo.modules.attention import KeyMask
+from hyvideo.modules.dit import HYVideoDiT
+from hyvideo.parallel.attention import SequenceParallelAttention
+from hyvideo.parallel.group import Mesh
+from hyvideo.sampling import CondModelFn, ModelFn
+
+
+class SequenceParallelDiT(nn.Module):
+    """Wraps a DiT; attributes it does not define (img_in, guidance_in, cfg, ...) are the DiT's own."""
+
+    def __init__(self, dit: HYVideoDiT, mesh: Mesh) -> None:
+        super().__init__()
+        self.dit = dit
+        self.mesh = mesh
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.dit, name)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        text_states: torch.Tensor,
+        text_mask: torch.Tensor | None,
+        text_pooled: torch.Tensor,
+        guidance: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        dit, m = self.dit, self.mesh
+        img, txt, vec, ctx = dit.embed(x, t, text_states, text_mask, text_pooled, guidance)
+        B, Li, _ = img.shape
+        N = m.sp_size
+        c = -(-Li // N)  # tokens per rank
+        mine = slice(m.sp_rank * c, (m.sp_rank + 1) * c)
+        img = F.pad(img, (0, 0, 0, N * c - Li))[:, mine]  # (B, c, C)
+        rope = F.pad(ctx.rope, (0, 0, 0, N * c - Li), value=1.0)[mine]  # (c, D/2); padding rows rotate by 1
+        mask = None
+        if ctx.mask is not None:  # (B, Li + Lt) -> (B, c + Lt): this chunk's image validity, then the text's
+            img_valid = (torch.arange(N * c, device=x.device) < Li)[mine].expand(B, c)
+            mask = KeyMask(torch.cat([img_valid, ctx.mask.valid[:, Li:]], 1))
+        attn = SequenceParallelAttention(m, Li, c)
+        out = dit.transformer(img, txt, vec, dataclasses.replace(ctx, rope=rope, mask=mask, attn=attn))  # (B, c, P)
+        chunks = [torch.empty_like(out) for _ in range(N)]
+        dist.all_gather(chunks, out.contiguous(), group=m.sp_group)
+        out = torch.cat(chunks, 1)[:, :Li]  # (B, Li, P)
+        pt, ph, pw = dit.cfg.patch_size
+        _, _, T, H, W = x.shape
+        return dit.unpatchify(out, (T // pt, H // ph, W // pw))
+
+
+def with_cfg_parallel(model_fn: CondModelFn, cond, uncond, scale: float, mesh: Mesh) -> ModelFn:
+    """Real CFG with cond on cfg half 0 and uncond on half 1, each one forward per step, then exchanged:
+    v = v_uncond + scale * (v_cond - v_uncond) (the formula of `sampling.with_cfg`), identical on every rank."""
+    mine = cond if mesh.c_rank == 0 else uncond
+
+    def fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        v = model_fn(x, t, mine).contiguous()
+        both = [torch.empty_like(v) for _ in range(2)]
+        dist.all_gather(both, v, group=mesh.cfg_group)
+        v_cond, v_uncond = both
+        return v_uncond + scale * (v_cond - v_uncond)
+
+    return fn

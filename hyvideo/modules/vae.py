@@ -1,0 +1,681 @@
+"""Causal 3D VAE 884-16c-hy: 4x causal time compression, 8x8 space, 16 latent channels (DESIGN.md §3).
+
+Reading order: `VAEConfig` -> `CausalConv3d` -> blocks -> `Encoder` / `Decoder` -> `HYVideoVAE` (encode, decode,
+tiling). Module attribute names equal the official checkpoint keys, so both the official `pytorch_model.pt` and the
+diffusers `AutoencoderKLHunyuanVideo` safetensors load strictly without a key map.
+
+Latent convention: `decode(z)` takes the *unscaled* latent z (what `encode(video).mode()` returns). The DiT works on
+`latents = z * scaling_factor`; use `decode_latents(latents)` to divide by `config.scaling_factor` first.
+
+Causality: every temporal convolution sees only the current and the previous frames (replicate padding of the first
+frame at the front), and the mid-block attention lets frame t see frames <= t. GroupNorm is the only layer that mixes
+all frames, so decoding in temporal chunks with a cache of the conv padding frames (`TilingConfig(mode="chunked")`)
+is exact except for the GroupNorm statistics, which become per chunk.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields, replace
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+NORM_EPS = 1e-6  # every GroupNorm in this VAE
+
+# Per-chunk decoding state: CausalConv3d -> last (kt - 1) input frames, Upsample -> True once the first frame went
+# through, Attention -> (k, v) of the frames already decoded. Keyed by module object.
+StreamState = dict[nn.Module, Any]
+
+
+@dataclass(frozen=True)
+class VAEConfig:
+    in_channels: int = 3  # video channels (RGB in [-1, 1])
+    out_channels: int = 3  # decoded video channels
+    latent_channels: int = 16  # z channels; the encoder emits 2x this (mean, logvar)
+    block_out_channels: tuple[int, ...] = (128, 256, 512, 512)  # encoder widths; the decoder uses them reversed
+    layers_per_block: int = 2  # resnets per encoder down block; decoder up blocks have one more
+    norm_num_groups: int = 32  # GroupNorm groups; must divide every width
+    scaling_factor: float = 0.476986  # latents fed to the DiT are z * scaling_factor (no shift)
+    time_compression_ratio: int = 4  # T frames -> (T - 1) // 4 + 1 latents (causal: first frame alone)
+    spatial_compression_ratio: int = 8  # H, W -> H / 8, W / 8
+    mid_block_add_attention: bool = True  # attention between the two mid-block resnets
+    sample_size: int = 256  # official default spatial tile edge in pixels (config.json "sample_size")
+    sample_tsize: int = 64  # official default temporal tile length in frames (config.json "sample_tsize")
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "block_out_channels", tuple(int(c) for c in self.block_out_channels))
+        n = len(self.block_out_channels)
+        if n < 1 or min(self.block_out_channels) <= 0:
+            raise ValueError(f"block_out_channels must be positive, got {self.block_out_channels}")
+        for c in (*self.block_out_channels, self.block_out_channels[0]):
+            if c % self.norm_num_groups:
+                raise ValueError(f"norm_num_groups={self.norm_num_groups} does not divide width {c}")
+        if self.time_compression_ratio != 4:
+            raise ValueError(f"only time_compression_ratio 4 is supported (884 VAE), got {self.time_compression_ratio}")
+        s = self.spatial_compression_ratio
+        if s < 1 or s & (s - 1) or int(math.log2(s)) > n:
+            raise ValueError(f"spatial_compression_ratio must be a power of 2 <= 2**{n}, got {s}")
+        if n < 3:  # two time-downsampling blocks plus a final block without time downsampling
+            raise ValueError(f"need at least 3 blocks for 4x time compression, got {n}")
+        if self.layers_per_block < 1 or self.latent_channels < 1:
+            raise ValueError("layers_per_block and latent_channels must be >= 1")
+        if self.scaling_factor <= 0:
+            raise ValueError(f"scaling_factor must be > 0, got {self.scaling_factor}")
+
+    def strides(self) -> list[tuple[int, int, int] | None]:
+        """(t, h, w) stride of each encoder down block's downsampler (= decoder up block i counted from the top)."""
+        n = len(self.block_out_channels)
+        n_space = int(math.log2(self.spatial_compression_ratio))
+        n_time = int(math.log2(self.time_compression_ratio))
+        out: list[tuple[int, int, int] | None] = []
+        for i in range(n):
+            space = i < n_space
+            time = n - 1 - n_time <= i < n - 1  # the blocks just before the last one
+            out.append((2 if time else 1, 2 if space else 1, 2 if space else 1) if (space or time) else None)
+        return out
+
+    @classmethod
+    def hy_884_16c(cls) -> VAEConfig:
+        """The released 884-16c-hy VAE."""
+        return cls()
+
+    @classmethod
+    def from_official(cls, cfg: dict[str, Any]) -> VAEConfig:
+        """From the official AutoencoderKLCausal3D `vae/config.json`."""
+        _check_block_types(cfg, "DownEncoderBlockCausal3D", "UpDecoderBlockCausal3D")
+        return cls(
+            **_pick(cfg, ("in_channels", "out_channels", "latent_channels", "block_out_channels", "layers_per_block")),
+            **_pick(cfg, ("norm_num_groups", "scaling_factor", "time_compression_ratio", "spatial_compression_ratio")),
+            **_pick(cfg, ("mid_block_add_attention", "sample_size", "sample_tsize")),
+        )
+
+    @classmethod
+    def from_diffusers(cls, cfg: dict[str, Any]) -> VAEConfig:
+        """From diffusers' AutoencoderKLHunyuanVideo `vae/config.json`."""
+        _check_block_types(cfg, "HunyuanVideoDownBlock3D", "HunyuanVideoUpBlock3D")
+        kw = _pick(cfg, ("in_channels", "out_channels", "latent_channels", "block_out_channels", "layers_per_block"))
+        kw |= _pick(cfg, ("norm_num_groups", "scaling_factor", "spatial_compression_ratio", "mid_block_add_attention"))
+        if "temporal_compression_ratio" in cfg:
+            kw["time_compression_ratio"] = cfg["temporal_compression_ratio"]
+        return cls(**kw)
+
+    @classmethod
+    def from_config_dict(cls, cfg: dict[str, Any]) -> VAEConfig:
+        """Either style: diffusers names when `_class_name` says so or `temporal_compression_ratio` is present."""
+        if cfg.get("_class_name") == "AutoencoderKLHunyuanVideo" or "temporal_compression_ratio" in cfg:
+            return cls.from_diffusers(cfg)
+        return cls.from_official(cfg)
+
+    def to_official(self) -> dict[str, Any]:
+        """Official config.json content."""
+        n = len(self.block_out_channels)
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d["block_out_channels"] = list(self.block_out_channels)
+        return {
+            "_class_name": "AutoencoderKLCausal3D",
+            "act_fn": "silu",
+            "down_block_types": ["DownEncoderBlockCausal3D"] * n,
+            "up_block_types": ["UpDecoderBlockCausal3D"] * n,
+            **d,
+        }
+
+    def to_diffusers(self) -> dict[str, Any]:
+        """diffusers AutoencoderKLHunyuanVideo config.json content."""
+        n = len(self.block_out_channels)
+        return {
+            "_class_name": "AutoencoderKLHunyuanVideo",
+            "in_channels": self.in_channels,
+            "out_channels": self.out_channels,
+            "latent_channels": self.latent_channels,
+            "down_block_types": ["HunyuanVideoDownBlock3D"] * n,
+            "up_block_types": ["HunyuanVideoUpBlock3D"] * n,
+            "block_out_channels": list(self.block_out_channels),
+            "layers_per_block": self.layers_per_block,
+            "act_fn": "silu",
+            "norm_num_groups": self.norm_num_groups,
+            "scaling_factor": self.scaling_factor,
+            "spatial_compression_ratio": self.spatial_compression_ratio,
+            "temporal_compression_ratio": self.time_compression_ratio,
+            "mid_block_add_attention": self.mid_block_add_attention,
+        }
+
+
+def _pick(cfg: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
+    return {k: cfg[k] for k in names if k in cfg}
+
+
+def _check_block_types(cfg: dict[str, Any], down: str, up: str) -> None:
+    if cfg.get("act_fn", "silu") != "silu":
+        raise ValueError(f"only act_fn 'silu' is supported, got {cfg['act_fn']!r}")
+    for key, want in (("down_block_types", down), ("up_block_types", up)):
+        bad = sorted({t for t in cfg.get(key, []) if t != want})
+        if bad:
+            raise ValueError(f"{key}: expected only {want!r}, got {bad}")
+
+
+@dataclass(frozen=True)
+class TilingConfig:
+    """How `HYVideoVAE` splits work. Sizes are in pixels/frames of the video; latent sizes are these / 8 and / 4.
+
+    mode "tiles": the official scheme: overlapping spatial tiles and temporal tiles (each reads frames/4 + 1 latents),
+    blended linearly over the overlap (size - stride). Matches diffusers' `enable_tiling(...)` with the same numbers.
+    mode "chunked": the same spatial tiles, but each tile is decoded in temporal chunks of `chunk_latents` latents
+    carrying the causal-conv padding frames and attention keys forward: no temporal overlap, no recomputation; only the
+    GroupNorm statistics differ from untiled decoding (per chunk instead of per clip). Encoding always uses "tiles".
+    """
+
+    enabled: bool = True  # tile only when the input is larger than one tile; smaller inputs decode exactly
+    mode: Literal["tiles", "chunked"] = "chunked"
+    tile_size: int = 256  # spatial tile edge in pixels (32 latents)
+    tile_stride: int = 192  # spatial tile stride in pixels; overlap 64 px is blended
+    tile_frames: int = 64  # temporal tile length in frames (16 latents, read as 17 because of the causal first frame)
+    tile_stride_frames: int = 48  # temporal tile stride in frames; overlap 16 frames is blended
+    chunk_latents: int = 2  # "chunked" mode: latents per step (the first step takes one more); memory ~ 4x frames
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("tiles", "chunked"):
+            raise ValueError(f"tiling mode must be 'tiles' or 'chunked', got {self.mode!r}")
+        for size, stride, unit, what in (
+            (self.tile_size, self.tile_stride, 8, "tile_size/tile_stride"),
+            (self.tile_frames, self.tile_stride_frames, 4, "tile_frames/tile_stride_frames"),
+        ):
+            if size % unit or stride % unit or not 0 < stride <= size:
+                raise ValueError(f"{what} must be multiples of {unit} with 0 < stride <= size, got {size}/{stride}")
+            if 2 * (size - stride) > size:
+                raise ValueError(f"{what}: the blended overlap {size - stride} must be at most half the tile")
+        if self.chunk_latents < 1:
+            raise ValueError(f"chunk_latents must be >= 1, got {self.chunk_latents}")
+
+    @classmethod
+    def official(cls, config: VAEConfig) -> TilingConfig:
+        """The official tile sizes (sample_size, sample_tsize, overlap 0.25), official blending."""
+        return cls(
+            mode="tiles",
+            tile_size=config.sample_size,
+            tile_stride=config.sample_size * 3 // 4,
+            tile_frames=config.sample_tsize,
+            tile_stride_frames=config.sample_tsize * 3 // 4,
+        )
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Layers
+
+
+def group_norm(norm: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
+    """GroupNorm with float32 statistics for half-precision inputs."""
+    if x.dtype == torch.float32:
+        return norm(x)
+    w, b = norm.weight.float(), norm.bias.float()
+    return F.group_norm(x.float(), norm.num_groups, w, b, norm.eps).to(x.dtype)
+
+
+class CausalConv3d(nn.Module):
+    """Conv3d after replicate padding: (kw//2, kh//2) on both sides in space, kt - 1 frames in front in time.
+
+    With a `state`, the kt - 1 front frames are the last input frames of the previous chunk instead.
+    """
+
+    def __init__(self, c_in: int, c_out: int, kernel: int = 3, stride: tuple[int, int, int] | int = 1) -> None:
+        super().__init__()
+        self.conv = nn.Conv3d(c_in, c_out, kernel, stride=stride)
+
+    def forward(self, x: torch.Tensor, state: StreamState | None = None) -> torch.Tensor:
+        kt, kh, kw = self.conv.kernel_size
+        if kt == kh == kw == 1:
+            return self.conv(x)
+        pt, ph, pw = kt - 1, kh // 2, kw // 2
+        front = state.get(self) if state is not None else None
+        if front is None:
+            front = x[:, :, :1].expand(-1, -1, pt, -1, -1)  # replicate the first frame
+        x = replicate_pad(front, x, ph, pw)  # (B, C, pt + T, H + 2ph, W + 2pw)
+        if state is not None:
+            state[self] = x[:, :, -pt:, ph : x.shape[3] - ph, pw : x.shape[4] - pw].clone()
+        return self.conv(x)
+
+
+def replicate_pad(front: torch.Tensor, x: torch.Tensor, ph: int, pw: int) -> torch.Tensor:
+    """cat([front, x], time) then replicate-pad H by ph and W by pw, in one allocation keeping x's memory format."""
+    b, c, t, h, w = x.shape
+    pt = front.shape[2]
+    fmt = torch.channels_last_3d if _is_channels_last(x) else torch.contiguous_format
+    out = torch.empty((b, c, pt + t, h + 2 * ph, w + 2 * pw), dtype=x.dtype, device=x.device, memory_format=fmt)
+    out[:, :, :pt, ph : ph + h, pw : pw + w] = front
+    out[:, :, pt:, ph : ph + h, pw : pw + w] = x
+    if ph:
+        out[:, :, :, :ph, pw : pw + w] = out[:, :, :, ph : ph + 1, pw : pw + w]
+        out[:, :, :, ph + h :, pw : pw + w] = out[:, :, :, ph + h - 1 : ph + h, pw : pw + w]
+    if pw:
+        out[..., :pw] = out[..., pw : pw + 1]
+        out[..., pw + w :] = out[..., pw + w - 1 : pw + w]
+    return out
+
+
+def _is_channels_last(x: torch.Tensor) -> bool:
+    return x.dim() == 5 and x.shape[1] > 1 and x.is_contiguous(memory_format=torch.channels_last_3d)
+
+
+class ResnetBlock(nn.Module):
+    """x + conv2(silu(norm2(conv1(silu(norm1(x)))))), with a 1x1x1 shortcut conv when widths differ."""
+
+    def __init__(self, c_in: int, c_out: int, groups: int) -> None:
+        super().__init__()
+        self.norm1 = nn.GroupNorm(groups, c_in, eps=NORM_EPS)
+        self.conv1 = CausalConv3d(c_in, c_out)
+        self.norm2 = nn.GroupNorm(groups, c_out, eps=NORM_EPS)
+        self.conv2 = CausalConv3d(c_out, c_out)
+        self.conv_shortcut = CausalConv3d(c_in, c_out, kernel=1) if c_in != c_out else None
+
+    def forward(self, x: torch.Tensor, state: StreamState | None = None) -> torch.Tensor:
+        h = self.conv1(F.silu(group_norm(self.norm1, x), inplace=True), state)
+        h = self.conv2(F.silu(group_norm(self.norm2, h), inplace=True), state)
+        if self.conv_shortcut is not None:
+            x = self.conv_shortcut(x)
+        return h.add_(x)
+
+
+class Downsample(nn.Module):
+    """Strided causal conv: stride (2, 2, 2) or (1, 2, 2); T -> (T - 1) // 2 + 1 thanks to the causal front pad."""
+
+    def __init__(self, channels: int, stride: tuple[int, int, int]) -> None:
+        super().__init__()
+        self.conv = CausalConv3d(channels, channels, stride=stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+class Upsample(nn.Module):
+    """Nearest upsampling by (ft, 2, 2), then a causal conv. With ft = 2 the first frame is upsampled in space only,
+    so T latents -> 2T - 1 frames: [f0, f1, f1, f2, f2, ...]."""
+
+    def __init__(self, channels: int, factor: tuple[int, int, int]) -> None:
+        super().__init__()
+        self.factor = factor
+        self.conv = CausalConv3d(channels, channels)
+
+    def forward(self, x: torch.Tensor, state: StreamState | None = None) -> torch.Tensor:
+        x = F.interpolate(x, scale_factor=self.factor, mode="nearest")  # (B, C, ft*T, 2H, 2W)
+        first = state is None or self not in state
+        if state is not None:
+            state[self] = True
+        if self.factor[0] == 2 and first:
+            x = x[:, :, 1:]  # the clip's first frame is not repeated in time
+        return self.conv(x, state)
+
+
+class Attention(nn.Module):
+    """Single-head self-attention over all pixels, frame t attending to frames <= t; residual added.
+
+    Keys match the official checkpoint: group_norm, to_q, to_k, to_v, to_out.0. Softmax in float32.
+    """
+
+    def __init__(self, channels: int, groups: int) -> None:
+        super().__init__()
+        self.group_norm = nn.GroupNorm(groups, channels, eps=NORM_EPS)
+        self.to_q = nn.Linear(channels, channels)
+        self.to_k = nn.Linear(channels, channels)
+        self.to_v = nn.Linear(channels, channels)
+        self.to_out = nn.ModuleList([nn.Linear(channels, channels)])
+
+    def forward(self, x: torch.Tensor, state: StreamState | None = None) -> torch.Tensor:
+        b, c, t, h, w = x.shape
+        hs = group_norm(self.group_norm, x).permute(0, 2, 3, 4, 1).reshape(b, t, h * w, c)  # (B, T, HW, C)
+        q, k, v = self.to_q(hs), self.to_k(hs), self.to_v(hs)  # (B, T, HW, C)
+        if state is not None:
+            k_prev, v_prev = state.get(self, (k[:, :0], v[:, :0]))
+            k, v = torch.cat([k_prev, k], 1), torch.cat([v_prev, v], 1)  # (B, T_prev + T, HW, C)
+            state[self] = (k, v)
+        n_prev = k.shape[1] - t
+        up = torch.float32 if q.dtype != torch.float32 else q.dtype
+        out = torch.empty_like(q)
+        for i in range(t):  # frame i sees frames [0, n_prev + i]: a block-causal mask without building it
+            kk = k[:, : n_prev + i + 1].reshape(b, 1, -1, c).to(up)  # (B, 1, L, C)
+            vv = v[:, : n_prev + i + 1].reshape(b, 1, -1, c).to(up)
+            out[:, i] = F.scaled_dot_product_attention(q[:, i, None].to(up), kk, vv)[:, 0].to(q.dtype)
+        out = self.to_out[0](out)  # (B, T, HW, C)
+        out = out.reshape(b, t, h, w, c).permute(0, 4, 1, 2, 3)  # (B, C, T, H, W)
+        fmt = torch.channels_last_3d if _is_channels_last(x) else torch.contiguous_format
+        return out.contiguous(memory_format=fmt).add_(x)
+
+
+class MidBlock(nn.Module):
+    """resnet -> attention -> resnet at the lowest resolution."""
+
+    def __init__(self, channels: int, groups: int, add_attention: bool) -> None:
+        super().__init__()
+        self.resnets = nn.ModuleList([ResnetBlock(channels, channels, groups) for _ in range(2)])
+        self.attentions = nn.ModuleList([Attention(channels, groups)] if add_attention else [])
+
+    def forward(self, x: torch.Tensor, state: StreamState | None = None) -> torch.Tensor:
+        x = self.resnets[0](x, state)
+        for attn in self.attentions:
+            x = attn(x, state)
+        return self.resnets[1](x, state)
+
+
+class DownBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int, n: int, groups: int, stride: tuple[int, int, int] | None) -> None:
+        super().__init__()
+        self.resnets = nn.ModuleList([ResnetBlock(c_in if j == 0 else c_out, c_out, groups) for j in range(n)])
+        self.downsamplers = nn.ModuleList([Downsample(c_out, stride)]) if stride else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for r in self.resnets:
+            x = r(x)
+        if self.downsamplers is not None:
+            x = self.downsamplers[0](x)
+        return x
+
+
+class UpBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int, n: int, groups: int, factor: tuple[int, int, int] | None) -> None:
+        super().__init__()
+        self.resnets = nn.ModuleList([ResnetBlock(c_in if j == 0 else c_out, c_out, groups) for j in range(n)])
+        self.upsamplers = nn.ModuleList([Upsample(c_out, factor)]) if factor else None
+
+    def forward(self, x: torch.Tensor, state: StreamState | None = None) -> torch.Tensor:
+        for r in self.resnets:
+            x = r(x, state)
+        if self.upsamplers is not None:
+            x = self.upsamplers[0](x, state)
+        return x
+
+
+class Encoder(nn.Module):
+    """(B, 3, T, H, W) -> (B, 2*latent, (T-1)/4+1, H/8, W/8)."""
+
+    def __init__(self, cfg: VAEConfig) -> None:
+        super().__init__()
+        ch, g = cfg.block_out_channels, cfg.norm_num_groups
+        self.conv_in = CausalConv3d(cfg.in_channels, ch[0])
+        strides = cfg.strides()
+        self.down_blocks = nn.ModuleList(
+            DownBlock(ch[max(i - 1, 0)], ch[i], cfg.layers_per_block, g, strides[i]) for i in range(len(ch))
+        )
+        self.mid_block = MidBlock(ch[-1], g, cfg.mid_block_add_attention)
+        self.conv_norm_out = nn.GroupNorm(g, ch[-1], eps=NORM_EPS)
+        self.conv_out = CausalConv3d(ch[-1], 2 * cfg.latent_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv_in(x)
+        for block in self.down_blocks:
+            x = block(x)
+        x = self.mid_block(x)
+        return self.conv_out(F.silu(group_norm(self.conv_norm_out, x), inplace=True))
+
+
+class Decoder(nn.Module):
+    """(B, latent, T, h, w) -> (B, 3, 4(T-1)+1, 8h, 8w); with a `state`, a chunk after the first gives 4T frames."""
+
+    def __init__(self, cfg: VAEConfig) -> None:
+        super().__init__()
+        ch, g = tuple(reversed(cfg.block_out_channels)), cfg.norm_num_groups
+        self.conv_in = CausalConv3d(cfg.latent_channels, ch[0])
+        self.mid_block = MidBlock(ch[0], g, cfg.mid_block_add_attention)
+        factors = cfg.strides()  # the official rule for up block i is the one for down block i
+        n = len(ch)
+        self.up_blocks = nn.ModuleList(
+            UpBlock(ch[max(i - 1, 0)], ch[i], cfg.layers_per_block + 1, g, factors[i]) for i in range(n)
+        )
+        self.conv_norm_out = nn.GroupNorm(g, ch[-1], eps=NORM_EPS)
+        self.conv_out = CausalConv3d(ch[-1], cfg.out_channels)
+
+    def forward(self, z: torch.Tensor, state: StreamState | None = None) -> torch.Tensor:
+        x = self.conv_in(z, state)
+        x = self.mid_block(x, state)
+        for block in self.up_blocks:
+            x = block(x, state)
+        return self.conv_out(F.silu(group_norm(self.conv_norm_out, x), inplace=True), state)
+
+
+@dataclass
+class DiagonalGaussian:
+    """Posterior N(mean, exp(logvar)) over z, each (B, latent, T, h, w); logvar clamped to [-30, 20]."""
+
+    mean: torch.Tensor
+    logvar: torch.Tensor
+
+    @classmethod
+    def from_moments(cls, moments: torch.Tensor) -> DiagonalGaussian:
+        mean, logvar = moments.chunk(2, dim=1)
+        return cls(mean, logvar.clamp(-30.0, 20.0))
+
+    @property
+    def std(self) -> torch.Tensor:
+        return torch.exp(0.5 * self.logvar)
+
+    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        """mean + std * eps, eps drawn on the generator's device then moved (same draw on every device)."""
+        dev = generator.device if generator is not None else self.mean.device
+        eps = torch.randn(self.mean.shape, generator=generator, device=dev, dtype=self.mean.dtype)
+        return self.mean + self.std * eps.to(self.mean.device)
+
+    def mode(self) -> torch.Tensor:
+        return self.mean
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The model
+
+
+class HYVideoVAE(nn.Module):
+    """Encoder + decoder of 884-16c-hy with optional tiling (`self.tiling`, see TilingConfig).
+
+    decode(z): unscaled z (B, 16, T, h, w) -> video (B, 3, 4(T-1)+1, 8h, 8w), nominally in [-1, 1].
+    decode_latents(latents): the same for DiT latents (divides by config.scaling_factor).
+    encode(video): (B, 3, 4k+1, H, W) in [-1, 1] -> DiagonalGaussian over unscaled z.
+    """
+
+    def __init__(self, config: VAEConfig, tiling: TilingConfig | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.tiling = tiling or TilingConfig()
+        self.channels_last = True  # run convs in channels-last-3d (measured faster on CPU, see benchmarks)
+        self.encoder = Encoder(config)
+        self.decoder = Decoder(config)
+        self.quant_conv = nn.Conv3d(2 * config.latent_channels, 2 * config.latent_channels, 1)
+        self.post_quant_conv = nn.Conv3d(config.latent_channels, config.latent_channels, 1)
+
+    # -- tiling switches -------------------------------------------------------------------------------------------
+    def enable_tiling(self, **overrides: Any) -> HYVideoVAE:
+        """Turn tiling on; keyword overrides are TilingConfig fields (mode, tile_size, tile_stride, ...)."""
+        self.tiling = replace(self.tiling, enabled=True, **overrides)
+        return self
+
+    def disable_tiling(self) -> HYVideoVAE:
+        self.tiling = replace(self.tiling, enabled=False)
+        return self
+
+    # -- public API ------------------------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def encode(self, video: torch.Tensor) -> DiagonalGaussian:
+        """video (B, 3, T, H, W) in [-1, 1], T = 4k + 1, H and W multiples of 8 -> posterior over unscaled z."""
+        x = self._in(video)
+        return DiagonalGaussian.from_moments(self._encode(x).contiguous())
+
+    @torch.inference_mode()
+    def decode(self, z: torch.Tensor, clamp: bool = False) -> torch.Tensor:
+        """Unscaled z (B, 16, T, h, w) -> video (B, 3, 4(T-1)+1, 8h, 8w). `clamp=True` clips to [-1, 1]."""
+        out = self._decode(self._in(z)).contiguous()
+        return out.clamp_(-1.0, 1.0) if clamp else out
+
+    def decode_latents(self, latents: torch.Tensor, clamp: bool = True) -> torch.Tensor:
+        """DiT latents (z * scaling_factor) -> video clipped to [-1, 1]."""
+        return self.decode(latents / self.config.scaling_factor, clamp=clamp)
+
+    def encode_latents(self, video: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """video -> DiT latents: a posterior sample (its mean when generator is None) times scaling_factor."""
+        post = self.encode(video)
+        z = post.mode() if generator is None else post.sample(generator)
+        return z * self.config.scaling_factor
+
+    # -- internals -------------------------------------------------------------------------------------------------
+    def _in(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.post_quant_conv.weight
+        x = x.to(device=p.device, dtype=p.dtype)
+        return x.contiguous(memory_format=torch.channels_last_3d) if self.channels_last else x.contiguous()
+
+    def _encode_tile(self, x: torch.Tensor) -> torch.Tensor:
+        return self.quant_conv(self.encoder(x))  # (B, 2*latent, T', h, w)
+
+    def _decode_tile(self, z: torch.Tensor, state: StreamState | None = None) -> torch.Tensor:
+        return self.decoder(self.post_quant_conv(z), state)
+
+    def _encode(self, x: torch.Tensor) -> torch.Tensor:
+        tc, s, t = self.config.time_compression_ratio, self.config.spatial_compression_ratio, self.tiling
+        space = self._encode_tile
+        if t.enabled and max(x.shape[3], x.shape[4]) > t.tile_size:
+            blend = (t.tile_size - t.tile_stride) // s
+
+            def space(v: torch.Tensor) -> torch.Tensor:
+                out_hw = (v.shape[3] // s, v.shape[4] // s)
+                return tile_space(v, self._encode_tile, t.tile_size, t.tile_stride, t.tile_stride // s, blend, out_hw)
+
+        if t.enabled and x.shape[2] > t.tile_frames + 1:
+            blend = (t.tile_frames - t.tile_stride_frames) // tc
+            n_out = (x.shape[2] - 1) // tc + 1
+            return tile_time(x, space, t.tile_frames, t.tile_stride_frames, t.tile_stride_frames // tc, blend, n_out)
+        return space(x)
+
+    def _decode(self, z: torch.Tensor) -> torch.Tensor:
+        tc, s, t = self.config.time_compression_ratio, self.config.spatial_compression_ratio, self.tiling
+        if not t.enabled:
+            return self._decode_tile(z)
+        lat_t, lat_size, lat_stride = t.tile_frames // tc, t.tile_size // s, t.tile_stride // s
+        n_frames = (z.shape[2] - 1) * tc + 1
+        # more than one temporal tile? A tile reads lat_t + 1 latents; the first chunk is chunk_latents + 1 latents
+        long = z.shape[2] > (t.chunk_latents if t.mode == "chunked" else lat_t) + 1
+
+        def all_frames(v: torch.Tensor) -> torch.Tensor:  # one spatial tile (B, 16, T, h, w) -> (B, 3, F, 8h, 8w)
+            if not long:
+                return self._decode_tile(v)
+            if t.mode == "chunked":
+                return self._decode_chunked(v)
+            blend = t.tile_frames - t.tile_stride_frames
+            return tile_time(
+                v, self._decode_tile, lat_t, t.tile_stride_frames // tc, t.tile_stride_frames, blend, n_frames
+            )
+
+        if max(z.shape[3], z.shape[4]) <= lat_size:
+            return all_frames(z)
+        out_hw = (z.shape[3] * s, z.shape[4] * s)
+        return tile_space(z, all_frames, lat_size, lat_stride, t.tile_stride, t.tile_size - t.tile_stride, out_hw)
+
+    def _decode_chunked(self, z: torch.Tensor) -> torch.Tensor:
+        """Decode `chunk_latents` latent frames at a time, carrying conv padding frames and attention keys."""
+        tc, n = self.config.time_compression_ratio, self.tiling.chunk_latents
+        state: StreamState = {}
+        out: torch.Tensor | None = None
+        pos = 0
+        for i in [0, *range(n + 1, z.shape[2], n)]:  # chunks [0, n + 1), [n + 1, 2n + 1), ...
+            j = n + 1 if i == 0 else i + n
+            y = self._decode_tile(z[:, :, i:j], state)  # (B, 3, 4n + 1 for the first chunk else 4n, H, W)
+            if out is None:
+                shape = (y.shape[0], y.shape[1], (z.shape[2] - 1) * tc + 1, y.shape[3], y.shape[4])
+                out = y.new_empty(shape)
+            out[:, :, pos : pos + y.shape[2]] = y
+            pos += y.shape[2]
+            del y
+        assert out is not None and pos == out.shape[2]
+        return out
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Tiling with linear blending. Tiles are processed in order; each keeps its first `keep` rows/frames after blending its
+# head with the tail of the previous tile (and, in space, its top with the tile above, then its left with the tile to
+# the left, both already blended). Only the tails are kept between tiles; the output is written as tiles complete.
+
+
+def _ramp(n: int, dim: int, like: torch.Tensor) -> torch.Tensor:
+    """Weights k / n for k in [0, n), shaped to broadcast along `dim` of a 5-D tensor."""
+    shape = [1] * 5
+    shape[dim] = n
+    return (torch.arange(n, dtype=torch.float32, device=like.device) / n).to(like.dtype).reshape(shape)
+
+
+def blend_into(prev_tail: torch.Tensor, cur: torch.Tensor, extent: int, dim: int) -> None:
+    """cur[:e] = prev_tail[-e:] * (1 - k/e) + cur[:e] * k/e along `dim`, in place; e = min(sizes, extent)."""
+    e = min(prev_tail.shape[dim], cur.shape[dim], extent)
+    if e <= 0:
+        return
+    w = _ramp(e, dim, cur)
+    head = cur.narrow(dim, 0, e)
+    head.copy_(prev_tail.narrow(dim, prev_tail.shape[dim] - e, e) * (1 - w) + head * w)
+
+
+def _tail(x: torch.Tensor, n: int, dim: int) -> torch.Tensor:
+    """A copy of the last n (at most all) entries of x along dim, so the rest of x can be freed."""
+    n = max(0, min(n, x.shape[dim]))
+    return x.narrow(dim, x.shape[dim] - n, n).clone()
+
+
+def tile_space(
+    x: torch.Tensor,
+    fn: Any,
+    size: int,
+    stride: int,
+    keep: int,
+    blend: int,
+    out_hw: tuple[int, int],
+) -> torch.Tensor:
+    """Apply `fn` to (size x size) tiles of x (B, C, T, H, W) taken every `stride`; blend `blend` output px; keep
+    `keep` output px per tile. Returns (B, C', T', *out_hw)."""
+    out: torch.Tensor | None = None
+    above: dict[int, torch.Tensor] = {}  # column -> bottom strip of the tile above (blended)
+    for r, i in enumerate(range(0, x.shape[3], stride)):
+        left: torch.Tensor | None = None
+        for c, j in enumerate(range(0, x.shape[4], stride)):
+            tile = fn(x[:, :, :, i : i + size, j : j + size])  # (B, C', T', h, w)
+            if c in above:
+                blend_into(above[c], tile, blend, 3)
+            if left is not None:
+                blend_into(left, tile, blend, 4)
+            if out is None:
+                out = tile.new_empty((*tile.shape[:3], *out_hw))
+            dst = out[:, :, :, r * keep : (r + 1) * keep, c * keep : (c + 1) * keep]
+            dst.copy_(tile[:, :, :, : dst.shape[3], : dst.shape[4]])
+            above[c] = _tail(tile, blend, 3)
+            left = _tail(tile, blend, 4)
+            del tile
+    assert out is not None
+    return out
+
+
+def tile_time(
+    x: torch.Tensor,
+    fn: Any,
+    size: int,
+    stride: int,
+    keep: int,
+    blend: int,
+    n_out: int,
+) -> torch.Tensor:
+    """Apply `fn` to causal temporal tiles x[:, :, i : i + size + 1] for i in range(0, T, stride). Every tile after
+    the first drops its first output frame (the causal "first frame" of the tile), blends `blend` frames with the
+    previous tile and keeps `keep` frames; the first keeps keep + 1. Returns (B, C', n_out, H', W')."""
+    out: torch.Tensor | None = None
+    tail: torch.Tensor | None = None
+    for k, i in enumerate(range(0, x.shape[2], stride)):
+        tile = fn(x[:, :, i : i + size + 1])  # (B, C', T', H', W')
+        if k > 0:
+            tile = tile[:, :, 1:]
+            blend_into(tail, tile, blend, 2)
+        if out is None:
+            out = tile.new_empty((*tile.shape[:2], n_out, *tile.shape[3:]))
+        start = 0 if k == 0 else k * keep + 1
+        dst = out[:, :, start : min(start + keep + (k == 0), n_out)]
+        dst.copy_(tile[:, :, : dst.shape[2]])
+        tail = _tail(tile, blend, 2)
+        del tile
+    assert out is not None
+    return out
+
+
+def build_vae(config: VAEConfig, device: torch.device | str = "meta") -> HYVideoVAE:
+    """Construct without allocating weights (meta) so a state dict can be assigned in place."""
+    with torch.device(device):
+        return HYVideoVAE(config)

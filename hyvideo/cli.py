@@ -69,6 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = p.add_argument_group("input and output")
     g.add_argument("--prompt", default=None, help="text describing the video (required unless --decode-latents)")
+    g.add_argument(
+        "--prompt-file",
+        default=None,
+        metavar="FILE",
+        help="many prompts: .txt (one per line) or .jsonl (per-line overrides); re-runs resume (docs/CLI.md)",
+    )
     g.add_argument("--neg-prompt", default=None, help="negative prompt; the built-in one when --cfg-scale > 1")
     g.add_argument("--video-size", type=int, nargs="+", default=[720, 1280], metavar="N", help="HEIGHT WIDTH in pixels")
     g.add_argument("--video-length", type=int, default=129, help="number of frames, 4n+1 (1 gives an image)")
@@ -106,6 +112,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--vae", default="884-16c-hy", choices=VAES, help="VAE name")
     g.add_argument("--vae-precision", default="fp16", choices=PRECISIONS, help="VAE dtype")
     g.add_argument("--vae-tiling", action=argparse.BooleanOptionalAction, default=True, help="decode in tiles")
+    g.add_argument(
+        "--lora",
+        action="append",
+        default=None,
+        metavar="PATH[:SCALE]",
+        help="DiT LoRA (.safetensors, diffusers or kohya names); repeatable; SCALE defaults to 1",
+    )
+    g.add_argument(
+        "--lora-mode", default="merge", choices=("merge", "unmerged"), help="merge LoRAs into the weights or wrap"
+    )
 
     g = p.add_argument_group("text encoders")
     g.add_argument("--text-encoder", default="llm", choices=TEXT_ENCODERS, help="first text encoder (LLM)")
@@ -217,6 +233,10 @@ def main(argv: list[str] | None = None) -> int:
     logger.debug(f"request: {request}")
     checkpoint_error = _checkpoint_error()
     try:
+        if request.prompt_file is not None:
+            from hyvideo.batch import run_batch
+
+            return 0 if run_batch(request).ok else 1
         from hyvideo.pipeline import run
 
         paths: list[Path] = run(request)

@@ -6,11 +6,12 @@ before the VAE loads), so host and device memory hold one large component at a t
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import torch
 from loguru import logger
 from tqdm import tqdm
 
-from hyvideo import io
+from hyvideo import io, sidecar
 from hyvideo.checkpoints.dit import load_dit
 from hyvideo.checkpoints.layout import ModelPaths, locate
 from hyvideo.checkpoints.vae import load_vae
@@ -51,6 +52,7 @@ def peak_host_mb() -> float:
 @dataclass
 class Timings:
     seconds: dict[str, float]
+    peak_mib: dict[str, float] = field(default_factory=dict)  # stage -> peak device memory (CUDA) or host RSS, MiB
 
     @contextmanager
     def stage(self, name: str, device: torch.device) -> Iterator[None]:
@@ -61,8 +63,10 @@ class Timings:
         dt = time.perf_counter() - t0
         self.seconds[name] = self.seconds.get(name, 0.0) + dt
         mem = f"peak host RSS {peak_host_mb():.0f} MiB"
+        self.peak_mib[f"{name} (host RSS)"] = peak_host_mb()
         if device.type == "cuda":
             mem += f", peak {device} {torch.cuda.max_memory_allocated(device) / 2**20:.0f} MiB"
+            self.peak_mib[f"{name} ({device})"] = torch.cuda.max_memory_allocated(device) / 2**20
         logger.info(f"{name}: {dt:.2f} s ({mem})")
 
 
@@ -118,7 +122,13 @@ def load_denoiser(req: SampleRequest, paths: ModelPaths, device: torch.device) -
         raise UsageError(
             "--latent-channels", f"the DiT takes {cfg.in_channels} latent channels, not {req.latent_channels}"
         )
-    model = dist_steps.load_sharded(req, paths.dit, cfg, PRECISIONS[req.precision])  # torchrun: 1/N of the blocks
+    if req.loras:  # merged into the checkpoint's float weights on the CPU, before any cast or quantization
+        from hyvideo.lora import apply_loras
+
+        model = load_dit(paths.dit, cfg, load_key=req.load_key)
+        apply_loras(model, req.loras, merge=req.lora_merge).to(device=device, dtype=PRECISIONS[req.precision])
+    else:
+        model = dist_steps.load_sharded(req, paths.dit, cfg, PRECISIONS[req.precision])  # torchrun: 1/N of blocks
     if model is None:
         model = load_dit(paths.dit, cfg, load_key=req.load_key, dtype=PRECISIONS[req.precision], device=device)
     model.attn_backend = req.attn_backend
@@ -202,6 +212,39 @@ def load_decoder(req: SampleRequest, paths: ModelPaths, device: torch.device) ->
     return vae.enable_tiling() if req.vae_tiling else vae.disable_tiling()
 
 
+def generate_one(
+    model: HYVideoDiT,
+    vae: HYVideoVAE,
+    cond: TextEmbeddings,
+    uncond: TextEmbeddings | None,
+    req: SampleRequest,
+    seed: int,
+    device: torch.device,
+    timings: Timings,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One video with the DiT and the VAE both loaded (batch runs, the Python API): (latents (1, C, T, h, w)
+    float32, video (3, F, H, W) in [-1, 1] float32 on the CPU)."""
+    with timings.stage(f"denoise seed {seed}", device):
+        latents = denoise(model, cond, uncond, req, seed, device)
+    with timings.stage(f"decode seed {seed}", device):
+        video = decode(vae, latents)
+    return latents, video
+
+
+def write_video(
+    req: SampleRequest, path: Path, latents: torch.Tensor | None, video: torch.Tensor, record: dict[str, object]
+) -> Path:
+    """The latents file (with --save-latents), then the MP4 and its JSON sidecar `record`, each atomic. The
+    sidecar is renamed into place right after the MP4, so a video with a sidecar is complete (batch re-runs skip
+    exactly those)."""
+    if req.save_latents and latents is not None:
+        io.save_latents(latents, io.latents_filename(path), _latents_meta(req, int(record["seed"])))
+    with io.atomic_path(sidecar.sidecar_path(path)) as tmp:
+        tmp.write_text(sidecar.dumps(record), encoding="utf-8")
+        io.write_mp4(video, path, fps=req.fps, signed=True)
+    return path
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The whole run
 # ---------------------------------------------------------------------------------------------------------------
@@ -249,9 +292,8 @@ def run(req: SampleRequest) -> list[Path]:
             video = decode(vae, latents)
         with timings.stage(f"write seed {seed}", device):
             path = io.video_filename(req.save_dir, seed, req.prompt or "", when, req.name_suffix)
-            if req.save_latents:
-                io.save_latents(latents, io.latents_filename(path), _latents_meta(req, seed))
-            written.append(io.write_mp4(video, path, fps=req.fps, signed=True))
+            record = sidecar.build(req, seed, paths, timings=timings.seconds, peak_memory_mib=timings.peak_mib)
+            written.append(write_video(req, path, latents, video, record))
     total = sum(timings.seconds.values())
     logger.info(f"done in {total:.1f} s; peak host RSS {peak_host_mb():.0f} MiB")
     dist_steps.finish()
@@ -290,6 +332,7 @@ def decode_only(req: SampleRequest, device: torch.device, timings: Timings) -> P
     name = Path(req.decode_latents).name.removesuffix(".latents.safetensors").removesuffix(".safetensors") + ".mp4"
     req.save_dir.mkdir(parents=True, exist_ok=True)
     with timings.stage("write", device):
-        path = io.write_mp4(video, req.save_dir / name, fps=req.fps, signed=True)
-    logger.info(f"decoded {req.decode_latents} (seed {meta.get('seed', '?')})")
+        record = sidecar.for_decoded(req, latents.shape, meta, timings.seconds, timings.peak_mib, paths.vae)
+        path = write_video(dataclasses.replace(req, save_latents=False), req.save_dir / name, None, video, record)
+    logger.info(f"decoded {req.decode_latents} (prompt {record.get('prompt')!r}, seed {record.get('seed', '?')})")
     return path

@@ -7,6 +7,7 @@ it sees argparse: the pipeline reads only the `SampleRequest`.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import math
 import os
@@ -15,9 +16,13 @@ import re
 from argparse import Namespace
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from loguru import logger
+
+if TYPE_CHECKING:
+    from hyvideo.lora import LoraSpec
+    from hyvideo.prompt_file import BatchItem
 
 Precision = Literal["fp32", "fp16", "bf16"]
 AttnBackend = Literal["auto", "sdpa", "flash", "sage"]
@@ -143,6 +148,11 @@ class SampleRequest:
     save_latents: bool  # also write <video name>.latents.safetensors (key "latents", float32, (1, C, T, h, w))
     decode_latents: Path | None  # existing latents file to decode instead of sampling; None = sample
     debug: bool  # show full tracebacks and debug logs
+    # --- prompt files and LoRA (defaults: a plain single-prompt run) ---
+    prompt_file: Path | None = None  # --prompt-file: `prompt` is None and `items` holds one request per entry
+    items: tuple[BatchItem, ...] = ()  # the prompt file's resolved entries (hyvideo.prompt_file.resolve)
+    loras: tuple[LoraSpec, ...] = ()  # --lora PATH[:SCALE] in the order given (file keys already checked)
+    lora_merge: bool = True  # merge LoRAs into the DiT weights at load; False: unmerged wrappers (--lora-mode)
 
 
 def _round_up(value: int, multiple: int) -> int:
@@ -260,6 +270,15 @@ def _check_parallel(args: Namespace, ulysses: int, ring: int, cfg_scale: float) 
                 "and each process takes its own share of the entries",
             )
         return 1  # data parallel: each process runs alone on its share of the entries (hyvideo.batch)
+    batch = getattr(args, "prompt_file", None) is not None or getattr(args, "batch_entry", False)
+    if batch and world > 1:
+        if needed > 1:
+            raise UsageError(
+                "--prompt-file",
+                "with sequence parallelism is not supported yet; drop --ulysses-degree/--ring-degree/--cfg-parallel "
+                "and each process takes its own share of the entries",
+            )
+        return 1  # data parallel: each process runs alone on its share of the entries (hyvideo.batch)
     product = f"--ulysses-degree {ulysses} x --ring-degree {ring}" + (" x 2 (--cfg-parallel)" if cfg_parallel else "")
     if needed > 1 and not torchrun:
         flag = "--ulysses-degree" if ulysses > 1 else "--ring-degree" if ring > 1 else "--cfg-parallel"
@@ -312,9 +331,13 @@ def validate(args: Namespace) -> SampleRequest:
 
     # --- text ---
     decode_only = args.decode_latents is not None
+    prompt_file = getattr(args, "prompt_file", None)
+    if prompt_file is not None and (args.prompt is not None or decode_only):
+        other = "--prompt" if args.prompt is not None else "--decode-latents"
+        raise UsageError("--prompt-file", f"give either {other} or --prompt-file, not both")
     prompt = args.prompt.strip() if args.prompt is not None else None
     if not prompt:
-        if not decode_only:
+        if not decode_only and prompt_file is None:
             raise UsageError("--prompt", "give a non-empty text prompt, e.g. --prompt 'a cat walks on the grass'")
         prompt = None
     neg = args.neg_prompt.strip() if args.neg_prompt is not None else ""
@@ -357,6 +380,11 @@ def validate(args: Namespace) -> SampleRequest:
         raise UsageError("--decode-latents", f"{decode_latents!s:.200} is not a file; give a .latents.safetensors file")
     save_dir = Path(f"{args.save_path}_{args.save_path_suffix}" if args.save_path_suffix else args.save_path)
     _check_save_dir(save_dir)
+    loras = ()
+    if getattr(args, "lora", None):  # reads only the files' headers: names checked now, shapes at load
+        from hyvideo.lora import check_lora_flags
+
+        loras = check_lora_flags(args.lora)
 
     # --- runtime ---
     device = _resolve_device(args.device)
@@ -382,12 +410,12 @@ def validate(args: Namespace) -> SampleRequest:
         )
     seed_was_random = args.seed is None
     seed = random.randint(0, RANDOM_SEED_MAX) if args.seed is None else int(args.seed)
-    if seed_was_random and not decode_only:
+    if seed_was_random and not decode_only and prompt_file is None:
         notes.append(f"seed {seed} picked at random (pass --seed {seed} to repeat this run)")
     for note in notes:
         logger.info(note)
 
-    return SampleRequest(
+    request = SampleRequest(
         prompt=prompt,
         neg_prompt=neg_prompt,
         height=rounded[0],
@@ -451,4 +479,12 @@ def validate(args: Namespace) -> SampleRequest:
         save_latents=bool(args.save_latents),
         decode_latents=decode_latents,
         debug=bool(args.debug),
+        loras=loras,
+        lora_merge=getattr(args, "lora_mode", "merge") == "merge",
     )
+    if prompt_file is not None:  # one request per entry, each validated like flags (errors name the line)
+        from hyvideo.prompt_file import resolve
+
+        items = resolve(args, prompt_file, loras)
+        request = dataclasses.replace(request, prompt_file=Path(prompt_file), items=items)
+    return request

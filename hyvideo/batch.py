@@ -1,0 +1,311 @@
+"""Batch mode (`--prompt-file`): every entry of a prompt file with the models loaded once, resumable, and split over
+torchrun ranks.
+
+- Names are deterministic: `{line:04d}_seed{seed}_{slug}{suffix}.mp4` (line = the entry's line in the file, seed =
+  the video's seed), each with its JSON sidecar. A video counts as finished when both files exist (the sidecar is
+  renamed into place right after the MP4), so a re-run skips finished videos without loading anything, and a run
+  stopped by Ctrl-C or a kill resumes where it stopped. An entry without a seed (no `seed` on the line, no --seed)
+  reuses the seed recorded in the sidecars of its earlier outputs.
+- Order of work: text encoders load once, encode every pending entry and are freed; then the DiT and the VAE load
+  once and each entry is denoised, decoded and written before the next starts (nothing finished is lost on a stop).
+- An entry that fails (e.g. NaN latents) is logged and the batch goes on; `BatchResult.ok` is False if any failed
+  (exit code 1). A summary table ends the run.
+- Under torchrun (without sequence-parallel degrees) every rank takes the entries with index % world_size == rank
+  and writes its own files (data parallel; the same resume rules hold). Ranks meet once at the end (gloo) so rank 0
+  prints one summary for all; a rank that fails does not touch the others' files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+import torch
+from loguru import logger
+
+from hyvideo import io, pipeline, sidecar
+from hyvideo.prompt_file import BatchItem
+from hyvideo.request import SampleRequest
+
+GATHER_TIMEOUT = timedelta(days=7)  # ranks wait for the slowest one at the end; its share may take a long time
+
+
+@dataclass
+class ItemResult:
+    """What happened to one prompt-file entry on this run."""
+
+    line: int  # line in the prompt file
+    index: int  # entry index
+    prompt: str
+    seeds: list[int]  # seeds of the entry's videos
+    status: str  # "done" (generated now), "skipped" (finished earlier), "failed"
+    seconds: float = 0.0
+    files: list[str] = field(default_factory=list)  # MP4 names written now or found finished
+    error: str | None = None  # one line, for failed entries
+    rank: int = 0
+
+
+@dataclass
+class BatchResult:
+    items: list[ItemResult]
+
+    @property
+    def ok(self) -> bool:
+        return not any(r.status == "failed" for r in self.items)
+
+    def count(self, status: str) -> int:
+        return sum(r.status == status for r in self.items)
+
+
+@dataclass
+class Job:
+    """One entry, planned: its request (seed resolved) and the output path of each video."""
+
+    item: BatchItem
+    request: SampleRequest
+    outputs: list[tuple[int, Path]]  # (seed, MP4 path) per video, video k has seed request.seed + k
+
+    @property
+    def pending(self) -> list[tuple[int, int, Path]]:
+        """(video index, seed, path) of the videos not finished yet."""
+        return [(k, s, p) for k, (s, p) in enumerate(self.outputs) if not is_finished(p)]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Names, seeds, planning
+# ---------------------------------------------------------------------------------------------------------------
+def output_path(req: SampleRequest, line: int, seed: int) -> Path:
+    """`{save_dir}/{line:04d}_seed{seed}_{slug}{_suffix}.mp4` for a prompt-file entry (no time stamp: a re-run finds
+    it again)."""
+    tail = f"_{io.slugify(req.name_suffix)}" if req.name_suffix else ""
+    return req.save_dir / f"{line:04d}_seed{seed}_{io.slugify(req.prompt or '')}{tail}.mp4"
+
+
+def is_finished(path: Path) -> bool:
+    """The MP4 and its sidecar both exist (the sidecar lands last)."""
+    return path.is_file() and sidecar.sidecar_path(path).is_file()
+
+
+def recorded_seed(req: SampleRequest, line: int) -> int | None:
+    """The base seed of earlier outputs of this entry, read from their sidecars (for entries without a seed)."""
+    stem = output_path(req, line, 0).name.replace("_seed0_", "_seed*_").removesuffix(".mp4")
+    for path in sorted(req.save_dir.glob(stem + ".json")):
+        record = sidecar.read(path) or {}
+        batch = record.get("batch")
+        if isinstance(batch, dict) and batch.get("line") == line and record.get("prompt") == req.prompt:
+            try:
+                return int(batch["base_seed"])
+            except (KeyError, TypeError, ValueError):
+                continue
+    return None
+
+
+def plan(item: BatchItem) -> Job:
+    req = item.request
+    if item.seed_is_random and (seed := recorded_seed(req, item.line)) is not None:
+        req = dataclasses.replace(req, seed=seed)
+    outputs = [(req.seed + k, output_path(req, item.line, req.seed + k)) for k in range(req.num_videos)]
+    return Job(item, req, outputs)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Ranks
+# ---------------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Ranks:
+    rank: int  # global rank (torchrun RANK); 0 without torchrun
+    world: int  # WORLD_SIZE; 1 without torchrun
+
+    def owns(self, item: BatchItem) -> bool:
+        """Static split by entry index: rank r takes the entries with index % world == r."""
+        return item.index % self.world == self.rank
+
+
+def ranks() -> Ranks:
+    """This process's place under torchrun. `validate` lets a prompt file run under torchrun only without
+    sequence-parallel degrees, so every process works alone on its share."""
+    return Ranks(int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")))
+
+
+def rank_device(device: str) -> str:
+    """`cuda` means this rank's GPU (LOCAL_RANK) under torchrun."""
+    if device == "cuda" and "LOCAL_RANK" in os.environ:
+        return f"cuda:{int(os.environ['LOCAL_RANK'])}"
+    return device
+
+
+def _gather(results: list[ItemResult], where: Ranks) -> list[ItemResult]:
+    """Every rank's results (on every rank), through a gloo group; this rank's alone without torchrun."""
+    if where.world == 1:
+        return results
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo", timeout=GATHER_TIMEOUT)
+    group = dist.new_group(backend="gloo", timeout=GATHER_TIMEOUT) if dist.get_backend() != "gloo" else None
+    everyone: list[list[ItemResult] | None] = [None] * where.world
+    dist.all_gather_object(everyone, results, group=group)
+    merged = [r for part in everyone for r in (part or [])]
+    unique = {(r.index, r.rank): r for r in merged}
+    return sorted(unique.values(), key=lambda r: (r.index, r.rank))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The run
+# ---------------------------------------------------------------------------------------------------------------
+def run_batch(req: SampleRequest) -> BatchResult:
+    """Generate every pending entry of `req.items` that belongs to this rank; returns all ranks' results."""
+    where = ranks()
+    device = torch.device(rank_device(req.device))
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if req.reproduce:
+        torch.use_deterministic_algorithms(True)
+    mine = [item for item in req.items if where.owns(item)]
+    jobs = [plan(item) for item in mine]
+    results: list[ItemResult] = []
+    todo = []
+    for job in jobs:
+        if job.pending:
+            todo.append(job)
+        else:
+            results.append(_result(job, "skipped", where, files=[p.name for _, p in job.outputs]))
+    share = f"rank {where.rank}/{where.world}: " if where.world > 1 else ""
+    logger.info(
+        f"{share}{req.prompt_file}: {len(jobs)} entr{'y' if len(jobs) == 1 else 'ies'}, "
+        f"{len(jobs) - len(todo)} finished earlier, {len(todo)} to do"
+    )
+    try:
+        if todo:
+            req.save_dir.mkdir(parents=True, exist_ok=True)
+            results += _generate(req, todo, device, where)
+    except KeyboardInterrupt:
+        logger.warning("interrupted: finished videos are kept; run the same command again to resume")
+        raise
+    everyone = _gather(sorted(results, key=lambda r: r.index), where)
+    if where.rank == 0:
+        log_summary(everyone)
+    return BatchResult(everyone)
+
+
+def _result(job: Job, status: str, where: Ranks, **kw: object) -> ItemResult:
+    seeds = [s for s, _ in job.outputs]
+    return ItemResult(job.item.line, job.item.index, job.request.prompt or "", seeds, status, rank=where.rank, **kw)
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split()) or "(no message)"
+    return f"{type(e).__name__}: {text[:300]}"
+
+
+def _encode(req: SampleRequest, paths, todo: list[Job], device: torch.device, failed: list[ItemResult], where):
+    """(cond, uncond) on the CPU per entry line, encoders loaded once and freed; entries that fail are recorded."""
+    from hyvideo.modules.text_encoders import TextEncoders
+
+    encoders = TextEncoders(pipeline.text_config(req, paths), device)
+    cache: dict[tuple[str, int], object] = {}  # (text, 1-frame or video template) -> embeddings, for repeated text
+
+    def encode(text: str, frames: int):
+        key = (text, min(frames, 2))
+        if key not in cache:
+            cache[key] = encoders.encode([text], frames).to("cpu")
+        return cache[key]
+
+    out = {}
+    try:
+        for job in todo:
+            r = job.request
+            try:
+                cond = encode(r.prompt or "", r.video_length)
+                uncond = encode(r.neg_prompt, r.video_length) if r.cfg_scale > 1 and r.neg_prompt else None
+                out[job.item.line] = (cond, uncond)
+            except Exception as e:
+                logger.error(f"line {job.item.line}: text encoding failed: {_one_line(e)}")
+                failed.append(_result(job, "failed", where, error=f"text encoding: {_one_line(e)}"))
+    finally:
+        encoders.free()
+    return out
+
+
+def _generate(req: SampleRequest, todo: list[Job], device: torch.device, where: Ranks) -> list[ItemResult]:
+    from hyvideo.checkpoints.layout import locate
+
+    results: list[ItemResult] = []
+    paths = locate(req.model_base, req.dit_weight)
+    load = pipeline.Timings({})
+    with load.stage("text encode", device):
+        embeddings = _encode(req, paths, todo, device, results, where)
+    todo = [job for job in todo if job.item.line in embeddings]
+    if not todo:
+        return results
+    with load.stage("load DiT", device):
+        model = pipeline.load_denoiser(req, paths, device)
+    with load.stage("load VAE", device):
+        vae = pipeline.load_decoder(req, paths, device)
+    for n, job in enumerate(todo, start=1):
+        r, line = job.request, job.item.line
+        logger.info(f"[{n}/{len(todo)}] line {line}: {r.prompt!r:.80} ({r.width}x{r.height}, {r.video_length} frames)")
+        t0 = time.perf_counter()
+        written = [p.name for _, p in job.outputs if is_finished(p)]
+        cond, uncond = embeddings.pop(line)
+        try:
+            for k, seed, path in job.pending:
+                timings = pipeline.Timings({})
+                latents, video = pipeline.generate_one(model, vae, cond, uncond, r, seed, device, timings)
+                record = sidecar.build(
+                    r,
+                    seed,
+                    paths,
+                    timings={**load.seconds, **timings.seconds},
+                    peak_memory_mib={**load.peak_mib, **timings.peak_mib},
+                    extra={"batch": _batch_record(req, job, k)},
+                )
+                pipeline.write_video(r, path, latents, video, record)
+                written.append(path.name)
+        except KeyboardInterrupt:
+            raise
+        except Exception as e:
+            logger.error(f"line {line}: failed, going on with the next entry: {_one_line(e)}")
+            error = _one_line(e)
+            results.append(_result(job, "failed", where, seconds=time.perf_counter() - t0, files=written, error=error))
+            continue
+        results.append(_result(job, "done", where, seconds=time.perf_counter() - t0, files=written))
+    return results
+
+
+def _batch_record(req: SampleRequest, job: Job, video: int) -> dict[str, object]:
+    return {
+        "prompt_file": str(Path(req.prompt_file).resolve()) if req.prompt_file else None,
+        "line": job.item.line,
+        "index": job.item.index,
+        "video": video,
+        "base_seed": job.request.seed,
+        "seed_was_random": job.item.seed_is_random,
+    }
+
+
+def summary_table(results: list[ItemResult]) -> list[str]:
+    """Rows of the end-of-run table: line, seeds, status, seconds, file or error."""
+    rows = [f"{'line':>6}  {'seed(s)':<14} {'status':<8} {'time s':>8}  output / error"]
+    for r in results:
+        seeds = str(r.seeds[0]) if len(r.seeds) == 1 else f"{r.seeds[0]}..{r.seeds[-1]}"
+        what = r.error if r.status == "failed" else (", ".join(r.files) or "-")
+        rows.append(f"{r.line:>6}  {seeds:<14} {r.status:<8} {r.seconds:>8.1f}  {what}")
+    counts = {s: sum(r.status == s for r in results) for s in ("done", "skipped", "failed")}
+    rows.append(
+        f"{len(results)} entries: {counts['done']} generated, {counts['skipped']} finished earlier (skipped), "
+        f"{counts['failed']} failed"
+    )
+    return rows
+
+
+def log_summary(results: list[ItemResult]) -> None:
+    for row in summary_table(results):
+        logger.info(row)
+    failed = [r.line for r in results if r.status == "failed"]
+    if failed:
+        logger.error(f"failed lines: {', '.join(map(str, failed))}; run the same command again to retry them")

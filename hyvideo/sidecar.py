@@ -1,0 +1,227 @@
+"""The JSON sidecar written next to every video (`name.mp4` -> `name.json`): everything needed to know how the video
+was made and to make it again.
+
+Contents (schema version `SCHEMA`): prompt, negative prompt, seed, size, frames, steps, shift, guidance values, model
+paths with a short weight fingerprint, LoRAs, precision / offload / parallel settings, package versions, stage
+timings, peak memory; batch runs add their file, line and entry. Written atomically together with the MP4 by
+`hyvideo.pipeline.write_video` (the sidecar is renamed into place only after the MP4 is), so a finished video always
+has its sidecar.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import sys
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from functools import cache
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from hyvideo.checkpoints.layout import ModelPaths
+    from hyvideo.request import SampleRequest
+
+SCHEMA = 1
+FINGERPRINT_HEAD_BYTES = 2**20  # the first MiB of each weight file goes into its fingerprint
+_WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".json")
+_PACKAGES = ("hyvideo", "torch", "diffusers", "transformers", "safetensors", "imageio-ffmpeg", "flash-attn")
+
+
+def sidecar_path(video: str | Path) -> Path:
+    """`dir/name.mp4` -> `dir/name.json`."""
+    video = Path(video)
+    return video.with_suffix(".json")
+
+
+def _file_digest(path: Path, h: hashlib._Hash) -> None:
+    st = path.stat()
+    h.update(f"{path.name}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+    with path.open("rb") as f:
+        h.update(f.read(FINGERPRINT_HEAD_BYTES))
+
+
+@cache
+def fingerprint(path: str | Path) -> str:
+    """A cheap identity of a weight file or folder: sha256 over (name, size, mtime, first MiB) of each weight file,
+    first 16 hex digits. Equal fingerprints mean the same files (short of an edit that keeps size and mtime);
+    computed once per path per process. "missing" when the path does not exist."""
+    path = Path(path)
+    h = hashlib.sha256()
+    try:
+        if path.is_dir():
+            files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in _WEIGHT_SUFFIXES)
+            for p in files:
+                h.update(str(p.relative_to(path)).encode())
+                _file_digest(p, h)
+        else:
+            _file_digest(path, h)
+    except OSError:
+        return "missing"
+    return h.hexdigest()[:16]
+
+
+@cache
+def package_versions() -> dict[str, str]:
+    """Installed versions of the packages that shape the output (absent ones omitted), plus Python's."""
+    out = {"python": platform.python_version()}
+    for name in _PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def _model_entry(path: Path | None) -> dict[str, str] | None:
+    if path is None:
+        return None
+    return {"path": str(Path(path).resolve()), "fingerprint": fingerprint(Path(path).resolve())}
+
+
+def parallel_settings(req: SampleRequest) -> dict[str, object]:
+    """World size and ranks from the torchrun environment, and the sequence-parallel degrees asked for."""
+    return {
+        "world_size": int(os.environ.get("WORLD_SIZE", "1")),
+        "rank": int(os.environ.get("RANK", "0")),
+        "ulysses_degree": req.ulysses_degree,
+        "ring_degree": req.ring_degree,
+    }
+
+
+def build(
+    req: SampleRequest,
+    seed: int,
+    paths: ModelPaths | None,
+    *,
+    timings: Mapping[str, float] | None = None,
+    peak_memory_mib: Mapping[str, float] | None = None,
+    extra: Mapping[str, object] | None = None,
+) -> dict[str, object]:
+    """The sidecar record of one video made from `req` with `seed` (`paths`: the components used; None for a
+    decode-only run, which records the VAE folder under `extra`)."""
+    record: dict[str, object] = {
+        "schema": SCHEMA,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "prompt": req.prompt,
+        "negative_prompt": req.neg_prompt,
+        "seed": seed,
+        "height": req.height,
+        "width": req.width,
+        "video_length": req.video_length,
+        "fps": req.fps,
+        "infer_steps": req.infer_steps,
+        "flow_shift": req.flow_shift,
+        "cfg_scale": req.cfg_scale,
+        "embedded_cfg_scale": req.embedded_cfg_scale,
+        "sampler": {"solver": req.flow_solver, "denoise_type": req.denoise_type, "flow_reverse": req.flow_reverse},
+        "model": {
+            "name": req.model,
+            "base": str(Path(req.model_base).resolve()),
+            "layout": paths.layout if paths else None,
+            "dit": _model_entry(paths.dit) if paths else None,
+            "vae": _model_entry(paths.vae) if paths else None,
+            "text_encoder": _model_entry(paths.text_encoder) if paths else None,
+            "text_encoder_2": _model_entry(paths.text_encoder_2) if paths else None,
+            "load_key": req.load_key,
+        },
+        "loras": [
+            {"path": str(s.path.resolve()), "scale": s.scale, "fingerprint": fingerprint(s.path.resolve())}
+            for s in req.loras
+        ],
+        "lora_mode": "merge" if req.lora_merge else "unmerged",
+        "precision": {
+            "dit": req.precision,
+            "vae": req.vae_precision,
+            "text_encoder": req.text_encoder_precision,
+            "text_encoder_2": req.text_encoder_precision_2,
+        },
+        "runtime": {
+            "device": req.device,
+            "attn_backend": req.attn_backend,
+            "vae_tiling": req.vae_tiling,
+            "use_cpu_offload": req.use_cpu_offload,
+            "use_fp8": req.use_fp8,
+            "disable_autocast": req.disable_autocast,
+            "reproduce": req.reproduce,
+            "parallel": parallel_settings(req),
+        },
+        "versions": package_versions(),
+        "command": sys.argv,
+        "timings_s": {k: round(v, 3) for k, v in (timings or {}).items()},
+        "peak_memory_mib": {k: round(v, 1) for k, v in (peak_memory_mib or {}).items()},
+    }
+    if extra:
+        record.update(extra)
+    return record
+
+
+def dumps(record: Mapping[str, object]) -> str:
+    return json.dumps(record, indent=2, ensure_ascii=False, default=str) + "\n"
+
+
+def read(path: str | Path) -> dict[str, object] | None:
+    """A sidecar's record, or None when the file is missing or not a JSON object (never raises for bad files)."""
+    try:
+        record = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def for_latents(latents_path: str | Path) -> Path:
+    """The sidecar of the video a latents file belongs to: `dir/name.latents.safetensors` -> `dir/name.json`."""
+    latents_path = Path(latents_path)
+    return latents_path.with_name(latents_path.name.removesuffix(".latents.safetensors") + ".json")
+
+
+def matches_latents(record: Mapping[str, object], shape: tuple[int, ...]) -> bool:
+    """Whether a sidecar's size and frames give latents of `shape` (1, C, (F-1)//4+1, H/8, W/8)."""
+    try:
+        frames, height, width = int(record["video_length"]), int(record["height"]), int(record["width"])
+    except (KeyError, TypeError, ValueError):
+        return False
+    return tuple(shape[2:]) == ((frames - 1) // 4 + 1, height // 8, width // 8)
+
+
+def for_decoded(
+    req: SampleRequest,
+    shape: tuple[int, ...],
+    latents_meta: Mapping[str, str],
+    timings: Mapping[str, float],
+    peak_memory_mib: Mapping[str, float],
+    vae: Path,
+) -> dict[str, object]:
+    """The sidecar of a `--decode-latents` video: the generating run's sidecar (when it sits beside the latents file
+    and fits their shape), else what the latents file's own metadata says; plus how this decode was made."""
+    from loguru import logger
+
+    source = for_latents(req.decode_latents)
+    record = read(source)
+    if record is not None and not matches_latents(record, shape):
+        logger.warning(f"{source}: its size/frames do not fit latents {tuple(shape)}; not using it")
+        record = None
+    if record is None:
+        record = {"schema": SCHEMA, "prompt": latents_meta.get("prompt"), "latents_metadata": dict(latents_meta)}
+        if "seed" in latents_meta:
+            record["seed"] = int(latents_meta["seed"])
+    else:
+        logger.info(f"using the generation record {source}")
+    record = dict(record)
+    record["fps"] = req.fps
+    record["decoded_from"] = {
+        "latents": str(Path(req.decode_latents).resolve()),
+        "sidecar": str(source.resolve()) if source.is_file() else None,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "vae": _model_entry(vae),
+        "vae_precision": req.vae_precision,
+        "vae_tiling": req.vae_tiling,
+        "versions": package_versions(),
+        "timings_s": {k: round(v, 3) for k, v in timings.items()},
+        "peak_memory_mib": {k: round(v, 1) for k, v in peak_memory_mib.items()},
+    }
+    return record

@@ -1,0 +1,299 @@
+"""--prompt-file: parsing and its errors, batch runs on the tiny model, re-runs, interrupt + resume, failing entries,
+recorded random seeds, and the data-parallel split over 2 torchrun processes (gloo, CPU)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from loguru import logger
+
+from hyvideo import batch, cli, pipeline, sidecar
+from hyvideo.cli import parse_request
+from hyvideo.io import slugify
+from hyvideo.tiny import write_tiny_model
+
+ROOT = Path(__file__).resolve().parents[1]
+LONG = " ".join(f"word{i} and a slash / here" for i in range(150))  # far more than 256 LLM and 77 CLIP tokens
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> None:
+    yield
+    logger.remove()
+    logger.add(sys.__stderr__, level="INFO")
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> Path:
+    return write_tiny_model(tmp_path_factory.mktemp("tiny") / "m", "official", seed=1)
+
+
+def flags(base: Path, out: Path, prompt_file: Path, *extra: str) -> list[str]:
+    return [
+        "--prompt-file", str(prompt_file), "--model-base", str(base), "--save-path", str(out), "--device", "cpu",
+        "--video-size", "32", "32", "--video-length", "5", "--infer-steps", "1", "--precision", "fp32",
+        "--vae-precision", "fp32", "--text-encoder-precision", "fp32", "--text-encoder-precision-2", "fp32", *extra,
+    ]  # fmt: skip
+
+
+def write(path: Path, lines: list[str]) -> Path:
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def videos(out: Path) -> list[str]:
+    return sorted(p.name for p in out.glob("*.mp4"))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Parsing (no models)
+# ---------------------------------------------------------------------------------------------------------------
+def test_txt_entries_keep_line_numbers_unicode_and_slashes(tmp_path):
+    base = tmp_path / "ckpts"
+    base.mkdir()
+    pf = write(tmp_path / "p.txt", ["# header", "", "  a cat / a dog  ", "猫が歩く — ünïcödé", "#x", LONG])
+    req = parse_request(flags(base, tmp_path / "o", pf, "--seed", "10"))
+    assert req.prompt is None and req.prompt_file == pf
+    assert [(it.line, it.index) for it in req.items] == [(3, 0), (4, 1), (6, 2)]
+    assert [it.request.prompt for it in req.items] == ["a cat / a dog", "猫が歩く — ünïcödé", LONG]
+    assert [it.request.seed for it in req.items] == [10, 11, 12]  # --seed + entry index
+    assert not any(it.seed_is_random for it in req.items)
+    names = [batch.output_path(it.request, it.line, it.request.seed).name for it in req.items]
+    assert names[0] == "0003_seed10_a_cat_a_dog.mp4" and "/" not in "".join(names)
+    assert names[1].startswith("0004_seed11_猫が歩く")
+    assert len(names[2].encode()) < 255
+
+
+def test_jsonl_overrides_apply_per_line(tmp_path):
+    base = tmp_path / "ckpts"
+    base.mkdir()
+    pf = write(
+        tmp_path / "p.jsonl",
+        [
+            json.dumps({"prompt": "plain"}),
+            json.dumps(
+                {
+                    "prompt": "custom",
+                    "seed": 99,
+                    "video_size": [48, 64],
+                    "video_length": 9,
+                    "infer_steps": 2,
+                    "cfg_scale": 2.5,
+                    "neg_prompt": "blurry",
+                    "embedded_cfg_scale": 4,
+                    "flow_shift": 5.0,
+                    "num_videos": 3,
+                }
+            ),
+        ],
+    )
+    req = parse_request(flags(base, tmp_path / "o", pf))
+    plain, custom = (it.request for it in req.items)
+    assert (plain.height, plain.width, plain.video_length, plain.infer_steps) == (32, 32, 5, 1)
+    assert req.items[0].seed_is_random and not req.items[1].seed_is_random
+    assert (custom.seed, custom.height, custom.width, custom.video_length) == (99, 48, 64, 9)
+    assert (custom.infer_steps, custom.cfg_scale, custom.neg_prompt) == (2, 2.5, "blurry")
+    assert (custom.embedded_cfg_scale, custom.flow_shift, custom.num_videos) == (4.0, 5.0, 3)
+
+
+@pytest.mark.parametrize(
+    ("lines", "expect"),
+    [
+        ([], "has no prompts"),
+        (["# only a comment", ""], "has no prompts"),
+        (['{"prompt": "ok"}', "", '{"prompt": "x", seed: 1}'], "line 3: not valid JSON"),
+        (['{"prompt": "ok"}', '["a list"]'], "line 2: expected a JSON object"),
+        (['{"seed": 1}'], 'line 1: needs a non-empty string "prompt"'),
+        (['{"prompt": "a", "sede": 1}'], "line 1: unknown key(s) sede"),
+        (['{"prompt": "a", "seed": "7"}'], "line 1: seed must be an integer"),
+        (['{"prompt": "a", "video_size": [32]}'], "line 1: video_size must be [HEIGHT, WIDTH]"),
+        (['{"prompt": "a"}', '{"prompt": "b", "video_length": 6}'], "line 2: --video-length: must be 4n+1"),
+        (['{"prompt": "a", "infer_steps": 0}'], "line 1: --infer-steps"),
+    ],
+)
+def test_bad_prompt_files_exit_2_naming_the_line(tmp_path, capsys, lines, expect):
+    base = tmp_path / "ckpts"
+    base.mkdir()
+    pf = write(tmp_path / "p.jsonl", lines) if lines else tmp_path / "p.jsonl"
+    if not lines:
+        pf.write_text("")
+    out = tmp_path / "o"
+    assert cli.main(flags(base, out, pf)) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: --prompt-file: ") and str(pf) in err, err
+    assert expect in err, err
+    assert not out.exists()
+
+
+def test_prompt_file_usage_errors(tmp_path, capsys):
+    base = tmp_path / "ckpts"
+    base.mkdir()
+    good = write(tmp_path / "p.txt", ["a cat"])
+    cases = [
+        (flags(base, tmp_path / "o", tmp_path / "missing.txt"), "does not exist"),
+        (flags(base, tmp_path / "o", tmp_path), "is not a file"),
+        ([*flags(base, tmp_path / "o", good), "--prompt", "x"], "give either --prompt or --prompt-file"),
+    ]
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes(b"ok\n" + "caf\xe9\n".encode("latin-1"))
+    cases.append((flags(base, tmp_path / "o", bad), "line 2: is not UTF-8 text"))
+    if os.geteuid() != 0:  # root reads anything
+        locked = write(tmp_path / "locked.txt", ["a"])
+        locked.chmod(0)
+        cases.append((flags(base, tmp_path / "o", locked), "cannot be read"))
+    for argv, expect in cases:
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "--prompt-file" in err and expect in err, err
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Runs on the tiny model
+# ---------------------------------------------------------------------------------------------------------------
+def test_batch_writes_every_entry_with_sidecars_and_rerun_skips_without_loading(model, tmp_path, capsys, monkeypatch):
+    pf = write(
+        tmp_path / "p.jsonl",
+        [
+            json.dumps({"prompt": "a cat / a dog", "num_videos": 2}),
+            "# a comment",
+            json.dumps({"prompt": "猫が歩く ünïcödé", "seed": 123, "video_size": [48, 32]}),
+            json.dumps({"prompt": LONG}),
+        ],
+    )
+    out = tmp_path / "out"
+    assert cli.main(flags(model, out, pf, "--seed", "7")) == 0
+    err = capsys.readouterr().err
+    assert "truncated" in err and "LLM text encoder" in err and "CLIP text encoder" in err  # the long prompt
+    expected = [
+        "0001_seed7_a_cat_a_dog.mp4",
+        "0001_seed8_a_cat_a_dog.mp4",
+        f"0003_seed123_{slugify('猫が歩く ünïcödé')}.mp4",
+        f"0004_seed9_{slugify(LONG)}.mp4",
+    ]
+    assert videos(out) == sorted(expected)
+    for name in expected:
+        record = sidecar.read(sidecar.sidecar_path(out / name))
+        assert record is not None
+        line = int(name[:4])
+        assert record["batch"]["line"] == line and record["seed"] == int(name.split("_seed")[1].split("_")[0])
+        assert record["prompt"] == {1: "a cat / a dog", 3: "猫が歩く ünïcödé", 4: LONG}[line]
+        assert (record["height"], record["width"]) == ((48, 32) if line == 3 else (32, 32))
+        assert record["video_length"] == 5 and record["infer_steps"] == 1
+    assert "4 entries" not in err and "3 entries: 3 generated" in err  # the summary table
+    assert not list(out.glob(".*tmp*"))
+
+    def must_not_load(*a, **k):
+        raise AssertionError("a re-run of a finished batch must not load models")
+
+    monkeypatch.setattr(pipeline, "load_denoiser", must_not_load)
+    monkeypatch.setattr(pipeline, "load_decoder", must_not_load)
+    monkeypatch.setattr(pipeline, "text_config", must_not_load)
+    mtimes = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    assert cli.main(flags(model, out, pf, "--seed", "7")) == 0
+    assert "3 finished earlier (skipped)" in capsys.readouterr().err
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == mtimes
+
+
+def test_interrupt_then_resume_gives_every_video_once(model, tmp_path, monkeypatch, capsys):
+    pf = write(tmp_path / "p.txt", ["first", "second", "third", "fourth"])
+    out = tmp_path / "out"
+    real = pipeline.denoise
+    calls = []
+
+    def stop_on_third(*a, **k):
+        calls.append(a[4])  # seed
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(pipeline, "denoise", stop_on_third)
+    assert cli.main(flags(model, out, pf, "--seed", "0")) == 130
+    assert videos(out) == ["0001_seed0_first.mp4", "0002_seed1_second.mp4"]
+    assert "run the same command again to resume" in capsys.readouterr().err
+    assert not list(out.glob(".*tmp*"))  # the interrupted video left nothing behind
+
+    calls.clear()
+    monkeypatch.setattr(pipeline, "denoise", lambda *a, **k: calls.append(a[4]) or real(*a, **k))
+    assert cli.main(flags(model, out, pf, "--seed", "0")) == 0
+    assert calls == [2, 3]  # only the unfinished entries ran
+    assert videos(out) == ["0001_seed0_first.mp4", "0002_seed1_second.mp4", "0003_seed2_third.mp4",
+                           "0004_seed3_fourth.mp4"]  # fmt: skip
+    assert len(list(out.glob("*.json"))) == 4
+
+
+def test_failing_entry_is_reported_and_the_batch_goes_on(model, tmp_path, monkeypatch, capsys):
+    pf = write(tmp_path / "p.txt", ["good one", "bad one", "good two"])
+    out = tmp_path / "out"
+    real = pipeline.denoise
+
+    def fail_bad(model_, cond, uncond, req, seed, device):
+        if req.prompt == "bad one":
+            raise FloatingPointError("latents became NaN")
+        return real(model_, cond, uncond, req, seed, device)
+
+    monkeypatch.setattr(pipeline, "denoise", fail_bad)
+    assert cli.main(flags(model, out, pf, "--seed", "1")) == 1
+    err = capsys.readouterr().err
+    assert videos(out) == ["0001_seed1_good_one.mp4", "0003_seed3_good_two.mp4"]
+    assert "line 2: failed" in err and "FloatingPointError: latents became NaN" in err
+    assert "1 failed" in err and "failed lines: 2" in err
+
+
+def test_random_seed_is_recorded_and_reused_on_resume(model, tmp_path, monkeypatch):
+    pf = write(tmp_path / "p.jsonl", [json.dumps({"prompt": "a fox", "num_videos": 2})])
+    out = tmp_path / "out"
+    real = pipeline.denoise
+    calls = []
+
+    def stop_on_second(*a, **k):
+        calls.append(a[4])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(pipeline, "denoise", stop_on_second)
+    assert cli.main(flags(model, out, pf)) == 130  # no --seed: a random one
+    [first] = videos(out)
+    base = int(first.split("_seed")[1].split("_")[0])
+    record = sidecar.read(sidecar.sidecar_path(out / first))
+    assert record["batch"]["base_seed"] == base and record["batch"]["seed_was_random"]
+    monkeypatch.setattr(pipeline, "denoise", real)
+    assert cli.main(flags(model, out, pf)) == 0  # draws another random seed, but the recorded one wins
+    assert videos(out) == [first, f"0001_seed{base + 1}_a_fox.mp4"]
+
+
+def test_data_parallel_two_processes_resume_and_write_each_entry_once(model, tmp_path, monkeypatch):
+    """An interrupted single-process run, resumed by torchrun --nproc_per_node 2 (gloo on CPU): entry i goes to
+    rank i % 2, finished entries are skipped, every file exists exactly once."""
+    pf = write(tmp_path / "p.txt", [f"prompt number {i}" for i in range(5)])
+    out = tmp_path / "out"
+    real = pipeline.denoise
+    calls = []
+
+    def stop_on_third(*a, **k):
+        calls.append(a[4])
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(pipeline, "denoise", stop_on_third)
+    assert cli.main(flags(model, out, pf, "--seed", "3")) == 130
+    assert len(videos(out)) == 2
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(ROOT / "sample_video.py"), *flags(model, out, pf, "--seed", "3")]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    names = videos(out)
+    assert names == [f"{i + 1:04d}_seed{3 + i}_prompt_number_{i}.mp4" for i in range(5)]
+    for i, name in enumerate(names):
+        parallel = sidecar.read(sidecar.sidecar_path(out / name))["runtime"]["parallel"]
+        expect = {"world_size": 1, "rank": 0} if i < 2 else {"world_size": 2, "rank": i % 2}
+        assert parallel == {**expect, "ulysses_degree": 1, "ring_degree": 1}, name
+    # one summary for both ranks, printed by rank 0
+    assert "5 entries: 3 generated, 2 finished earlier (skipped), 0 failed" in proc.stderr, proc.stderr[-2000:]

@@ -70,7 +70,8 @@ class Mesh:
 
 
 def init(ulysses: int, ring: int, cfg: int, device: torch.device, timeout_s: float) -> Mesh:
-    """Join the torchrun job (env:// rendezvous) and build the groups. `device` "cuda" becomes cuda:LOCAL_RANK."""
+    """Join the torchrun job (env:// rendezvous, once per process) and build the groups for these degrees.
+    `device` "cuda" becomes cuda:LOCAL_RANK."""
     world, rank = int(os.environ["WORLD_SIZE"]), int(os.environ["RANK"])
     if ulysses * ring * cfg != world:
         raise ValueError(f"ulysses {ulysses} x ring {ring} x cfg {cfg} != world size {world}")
@@ -78,8 +79,9 @@ def init(ulysses: int, ring: int, cfg: int, device: torch.device, timeout_s: flo
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
         torch.cuda.set_device(device)
-        dist.init_process_group("nccl", timeout=timeout, device_id=device)
-    else:
+        if not dist.is_initialized():
+            dist.init_process_group("nccl", timeout=timeout, device_id=device)
+    elif not dist.is_initialized():
         dist.init_process_group("gloo", timeout=timeout)
     U, R = ulysses, ring
 

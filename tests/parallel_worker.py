@@ -1,0 +1,99 @@
+"""Run by tests/test_parallel.py under torchrun: `parallel_worker.py OUT.json WEIGHTS_DIR U,R,C,SHARD ...`.
+
+For each rank layout (ulysses U x ring R x cfg C, DiT blocks FSDP-sharded when SHARD is 1), samples two Euler
+steps of the tiny DiT on token grids that do and do not divide by U*R, with and without real CFG, and compares
+the final latents with the single-process result computed on the same rank. Also one batch-2 forward with padded
+text (key mask path). Rank 0 writes {case: max relative error over ranks} to OUT.json.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from hyvideo.checkpoints.dit import save_dit_official
+from hyvideo.modules.text_encoders import TextEmbeddings
+from hyvideo.parallel import group
+from hyvideo.parallel.sequence import SequenceParallelDiT, with_cfg_parallel
+from hyvideo.parallel.shard import load_sharded_dit, weight_mesh
+from hyvideo.sampling import euler, flow_sigmas, initial_noise, with_cfg, with_cond
+from hyvideo.tiny import TINY_DIT, random_dit
+
+GRIDS = {"divides": (2, 4, 4), "pads": (1, 6, 6)}  # latent (T, H, W) -> 8 and 9 image tokens
+STEPS = 2
+
+
+def embeddings(seed: int) -> TextEmbeddings:
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.ones(1, 8, dtype=torch.int64)
+    mask[:, 5:] = 0  # padded text (dropped for batch 1)
+    return TextEmbeddings(
+        torch.randn(1, 8, TINY_DIT.text_states_dim, generator=g), mask, torch.randn(1, 32, generator=g)
+    )
+
+
+def cond_fn(model):
+    guidance = torch.full((1,), 6000.0)
+    return lambda x, t, e: model(x, t, e.llm_states, e.llm_mask, e.clip_pooled, guidance)
+
+
+def sample(model, grid, cfg_scale: float, cfg_split=None) -> torch.Tensor:
+    cond, uncond = embeddings(1), embeddings(2)
+    fn = cond_fn(model)
+    if cfg_scale == 1:
+        model_fn = with_cond(fn, cond)
+    elif cfg_split is not None:
+        model_fn = with_cfg_parallel(fn, cond, uncond, cfg_scale, cfg_split)
+    else:
+        model_fn = with_cfg(fn, cond, uncond, cfg_scale)
+    return euler(model_fn, initial_noise((1, 16, *grid), [5], torch.device("cpu")), flow_sigmas(STEPS, 7.0))
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+def main() -> None:
+    out_path, folder = sys.argv[1], Path(sys.argv[2])
+    layouts = [tuple(int(v) for v in a.split(",")) for a in sys.argv[3:]]
+    dit = random_dit(TINY_DIT, seed=1)
+    errors: dict[str, float] = {}
+    for U, R, C, shard in layouts:
+        mesh = group.init(U, R, C, torch.device("cpu"), 60.0)
+        if not (folder / "config.json").exists():
+            if mesh.rank == 0:
+                save_dit_official(dit, folder)
+            dist.barrier()
+        model = load_sharded_dit(folder, TINY_DIT, weight_mesh(mesh.device, mesh.world)) if shard else dit
+        wrapped = SequenceParallelDiT(model, mesh) if U * R > 1 else model
+        tag = f"U{U} R{R} C{C}{' sharded' if shard else ''}"
+        for grid_name, grid in GRIDS.items():
+            for cfg_scale in (1.0, 3.0):
+                if C == 2 and cfg_scale == 1:
+                    continue
+                with torch.no_grad():
+                    ref = sample(dit, grid, cfg_scale)
+                got = sample(wrapped, grid, cfg_scale, mesh if C == 2 else None)
+                errors[f"{tag} {grid_name} cfg {cfg_scale:g}"] = rel(got, ref)
+        if C == 1 and U * R > 1:  # batch 2, different prompt lengths: the key-mask path
+            g = torch.Generator().manual_seed(3)
+            x, states = torch.randn(2, 16, 1, 6, 6, generator=g), torch.randn(2, 8, 32, generator=g)
+            mask = torch.ones(2, 8, dtype=torch.int64)
+            mask[0, 4:] = 0
+            args = (x, torch.full((2,), 700.0), states, mask, torch.randn(2, 32, generator=g), torch.full((2,), 6e3))
+            with torch.no_grad():
+                errors[f"{tag} pads batch 2 masked"] = rel(wrapped(*args), dit(*args))
+    worst = torch.tensor(list(errors.values()), dtype=torch.float64)
+    dist.all_reduce(worst, op=dist.ReduceOp.MAX)
+    if dist.get_rank() == 0:
+        with open(out_path, "w") as f:
+            json.dump(dict(zip(errors, worst.tolist(), strict=True)), f, indent=1)
+    group.shutdown()
+
+
+if __name__ == "__main__":
+    main()

@@ -36,6 +36,8 @@ class SequenceParallelDiT(nn.Module):
         try:
             return super().__getattr__(name)
         except AttributeError:
+            if name == "dit":  # not set yet (e.g. while copying): no delegation loop
+                raise
             return getattr(self.dit, name)
 
     def forward(

@@ -79,8 +79,12 @@ def shared_text(
 
 
 def load_sharded(req: SampleRequest, path: Path, cfg: DiTConfig, dtype: torch.dtype) -> HYVideoDiT | None:
-    """The DiT with FSDP2-sharded blocks read straight from the checkpoint, or None when not sharding."""
+    """The DiT with FSDP2-sharded blocks read straight from the checkpoint, or None when not sharding (also with
+    fp8 storage or offloading, which manage the block weights themselves: those load replicated)."""
     if _mesh is None or not req.shard_weights:
+        return None
+    if req.use_fp8 or getattr(req, "offload", "none") != "none":
+        logger.info("DiT weights replicated on every process: --shard-weights does not combine with fp8 or offload")
         return None
     from hyvideo.parallel.shard import load_sharded_dit, weight_mesh
 

@@ -161,3 +161,23 @@ def dit_config(preset: str, config_json: str | Path | None = None) -> DiTConfig:
     except (TypeError, ValueError) as e:
         msg = str(e) if isinstance(e, ConfigError) else f"bad value ({e})"
         raise ConfigError(f"{config_json}: {msg}") from None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The official package's entry point for scripts: `from hyvideo.config import parse_args`
+# ---------------------------------------------------------------------------------------------------------------
+def parse_args(namespace: object | None = None, argv: list[str] | None = None):
+    """Parse `argv` (default: sys.argv[1:]) with the command line's parser into an argparse Namespace holding every
+    official flag (official names and defaults) plus ours, as the official `parse_args` does. A bad flag prints one
+    `error:` line and exits with code 2. Values are checked in full when the Namespace is used
+    (`hyvideo.inference.HunyuanVideoSampler.from_pretrained`)."""
+    import sys
+
+    from hyvideo.cli import build_parser
+    from hyvideo.request import UsageError
+
+    try:
+        return build_parser().parse_args(argv, namespace=namespace)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -1,0 +1,111 @@
+"""The official package's Python interface, so scripts written for Tencent's `hyvideo` run unchanged:
+
+    from hyvideo.config import parse_args
+    from hyvideo.inference import HunyuanVideoSampler
+    from hyvideo.utils.file_utils import save_videos_grid
+
+    args = parse_args()
+    sampler = HunyuanVideoSampler.from_pretrained(Path(args.model_base), args=args)
+    out = sampler.predict(prompt=args.prompt, height=args.video_size[0], width=args.video_size[1], ...)
+    for i, sample in enumerate(out["samples"]):
+        save_videos_grid(sample.unsqueeze(0), f"results/seed{out['seeds'][i]}.mp4", fps=24)
+
+`predict` returns {"samples": (B, 3, T, H, W) float32 in [0, 1] on the CPU, "seeds": [B ints], "prompts": [B str],
+"size": (H, W, T)}, B = num_videos_per_prompt. One difference: "prompts" holds one entry per sample (the official
+code returns one per prompt, which breaks its own save loop for several videos). It is built on `hyvideo.api`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from hyvideo.api import Generator
+from hyvideo.request import RANDOM_SEED_MAX
+
+
+class HunyuanVideoSampler:
+    """Models loaded once (`from_pretrained`), then `predict` per prompt."""
+
+    def __init__(self, generator: Generator, args: argparse.Namespace) -> None:
+        self.generator = generator
+        self.args = args  # the official code reads the updated args back from the sampler
+
+    @classmethod
+    def from_pretrained(
+        cls, pretrained_model_path: str | Path, args: argparse.Namespace, device: str | torch.device | None = None,
+        **kwargs: object,
+    ) -> HunyuanVideoSampler:  # fmt: skip
+        """Load every component under `pretrained_model_path` (the official `ckpts` folder or a diffusers folder)
+        with the settings in `args` (a `hyvideo.config.parse_args()` Namespace)."""
+        args = argparse.Namespace(**vars(args))
+        args.model_base = str(pretrained_model_path)
+        if device is not None:
+            args.device = str(device)
+        return cls(Generator.from_args(args), args)
+
+    @torch.no_grad()
+    def predict(
+        self,
+        prompt: str,
+        height: int = 192,
+        width: int = 336,
+        video_length: int = 129,
+        seed: int | Sequence[int] | torch.Tensor | None = None,
+        negative_prompt: str | None = None,
+        infer_steps: int = 50,
+        guidance_scale: float = 6.0,
+        flow_shift: float = 5.0,
+        embedded_guidance_scale: float | None = None,
+        batch_size: int = 1,
+        num_videos_per_prompt: int = 1,
+        **kwargs: object,
+    ) -> dict[str, object]:
+        """Generate `num_videos_per_prompt` videos (official defaults and seed rules: an int gives seed + i, a list
+        gives the seeds, None draws each at random). `guidance_scale` is real classifier-free guidance (1 = off);
+        `embedded_guidance_scale` None means the value in `args` (6.0 by default)."""
+        if not isinstance(prompt, str):
+            raise TypeError(f"`prompt` must be a string, but got {type(prompt)}")
+        n = batch_size * num_videos_per_prompt
+        seeds = self._seeds(seed, batch_size, num_videos_per_prompt)
+        videos = self.generator.generate(
+            prompt,
+            height=height,
+            width=width,
+            video_length=video_length,
+            seed=seeds,
+            infer_steps=infer_steps,
+            cfg_scale=guidance_scale,
+            embedded_cfg_scale=embedded_guidance_scale,
+            flow_shift=flow_shift,
+            negative_prompt=negative_prompt,
+        )
+        req = videos[0].request
+        return {
+            "samples": torch.stack([v.frames for v in videos]),  # (B, 3, T, H, W)
+            "seeds": [v.seed for v in videos],
+            "prompts": [v.prompt for v in videos][:n],
+            "size": (req.height, req.width, req.video_length),
+        }
+
+    @staticmethod
+    def _seeds(seed: int | Sequence[int] | torch.Tensor | None, batch_size: int, per_prompt: int) -> list[int]:
+        """The official seed rules for batch_size x per_prompt videos."""
+        if isinstance(seed, torch.Tensor):
+            seed = seed.tolist()
+        n = batch_size * per_prompt
+        if seed is None:
+            return [random.randint(0, RANDOM_SEED_MAX) for _ in range(n)]
+        if isinstance(seed, int):
+            return [seed + i for _ in range(batch_size) for i in range(per_prompt)]
+        if isinstance(seed, Sequence):
+            if len(seed) == batch_size:
+                return [int(seed[i]) + j for i in range(batch_size) for j in range(per_prompt)]
+            if len(seed) == n:
+                return [int(s) for s in seed]
+            raise ValueError(f"seed: give {batch_size} or {n} seeds (batch_size x num_videos_per_prompt), got {seed}")
+        raise ValueError(f"seed must be an integer, a list of integers or None, got {seed!r}")

@@ -1,0 +1,1 @@
+"""Helpers kept for compatibility with scripts written for the official package."""

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import fully_shard
-from torch.distributed.tensor import DTensor, distribute_tensor
+from torch.distributed.tensor import DTensor
 
 from hyvideo.checkpoints.common import check_state_dict
 from hyvideo.checkpoints.dit import build_dit, find_dit_weights, read_dit_state_dict
@@ -48,12 +48,15 @@ def load_sharded_dit(
     model = shard_blocks(build_dit(cfg), mesh)
     expected = model.state_dict()
     check_state_dict({k: v.shape for k, v in expected.items()}, sd, f"DiT {where}")
+    rank, world = mesh.get_local_rank(), mesh.size()
     local = {}
     for name, meta in expected.items():
         full = sd.pop(name)
-        if isinstance(meta, DTensor):  # take this rank's rows before casting: only they are read from the file
-            local[name] = distribute_tensor(full, mesh, meta.placements, src_data_rank=None)
-            local[name] = local[name].to(device=device, dtype=dtype or full.dtype)
+        if isinstance(meta, DTensor):  # this rank's rows (FSDP2's torch.chunk split), cast alone: only they are read
+            chunks = full.chunk(world, 0)
+            mine = chunks[rank] if rank < len(chunks) else full[:0]
+            mine = mine.to(device=device, dtype=dtype or full.dtype)
+            local[name] = DTensor.from_local(mine, mesh, meta.placements, shape=full.shape, stride=full.stride())
         else:
             local[name] = full.to(device=device, dtype=dtype or full.dtype)
     del sd

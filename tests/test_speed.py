@@ -106,3 +106,30 @@ def test_teacache_flag_end_to_end_logs_skipped_steps(tiny_model, tmp_path, capfd
 def test_bad_teacache_threshold_is_exit_2(tmp_path, capsys, value):
     assert main(args(tmp_path, tmp_path / "out", "--teacache-thresh", value)) == 2
     assert capsys.readouterr().err.startswith("error: --teacache-thresh:")
+
+
+# --------------------------------------------------------------------------- analytic FLOPs
+@pytest.mark.parametrize(
+    "cfg",
+    [TINY_DIT, TINY_DIT.replace(guidance_embed=False, mlp_ratio=2.0, depth_double=1, depth_single=3, depth_refiner=1)],
+)
+def test_analytic_flops_equal_counted_flops(cfg):
+    """dit_flops = what FlopCounterMode counts (matmuls, conv, and attention via the math SDPA kernel)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from hyvideo.flops import dit_flops
+
+    model = random_dit(cfg, seed=5)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 16, 3, 6, 8, generator=g)
+    mask = torch.tensor([[1] * 5 + [0] * 4])  # 5 valid text tokens: padding is dropped
+    states = torch.randn(1, 9, cfg.text_states_dim, generator=g)
+    guidance = torch.tensor([6000.0]) if cfg.guidance_embed else None
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        model(x, torch.tensor([500.0]), states, mask, torch.randn(1, cfg.text_pool_dim, generator=g), guidance)
+    counted = counter.get_flop_counts()["Global"]
+    flops = dit_flops(cfg, 3 * 3 * 4, 5)
+    assert counter.get_total_flops() == flops.total
+    assert counted[torch.ops.aten.bmm] == flops.attention
+    assert dit_flops(cfg, 36, 5, batch=2).total == 2 * flops.total

@@ -102,9 +102,8 @@ class SingleStreamBlock(nn.Module):
         )
         q, k, v = rearrange(qkv, "B L (K H D) -> K B L H D", K=3, H=self.heads)
         q, k = self.q_norm(q), self.k_norm(k)
-        Li = ctx.rope.shape[0]
-        q = torch.cat([apply_rope(q[:, :Li], ctx.rope), q[:, Li:]], 1)
-        k = torch.cat([apply_rope(k[:, :Li], ctx.rope), k[:, Li:]], 1)
+        Li = ctx.rope.shape[0]  # RoPE on the image tokens only, written in place (no copy of the text part)
+        q[:, :Li], k[:, :Li] = apply_rope(q[:, :Li], ctx.rope), apply_rope(k[:, :Li], ctx.rope)
         out = ctx.attn(q, k, v, ctx.mask, ctx.backend)  # (B, L, C)
         return x + gate[:, None] * self.linear2(torch.cat([out, F.gelu(mlp, approximate="tanh")], -1))
 

@@ -8,6 +8,7 @@ yet fail with exit code 2 (see `hyvideo.request.SUPPORTED_VALUES_ONLY`). Exit co
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import re
 import sys
@@ -198,7 +199,10 @@ def _fail(code: int, text: str) -> int:
 
 def _one_line(e: BaseException) -> str:
     lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-    return f"{type(e).__name__}: {lines[0] if lines else '(no message)'}"
+    text = f"{type(e).__name__}: {lines[0] if lines else '(no message)'}"
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        text += "; free disk space or choose another --save-path"
+    return text
 
 
 def _checkpoint_error() -> tuple[type[Exception], ...]:

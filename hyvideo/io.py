@@ -6,8 +6,10 @@ name in the destination directory, then `os.replace`d, so a reader never sees a 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
+import struct
 import tempfile
 import unicodedata
 from collections.abc import Iterator, Mapping
@@ -17,7 +19,7 @@ from pathlib import Path
 import imageio.v2 as imageio
 import numpy as np
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 LATENTS_KEY = "latents"
@@ -110,7 +112,34 @@ def write_mp4(
                 writer.append_data(to_uint8(frame, signed))  # (H, W, 3) uint8
         finally:
             writer.close()
+        check_mp4(tmp, path)
     return path
+
+
+def check_mp4(path: str | Path, name: str | Path | None = None) -> None:
+    """Raise OSError unless `path` is a finished MP4: its top-level boxes tile the file exactly and include ftyp,
+    mdat and moov (written last, by the muxer's trailer). imageio does not report ffmpeg's exit status, so a full
+    disk or a killed encoder would otherwise leave a truncated file that looks written. `name` is for the message."""
+    path = Path(path)
+    size, pos, kinds = path.stat().st_size, 0, set()
+    with open(path, "rb") as f:
+        while pos + 8 <= size:
+            f.seek(pos)
+            length, kind = struct.unpack(">I4s", f.read(8))  # box header: 32-bit size, 4-char type
+            if length == 1:  # 64-bit size follows
+                length = struct.unpack(">Q", f.read(8))[0] if pos + 16 <= size else 0
+            elif length == 0:  # box runs to the end of the file
+                length = size - pos
+            if length < 8 or pos + length > size:
+                break
+            kinds.add(kind)
+            pos += length
+    if pos != size or not {b"ftyp", b"mdat", b"moov"} <= kinds:
+        raise OSError(
+            errno.EIO,
+            f"the video encoder stopped before finishing {name or path} ({size} bytes written; disk full or ffmpeg "
+            "failed?); the incomplete file was removed",
+        )
 
 
 def save_latents(latents: torch.Tensor, path: str | Path, metadata: Mapping[str, object] | None = None) -> Path:
@@ -120,7 +149,10 @@ def save_latents(latents: torch.Tensor, path: str | Path, metadata: Mapping[str,
     meta = {str(k): str(v) for k, v in (metadata or {}).items()}
     path = Path(path)
     with atomic_path(path) as tmp:
-        save_file(tensors, tmp, metadata=meta)
+        try:
+            save_file(tensors, tmp, metadata=meta)
+        except SafetensorError as e:  # its I/O errors (disk full, ...) are not OSErrors and do not name the file
+            raise OSError(errno.EIO, f"cannot write {path}: {e}") from None
     return path
 
 

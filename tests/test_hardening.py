@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -18,8 +19,11 @@ import pytest
 import torch
 from loguru import logger
 
-from hyvideo import cli
+from hyvideo import cli, io
 from hyvideo.checkpoints.layout import OFFICIAL_DIT_DIR, OFFICIAL_DIT_FILE
+from hyvideo.modules.dit import HYVideoDiT
+from hyvideo.modules.text_encoders import TextEncoders
+from hyvideo.modules.vae import HYVideoVAE
 from hyvideo.tiny import TINY_DIT, random_dit, write_tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -277,3 +281,159 @@ def test_pickle_payload_refused_without_executing(
     assert outputs(out) == []
     torch.load(weights, weights_only=False)  # the payload is live: an unsafe loader would have run it
     assert marker.exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Numerics: NaN/inf latents stop the run at the step where they appear; nothing is decoded or written
+# ---------------------------------------------------------------------------------------------------------------
+NAN_CASES = [  # (bad value, extra flags, DiT call that returns it, step named in the message)
+    (float("nan"), [], 2, 2),
+    (float("inf"), [], 3, 3),
+    (float("nan"), ["--cfg-scale", "2"], 3, 2),  # real CFG: two DiT calls per step
+]
+
+
+@pytest.mark.parametrize(("bad", "extra", "call", "step"), NAN_CASES, ids=["nan-step2", "inf-step3", "nan-cfg-step2"])
+def test_non_finite_latents_named_at_their_step(
+    bad: float,
+    extra: list[str],
+    call: int,
+    step: int,
+    models: dict[str, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    fast_text: None,
+) -> None:
+    real = HYVideoDiT.forward
+    calls: list[int] = []
+
+    def forward(self: HYVideoDiT, *args: object, **kwargs: object) -> torch.Tensor:
+        calls.append(1)
+        out = real(self, *args, **kwargs)
+        return torch.full_like(out, bad) if len(calls) == call else out
+
+    monkeypatch.setattr(HYVideoDiT, "forward", forward)
+    out = tmp_path / "out"
+    code, err = run_main(argv(models["official"], out, "--infer-steps", "4", "--save-latents", *extra), capsys)
+    line = error_line(err)
+    assert code == 1, line
+    assert f"step {step} of 4" in line and "--precision fp32" in line and "cfg-scale" in line, line
+    per_step = 2 if "--cfg-scale" in extra else 1
+    assert len(calls) == step * per_step  # stopped at the end of that step: no further steps, no decoding
+    assert "decode seed" not in err and outputs(out) == []
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Output: disk full while writing -> exit 1, one line, no half-written file
+# ---------------------------------------------------------------------------------------------------------------
+@pytest.fixture
+def file_size_limit(monkeypatch: pytest.MonkeyPatch) -> Callable[[int], None]:
+    """`limit(n)`: from the moment decoding starts, no file this process (or ffmpeg) writes may exceed n bytes, as
+    on a full disk (RLIMIT_FSIZE; SIGXFSZ ignored so writes fail with EFBIG). Restored after the test."""
+    import resource
+
+    from hyvideo import pipeline
+
+    saved = resource.getrlimit(resource.RLIMIT_FSIZE), signal.getsignal(signal.SIGXFSZ)
+
+    def limit(n: int) -> None:
+        real = pipeline.decode
+
+        def decode_then_limit(*args: object, **kwargs: object) -> torch.Tensor:
+            video = real(*args, **kwargs)
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (n, saved[0][1]))
+            return video
+
+        monkeypatch.setattr(pipeline, "decode", decode_then_limit)
+
+    yield limit
+    resource.setrlimit(resource.RLIMIT_FSIZE, saved[0])
+    signal.signal(signal.SIGXFSZ, saved[1])
+
+
+DISK_FULL = [  # (id, bytes allowed per file, extra flags, text in the error line)
+    ("mp4", 8000, [], "video encoder stopped"),  # the sidecar (~2 KB) fits, the MP4 (~14 KB) does not
+    ("latents", 8000, ["--save-latents"], "latents"),  # written first; ~12 KB
+    ("first-file", 200, [], "free disk space"),  # nothing fits
+]
+
+
+@pytest.mark.parametrize(("limit", "extra", "text"), [c[1:] for c in DISK_FULL], ids=[c[0] for c in DISK_FULL])
+def test_disk_full_leaves_nothing(
+    limit: int,
+    extra: list[str],
+    text: str,
+    models: dict[str, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+    file_size_limit: Callable[[int], None],
+    fast_text: None,
+) -> None:
+    file_size_limit(limit)
+    out = tmp_path / "out"
+    code, err = run_main(
+        argv(models["official"], out, "--video-size", "64", "64", "--video-length", "9", *extra), capsys
+    )
+    line = error_line(err)
+    assert code == 1 and text in line, line
+    assert outputs(out) == []
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Ctrl-C at every stage -> exit 130, one line, no partial files; the same command then succeeds
+# ---------------------------------------------------------------------------------------------------------------
+def _sigint_on_call(n: int, real: Callable[..., object] | None = None) -> Callable[..., object]:
+    """A stand-in that delivers a real SIGINT to this process on its n-th call (calls before it run `real`)."""
+    calls: list[int] = []
+
+    def fn(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        if len(calls) == n:
+            signal.raise_signal(signal.SIGINT)  # Python's handler raises KeyboardInterrupt right here
+            raise AssertionError("SIGINT did not interrupt")
+        return real(*args, **kwargs)  # type: ignore[misc]
+
+    return fn
+
+
+INTERRUPTS = [  # (stage, object, attribute, on which call, extra flags)
+    ("text-encoding", TextEncoders, "encode", 1, []),
+    ("sampling", HYVideoDiT, "forward", 2, []),
+    ("decoding", HYVideoVAE, "decode_latents", 1, []),
+    ("writing-mp4", io, "to_uint8", 3, []),  # frame 3 of 5: the MP4 is half written
+    ("writing-latents", io, "save_file", 1, ["--save-latents"]),
+]
+
+
+@pytest.mark.parametrize(
+    ("owner", "attr", "call", "extra"), [c[1:] for c in INTERRUPTS], ids=[c[0] for c in INTERRUPTS]
+)
+def test_ctrl_c_exit_130_no_partial_files(
+    owner: object,
+    attr: str,
+    call: int,
+    extra: list[str],
+    models: dict[str, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    handler = signal.signal(signal.SIGINT, signal.default_int_handler)  # Python's own, whatever the runner set
+    args = argv(models["official"], tmp_path / "out", *extra)
+    try:
+        with monkeypatch.context() as m:
+            m.setattr(owner, attr, _sigint_on_call(call, getattr(owner, attr)))
+            code, err = run_main(args, capsys)
+    finally:
+        signal.signal(signal.SIGINT, handler)
+    assert error_line(err) == "error: interrupted" and code == 130
+    assert outputs(tmp_path / "out") == []
+    # nothing half-done is in the way: the same command now writes one complete set
+    code, err = run_main(args, capsys)
+    assert code == 0, err
+    names = outputs(tmp_path / "out")
+    assert sorted(Path(n).suffix for n in names) == sorted(
+        [".mp4", ".json"] + ([".safetensors"] if "--save-latents" in extra else [])
+    ), names

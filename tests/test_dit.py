@@ -23,7 +23,7 @@ from hyvideo.modules.attention import KeyMask, attention, reference_varlen_kerne
 from hyvideo.modules.dit import drop_padding
 from hyvideo.tiny import random_dit
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED = Path(__file__).resolve().parent / "data"  # copies of ../shared/data/*_keys.json
 
 CONFIGS = {
     "h2x24-guid-ref2": DiTConfig(

@@ -8,6 +8,7 @@ temporary file that a later run or a user could mistake for a result). Argument 
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import signal
@@ -17,6 +18,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from loguru import logger
 
 from hyvideo import cli, io
@@ -24,6 +27,7 @@ from hyvideo.checkpoints.layout import OFFICIAL_DIT_DIR, OFFICIAL_DIT_FILE
 from hyvideo.modules.dit import HYVideoDiT
 from hyvideo.modules.text_encoders import TextEncoders
 from hyvideo.modules.vae import HYVideoVAE
+from hyvideo.request import UsageError
 from hyvideo.tiny import TINY_DIT, random_dit, write_tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,7 +54,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def argv(base: Path, out: Path, *extra: str) -> list[str]:
     """A request that runs in well under a second on the tiny model."""
     return [
-        "--model-base", str(base), "--prompt", "a cat", "--video-size", "32", "32", "--video-length", "5",
+        "--model-base", str(base), "--prompt", "a cat", "--video-size", "32", "32", "--video-length", "1",
         "--infer-steps", "2", "--seed", "1", "--save-path", str(out), "--device", "cpu", "--precision", "fp32",
         "--vae-precision", "fp32", "--text-encoder-precision", "fp32", "--text-encoder-precision-2", "fp32", *extra,
     ]  # fmt: skip
@@ -402,7 +406,7 @@ INTERRUPTS = [  # (stage, object, attribute, on which call, extra flags)
     ("text-encoding", TextEncoders, "encode", 1, []),
     ("sampling", HYVideoDiT, "forward", 2, []),
     ("decoding", HYVideoVAE, "decode_latents", 1, []),
-    ("writing-mp4", io, "to_uint8", 3, []),  # frame 3 of 5: the MP4 is half written
+    ("writing-mp4", io, "to_uint8", 3, ["--video-length", "5"]),  # frame 3 of 5: the MP4 is half written
     ("writing-latents", io, "save_file", 1, ["--save-latents"]),
 ]
 
@@ -419,7 +423,10 @@ def test_ctrl_c_exit_130_no_partial_files(
     tmp_path: Path,
     capsys: pytest.CaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
 ) -> None:
+    if owner is not TextEncoders:
+        request.getfixturevalue("fast_text")
     handler = signal.signal(signal.SIGINT, signal.default_int_handler)  # Python's own, whatever the runner set
     args = argv(models["official"], tmp_path / "out", *extra)
     try:
@@ -437,3 +444,158 @@ def test_ctrl_c_exit_130_no_partial_files(
     assert sorted(Path(n).suffix for n in names) == sorted(
         [".mp4", ".json"] + ([".safetensors"] if "--save-latents" in extra else [])
     ), names
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# LoRA files that do not fit the DiT -> exit 2, one line naming the file (through the command line)
+# ---------------------------------------------------------------------------------------------------------------
+def _kohya(stem: str, down: tuple[int, int], up: tuple[int, int]) -> dict[str, torch.Tensor]:
+    return {
+        f"lora_unet_{stem}.lora_down.weight": torch.randn(down, generator=torch.Generator().manual_seed(0)),
+        f"lora_unet_{stem}.lora_up.weight": torch.randn(up, generator=torch.Generator().manual_seed(1)),
+    }
+
+
+H, MLP = TINY_DIT.hidden_size, TINY_DIT.mlp_hidden
+LORA_CASES = [  # (id, tensors, text in the error line)
+    ("input-size", _kohya("double_blocks_0_img_mlp_fc1", (2, H + 1), (MLP, 2)), "input size"),
+    ("output-size", _kohya("double_blocks_0_img_mlp_fc1", (2, H), (MLP + 3, 2)), "double_blocks_0_img_mlp_fc1"),
+    ("rank-mismatch", _kohya("single_blocks_1_linear2", (2, H + MLP), (H, 3)), "not a LoRA pair"),
+    ("block-beyond-depth", _kohya("double_blocks_7_img_mlp_fc1", (2, H), (MLP, 2)), "not in this DiT"),
+    ("other-model", _kohya("down_blocks_0_attentions_0_proj_in", (2, 320), (320, 2)), "match no DiT layer"),
+    ("truncated", None, "not a readable .safetensors"),
+]
+
+
+@pytest.mark.parametrize(("tensors", "text"), [c[1:] for c in LORA_CASES], ids=[c[0] for c in LORA_CASES])
+def test_lora_that_does_not_fit_exit_2(
+    tensors: dict[str, torch.Tensor] | None,
+    text: str,
+    models: dict[str, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+    fast_text: None,
+) -> None:
+    pytest.importorskip("hyvideo.lora")
+    from safetensors.torch import save_file
+
+    path = tmp_path / "style.safetensors"
+    if tensors is None:
+        save_file(_kohya("double_blocks_0_img_mlp_fc1", (2, H), (MLP, 2)), path)
+        path.write_bytes(path.read_bytes()[:100])
+    else:
+        save_file(tensors, path)
+    out = tmp_path / "out"
+    code, err = run_main(argv(models["official"], out, "--lora", f"{path}:0.8"), capsys)
+    line = error_line(err)
+    assert code == 2 and str(path) in line and text in line, line
+    assert outputs(out) == []
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Environment: a device, kernel package or GPU feature that is not there -> exit 2 before anything loads
+# ---------------------------------------------------------------------------------------------------------------
+ENV_CASES = [  # (id, flags, CUDA devices present, compute capability, packages installed, text in the error line)
+    ("cuda-absent", ["--device", "cuda"], 0, None, (), "--device: cuda requested but CUDA is not available"),
+    ("cuda-index", ["--device", "cuda:2"], 1, (9, 0), (), "--device: cuda:2: only 1 CUDA device"),
+    ("flash-absent", ["--device", "cuda", "--attn-backend", "flash"], 1, (9, 0), (), "pip install flash-attn"),
+    ("sage-absent", ["--device", "cuda", "--attn-backend", "sage"], 1, (9, 0), (), "pip install sageattention"),
+    ("flash-on-cpu", ["--attn-backend", "flash"], 0, None, ("flash_attn",), "flash needs a CUDA device"),
+    (
+        "fp8-compute-on-ampere",
+        ["--device", "cuda", "--use-fp8", "--fp8-compute"],
+        1,
+        (8, 0),
+        (),
+        "--fp8-compute: cuda has no fp8 matmul",
+    ),
+    ("fp8-compute-on-cpu", ["--use-fp8", "--fp8-compute"], 0, None, (), "--fp8-compute: needs a CUDA GPU"),
+    ("mps-absent", ["--device", "mps"], 0, None, (), "--device: mps is not available"),
+]
+
+
+@pytest.mark.parametrize(
+    ("flags", "gpus", "capability", "installed", "text"), [c[1:] for c in ENV_CASES], ids=[c[0] for c in ENV_CASES]
+)
+def test_missing_environment_exit_2(
+    flags: list[str],
+    gpus: int,
+    capability: tuple[int, int] | None,
+    installed: tuple[str, ...],
+    text: str,
+    models: dict[str, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The machine is faked (CUDA devices, their compute capability, kernel packages), so every row runs anywhere."""
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    kernels = ("flash_attn", "sageattention")
+
+    def find_spec(name: str, *args: object):
+        if name in kernels:
+            return real_find_spec("json") if name in installed else None
+        return real_find_spec(name, *args)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    out = tmp_path / "out"
+    code, err = run_main(argv(models["official"], out, *flags), capsys)  # a later --device overrides argv's cpu
+    line = error_line(err)
+    assert code == 2 and text in line, line
+    assert "models:" not in err and not out.exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Property: a prompt file of any content is either resolved or refused with a one-line UsageError
+# ---------------------------------------------------------------------------------------------------------------
+_JSON_SCALARS = st.one_of(
+    st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=False), st.text(max_size=8)
+)
+_JSON = st.recursive(_JSON_SCALARS, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3), max_leaves=6)  # fmt: skip
+_PLAUSIBLE_VALUE = st.one_of(
+    st.integers(-5, 300), st.floats(-2, 20), st.lists(st.integers(-16, 600), min_size=0, max_size=3), _JSON
+)
+_KEYS = st.sampled_from(["prompt", "seed", "neg_prompt", "video_size", "video_length", "infer_steps", "cfg_scale",
+                         "embedded_cfg_scale", "flow_shift", "num_videos", "bogus"])  # fmt: skip
+_OBJECT_LINE = st.dictionaries(_KEYS, _PLAUSIBLE_VALUE | st.text(max_size=12), max_size=4).map(json.dumps)
+_LINE = st.one_of(
+    st.text(max_size=30),
+    st.sampled_from(["", "   ", "# comment", '{"prompt": "a cat"}', '{"prompt": "a cat", "seed": 3}', "{", "[]"]),
+    _OBJECT_LINE,
+    _JSON.map(json.dumps),
+)
+_CONTENT = st.one_of(
+    st.lists(_LINE, max_size=6).map(lambda lines: "\n".join(lines).encode()),
+    st.binary(max_size=64),
+    st.lists(_LINE, max_size=3).map(lambda lines: b"\xef\xbb\xbf" + "\r\n".join(lines).encode("utf-8")),
+)
+
+
+@pytest.fixture(scope="module")
+def scratch(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("prompt-files")
+    (d / "ckpts").mkdir()
+    return d
+
+
+@settings(max_examples=200, deadline=None)
+@given(content=_CONTENT, suffix=st.sampled_from([".txt", ".jsonl"]))
+def test_random_prompt_files_never_crash(content: bytes, suffix: str, scratch: Path) -> None:
+    pytest.importorskip("hyvideo.prompt_file")
+    path = scratch / f"prompts{suffix}"
+    path.write_bytes(content)
+    out = scratch / "results"
+    flags = ["--prompt-file", str(path), "--model-base", str(scratch / "ckpts"), "--save-path", str(out)]
+    try:
+        req = cli.parse_request([*flags, "--device", "cpu"])
+    except UsageError as e:
+        assert str(e) and "\n" not in str(e) and "\r" not in str(e), repr(str(e))
+    else:
+        assert req.items and all(item.request.prompt and item.request.prompt.strip() for item in req.items)
+    assert not out.exists()

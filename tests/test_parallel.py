@@ -87,8 +87,8 @@ def test_two_processes_ulysses_ring_cfg_parallel_match_one_process(tmp_path: Pat
 
 
 def test_four_processes_ulysses_x_ring_matches_one_process(tmp_path: Path) -> None:
-    errors = run_worker(tmp_path, 4, "2,2,1,1")
-    check(errors, ["U2 R2 C1 sharded"])
+    errors = run_worker(tmp_path, 4, "2,2,1,1", "1,4,1,0")  # U=2 x R=2 sharded; a ring of 4 (one chunk all padding)
+    check(errors, ["U2 R2 C1 sharded", "U1 R4 C1"])
     assert {
         "U2 R2 C1 sharded pads cfg 1",
         "U2 R2 C1 sharded pads cfg 3",
@@ -174,7 +174,7 @@ def test_a_killed_rank_ends_every_process_nonzero_within_60s(model_base: Path, t
             assert proc.poll() is None and time.monotonic() < deadline, "".join(lines)[-3000:]
             time.sleep(0.2)
         time.sleep(1.0)
-        workers = {_rank_of(pid): pid for pid in _children(proc.pid)}
+        workers = {rank: pid for pid in _children(proc.pid) if (rank := _rank_of(pid)) is not None}
         assert set(workers) == {0, 1}, workers
         os.kill(workers[1], signal.SIGKILL)
         killed_at = time.monotonic()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -42,9 +43,10 @@ def load_torch_file(path: str | Path) -> object:
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        found = re.search(r"Unsupported (global|operand)[^.]*", str(e))  # what the payload would have called
+        why = found.group(0) if found else re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip().split("\n")[0]
         raise CheckpointError(
-            f"{path}: refused to load, it holds objects other than tensors ({first[:160]}); "
+            f"{path}: refused to load, it holds objects other than tensors ({why[:160]}); "
             "only plain state dicts are accepted"
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:

@@ -18,6 +18,7 @@ torchrun ranks.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 import time
 from dataclasses import dataclass, field
@@ -28,6 +29,8 @@ import torch
 from loguru import logger
 
 from hyvideo import io, pipeline, sidecar
+from hyvideo.checkpoints.layout import ModelPaths
+from hyvideo.modules.text_encoders import TextEmbeddings
 from hyvideo.prompt_file import BatchItem
 from hyvideo.request import SampleRequest
 
@@ -202,20 +205,25 @@ def _one_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[:300]}"
 
 
-def _encode(req: SampleRequest, paths, todo: list[Job], device: torch.device, failed: list[ItemResult], where):
-    """(cond, uncond) on the CPU per entry line, encoders loaded once and freed; entries that fail are recorded."""
+Embeddings = tuple[TextEmbeddings, TextEmbeddings | None]  # (prompt, negative prompt or None)
+
+
+def _encode(
+    req: SampleRequest, paths: ModelPaths, todo: list[Job], device: torch.device, failed: list[ItemResult], where: Ranks
+) -> dict[int, Embeddings]:
+    """Embeddings on the CPU per entry line, the encoders loaded once and freed; entries that fail are recorded."""
     from hyvideo.modules.text_encoders import TextEncoders
 
     encoders = TextEncoders(pipeline.text_config(req, paths), device)
-    cache: dict[tuple[str, int], object] = {}  # (text, 1-frame or video template) -> embeddings, for repeated text
+    cache: dict[tuple[str, int], TextEmbeddings] = {}  # (text, 1-frame or video template) -> embeddings
 
-    def encode(text: str, frames: int):
+    def encode(text: str, frames: int) -> TextEmbeddings:
         key = (text, min(frames, 2))
         if key not in cache:
             cache[key] = encoders.encode([text], frames).to("cpu")
         return cache[key]
 
-    out = {}
+    out: dict[int, Embeddings] = {}
     try:
         for job in todo:
             r = job.request
@@ -233,9 +241,11 @@ def _encode(req: SampleRequest, paths, todo: list[Job], device: torch.device, fa
 
 def _generate(req: SampleRequest, todo: list[Job], device: torch.device, where: Ranks) -> list[ItemResult]:
     from hyvideo.checkpoints.layout import locate
+    from hyvideo.checkpoints.verify import verify_vae
 
     results: list[ItemResult] = []
     paths = locate(req.model_base, req.dit_weight)
+    verify_vae(paths.vae)  # names and shapes only: a bad VAE must fail before hours of sampling
     load = pipeline.Timings({})
     with load.stage("text encode", device):
         embeddings = _encode(req, paths, todo, device, results, where)
@@ -268,13 +278,24 @@ def _generate(req: SampleRequest, todo: list[Job], device: torch.device, where: 
                 written.append(path.name)
         except KeyboardInterrupt:
             raise
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):  # every later entry would fail the same way
+                logger.error(f"line {line}: {_one_line(e)}; stopping: free disk space, then run again to resume")
+                raise
+            results.append(_failed(job, where, t0, written, e))
+            continue
         except Exception as e:
-            logger.error(f"line {line}: failed, going on with the next entry: {_one_line(e)}")
-            error = _one_line(e)
-            results.append(_result(job, "failed", where, seconds=time.perf_counter() - t0, files=written, error=error))
+            results.append(_failed(job, where, t0, written, e))
             continue
         results.append(_result(job, "done", where, seconds=time.perf_counter() - t0, files=written))
     return results
+
+
+def _failed(job: Job, where: Ranks, t0: float, written: list[str], e: Exception) -> ItemResult:
+    """Log a failed entry and free what its attempt held (e.g. after a CUDA out-of-memory error)."""
+    logger.error(f"line {job.item.line}: failed, going on with the next entry: {_one_line(e)}")
+    pipeline._release_memory()
+    return _result(job, "failed", where, seconds=time.perf_counter() - t0, files=written, error=_one_line(e))
 
 
 def _batch_record(req: SampleRequest, job: Job, video: int) -> dict[str, object]:

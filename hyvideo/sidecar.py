@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 SCHEMA = 1
 FINGERPRINT_HEAD_BYTES = 2**20  # the first MiB of each weight file goes into its fingerprint
 _WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".json")
+# Request fields recorded under "runtime" when this build has them (speed, memory and parallel options)
+_OPTIONAL_RUNTIME = ("offload", "fp8_compute", "teacache_thresh", "compile", "shard_weights", "cfg_parallel")
 _PACKAGES = ("hyvideo", "torch", "diffusers", "transformers", "safetensors", "imageio-ffmpeg", "flash-attn")
 
 
@@ -85,7 +87,7 @@ def _model_entry(path: Path | None) -> dict[str, str] | None:
 
 def parallel_settings(req: SampleRequest) -> dict[str, object]:
     """World size and ranks from the torchrun environment, and the sequence-parallel degrees asked for."""
-    return {
+    return {  # the environment's, not req.world_size: a data-parallel batch runs each process alone
         "world_size": int(os.environ.get("WORLD_SIZE", "1")),
         "rank": int(os.environ.get("RANK", "0")),
         "ulysses_degree": req.ulysses_degree,
@@ -148,6 +150,7 @@ def build(
             "use_fp8": req.use_fp8,
             "disable_autocast": req.disable_autocast,
             "reproduce": req.reproduce,
+            **{name: getattr(req, name) for name in _OPTIONAL_RUNTIME if hasattr(req, name)},
             "parallel": parallel_settings(req),
         },
         "versions": package_versions(),

@@ -142,8 +142,12 @@ def test_official_style_script_runs_unchanged(model, tmp_path):
         "seed4_A cat walks on the grass.mp4",
     ]
     assert iio.imread(out / names[0]).shape == (5, 32, 48, 3)
-    bad = subprocess.run([sys.executable, str(script), "--video-size", "x"], capture_output=True, text=True)
-    assert bad.returncode == 2 and bad.stderr.strip().startswith("error: --video-size")
+
+
+def test_parse_args_bad_flag_exits_2(capsys):
+    with pytest.raises(SystemExit) as e:
+        parse_args(argv=["--video-size", "x"])
+    assert e.value.code == 2 and capsys.readouterr().err.strip().startswith("error: --video-size")
 
 
 def test_generator_loads_once_and_saves_with_sidecar(model, tmp_path, monkeypatch):

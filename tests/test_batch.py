@@ -3,6 +3,7 @@ recorded random seeds, and the data-parallel split over 2 torchrun processes (gl
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 from loguru import logger
 
-from hyvideo import batch, cli, pipeline, sidecar
+from hyvideo import batch, cli, io, pipeline, sidecar
 from hyvideo.cli import parse_request
 from hyvideo.io import slugify
 from hyvideo.tiny import write_tiny_model
@@ -297,3 +298,20 @@ def test_data_parallel_two_processes_resume_and_write_each_entry_once(model, tmp
         assert parallel == {**expect, "ulysses_degree": 1, "ring_degree": 1}, name
     # one summary for both ranks, printed by rank 0
     assert "5 entries: 3 generated, 2 finished earlier (skipped), 0 failed" in proc.stderr, proc.stderr[-2000:]
+
+
+def test_disk_full_stops_the_batch(model, tmp_path, monkeypatch, capsys):
+    """A full disk would fail every later entry too: the batch stops (exit 1) and leaves no partial files."""
+    pf = write(tmp_path / "p.txt", ["one", "two", "three"])
+    out = tmp_path / "out"
+    calls = []
+    real = pipeline.denoise
+    monkeypatch.setattr(pipeline, "denoise", lambda *a, **k: calls.append(1) or real(*a, **k))
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(io, "write_mp4", full)
+    assert cli.main(flags(model, out, pf, "--seed", "0")) == 1
+    assert len(calls) == 1 and list(out.iterdir()) == []
+    assert "stopping: free disk space" in capsys.readouterr().err

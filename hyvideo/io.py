@@ -9,6 +9,7 @@ import contextlib
 import errno
 import os
 import re
+import shutil
 import struct
 import tempfile
 import unicodedata
@@ -135,10 +136,11 @@ def check_mp4(path: str | Path, name: str | Path | None = None) -> None:
             kinds.add(kind)
             pos += length
     if pos != size or not {b"ftyp", b"mdat", b"moov"} <= kinds:
+        full = shutil.disk_usage(path.parent).free < 2**24  # < 16 MiB left: say so, callers stop on ENOSPC
         raise OSError(
-            errno.EIO,
-            f"the video encoder stopped before finishing {name or path} ({size} bytes written; disk full or ffmpeg "
-            "failed?); the incomplete file was removed",
+            errno.ENOSPC if full else errno.EIO,
+            f"the video encoder stopped before finishing {name or path} ({size} bytes written; "
+            f"{'the disk is full' if full else 'disk full or ffmpeg failed?'}); the incomplete file was removed",
         )
 
 

@@ -387,6 +387,29 @@ def test_disk_full_leaves_nothing(
     assert outputs(out) == []
 
 
+def test_truncated_mp4_is_detected(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`io.check_mp4` accepts a finished MP4 and refuses it cut anywhere (what a full disk or a killed ffmpeg
+    leaves); on a full disk the error is ENOSPC, so batch runs stop instead of failing every later entry."""
+    import errno
+    from collections import namedtuple
+
+    video = torch.rand(3, 5, 32, 48, generator=torch.Generator().manual_seed(0))
+    path = io.write_mp4(video, tmp_path / "v.mp4")
+    io.check_mp4(path)
+    data = path.read_bytes()
+    cut = tmp_path / "cut.mp4"
+    for n in [0, 7, 8, 100, *range(200, len(data), max(1, len(data) // 23)), len(data) - 1]:
+        cut.write_bytes(data[:n])
+        with pytest.raises(OSError, match="stopped before finishing") as e:
+            io.check_mp4(cut)
+        assert e.value.errno == errno.EIO
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: usage(2**40, 2**40, 0))
+    with pytest.raises(OSError, match="the disk is full") as e:
+        io.check_mp4(cut)
+    assert e.value.errno == errno.ENOSPC
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Ctrl-C at every stage -> exit 130, one line, no partial files; the same command then succeeds
 # ---------------------------------------------------------------------------------------------------------------

@@ -152,6 +152,8 @@ def resolve(args: Namespace, path: str | Path, loras: tuple[LoraSpec, ...] = ())
             values = {**vars(args), "prompt": entry.prompt, "prompt_file": None, "lora": None, **entry.overrides}
             values["batch_entry"] = True  # validated as one entry of a prompt file (see request._check_parallel)
             given_seed = "seed" in entry.overrides
+            if args.seed_type == "file" and not given_seed:
+                raise _error(path, entry.line, 'needs a "seed" (--seed-type file takes every seed from the file)')
             if not given_seed and args.seed is not None:
                 values["seed"] = args.seed + index
                 if values["seed"] > SEED_MAX:

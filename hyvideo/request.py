@@ -55,7 +55,6 @@ SUPPORTED_VALUES_ONLY: dict[str, tuple[object, ...]] = {
     "--denoise-type": ("flow",),
     "--flow-solver": ("euler",),
     "--use-linear-quadratic-schedule": (False,),
-    "--seed-type": ("auto", "random", "fixed"),  # "file" needs a prompt file, which we do not read yet
     "--text-encoder": ("llm",),
     "--text-encoder-2": ("clipL",),
     "--tokenizer": ("llm",),
@@ -357,6 +356,13 @@ def validate(args: Namespace) -> SampleRequest:
         raise UsageError("--seed", f"must be an integer in [0, {SEED_MAX - (num_videos - 1)}], got {args.seed}")
     if args.seed_type == "fixed" and args.seed is None:
         raise UsageError("--seed-type", "fixed needs --seed N")
+    if args.seed_type == "file" and not getattr(args, "batch_entry", False):
+        if prompt_file is None:
+            raise UsageError(
+                "--seed-type", 'file takes each seed from --prompt-file (a .jsonl with "seed" on every line)'
+            )
+        if args.seed is not None:
+            raise UsageError("--seed-type", "file takes the seeds from --prompt-file; drop --seed N")
     if args.seed_type == "random" and args.seed is not None:
         raise UsageError("--seed-type", "random draws the seed itself; drop --seed N or use --seed-type fixed")
 

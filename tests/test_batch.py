@@ -315,3 +315,20 @@ def test_disk_full_stops_the_batch(model, tmp_path, monkeypatch, capsys):
     assert cli.main(flags(model, out, pf, "--seed", "0")) == 1
     assert len(calls) == 1 and list(out.iterdir()) == []
     assert "stopping: free disk space" in capsys.readouterr().err
+
+
+def test_seed_type_file_takes_every_seed_from_the_file(tmp_path, capsys):
+    base = tmp_path / "ckpts"
+    base.mkdir()
+    pf = write(tmp_path / "p.jsonl", [json.dumps({"prompt": "a", "seed": 5}), json.dumps({"prompt": "b", "seed": 1})])
+    req = parse_request(flags(base, tmp_path / "o", pf, "--seed-type", "file"))
+    assert [it.request.seed for it in req.items] == [5, 1] and not any(it.seed_is_random for it in req.items)
+    missing = write(tmp_path / "m.jsonl", [json.dumps({"prompt": "a", "seed": 5}), json.dumps({"prompt": "b"})])
+    for argv, expect in [
+        (flags(base, tmp_path / "o", missing, "--seed-type", "file"), 'line 2: needs a "seed"'),
+        (flags(base, tmp_path / "o", pf, "--seed-type", "file", "--seed", "3"), "drop --seed N"),
+        (["--prompt", "a", "--model-base", str(base), "--seed-type", "file"], "takes each seed from --prompt-file"),
+    ]:
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and expect in err, err

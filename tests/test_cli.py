@@ -144,7 +144,6 @@ UNSUPPORTED: list[list[str]] = [
     ["--denoise-type", "ddpm"],
     ["--flow-solver", "heun"],
     ["--use-linear-quadratic-schedule"],
-    ["--seed-type", "file"],
     ["--text-encoder", "clipL"],
     ["--text-encoder-2", "llm"],
     ["--tokenizer", "clipL"],

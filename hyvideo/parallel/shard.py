@@ -8,6 +8,8 @@ non-block parameters (embedders, token refiner, final layer) stay replicated.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 from pathlib import Path
 
 import torch
@@ -19,6 +21,23 @@ from hyvideo.checkpoints.common import check_state_dict
 from hyvideo.checkpoints.dit import build_dit, find_dit_weights, read_dit_state_dict
 from hyvideo.config import DiTConfig
 from hyvideo.modules.dit import HYVideoDiT
+
+M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
+HOST_MMAP_THRESHOLD = 1 << 20  # bytes: host buffers at least this large are mmapped, so a free returns them
+
+
+def return_large_frees() -> bool:
+    """Make glibc hand large freed buffers straight back to the OS (fixed mmap threshold of 1 MiB).
+
+    By default glibc raises its mmap threshold after each large free (up to 32 MiB), so the gathered block weights
+    freed after every block stay in the heap and the resident memory of a sharded CPU run climbs back towards the
+    unsharded size (measured in docs/BENCHMARKS.md). Returns False where glibc is not available.
+    """
+    name = ctypes.util.find_library("c")
+    try:
+        return bool(ctypes.CDLL(name).mallopt(M_MMAP_THRESHOLD, HOST_MMAP_THRESHOLD)) if name else False
+    except (OSError, AttributeError):
+        return False
 
 
 def weight_mesh(device: torch.device, world: int) -> DeviceMesh:
@@ -44,6 +63,8 @@ def load_sharded_dit(
 ) -> HYVideoDiT:
     """Build on meta, shard the blocks, then assign each rank's rows of every weight (cast per shard)."""
     _, where = find_dit_weights(path)
+    if torch.device(device).type == "cpu":
+        return_large_frees()
     sd = read_dit_state_dict(path, cfg, load_key)  # memory-mapped where the format allows
     model = shard_blocks(build_dit(cfg), mesh)
     expected = model.state_dict()

@@ -71,6 +71,10 @@ def main() -> None:
         model = load_sharded_dit(folder, TINY_DIT, weight_mesh(mesh.device, mesh.world)) if shard else dit
         wrapped = SequenceParallelDiT(model, mesh) if U * R > 1 else model
         tag = f"U{U} R{R} C{C}{' sharded' if shard else ''}"
+        if shard:  # each rank keeps exactly 1/N of every block parameter (the tiny sizes divide by N)
+            params = [p for b in [*model.double_blocks, *model.single_blocks] for p in b.parameters()]
+            held = sum(p.to_local().numel() for p in params) * mesh.world / sum(p.numel() for p in params)
+            errors[f"{tag} held block weights x N / all - 1"] = abs(held - 1)
         for grid_name, grid in GRIDS.items():
             for cfg_scale in (1.0, 3.0):
                 if C == 2 and cfg_scale == 1:

@@ -16,6 +16,7 @@ is exact except for the GroupNorm statistics, which become per chunk.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from typing import Any, Literal
 
@@ -205,46 +206,105 @@ class TilingConfig:
 # Layers
 
 
+SLICE_BYTES = 24 * 2**20  # a conv input slice (padded frames) above this is processed in smaller time slices
+
+# frames(a, b) -> input frames [a, b) of a conv, prepared (normalised, upsampled...) on demand: (B, C, b - a, H, W)
+Frames = Callable[[int, int], torch.Tensor]
+
+
+def norm_affine(norm: nn.GroupNorm, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """GroupNorm of x (B, C, T, H, W) as a per-channel affine map: norm(x) = x * scale + shift, both float32
+    (B, C, 1, 1, 1). Statistics over (C / groups, T, H, W), summed in float64 without copying x."""
+    b, c = x.shape[:2]
+    g = norm.num_groups
+    s1 = x.sum(dim=(2, 3, 4), dtype=torch.float64)  # (B, C)
+    s2 = torch.linalg.vector_norm(x, 2, dim=(2, 3, 4), dtype=torch.float64).square()
+    n = x[0].numel() // g
+    mean = s1.reshape(b, g, -1).sum(-1) / n  # (B, G)
+    var = (s2.reshape(b, g, -1).sum(-1) / n - mean.square()).clamp_min(0)
+    rstd = torch.rsqrt(var + norm.eps)
+    scale = rstd.repeat_interleave(c // g, 1) * norm.weight.double()  # (B, C)
+    shift = norm.bias.double() - mean.repeat_interleave(c // g, 1) * scale
+    return scale.float().reshape(b, c, 1, 1, 1), shift.float().reshape(b, c, 1, 1, 1)
+
+
+def normed_frames(norm: nn.GroupNorm, x: torch.Tensor, silu: bool = True) -> Frames:
+    """silu(GroupNorm(x)) computed on demand for frames [a, b), statistics over all of x."""
+    scale, shift = norm_affine(norm, x)
+
+    def frames(a: int, b: int) -> torch.Tensor:
+        sc, sh = (scale, shift) if scale.shape[2] == 1 else (scale[:, :, a:b], shift[:, :, a:b])
+        y = torch.addcmul(sh, x[:, :, a:b].float(), sc)
+        return (F.silu(y, inplace=True) if silu else y).to(x.dtype)
+
+    return frames
+
+
 def group_norm(norm: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
-    """GroupNorm with float32 statistics for half-precision inputs."""
-    if x.dtype == torch.float32:
-        return norm(x)
-    w, b = norm.weight.float(), norm.bias.float()
-    return F.group_norm(x.float(), norm.num_groups, w, b, norm.eps).to(x.dtype)
+    """GroupNorm with float32/float64 statistics, output in x's dtype."""
+    return normed_frames(norm, x, silu=False)(0, x.shape[2])
 
 
 class CausalConv3d(nn.Module):
     """Conv3d after replicate padding: (kw//2, kh//2) on both sides in space, kt - 1 frames in front in time.
 
-    With a `state`, the kt - 1 front frames are the last input frames of the previous chunk instead.
+    With a `state`, the kt - 1 front frames are the last input frames of the previous chunk instead. The input can be
+    given lazily (`run(frames, t)`) so that large inputs are normalised/upsampled and convolved a few frames at a time
+    without materialising the padded (or normalised, or upsampled) tensor.
     """
 
     def __init__(self, c_in: int, c_out: int, kernel: int = 3, stride: tuple[int, int, int] | int = 1) -> None:
         super().__init__()
         self.conv = nn.Conv3d(c_in, c_out, kernel, stride=stride)
 
-    def forward(self, x: torch.Tensor, state: StreamState | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, state: StreamState | None = None, norm: nn.GroupNorm | None = None
+    ) -> torch.Tensor:
+        """x (B, C, T, H, W), optionally through silu(norm(.)) first -> (B, C', T / st, H / sh, W / sw)."""
+        frames = normed_frames(norm, x) if norm is not None else (lambda a, b: x[:, :, a:b])
+        return self.run(frames, x.shape[2], state)
+
+    def run(self, frames: Frames, t: int, state: StreamState | None = None) -> torch.Tensor:
         kt, kh, kw = self.conv.kernel_size
         if kt == kh == kw == 1:
-            return self.conv(x)
+            return self.conv(frames(0, t))
         pt, ph, pw = kt - 1, kh // 2, kw // 2
         front = state.get(self) if state is not None else None
         if front is None:
-            front = x[:, :, :1].expand(-1, -1, pt, -1, -1)  # replicate the first frame
-        x = replicate_pad(front, x, ph, pw)  # (B, C, pt + T, H + 2ph, W + 2pw)
-        if state is not None:
-            state[self] = x[:, :, -pt:, ph : x.shape[3] - ph, pw : x.shape[4] - pw].clone()
-        return self.conv(x)
+            front = frames(0, 1).expand(-1, -1, pt, -1, -1)  # replicate the first frame
+        if state is not None:  # the last pt frames of cat(front, x), for the next chunk
+            state[self] = torch.cat([front[:, :, t:], frames(max(0, t - pt), t)], 2).clone()
+        first = frames(0, 1)
+        per_frame = first.numel() * first.element_size() * (first.shape[3] + 2 * ph) * (first.shape[4] + 2 * pw)
+        per_frame //= max(1, first.shape[3] * first.shape[4])
+        step = max(1, SLICE_BYTES // max(1, per_frame) - pt)
+        if self.conv.stride[0] != 1 or step >= t:  # one piece: (B, C, pt + T, H + 2ph, W + 2pw)
+            return self.conv(replicate_pad([front, frames(0, t)], ph, pw))
+        out: torch.Tensor | None = None
+        for a in range(0, t, step):  # output frames [a, b) need padded frames [a, b + pt) = front[a:], x[a - pt, b)
+            b = min(t, a + step)
+            parts = [front[:, :, a:], frames(0, b)] if a < pt else [frames(a - pt, b)]
+            y = self.conv(replicate_pad(parts, ph, pw))  # (B, C', b - a, H', W')
+            if out is None:
+                fmt = torch.channels_last_3d if _is_channels_last(y) else torch.contiguous_format
+                out = torch.empty((*y.shape[:2], t, *y.shape[3:]), dtype=y.dtype, device=y.device, memory_format=fmt)
+            out[:, :, a:b] = y
+            del y, parts
+        assert out is not None
+        return out
 
 
-def replicate_pad(front: torch.Tensor, x: torch.Tensor, ph: int, pw: int) -> torch.Tensor:
-    """cat([front, x], time) then replicate-pad H by ph and W by pw, in one allocation keeping x's memory format."""
-    b, c, t, h, w = x.shape
-    pt = front.shape[2]
+def replicate_pad(parts: list[torch.Tensor], ph: int, pw: int) -> torch.Tensor:
+    """cat(parts, time) then replicate-pad H by ph and W by pw, in one allocation keeping the memory format."""
+    x = parts[-1]
+    b, c, _, h, w = x.shape
+    t = sum(p.shape[2] for p in parts)
     fmt = torch.channels_last_3d if _is_channels_last(x) else torch.contiguous_format
-    out = torch.empty((b, c, pt + t, h + 2 * ph, w + 2 * pw), dtype=x.dtype, device=x.device, memory_format=fmt)
-    out[:, :, :pt, ph : ph + h, pw : pw + w] = front
-    out[:, :, pt:, ph : ph + h, pw : pw + w] = x
+    out = torch.empty((b, c, t, h + 2 * ph, w + 2 * pw), dtype=x.dtype, device=x.device, memory_format=fmt)
+    i = 0
+    for p in parts:
+        out[:, :, i : i + p.shape[2], ph : ph + h, pw : pw + w] = p
+        i += p.shape[2]
     if ph:
         out[:, :, :, :ph, pw : pw + w] = out[:, :, :, ph : ph + 1, pw : pw + w]
         out[:, :, :, ph + h :, pw : pw + w] = out[:, :, :, ph + h - 1 : ph + h, pw : pw + w]
@@ -270,8 +330,8 @@ class ResnetBlock(nn.Module):
         self.conv_shortcut = CausalConv3d(c_in, c_out, kernel=1) if c_in != c_out else None
 
     def forward(self, x: torch.Tensor, state: StreamState | None = None) -> torch.Tensor:
-        h = self.conv1(F.silu(group_norm(self.norm1, x), inplace=True), state)
-        h = self.conv2(F.silu(group_norm(self.norm2, h), inplace=True), state)
+        h = self.conv1(x, state, norm=self.norm1)  # conv1(silu(norm1(x)))
+        h = self.conv2(h, state, norm=self.norm2)
         if self.conv_shortcut is not None:
             x = self.conv_shortcut(x)
         return h.add_(x)
@@ -298,13 +358,17 @@ class Upsample(nn.Module):
         self.conv = CausalConv3d(channels, channels)
 
     def forward(self, x: torch.Tensor, state: StreamState | None = None) -> torch.Tensor:
-        x = F.interpolate(x, scale_factor=self.factor, mode="nearest")  # (B, C, ft*T, 2H, 2W)
-        first = state is None or self not in state
+        ft = self.factor[0]
+        skip = int(ft == 2 and (state is None or self not in state))  # the clip's first frame is not repeated
         if state is not None:
             state[self] = True
-        if self.factor[0] == 2 and first:
-            x = x[:, :, 1:]  # the clip's first frame is not repeated in time
-        return self.conv(x, state)
+        t = ft * x.shape[2] - skip
+
+        def frames(a: int, b: int) -> torch.Tensor:  # nearest upsampling of frames [a, b) only
+            src = x[:, :, [(i + skip) // ft for i in range(a, b)]]  # (B, C, b - a, H, W)
+            return F.interpolate(src, scale_factor=(1, *self.factor[1:]), mode="nearest")
+
+        return self.conv.run(frames, t, state)
 
 
 class Attention(nn.Module):
@@ -405,7 +469,7 @@ class Encoder(nn.Module):
         for block in self.down_blocks:
             x = block(x)
         x = self.mid_block(x)
-        return self.conv_out(F.silu(group_norm(self.conv_norm_out, x), inplace=True))
+        return self.conv_out(x, norm=self.conv_norm_out)
 
 
 class Decoder(nn.Module):
@@ -429,7 +493,7 @@ class Decoder(nn.Module):
         x = self.mid_block(x, state)
         for block in self.up_blocks:
             x = block(x, state)
-        return self.conv_out(F.silu(group_norm(self.conv_norm_out, x), inplace=True), state)
+        return self.conv_out(x, state, norm=self.conv_norm_out)
 
 
 @dataclass

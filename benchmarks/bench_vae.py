@@ -1,0 +1,167 @@
+"""VAE decode benchmark: time and peak RSS of ours (chunked / untiled) vs diffusers' AutoencoderKLHunyuanVideo with
+enable_tiling(), same random weights, each case in a fresh subprocess so peak RSS is not polluted by other cases.
+
+    .venv/bin/python -m benchmarks.bench_vae [--frames 33 65] [--write-docs]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+CHANNELS = (32, 64, 64, 64)  # mid-size: a quarter of the real widths
+GROUPS = 32
+SIZE = 256  # pixels
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "BENCHMARKS.md"
+SECTION = "## VAE decode"
+
+
+def _peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def run_case(case: str, weights: Path, frames: int, out: Path, threads: int) -> dict:
+    """In the child: load the weights, decode seeded latents, save the video, report time and peak RSS."""
+    torch.set_num_threads(threads)
+    from safetensors.torch import save_file
+
+    lat = (1, 16, (frames - 1) // 4 + 1, SIZE // 8, SIZE // 8)
+    z = torch.randn(lat, generator=torch.Generator().manual_seed(0))
+    if case == "diffusers-tiled":
+        from diffusers import AutoencoderKLHunyuanVideo
+
+        model = AutoencoderKLHunyuanVideo.from_pretrained(weights).eval()
+        model.enable_tiling()
+
+        def decode() -> torch.Tensor:
+            with torch.no_grad():
+                return model.decode(z).sample
+
+    else:
+        from hyvideo.checkpoints.vae import load_vae
+        from hyvideo.modules.vae import TilingConfig
+
+        model = load_vae(weights)
+        if case == "ours-untiled":
+            model.tiling = TilingConfig(enabled=False)
+        else:  # ours-chunked-N
+            model.tiling = TilingConfig(mode="chunked", chunk_latents=int(case.rsplit("-", 1)[1]))
+
+        def decode() -> torch.Tensor:
+            return model.decode(z)
+
+    before = _peak_mb()
+    t0 = time.perf_counter()
+    video = decode()
+    seconds = time.perf_counter() - t0
+    peak = _peak_mb()
+    save_file({"video": video.contiguous()}, str(out))
+    return {"case": case, "frames": frames, "seconds": seconds, "peak_mb": peak, "setup_mb": before}
+
+
+def _child(args: argparse.Namespace, case: str, weights: Path, frames: int, out: Path) -> dict:
+    cmd = [sys.executable, "-m", "benchmarks.bench_vae", "--child", case, "--weights", str(weights)]
+    cmd += ["--frames", str(frames), "--out", str(out), "--threads", str(args.threads)]
+    res = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=Path(__file__).resolve().parents[1])
+    if res.returncode:
+        raise RuntimeError(f"{case} {frames}f failed:\n{res.stderr[-2000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def _table(rows: list[dict]) -> str:
+    head = "| frames | case | time s | time / diffusers | peak RSS MB | RSS / diffusers | decode RSS MB | max abs diff to untiled |"
+    lines = [head, "|" + "---|" * 8]
+    for r in rows:
+        lines.append(
+            f"| {r['frames']} | {r['case']} | {r['seconds']:.1f} | {r['time_ratio']:.2f} | {r['peak_mb']:.0f} | "
+            f"{r['rss_ratio']:.2f} | {r['peak_mb'] - r['setup_mb']:.0f} | {r['max_diff']:.3g} |"
+        )
+    return "\n".join(lines)
+
+
+def _write_docs(text: str) -> None:
+    old = DOCS.read_text() if DOCS.is_file() else "# Benchmarks\n"
+    start = old.find(SECTION)
+    if start < 0:
+        new = old.rstrip("\n") + "\n\n" + text
+    else:
+        end = old.find("\n## ", start + len(SECTION))
+        new = old[:start] + text + ("" if end < 0 else old[end:])
+    DOCS.parent.mkdir(parents=True, exist_ok=True)
+    DOCS.write_text(new.rstrip("\n") + "\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--frames", type=int, nargs="+", default=[33, 65])
+    p.add_argument(
+        "--cases", nargs="+", default=["diffusers-tiled", "ours-chunked-1", "ours-chunked-2", "ours-untiled"]
+    )
+    p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--write-docs", action="store_true", help=f"replace the '{SECTION}' section of {DOCS.name}")
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    p.add_argument("--weights", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child:
+        print(json.dumps(run_case(args.child, args.weights, args.frames[0], args.out, args.threads)))
+        return
+
+    from safetensors.torch import load_file
+
+    from hyvideo.checkpoints.vae import random_vae, save_vae_diffusers
+    from hyvideo.modules.vae import VAEConfig
+
+    config = VAEConfig(block_out_channels=CHANNELS, norm_num_groups=GROUPS)
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = save_vae_diffusers(random_vae(config, seed=args.seed), config, Path(tmp) / "vae")
+        for frames in args.frames:
+            results = {}
+            for case in args.cases:
+                out = Path(tmp) / f"{case}-{frames}.safetensors"
+                results[case] = _child(args, case, weights, frames, out)
+                print(json.dumps(results[case]), flush=True)
+            ref = (
+                load_file(str(Path(tmp) / f"ours-untiled-{frames}.safetensors"))["video"]
+                if "ours-untiled" in results
+                else None
+            )
+            base = results.get("diffusers-tiled")
+            for case, r in results.items():
+                video = load_file(str(Path(tmp) / f"{case}-{frames}.safetensors"))["video"]
+                r["max_diff"] = (video - ref).abs().max().item() if ref is not None else float("nan")
+                r["time_ratio"] = r["seconds"] / base["seconds"] if base else float("nan")
+                r["rss_ratio"] = r["peak_mb"] / base["peak_mb"] if base else float("nan")
+                rows.append(r)
+    table = _table(rows)
+    print(table)
+    if args.write_docs:
+        load = os.getloadavg()
+        text = (
+            f"{SECTION}\n\n"
+            f"Command: `.venv/bin/python -m benchmarks.bench_vae {' '.join(argv if argv is not None else sys.argv[1:])}`\n"
+            f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {args.threads} threads, "
+            f"load average at the end {load[0]:.1f} (the machine is shared; times are noisy).\n"
+            f"Model: random VAE, block_out_channels {CHANNELS}, norm groups {GROUPS}, fp32, {SIZE}x{SIZE}; latents "
+            "torch.randn seed 0. diffusers: `enable_tiling()` defaults (256 px tiles, 16-frame temporal tiles, "
+            "stride 12). Ours chunked-N: `TilingConfig(mode='chunked', chunk_latents=N)`. Peak RSS = ru_maxrss of a "
+            "fresh child per case (includes Python, torch and the weights); decode RSS = peak minus RSS before "
+            "decoding.\n\n" + table + "\n"
+        )
+        _write_docs(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -24,15 +24,20 @@ import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from loguru import logger
 
-from hyvideo import io, pipeline, sidecar
-from hyvideo.checkpoints.layout import ModelPaths
-from hyvideo.modules.text_encoders import TextEmbeddings
+from hyvideo import io, sidecar
 from hyvideo.prompt_file import BatchItem
 from hyvideo.request import SampleRequest
+
+if TYPE_CHECKING:  # the model code (transformers) is imported only when there is something to generate
+    from hyvideo.checkpoints.layout import ModelPaths
+    from hyvideo.modules.text_encoders import TextEmbeddings
+
+    Embeddings = tuple[TextEmbeddings, TextEmbeddings | None]  # (prompt, negative prompt or None)
 
 GATHER_TIMEOUT = timedelta(days=7)  # ranks wait for the slowest one at the end; its share may take a long time
 
@@ -205,13 +210,11 @@ def _one_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[:300]}"
 
 
-Embeddings = tuple[TextEmbeddings, TextEmbeddings | None]  # (prompt, negative prompt or None)
-
-
 def _encode(
     req: SampleRequest, paths: ModelPaths, todo: list[Job], device: torch.device, failed: list[ItemResult], where: Ranks
 ) -> dict[int, Embeddings]:
     """Embeddings on the CPU per entry line, the encoders loaded once and freed; entries that fail are recorded."""
+    from hyvideo import pipeline
     from hyvideo.modules.text_encoders import TextEncoders
 
     encoders = TextEncoders(pipeline.text_config(req, paths), device)
@@ -240,6 +243,7 @@ def _encode(
 
 
 def _generate(req: SampleRequest, todo: list[Job], device: torch.device, where: Ranks) -> list[ItemResult]:
+    from hyvideo import pipeline
     from hyvideo.checkpoints.layout import locate
     from hyvideo.checkpoints.verify import verify_vae
 
@@ -293,6 +297,8 @@ def _generate(req: SampleRequest, todo: list[Job], device: torch.device, where: 
 
 def _failed(job: Job, where: Ranks, t0: float, written: list[str], e: Exception) -> ItemResult:
     """Log a failed entry and free what its attempt held (e.g. after a CUDA out-of-memory error)."""
+    from hyvideo import pipeline
+
     logger.error(f"line {job.item.line}: failed, going on with the next entry: {_one_line(e)}")
     pipeline._release_memory()
     return _result(job, "failed", where, seconds=time.perf_counter() - t0, files=written, error=_one_line(e))

@@ -136,7 +136,9 @@ class Ranks:
 def ranks() -> Ranks:
     """This process's place under torchrun. `validate` lets a prompt file run under torchrun only without
     sequence-parallel degrees, so every process works alone on its share."""
-    return Ranks(int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")))
+    if not all(v in os.environ for v in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")):
+        return Ranks(0, 1)  # not started by torchrun (the same test as `validate`'s)
+    return Ranks(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]))
 
 
 def rank_device(device: str) -> str:

@@ -332,3 +332,16 @@ def test_seed_type_file_takes_every_seed_from_the_file(tmp_path, capsys):
         assert cli.main(argv) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and expect in err, err
+
+
+def test_static_split_by_entry_index(monkeypatch):
+    env = {"RANK": "1", "WORLD_SIZE": "3", "LOCAL_RANK": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    where = batch.ranks()
+    assert where == batch.Ranks(1, 3)
+    items = [batch.BatchItem(i, i + 1, None, False) for i in range(8)]  # type: ignore[arg-type]
+    assert [it.index for it in items if where.owns(it)] == [1, 4, 7]
+    assert batch.rank_device("cuda") == "cuda:1" and batch.rank_device("cuda:0") == "cuda:0"
+    monkeypatch.delenv("MASTER_ADDR")  # not a torchrun job: one process does everything
+    assert batch.ranks() == batch.Ranks(0, 1)

@@ -8,6 +8,7 @@ temporary file that a later run or a user could mistake for a result). Argument 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
@@ -164,6 +165,21 @@ def _bigger_dit(base: Path) -> None:
     torch.save({"module": other.state_dict()}, base / DIT)
 
 
+def _bigger_vae(weights: str) -> Callable[[Path], None]:
+    """VAE weights of another size (last block 64 channels instead of 32) under the model's own config.json."""
+
+    def f(base: Path) -> None:
+        from hyvideo.checkpoints.vae import random_vae, save_vae_diffusers, save_vae_official
+        from hyvideo.tiny import tiny_vae_config
+
+        cfg = dataclasses.replace(tiny_vae_config(), block_out_channels=(16, 32, 32, 64))
+        save = save_vae_official if weights.endswith(".pt") else save_vae_diffusers
+        save(random_vae(cfg), cfg, base / "other")
+        shutil.copy(base / "other" / Path(weights).name, base / weights)
+
+    return f
+
+
 # (id, layout, how to break the model, text the error line must contain)
 WEIGHT_CASES: list[tuple[str, str, Callable[[Path], None], tuple[str, ...]]] = [
     # a component missing: one line listing what was expected where
@@ -218,6 +234,18 @@ WEIGHT_CASES: list[tuple[str, str, Callable[[Path], None], tuple[str, ...]]] = [
     ("dit-other-size", "official", _bigger_dit, (DIT, "shape mismatches", "img_attn_k_norm.weight (checkpoint (32,)")),
     ("dit-holds-vae", "official", _copy(DIT, f"{VAE}/pytorch_model.pt"), (DIT, "missing keys", "unexpected keys")),
     ("vae-holds-dit", "official", _copy(f"{VAE}/pytorch_model.pt", DIT), (f"{VAE}/pytorch_model.pt",)),
+    (
+        "vae-other-size-pt",
+        "official",
+        _bigger_vae(f"{VAE}/pytorch_model.pt"),
+        (f"{VAE}/pytorch_model.pt", "shape mismatches", "(checkpoint (64,"),
+    ),
+    (
+        "vae-other-size-st",
+        "diffusers",
+        _bigger_vae("vae/diffusion_pytorch_model.safetensors"),
+        ("vae/diffusion_pytorch_model.safetensors", "shape mismatches", "(checkpoint (64,"),
+    ),
     (
         "llm-holds-clip",
         "official",

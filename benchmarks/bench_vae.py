@@ -54,8 +54,10 @@ def run_case(case: str, weights: Path, frames: int, out: Path, threads: int) -> 
         model = load_vae(weights)
         if case == "ours-untiled":
             model.tiling = TilingConfig(enabled=False)
-        else:  # ours-chunked-N
-            model.tiling = TilingConfig(mode="chunked", chunk_latents=int(case.rsplit("-", 1)[1]))
+        else:  # ours-chunked-N or ours-chunked-N-tS: chunks of N latents, spatial tiles of S px (stride 3/4 S)
+            n, _, size = case.removeprefix("ours-chunked-").partition("-t")
+            tile = int(size) if size else 256
+            model.tiling = TilingConfig(mode="chunked", chunk_latents=int(n), tile_size=tile, tile_stride=tile * 3 // 4)
 
         def decode() -> torch.Tensor:
             return model.decode(z)
@@ -105,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--frames", type=int, nargs="+", default=[33, 65])
     p.add_argument(
-        "--cases", nargs="+", default=["diffusers-tiled", "ours-chunked-1", "ours-chunked-2", "ours-untiled"]
+        "--cases", nargs="+", default=["ours-chunked-1", "diffusers-tiled", "ours-chunked-1-t128", "ours-untiled"]
     )
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--seed", type=int, default=0)
@@ -156,7 +158,8 @@ def main(argv: list[str] | None = None) -> None:
             f"load average at the end {load[0]:.1f} (the machine is shared; times are noisy).\n"
             f"Model: random VAE, block_out_channels {CHANNELS}, norm groups {GROUPS}, fp32, {SIZE}x{SIZE}; latents "
             "torch.randn seed 0. diffusers: `enable_tiling()` defaults (256 px tiles, 16-frame temporal tiles, "
-            "stride 12). Ours chunked-N: `TilingConfig(mode='chunked', chunk_latents=N)`. Peak RSS = ru_maxrss of a "
+            "stride 12). Ours chunked-N(-tS): `TilingConfig(mode='chunked', chunk_latents=N, tile_size=S, "
+            "tile_stride=3S/4)`, S = 256 by default (one spatial tile at this size). Peak RSS = ru_maxrss of a "
             "fresh child per case (includes Python, torch and the weights); decode RSS = peak minus RSS before "
             "decoding.\n\n" + table + "\n"
         )

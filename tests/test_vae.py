@@ -122,6 +122,15 @@ def test_convs_sliced_in_time_match_diffusers(ours, ref, monkeypatch):
     assert (ours.decode(z) - want_video).abs().max() <= TOL
 
 
+def test_channels_last_convs_give_the_same_video(ours):
+    z = _randn(1, 16, 3, 4, 5, seed=15)
+    ours.disable_tiling()
+    want = ours.set_channels_last(False).decode(z)
+    got = ours.set_channels_last(True).decode(z)
+    ours.set_channels_last(False)
+    assert (got - want).abs().max() <= TOL
+
+
 def test_tiled_encode_decode_match_diffusers(ours, ref):
     """Spatial tiles 32 px stride 24, temporal tiles 8 frames stride 4, on both sides; several tiles in each axis."""
     ref.enable_tiling(32, 32, 8, 24, 24, 4)

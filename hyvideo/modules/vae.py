@@ -234,7 +234,8 @@ def normed_frames(norm: nn.GroupNorm, x: torch.Tensor, silu: bool = True) -> Fra
 
     def frames(a: int, b: int) -> torch.Tensor:
         sc, sh = (scale, shift) if scale.shape[2] == 1 else (scale[:, :, a:b], shift[:, :, a:b])
-        y = torch.addcmul(sh, x[:, :, a:b].float(), sc)
+        xs = x[:, :, a:b].float()
+        y = torch.addcmul(sh, xs, sc, out=torch.empty_like(xs))  # keeps x's memory format
         return (F.silu(y, inplace=True) if silu else y).to(x.dtype)
 
     return frames
@@ -252,6 +253,8 @@ class CausalConv3d(nn.Module):
     given lazily (`run(frames, t)`) so that large inputs are normalised/upsampled and convolved a few frames at a time
     without materialising the padded (or normalised, or upsampled) tensor.
     """
+
+    channels_last = False  # padded inputs in channels-last-3d? (set by HYVideoVAE.set_channels_last)
 
     def __init__(self, c_in: int, c_out: int, kernel: int = 3, stride: tuple[int, int, int] | int = 1) -> None:
         super().__init__()
@@ -274,17 +277,16 @@ class CausalConv3d(nn.Module):
             front = frames(0, 1).expand(-1, -1, pt, -1, -1)  # replicate the first frame
         if state is not None:  # the last pt frames of cat(front, x), for the next chunk
             state[self] = torch.cat([front[:, :, t:], frames(max(0, t - pt), t)], 2).clone()
-        first = frames(0, 1)
-        per_frame = first.numel() * first.element_size() * (first.shape[3] + 2 * ph) * (first.shape[4] + 2 * pw)
-        per_frame //= max(1, first.shape[3] * first.shape[4])
-        step = max(1, SLICE_BYTES // max(1, per_frame) - pt)
+        b_, c_, _, h_, w_ = front.shape
+        per_frame = b_ * c_ * (h_ + 2 * ph) * (w_ + 2 * pw) * front.element_size()  # bytes of one padded frame
+        step = max(1, SLICE_BYTES // per_frame - pt)
         if self.conv.stride[0] != 1 or step >= t:  # one piece: (B, C, pt + T, H + 2ph, W + 2pw)
-            return self.conv(replicate_pad([front, frames(0, t)], ph, pw))
+            return self.conv(replicate_pad([front, frames(0, t)], ph, pw, self.channels_last))
         out: torch.Tensor | None = None
         for a in range(0, t, step):  # output frames [a, b) need padded frames [a, b + pt) = front[a:], x[a - pt, b)
             b = min(t, a + step)
             parts = [front[:, :, a:], frames(0, b)] if a < pt else [frames(a - pt, b)]
-            y = self.conv(replicate_pad(parts, ph, pw))  # (B, C', b - a, H', W')
+            y = self.conv(replicate_pad(parts, ph, pw, self.channels_last))  # (B, C', b - a, H', W')
             if out is None:
                 fmt = torch.channels_last_3d if _is_channels_last(y) else torch.contiguous_format
                 out = torch.empty((*y.shape[:2], t, *y.shape[3:]), dtype=y.dtype, device=y.device, memory_format=fmt)
@@ -294,12 +296,12 @@ class CausalConv3d(nn.Module):
         return out
 
 
-def replicate_pad(parts: list[torch.Tensor], ph: int, pw: int) -> torch.Tensor:
-    """cat(parts, time) then replicate-pad H by ph and W by pw, in one allocation keeping the memory format."""
+def replicate_pad(parts: list[torch.Tensor], ph: int, pw: int, channels_last: bool) -> torch.Tensor:
+    """cat(parts, time) then replicate-pad H by ph and W by pw, in one allocation."""
     x = parts[-1]
     b, c, _, h, w = x.shape
     t = sum(p.shape[2] for p in parts)
-    fmt = torch.channels_last_3d if _is_channels_last(x) else torch.contiguous_format
+    fmt = torch.channels_last_3d if channels_last else torch.contiguous_format
     out = torch.empty((b, c, t, h + 2 * ph, w + 2 * pw), dtype=x.dtype, device=x.device, memory_format=fmt)
     i = 0
     for p in parts:
@@ -538,7 +540,7 @@ class HYVideoVAE(nn.Module):
         super().__init__()
         self.config = config
         self.tiling = tiling or TilingConfig()
-        self.channels_last = True  # run convs in channels-last-3d (measured faster on CPU, see benchmarks)
+        self.channels_last = False  # see set_channels_last: no gain measured for the whole decoder here
         self.encoder = Encoder(config)
         self.decoder = Decoder(config)
         self.quant_conv = nn.Conv3d(2 * config.latent_channels, 2 * config.latent_channels, 1)
@@ -552,6 +554,14 @@ class HYVideoVAE(nn.Module):
 
     def disable_tiling(self) -> HYVideoVAE:
         self.tiling = replace(self.tiling, enabled=False)
+        return self
+
+    def set_channels_last(self, enabled: bool) -> HYVideoVAE:
+        """Run the 3x3x3 convs on channels-last-3d inputs (default) or contiguous ones."""
+        self.channels_last = enabled
+        for m in self.modules():
+            if isinstance(m, CausalConv3d):
+                m.channels_last = enabled
         return self
 
     # -- public API ------------------------------------------------------------------------------------------------
@@ -580,8 +590,7 @@ class HYVideoVAE(nn.Module):
     # -- internals -------------------------------------------------------------------------------------------------
     def _in(self, x: torch.Tensor) -> torch.Tensor:
         p = self.post_quant_conv.weight
-        x = x.to(device=p.device, dtype=p.dtype)
-        return x.contiguous(memory_format=torch.channels_last_3d) if self.channels_last else x.contiguous()
+        return x.to(device=p.device, dtype=p.dtype).contiguous()
 
     def _encode_tile(self, x: torch.Tensor) -> torch.Tensor:
         return self.quant_conv(self.encoder(x))  # (B, 2*latent, T', h, w)

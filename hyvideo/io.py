@@ -159,11 +159,15 @@ def save_latents(latents: torch.Tensor, path: str | Path, metadata: Mapping[str,
 
 
 def load_latents(path: str | Path) -> tuple[torch.Tensor, dict[str, str]]:
-    """Read a file written by `save_latents`: (latents float32, metadata). Raises KeyError without "latents"."""
-    with safe_open(str(path), framework="pt", device="cpu") as f:
-        if LATENTS_KEY not in f.keys():  # noqa: SIM118 (safe_open has no __contains__)
-            raise KeyError(f"{path}: no tensor named {LATENTS_KEY!r} (found {sorted(f.keys())})")
-        return f.get_tensor(LATENTS_KEY).float(), dict(f.metadata() or {})
+    """Read a file written by `save_latents`: (latents float32, metadata). Raises KeyError without "latents",
+    ValueError for a file that is not safetensors (truncated, corrupt, another format)."""
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            if LATENTS_KEY not in f.keys():  # noqa: SIM118 (safe_open has no __contains__)
+                raise KeyError(f"{path}: no tensor named {LATENTS_KEY!r} (found {sorted(f.keys())})")
+            return f.get_tensor(LATENTS_KEY).float(), dict(f.metadata() or {})
+    except SafetensorError as e:
+        raise ValueError(f"not a readable safetensors file: {e}") from None
 
 
 def slugify(text: str, max_chars: int = SLUG_MAX_CHARS, max_bytes: int = SLUG_MAX_BYTES) -> str:

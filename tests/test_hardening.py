@@ -287,6 +287,27 @@ def test_bad_weights_exit_2_naming_the_file(
         assert "text encode:" not in err, err
 
 
+LATENTS_CASES = [  # (id, what becomes of a good latents file)
+    ("truncated", lambda good: good[: len(good) // 2]),
+    ("garbage", lambda good: b"\x10" + bytes(7) + b'{"a": 1'),
+    ("empty", lambda good: b""),
+]
+
+
+@pytest.mark.parametrize("damage", [c[1] for c in LATENTS_CASES], ids=[c[0] for c in LATENTS_CASES])
+def test_bad_latents_file_exit_2(
+    damage: Callable[[bytes], bytes], models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    path = io.save_latents(torch.zeros(1, 16, 1, 2, 2), tmp_path / "v.latents.safetensors", {"seed": 1})
+    path.write_bytes(damage(path.read_bytes()))
+    out = tmp_path / "out"
+    flags = ["--model-base", str(models["official"]), "--decode-latents", str(path), "--save-path", str(out)]
+    code, err = run_main([*flags, "--device", "cpu"], capsys)
+    line = error_line(err)
+    assert code == 2 and line.startswith(f"error: --decode-latents: {path}") and "not a latents file" in line, line
+    assert outputs(out) == []
+
+
 class _CreatesFile:
     """Unpickling this runs `Path.touch(marker)`: the test can see whether a loader executed it."""
 

@@ -180,7 +180,8 @@ def child_diffusers(root: Path, prompt: str, out: Path, a: argparse.Namespace) -
 
 
 def child_scaling(root: Path, a: argparse.Namespace) -> dict:
-    """One DiT forward per side at 1x/2x/4x image tokens (full 256-token text), best of `repeats`."""
+    """One DiT forward per side at 1x/2x/4x image tokens (full 256-token text), best of `repeats`; with
+    `--compiled` also ours after `compile_blocks`, timed after one untimed warm-up call per size (compilation)."""
     import torch
     from diffusers import HunyuanVideoTransformer3DModel
 
@@ -194,6 +195,11 @@ def child_scaling(root: Path, a: argparse.Namespace) -> dict:
     mask = torch.ones(1, 256, dtype=torch.long)
     pooled = torch.randn(1, cfg.text_pool_dim, generator=g)
     t, guid = torch.tensor([900.0]), torch.tensor([6000.0])
+    compiled = None
+    if a.compiled:
+        from hyvideo.compile import compile_blocks
+
+        compiled = compile_blocks(load_dit(root / "transformer", dtype=torch.float32))
     rows = []
     for mult in (1, 2, 4):
         T, H, W = a.scale_grid[0] * mult, a.scale_grid[1], a.scale_grid[2]
@@ -204,6 +210,11 @@ def child_scaling(root: Path, a: argparse.Namespace) -> dict:
                 "ours": lambda x=x: ours(x, t, text, mask, pooled, guid),
                 "diffusers": lambda x=x: theirs(x, t, text, mask, pooled, guid, return_dict=False),
             }
+            if compiled is not None:
+                sides["compiled"] = lambda x=x: compiled(x, t, text, mask, pooled, guid)
+                t0 = time.perf_counter()
+                sides["compiled"]()  # compiles for this token count
+                times["compile"] = time.perf_counter() - t0
             for name, fn in sides.items():
                 best = float("inf")
                 for _ in range(a.repeats):
@@ -211,9 +222,7 @@ def child_scaling(root: Path, a: argparse.Namespace) -> dict:
                     fn()
                     best = min(best, time.perf_counter() - t0)
                 times[name] = best
-        rows.append(
-            {"mult": mult, "image_tokens": T * H * W // 4, "ours": times["ours"], "diffusers": times["diffusers"]}
-        )
+        rows.append({"mult": mult, "image_tokens": T * H * W // 4, **times})
     return {"rows": rows}
 
 
@@ -246,6 +255,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--flops", action="store_true", help="also print model FLOPs per step and achieved FLOP/s")
     ap.add_argument("--peak-tflops", type=float, default=0.0, help="device peak for MFU (with --flops)")
     ap.add_argument("--no-scaling", action="store_true", help="skip the 1x/2x/4x tokens table")
+    ap.add_argument("--compiled", action="store_true", help="add ours with --compile to the scaling table")
     ap.add_argument("--scale-grid", type=int, nargs=3, default=[3, 32, 32], metavar=("T", "H", "W"),
                     help="latent grid of the 1x row (the 2x/4x rows multiply T)")  # fmt: skip
     ap.add_argument("--root", type=Path, default=None, help="keep the model here (default: a temp dir)")
@@ -268,6 +278,7 @@ def main(argv: list[str] | None = None) -> None:
         a.crop_start = crop_start(root)
         passthrough = ["--size", *map(str, a.size), "--frames", str(a.frames), "--steps", str(a.steps),
                        "--scale-grid", *map(str, a.scale_grid), "--repeats", str(a.repeats)]  # fmt: skip
+        passthrough += ["--compiled"] if a.compiled else []
         ours_extra = ["--ours-flags", *a.ours_flags] if a.ours_flags else []
         results: dict[tuple[str, str], dict] = {}
         for prompt_kind in ("short", "full"):
@@ -275,9 +286,11 @@ def main(argv: list[str] | None = None) -> None:
                 for kind in ("ours", "diffusers"):
                     extra = passthrough + (ours_extra if kind == "ours" else [])
                     r = _run_child(kind, root, prompt_kind, Path(tmp) / f"out-{kind}", a, extra)
+                    print(f"{kind}, {prompt_kind} prompt: {json.dumps(r)}", file=sys.stderr, flush=True)
                     best = results.get((kind, prompt_kind))
                     results[(kind, prompt_kind)] = r if best is None else _best(best, r)
         scaling = None if a.no_scaling else _run_child("scaling", root, "full", Path(tmp), a, passthrough)
+        print(f"scaling: {json.dumps(scaling)}", file=sys.stderr, flush=True)
         cfg = _config(root)
     _report(a, cfg, results, scaling)
 
@@ -328,12 +341,15 @@ def _report(a: argparse.Namespace, cfg, results: dict, scaling: dict | None) -> 
     if scaling:
         print("scaling: one DiT forward, full 256-token text, best of runs")
         print(f"{'tokens':<8}{'image':>8}{'ours (s)':>10}{'diffusers (s)':>15}{'ratio':>8}"
-              + (f"{'ours GFLOP/s':>14}" if a.flops else ""))  # fmt: skip
+              + (f"{'ours GFLOP/s':>14}" if a.flops else "")
+              + (f"{'compiled (s)':>14}{'ratio':>8}{'compile (s)':>13}" if a.compiled else ""))  # fmt: skip
         for r in scaling["rows"]:
             line = (f"{str(r['mult']) + 'x':<8}{r['image_tokens']:>8}{r['ours']:>10.3f}{r['diffusers']:>15.3f}"
                     f"{_fmt_ratio(r['ours'], r['diffusers']):>8}")  # fmt: skip
             if a.flops:
                 line += f"{dit_flops(cfg, r['image_tokens'], 256).total / r['ours'] / 1e9:>14.1f}"
+            if "compiled" in r:
+                line += f"{r['compiled']:>14.3f}{_fmt_ratio(r['compiled'], r['diffusers']):>8}{r['compile']:>13.1f}"
             print(line)
 
 

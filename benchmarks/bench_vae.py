@@ -63,30 +63,35 @@ def run_case(case: str, weights: Path, frames: int, out: Path, threads: int) -> 
             return model.decode(z)
 
     before = _peak_mb()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     video = decode()
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     peak = _peak_mb()
     save_file({"video": video.contiguous()}, str(out))
-    return {"case": case, "frames": frames, "seconds": seconds, "peak_mb": peak, "setup_mb": before}
+    return {"case": case, "frames": frames, "seconds": seconds, "cpu_s": cpu, "peak_mb": peak, "setup_mb": before}
 
 
-def _child(args: argparse.Namespace, case: str, weights: Path, frames: int, out: Path) -> dict:
+def _child(args: argparse.Namespace, case: str, weights: Path, frames: int, out: Path) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "benchmarks.bench_vae", "--child", case, "--weights", str(weights)]
     cmd += ["--frames", str(frames), "--out", str(out), "--threads", str(args.threads)]
-    res = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=Path(__file__).resolve().parents[1])
-    if res.returncode:
-        raise RuntimeError(f"{case} {frames}f failed:\n{res.stderr[-2000:]}")
-    return json.loads(res.stdout.strip().splitlines()[-1])
+    root = Path(__file__).resolve().parents[1]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=root)
+
+
+def _result(proc: subprocess.Popen, what: str) -> dict:
+    stdout, stderr = proc.communicate()
+    if proc.returncode:
+        raise RuntimeError(f"{what} failed:\n{stderr[-2000:]}")
+    return json.loads(stdout.strip().splitlines()[-1])
 
 
 def _table(rows: list[dict]) -> str:
-    head = "| frames | case | time s | time / diffusers | peak RSS MB | RSS / diffusers | decode RSS MB | max abs diff to untiled |"
-    lines = [head, "|" + "---|" * 8]
+    head = "| frames | case | CPU s | CPU / diffusers | wall s | peak RSS MB | RSS / diffusers | decode RSS MB | max abs diff to untiled |"
+    lines = [head, "|" + "---|" * 9]
     for r in rows:
         lines.append(
-            f"| {r['frames']} | {r['case']} | {r['seconds']:.1f} | {r['time_ratio']:.2f} | {r['peak_mb']:.0f} | "
-            f"{r['rss_ratio']:.2f} | {r['peak_mb'] - r['setup_mb']:.0f} | {r['max_diff']:.3g} |"
+            f"| {r['frames']} | {r['case']} | {r['cpu_s']:.1f} | {r['time_ratio']:.2f} | {r['seconds']:.1f} | "
+            f"{r['peak_mb']:.0f} | {r['rss_ratio']:.2f} | {r['peak_mb'] - r['setup_mb']:.0f} | {r['max_diff']:.3g} |"
         )
     return "\n".join(lines)
 
@@ -112,12 +117,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--write-docs", action="store_true", help=f"replace the '{SECTION}' section of {DOCS.name}")
+    p.add_argument("--json-out", type=Path, help="also save the result rows here")
+    p.add_argument("--workdir", type=Path, help="keep weights and decoded videos here (default: a temporary dir)")
+    p.add_argument("--parallel", action="store_true", help="run all cases at once (compare CPU time, not wall)")
+    p.add_argument("--collect", action="store_true", help="only tabulate the finished cases found in --workdir")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--weights", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
-        print(json.dumps(run_case(args.child, args.weights, args.frames[0], args.out, args.threads)))
+        result = run_case(args.child, args.weights, args.frames[0], args.out, args.threads)
+        args.out.with_suffix(".json").write_text(json.dumps(result))  # kept in the workdir for --collect
+        print(json.dumps(result))
         return
 
     from safetensors.torch import load_file
@@ -128,25 +139,40 @@ def main(argv: list[str] | None = None) -> None:
     config = VAEConfig(block_out_channels=CHANNELS, norm_num_groups=GROUPS)
     rows: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
-        weights = save_vae_diffusers(random_vae(config, seed=args.seed), config, Path(tmp) / "vae")
-        for frames in args.frames:
+        work = args.workdir or Path(tmp)
+        weights = work / "vae"
+        if not (weights / "config.json").is_file():
+            save_vae_diffusers(random_vae(config, seed=args.seed), config, weights)
+        jobs = [(f, c) for f in args.frames for c in args.cases]
+        if args.collect:  # results of children that already finished in --workdir
             results = {}
-            for case in args.cases:
-                out = Path(tmp) / f"{case}-{frames}.safetensors"
-                results[case] = _child(args, case, weights, frames, out)
-                print(json.dumps(results[case]), flush=True)
-            ref = (
-                load_file(str(Path(tmp) / f"ours-untiled-{frames}.safetensors"))["video"]
-                if "ours-untiled" in results
-                else None
+            for f, c in jobs:
+                path = work / f"{c}-{f}.json"
+                if path.is_file():
+                    results[(f, c)] = json.loads(path.read_text())
+        elif args.parallel:  # all at once: on a shared machine compare CPU seconds, not wall time
+            procs = {
+                job: _child(args, job[1], weights, job[0], work / f"{job[1]}-{job[0]}.safetensors") for job in jobs
+            }
+            results = {job: _result(proc, f"{job[1]} {job[0]}f") for job, proc in procs.items()}
+        else:
+            results = {}
+            for job in jobs:
+                proc = _child(args, job[1], weights, job[0], work / f"{job[1]}-{job[0]}.safetensors")
+                results[job] = _result(proc, f"{job[1]} {job[0]}f")
+                print(json.dumps(results[job]), flush=True)
+        for (frames, case), r in results.items():
+            untiled = work / f"ours-untiled-{frames}.safetensors"
+            video = load_file(str(work / f"{case}-{frames}.safetensors"))["video"]
+            r["max_diff"] = (
+                (video - load_file(str(untiled))["video"]).abs().max().item() if untiled.is_file() else float("nan")
             )
-            base = results.get("diffusers-tiled")
-            for case, r in results.items():
-                video = load_file(str(Path(tmp) / f"{case}-{frames}.safetensors"))["video"]
-                r["max_diff"] = (video - ref).abs().max().item() if ref is not None else float("nan")
-                r["time_ratio"] = r["seconds"] / base["seconds"] if base else float("nan")
-                r["rss_ratio"] = r["peak_mb"] / base["peak_mb"] if base else float("nan")
-                rows.append(r)
+            base = results.get((frames, "diffusers-tiled"))
+            r["time_ratio"] = r["cpu_s"] / base["cpu_s"] if base else float("nan")
+            r["rss_ratio"] = r["peak_mb"] / base["peak_mb"] if base else float("nan")
+            rows.append(r)
+    if args.json_out:
+        args.json_out.write_text(json.dumps(rows, indent=1))
     table = _table(rows)
     print(table)
     if args.write_docs:
@@ -155,7 +181,8 @@ def main(argv: list[str] | None = None) -> None:
             f"{SECTION}\n\n"
             f"Command: `.venv/bin/python -m benchmarks.bench_vae {' '.join(argv if argv is not None else sys.argv[1:])}`\n"
             f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {args.threads} threads, "
-            f"load average at the end {load[0]:.1f} (the machine is shared; times are noisy).\n"
+            f"load average at the end {load[0]:.1f} (the machine is shared: compare CPU seconds of the decode, "
+            "one thread per case; wall times are inflated by other jobs).\n"
             f"Model: random VAE, block_out_channels {CHANNELS}, norm groups {GROUPS}, fp32, {SIZE}x{SIZE}; latents "
             "torch.randn seed 0. diffusers: `enable_tiling()` defaults (256 px tiles, 16-frame temporal tiles, "
             "stride 12). Ours chunked-N(-tS): `TilingConfig(mode='chunked', chunk_latents=N, tile_size=S, "

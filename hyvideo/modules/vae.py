@@ -165,7 +165,8 @@ class TilingConfig:
     blended linearly over the overlap (size - stride). Matches diffusers' `enable_tiling(...)` with the same numbers.
     mode "chunked": the same spatial tiles, but each tile is decoded in temporal chunks of `chunk_latents` latents
     carrying the causal-conv padding frames and attention keys forward: no temporal overlap, no recomputation; only the
-    GroupNorm statistics differ from untiled decoding (per chunk instead of per clip). Encoding always uses "tiles".
+    GroupNorm statistics differ from untiled decoding (per chunk instead of per clip). In this mode a clip of at most
+    chunk_latents + 1 latents is one temporal tile (decoded exactly). Encoding always uses "tiles".
     """
 
     enabled: bool = True  # tile only when the input is larger than one tile; smaller inputs decode exactly
@@ -174,7 +175,7 @@ class TilingConfig:
     tile_stride: int = 192  # spatial tile stride in pixels; overlap 64 px is blended
     tile_frames: int = 64  # temporal tile length in frames (16 latents, read as 17 because of the causal first frame)
     tile_stride_frames: int = 48  # temporal tile stride in frames; overlap 16 frames is blended
-    chunk_latents: int = 2  # "chunked" mode: latents per step (the first step takes one more); memory ~ 4x frames
+    chunk_latents: int = 1  # "chunked" mode: latents per step (the first takes one more); larger = closer, more memory
 
     def __post_init__(self) -> None:
         if self.mode not in ("tiles", "chunked"):

@@ -21,6 +21,7 @@ from loguru import logger
 from hyvideo.request import (
     ATTN_BACKENDS,
     MODELS,
+    OFFLOAD_LEVELS,
     PRECISIONS,
     PROMPT_TEMPLATES,
     RESOLUTIONS,
@@ -155,8 +156,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--compile", action="store_true", help="torch.compile the transformer blocks (slow first step)")
     g.add_argument("--disable-autocast", action="store_true", help="no autocast in denoising and decoding")
-    g.add_argument("--use-cpu-offload", action="store_true", help="offload idle models to CPU (not supported yet)")
-    g.add_argument("--use-fp8", action="store_true", help="fp8 DiT weights (not supported yet)")
+    g.add_argument("--use-cpu-offload", action="store_true", help="official flag: same as --offload model")
+    g.add_argument("--use-fp8", action="store_true", help="fp8 DiT block weights (official _fp8.pt, or quantized)")
+    g.add_argument(
+        "--offload",
+        default="none",
+        choices=OFFLOAD_LEVELS,
+        help="model: components on the device only while they run; block: stream the DiT blocks through it",
+    )
+    g.add_argument("--fp8-compute", action="store_true", help="fp8 matmuls with --use-fp8 (CUDA sm89+)")
+    g.add_argument(
+        "--memory-check",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="estimate peak memory first; refuse a request that cannot fit (exit 2)",
+    )
     g.add_argument("--reproduce", action="store_true", help="deterministic algorithms")
     g.add_argument("--ulysses-degree", type=int, default=1, help="Ulysses sequence parallelism (torchrun)")
     g.add_argument("--ring-degree", type=int, default=1, help="ring attention parallelism (torchrun)")

@@ -25,7 +25,8 @@ from functools import partial
 import torch
 from torch import nn
 
-OFFLOAD_LEVELS: tuple[str, ...] = ("none", "model", "block")
+from hyvideo.request import OFFLOAD_LEVELS
+
 DEFAULT_WINDOW = 2  # blocks resident at once under block offload: the running one + one prefetched
 
 

@@ -26,10 +26,13 @@ from hyvideo.checkpoints.vae import load_vae
 from hyvideo.checkpoints.verify import verify_vae
 from hyvideo.compile import compile_blocks
 from hyvideo.config import DiTConfig, dit_config
+from hyvideo.memory import preflight
 from hyvideo.modules.dit import HYVideoDiT
 from hyvideo.modules.text_encoders import PRECISIONS, TextEmbeddings, TextEncoderConfig, TextEncoders
 from hyvideo.modules.vae import HYVideoVAE
+from hyvideo.offload import apply_offload
 from hyvideo.parallel import steps as dist_steps
+from hyvideo.quantization import enable_fp8_compute, is_fp8_file, load_dit_fp8, quantize_dit
 from hyvideo.request import SampleRequest, UsageError
 from hyvideo.sampling import euler, flow_sigmas, initial_noise, latent_shape, with_cfg, with_cond
 from hyvideo.teacache import TeaCache
@@ -122,15 +125,28 @@ def load_denoiser(req: SampleRequest, paths: ModelPaths, device: torch.device) -
         raise UsageError(
             "--latent-channels", f"the DiT takes {cfg.in_channels} latent channels, not {req.latent_channels}"
         )
+    dtype = PRECISIONS[req.precision]
+    home = device if req.offload == "none" else torch.device("cpu")  # offloaded weights stay in host memory
+    if is_fp8_file(paths.dit) and (req.loras or not req.use_fp8):
+        what = "merge --lora into the bf16 weights instead" if req.loras else "add --use-fp8"
+        raise UsageError("--dit-weight", f"{paths.dit.name} holds fp8 weights (with a scale map); {what}")
     if req.loras:  # merged into the checkpoint's float weights on the CPU, before any cast or quantization
         from hyvideo.lora import apply_loras
 
         model = load_dit(paths.dit, cfg, load_key=req.load_key)
-        apply_loras(model, req.loras, merge=req.lora_merge).to(device=device, dtype=PRECISIONS[req.precision])
+        apply_loras(model, req.loras, merge=req.lora_merge)
+        if req.use_fp8:
+            quantize_dit(model)  # after the merge, so the fp8 weights hold the merged values
+        model.to(device=home, dtype=dtype)
+    elif (sharded := dist_steps.load_sharded(req, paths.dit, cfg, dtype)) is not None:
+        model = sharded  # torchrun: this process holds 1/N of the block weights
+    elif req.use_fp8:
+        model = load_dit_fp8(paths.dit, cfg, load_key=req.load_key, dtype=dtype, device=home)
     else:
-        model = dist_steps.load_sharded(req, paths.dit, cfg, PRECISIONS[req.precision])  # torchrun: 1/N of blocks
-    if model is None:
-        model = load_dit(paths.dit, cfg, load_key=req.load_key, dtype=PRECISIONS[req.precision], device=device)
+        model = load_dit(paths.dit, cfg, load_key=req.load_key, dtype=dtype, device=home)
+    model = apply_offload(model, req.offload, device)
+    if req.fp8_compute:
+        enable_fp8_compute(model)
     model.attn_backend = req.attn_backend
     return compile_blocks(model) if req.compile else model
 
@@ -262,6 +278,7 @@ def run(req: SampleRequest) -> list[Path]:
     mesh = dist_steps.start(req)  # several torchrun processes: join the job (None otherwise)
     device = device if mesh is None else mesh.device
     verify_vae(paths.vae)  # names and shapes only: a bad VAE must fail now, not after sampling
+    preflight(req, paths, denoiser_config(req, paths))  # peak memory from the configs; exit 2 if it cannot fit
     logger.info(f"models: {paths.layout} layout at {req.model_base}; DiT {paths.dit}")
     logger.info(
         f"request: {req.width}x{req.height}, {req.video_length} frames, {req.infer_steps} steps, shift "

@@ -332,4 +332,9 @@ def load_dit_fp8(
         set_scales(model, scales)
     else:
         model = quantize_dit(load_dit(path, cfg, load_key=load_key), granularity)
-    return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    model.to(device=device, dtype=dtype)
+    if torch.device(device).type == "cpu":  # release the memory-mapped file: copy what still points into it
+        for t in (*model.parameters(), *model.buffers()):
+            if t.dtype != FP8:
+                t.data = t.data.clone()
+    return model.eval().requires_grad_(False)

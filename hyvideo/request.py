@@ -35,6 +35,7 @@ PROMPT_TEMPLATES: tuple[str, ...] = ("dit-llm-encode", "dit-llm-encode-video")
 SEED_TYPES: tuple[str, ...] = ("auto", "random", "fixed", "file")
 RESOLUTIONS: tuple[str, ...] = ("540p", "720p")
 ATTN_BACKENDS: tuple[str, ...] = ("auto", "sdpa", "flash", "sage")
+OFFLOAD_LEVELS: tuple[str, ...] = ("none", "model", "block")  # hyvideo/offload.py
 
 # DESIGN §4: used only when cfg_scale > 1 and no --neg-prompt is given.
 DEFAULT_NEGATIVE_PROMPT = (
@@ -49,8 +50,6 @@ SEED_MAX = 2**63 - 1  # seed + i (video i) must fit a torch generator seed
 # Flags that parse but that we cannot honour yet: flag -> the only values we accept. Anything else fails with exit
 # code 2 and "not supported yet" instead of being ignored. When the pipeline learns a feature, delete its line here.
 SUPPORTED_VALUES_ONLY: dict[str, tuple[object, ...]] = {
-    "--use-cpu-offload": (False,),
-    "--use-fp8": (False,),
     "--batch-size": (1,),  # several videos are sampled one after another (--num-videos), not batched
     "--denoise-type": ("flow",),
     "--flow-solver": ("euler",),
@@ -131,8 +130,11 @@ class SampleRequest:
     teacache_thresh: float  # TeaCache: skip the DiT blocks while the accumulated rescaled change < this; 0 = off
     compile: bool  # torch.compile each transformer block (regional); the first step pays the compilation
     disable_autocast: bool  # run the denoising loop and decode without autocast
-    use_cpu_offload: bool  # offload idle components to CPU; False until supported
-    use_fp8: bool  # fp8 weight storage for the DiT; False until supported
+    use_cpu_offload: bool  # the official flag: model-level offload (sets offload "model" unless --offload is given)
+    use_fp8: bool  # DiT block Linear weights stored as fp8 e4m3 (official _fp8.pt pair, or quantized while loading)
+    offload: str = "none"  # "none", "model" (components on the device only while they run), "block" (DiT blocks stream)
+    fp8_compute: bool = False  # fp8 matmuls via torch._scaled_mm (needs use_fp8 and CUDA compute capability >= 8.9)
+    memory_check: bool = True  # estimate peak memory before loading and refuse requests that cannot fit
     reproduce: bool  # deterministic algorithms (torch.use_deterministic_algorithms) for bit-reproducible runs
     ulysses_degree: int  # U: attention heads split U ways by all-to-all (needs torchrun); 1 = off
     ring_degree: int  # R: image tokens' keys/values passed around a ring of R processes; 1 = off
@@ -238,6 +240,16 @@ def _resolve_device(name: str | None) -> str:
     return name
 
 
+def _check_fp8_matmul(device: str) -> None:
+    """--fp8-compute needs fp8 matmul hardware: a CUDA device of compute capability 8.9+ (Ada, Hopper, later)."""
+    if not device.startswith("cuda"):
+        raise UsageError("--fp8-compute", f"needs a CUDA GPU with fp8 matmul (sm89+), got --device {device}")
+    import torch
+
+    if not hasattr(torch, "_scaled_mm") or torch.cuda.get_device_capability(device) < (8, 9):
+        raise UsageError("--fp8-compute", f"{device} has no fp8 matmul (needs compute capability 8.9+); drop the flag")
+
+
 def _check_unsupported(args: Namespace) -> None:
     for flag, accepted in SUPPORTED_VALUES_ONLY.items():
         value = getattr(args, flag[2:].replace("-", "_"))
@@ -266,15 +278,6 @@ def _check_parallel(args: Namespace, ulysses: int, ring: int, cfg_scale: float) 
         )
     torchrun = all(v in os.environ for v in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"))
     world = int(os.environ["WORLD_SIZE"]) if torchrun else 1
-    batch = getattr(args, "prompt_file", None) is not None or getattr(args, "batch_entry", False)
-    if batch and world > 1:
-        if needed > 1:
-            raise UsageError(
-                "--prompt-file",
-                "with sequence parallelism is not supported yet; drop --ulysses-degree/--ring-degree/--cfg-parallel "
-                "and each process takes its own share of the entries",
-            )
-        return 1  # data parallel: each process runs alone on its share of the entries (hyvideo.batch)
     batch = getattr(args, "prompt_file", None) is not None or getattr(args, "batch_entry", False)
     if batch and world > 1:
         if needed > 1:
@@ -413,6 +416,14 @@ def validate(args: Namespace) -> SampleRequest:
                 "--attn-backend", f"{args.attn_backend} needs a CUDA device, got --device {device}; use sdpa"
             )
     teacache_thresh = _check_float(args, "teacache_thresh", 0.0, what=" (0 turns step caching off)")
+    offload = getattr(args, "offload", "none")
+    if args.use_cpu_offload and offload == "none":
+        offload = "model"  # the official --use-cpu-offload
+    fp8_compute = bool(getattr(args, "fp8_compute", False))
+    if fp8_compute:
+        if not args.use_fp8:
+            raise UsageError("--fp8-compute", "needs --use-fp8 (fp8 weights); add it or drop --fp8-compute")
+        _check_fp8_matmul(device)
 
     # --- resolved values (logged only now that everything is valid) ---
     rounded = _round_up(height, SIZE_MULTIPLE), _round_up(width, SIZE_MULTIPLE)
@@ -478,6 +489,9 @@ def validate(args: Namespace) -> SampleRequest:
         disable_autocast=bool(args.disable_autocast),
         use_cpu_offload=bool(args.use_cpu_offload),
         use_fp8=bool(args.use_fp8),
+        offload=offload,
+        fp8_compute=fp8_compute,
+        memory_check=bool(getattr(args, "memory_check", True)),
         reproduce=bool(args.reproduce),
         ulysses_degree=ulysses_degree,
         ring_degree=ring_degree,

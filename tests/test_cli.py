@@ -138,8 +138,6 @@ def test_bad_input_exit_2_one_line(
 
 
 UNSUPPORTED: list[list[str]] = [
-    ["--use-cpu-offload"],
-    ["--use-fp8"],
     ["--batch-size", "2"],
     ["--denoise-type", "ddpm"],
     ["--flow-solver", "heun"],

@@ -124,3 +124,33 @@ def test_apply_offload_levels_identical(level):
 def test_window_must_be_positive():
     with pytest.raises(ValueError, match="window"):
         BlockStreamer([nn.Linear(2, 2)], CPU, window=0)
+
+
+def test_pipeline_offload_levels_give_identical_latents(tmp_path):
+    from hyvideo import pipeline
+    from hyvideo.checkpoints.layout import locate
+    from hyvideo.cli import parse_request
+    from hyvideo.tiny import write_tiny_model
+
+    base = write_tiny_model(tmp_path / "model", seed=3)
+    paths = locate(base)
+
+    def req(*extra: str):
+        return parse_request(
+            ["--model-base", str(base), "--prompt", "a cat", "--video-size", "64", "96", "--video-length", "9",
+             "--infer-steps", "2", "--seed", "7", "--save-path", str(tmp_path / "o"), "--precision", "fp32",
+             "--text-encoder-precision", "fp32", "--text-encoder-precision-2", "fp32", "--device", "cpu", *extra]
+        )  # fmt: skip
+
+    cond, uncond = pipeline.encode_text(req(), paths, CPU)
+
+    def latents(r) -> torch.Tensor:
+        return pipeline.denoise(pipeline.load_denoiser(r, paths, CPU), cond, uncond, r, r.seed, CPU)
+
+    ref = latents(req())
+    assert req("--use-cpu-offload").offload == "model"  # the official flag keeps its meaning
+    for extra in (["--offload", "model"], ["--offload", "block"], ["--use-cpu-offload"]):
+        r = req(*extra)
+        model = pipeline.load_denoiser(r, paths, CPU)
+        assert isinstance(model._offload, BlockStreamer if r.offload == "block" else ModelOffload)
+        assert torch.equal(pipeline.denoise(model, cond, uncond, r, r.seed, CPU), ref), extra

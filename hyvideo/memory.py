@@ -1,0 +1,451 @@
+"""Memory preflight: estimate peak device memory and host RAM of a request before anything loads.
+
+The pipeline runs three stages one after another, each freeing its component before the next loads, so
+    device peak = max over stages (weights on the device + activations at the stage's peak)
+    host peak   = process baseline + max over stages (host-side weights, mmap pages touched while loading, pinned
+                  offload copies) [+ the device peak itself when the device is the CPU]
+Weights come from parameter counts: the DiT config (built on the meta device), the text encoders' config.json files
+(Llama and CLIP-text formulas) and the VAE config. Activations come from token and pixel counts with per-stage
+coefficients (`DIT_ACT_*`, `VAE_ACT`) that are counted from the code and calibrated against measured CPU peaks
+(tests/test_memory.py checks full CPU runs stay within 25%).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from hyvideo.checkpoints.layout import ModelPaths
+    from hyvideo.config import DiTConfig
+    from hyvideo.modules.vae import VAEConfig
+
+GiB = 2**30
+DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
+
+# DiT activations per token at a block's peak, in elements of the compute dtype. Counted in SingleStreamBlock: x,
+# linear1's output (3C + M), normed/roped q and k, attention output, gelu(mlp), cat(attn, mlp), linear2 output
+# -> 9C + 3M; measured on CPU (one forward, VmHWM growth, L = 9224 tokens, C = 512, M = 2C and 4C, fp32 and bf16):
+# 9.4C + 3.9M, with the fp32 norm / RoPE temporaries. We use 10C + 4M.
+DIT_ACT_C = 10
+DIT_ACT_M = 4
+# VAE decoder working set in first-level feature maps (C0 x frames x H x W of what is decoded at once), measured on
+# CPU with the tiny VAE: ~9 maps untiled; ~14 maps of one temporal chunk of one spatial tile with the default
+# chunked tiling (the chunk's activations plus the carried causal-padding frames), plus a fixed conv workspace.
+VAE_ACT_UNTILED = 9
+VAE_ACT_CHUNKED = 14
+KERNEL_WORKSPACE = 96 * 2**20  # conv kernel scratch (oneDNN on CPU, cuDNN on CUDA), bytes
+TEXT_TOKENS_EXTRA = 100  # template tokens cropped after the LLM (95 for the video template)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# What the estimate depends on
+# ---------------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class MemoryPlan:
+    """The request's memory-relevant choices (a `SampleRequest` gives one via `plan_from_request`)."""
+
+    height: int
+    width: int
+    frames: int
+    device: str = "cuda"  # "cpu": host RAM is the device
+    precision: str = "bf16"  # DiT compute dtype
+    vae_precision: str = "fp16"
+    text_precision: str = "fp16"
+    text_precision_2: str = "fp16"
+    text_len: int = 256
+    use_fp8: bool = False
+    offload: str = "none"  # none | model | block
+    window: int = 2  # blocks resident under block offload
+    vae_tiling: bool = True
+    tile_size: int = 256  # VAE spatial tile edge (pixels)
+    chunk_frames: int = 9  # VAE frames decoded per temporal chunk (chunked tiling: 2 latents -> 8 frames + 1)
+    parallel: int = 1  # sequence-parallel degree (ulysses x ring): tokens per device = L / parallel
+    shards: int = 1  # processes sharing the DiT block weights (torchrun --shard-weights, FSDP2): 1/shards each
+
+
+def plan_from_request(req: object) -> MemoryPlan:
+    """A MemoryPlan from a `SampleRequest` (duck-typed to keep this module free of CLI imports)."""
+    get = lambda name, default=None: getattr(req, name, default)  # noqa: E731
+    return MemoryPlan(
+        height=req.height,
+        width=req.width,
+        frames=req.video_length,
+        device=torch.device(req.device).type,
+        precision=req.precision,
+        vae_precision=req.vae_precision,
+        text_precision=req.text_encoder_precision,
+        text_precision_2=req.text_encoder_precision_2,
+        text_len=req.text_len,
+        use_fp8=bool(get("use_fp8", False)),
+        offload=get("offload", "none") or "none",
+        vae_tiling=req.vae_tiling,
+        parallel=int(get("ulysses_degree", 1)) * int(get("ring_degree", 1)),
+        shards=_weight_shards(req),
+    )
+
+
+def _weight_shards(req: object) -> int:
+    """How many processes split the DiT block weights: the torchrun world with --shard-weights, unless fp8 or
+    offloading (which load the weights replicated)."""
+    world = int(getattr(req, "world_size", 1) or 1)
+    plain = not getattr(req, "use_fp8", False) and getattr(req, "offload", "none") == "none"
+    return world if world > 1 and plain and getattr(req, "shard_weights", False) else 1
+
+
+@dataclass(frozen=True)
+class ModelSizes:
+    """Parameter counts of the components (from configs, no weights read)."""
+
+    dit_block_linear: int  # weights of the Linear layers inside the blocks (fp8-able)
+    dit_block_other: int  # biases, norms inside the blocks
+    dit_other: int  # embedders, token refiner, final layer
+    dit_largest_block: tuple[int, int]  # (fp8-able weights, other) of the largest block
+    dit_largest_linear: int  # elements of the largest block Linear weight (fp8 dequantisation transient)
+    dit_hidden: int
+    dit_mlp: int
+    llm: int
+    llm_hidden: int
+    llm_layers: int
+    llm_intermediate: int
+    clip: int
+    vae: int
+    vae_c0: int  # first-level decoder width (block_out_channels[0])
+    dit_file_bytes: int = 0  # size of the DiT weight file(s): mmap pages touched while loading on the host
+    dit_patch: tuple[int, int, int] = (1, 2, 2)
+
+    @property
+    def dit(self) -> int:
+        return self.dit_block_linear + self.dit_block_other + self.dit_other
+
+
+def dit_sizes(cfg: DiTConfig) -> dict[str, object]:
+    from hyvideo.checkpoints.dit import build_dit
+    from hyvideo.quantization import fp8_layer_names
+
+    model = build_dit(cfg, "meta")
+    linear = set(fp8_layer_names(model))
+    counts = {"lin": 0, "blk": 0, "oth": 0}
+    largest_linear = 0
+    for name, p in model.named_parameters():
+        layer = name.rsplit(".", 1)[0]
+        if layer in linear and name.endswith(".weight"):
+            counts["lin"] += p.numel()
+            largest_linear = max(largest_linear, p.numel())
+        elif name.startswith(("double_blocks.", "single_blocks.")):
+            counts["blk"] += p.numel()
+        else:
+            counts["oth"] += p.numel()
+    blocks = [*model.double_blocks, *model.single_blocks]
+    per_block = [
+        (
+            sum(p.numel() for n, p in b.named_parameters() if n.endswith("weight") and p.ndim == 2),
+            sum(p.numel() for n, p in b.named_parameters() if not (n.endswith("weight") and p.ndim == 2)),
+        )
+        for b in blocks
+    ]
+    return {
+        "dit_block_linear": counts["lin"],
+        "dit_block_other": counts["blk"],
+        "dit_other": counts["oth"],
+        "dit_largest_block": max(per_block, key=sum) if per_block else (0, 0),
+        "dit_largest_linear": largest_linear,
+        "dit_hidden": cfg.hidden_size,
+        "dit_mlp": cfg.mlp_hidden,
+        "dit_patch": tuple(cfg.patch_size),
+    }
+
+
+def llm_params(cfg: dict) -> tuple[int, int, int, int]:
+    """(parameters of the Llama base model without LM head, hidden, layers, intermediate) from its config.json."""
+    cfg = cfg.get("text_config") or cfg
+    h, n = int(cfg["hidden_size"]), int(cfg["num_hidden_layers"])
+    inter, vocab = int(cfg["intermediate_size"]), int(cfg["vocab_size"])
+    heads = int(cfg["num_attention_heads"])
+    kv = int(cfg.get("num_key_value_heads") or heads) * int(cfg.get("head_dim") or h // heads)
+    qo = int(cfg.get("head_dim") or h // heads) * heads
+    per_layer = h * qo * 2 + h * kv * 2 + 3 * h * inter + 2 * h
+    if cfg.get("attention_bias"):
+        per_layer += qo + 2 * kv
+    return vocab * h + n * per_layer + h, h, n, inter
+
+
+def clip_text_params(cfg: dict) -> int:
+    """Parameters of CLIP's text tower from its config.json (a full CLIPModel config keeps it in text_config)."""
+    cfg = cfg.get("text_config") or cfg
+    h, n, inter = int(cfg["hidden_size"]), int(cfg["num_hidden_layers"]), int(cfg["intermediate_size"])
+    vocab, pos = int(cfg["vocab_size"]), int(cfg.get("max_position_embeddings", 77))
+    per_layer = 4 * (h * h + h) + 2 * h * inter + inter + h + 4 * h
+    return vocab * h + pos * h + n * per_layer + 2 * h
+
+
+def vae_params(vae_cfg: VAEConfig) -> int:
+    from hyvideo.modules.vae import HYVideoVAE
+
+    with torch.device("meta"):
+        return sum(p.numel() for p in HYVideoVAE(vae_cfg).parameters())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The estimate
+# ---------------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    weights: int  # bytes of weights on the device during the stage
+    activations: int  # bytes of activations / workspace at the stage's peak
+    load: int = 0  # extra bytes on the device while loading only (a dtype conversion's second copy)
+    host: int = 0  # host bytes during the stage when the device is not the host (mmap pages, pinned copies)
+
+    @property
+    def device(self) -> int:
+        return self.weights + max(self.activations, self.load)
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    plan: MemoryPlan
+    stages: tuple[Stage, ...]
+    baseline: int  # host RSS of the process before loading (runtime, libraries)
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def device_peak(self) -> int:
+        """Peak on the device; on the CPU this is the host peak (the device is host RAM)."""
+        if self.plan.device == "cpu":
+            return self.host_peak
+        return max(s.device for s in self.stages)
+
+    @property
+    def host_peak(self) -> int:
+        if self.plan.device == "cpu":
+            return self.baseline + max(s.device for s in self.stages)
+        return self.baseline + max(s.host for s in self.stages)
+
+    def lines(self) -> list[str]:
+        p = self.plan
+        mode = f"{p.precision}{' + fp8 weights' if p.use_fp8 else ''}, offload {p.offload}"
+        out = [
+            f"memory estimate for {p.width}x{p.height}x{p.frames} ({mode}, VAE tiling {'on' if p.vae_tiling else 'off'}"
+            f"{f', parallel {p.parallel}' if p.parallel > 1 else ''}): peak {p.device} {self.device_peak / GiB:.1f} "
+            f"GiB, host {self.host_peak / GiB:.1f} GiB"
+        ]
+        for s in self.stages:
+            out.append(
+                f"  {s.name}: weights {s.weights / GiB:.2f} + activations {s.activations / GiB:.2f} GiB on {p.device}"
+                + (f", host {s.host / GiB:.2f} GiB" if s.host and p.device != "cpu" else "")
+            )
+        return out
+
+
+def estimate(plan: MemoryPlan, sizes: ModelSizes, baseline: int = 0) -> MemoryEstimate:
+    """Peak device memory and host RAM per stage for `plan` (see the module docstring for the model)."""
+    e_dit, e_vae = DTYPE_BYTES[plan.precision], DTYPE_BYTES[plan.vae_precision]
+    e_llm, e_clip = DTYPE_BYTES[plan.text_precision], DTYPE_BYTES[plan.text_precision_2]
+    cpu = plan.device == "cpu"
+
+    # --- text encoders (LLM then CLIP; both loaded together by TextEncoders) ---
+    tokens = plan.text_len + TEXT_TOKENS_EXTRA
+    text_act = (sizes.llm_layers + 1) * tokens * sizes.llm_hidden * e_llm + 3 * tokens * sizes.llm_intermediate * e_llm
+    text = Stage("text encoders", sizes.llm * e_llm + sizes.clip * e_clip, text_act, host=sizes.llm * e_llm)
+
+    # --- DiT ---
+    wbytes = 1 if plan.use_fp8 else e_dit
+    blk_lin, blk_other = sizes.dit_largest_block
+    if plan.offload == "block":
+        dit_weights = sizes.dit_other * e_dit + plan.window * (blk_lin * wbytes + blk_other * e_dit)
+    elif plan.shards > 1:  # each process holds 1/shards of every block and gathers one block at a time
+        blocks = (sizes.dit_block_other + sizes.dit_block_linear) * e_dit
+        dit_weights = sizes.dit_other * e_dit + blocks // plan.shards + (blk_lin + blk_other) * e_dit
+    else:
+        dit_weights = sizes.dit_other * e_dit + sizes.dit_block_other * e_dit + sizes.dit_block_linear * wbytes
+    stored = sizes.dit_other * e_dit + sizes.dit_block_other * e_dit + sizes.dit_block_linear * wbytes
+    pt, ph, pw = sizes.dit_patch
+    lat_t, lat_h, lat_w = (plan.frames - 1) // 4 + 1, plan.height // 8, plan.width // 8
+    img_tokens = (lat_t // pt) * (lat_h // ph) * (lat_w // pw)
+    seq = math.ceil((img_tokens + plan.text_len) / plan.parallel)
+    act = seq * (DIT_ACT_C * sizes.dit_hidden + DIT_ACT_M * sizes.dit_mlp) * e_dit
+    act += img_tokens * (sizes.dit_hidden // 2) * 4  # RoPE table (Li, C/2 complex64 over heads' dims) upper bound
+    act += 4 * 16 * lat_t * lat_h * lat_w * 4  # latents, noise, velocity, update in fp32
+    if plan.use_fp8:
+        act += 2 * sizes.dit_largest_linear * e_dit  # one layer's upcast weight (cast, then scaled)
+    # host: the mmap'd file's pages are touched while loading; a dtype change or fp8 builds a second copy
+    converted = abs(sizes.dit_file_bytes - stored) > 0.05 * stored
+    load = sizes.dit_file_bytes if converted else 0
+    if cpu:
+        dit = Stage("DiT denoise", stored, act, load=load)
+    else:
+        pinned = stored if plan.offload in ("model", "block") else 0
+        dit = Stage("DiT denoise", dit_weights, act, host=sizes.dit_file_bytes + pinned)
+
+    # --- VAE decode ---
+    H, W, frames = plan.height, plan.width, plan.frames
+    th, tw = (min(H, plan.tile_size), min(W, plan.tile_size)) if plan.vae_tiling else (H, W)
+    if plan.vae_tiling and frames > plan.chunk_frames:  # temporal chunks; shorter clips decode in one piece
+        maps = VAE_ACT_CHUNKED * th * tw * plan.chunk_frames
+    else:
+        maps = VAE_ACT_UNTILED * th * tw * frames
+    vae_act = maps * sizes.vae_c0 * e_vae + KERNEL_WORKSPACE
+    vae_act += 3 * frames * H * W * (e_vae + (4 if e_vae != 4 else 0))  # decoded video, then its float32 copy
+    vae = Stage("VAE decode", sizes.vae * e_vae, vae_act, host=sizes.vae * e_vae)
+
+    notes = []
+    if plan.offload == "model" and not cpu:
+        notes.append("model offload keeps a pinned host copy of the DiT")
+    return MemoryEstimate(plan, (text, dit, vae), baseline, tuple(notes))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reading the configs under --model-base, and the preflight check
+# ---------------------------------------------------------------------------------------------------------------
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def model_sizes(dit_cfg: DiTConfig, paths: ModelPaths) -> ModelSizes:
+    """Parameter counts of every component from the configs under the located model paths."""
+    from hyvideo.modules.vae import VAEConfig
+
+    llm_cfg = _read_json(Path(paths.text_encoder) / "config.json")
+    clip_cfg = _read_json(Path(paths.text_encoder_2) / "config.json")
+    llm = llm_params(llm_cfg) if llm_cfg else (0, 0, 0, 0)
+    vae_json = _read_json(Path(paths.vae) / "config.json")
+    vae_cfg = VAEConfig.from_config_dict(vae_json) if vae_json else VAEConfig()
+    dit_path = Path(paths.dit)
+    files = [dit_path] if dit_path.is_file() else [*dit_path.glob("*.safetensors"), *dit_path.glob("*.pt")]
+    return ModelSizes(
+        **dit_sizes(dit_cfg),
+        llm=llm[0],
+        llm_hidden=llm[1],
+        llm_layers=llm[2],
+        llm_intermediate=llm[3],
+        clip=clip_text_params(clip_cfg) if clip_cfg else 0,
+        vae=vae_params(vae_cfg),
+        vae_c0=vae_cfg.block_out_channels[0],
+        dit_file_bytes=sum(f.stat().st_size for f in files if f.is_file()),
+    )
+
+
+def current_rss() -> int:
+    """Resident set size of this process now (bytes); 0 where /proc is unavailable."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def available_ram() -> int:
+    """MemAvailable from /proc/meminfo (bytes); falls back to total physical memory."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def device_capacity(device: str) -> int:
+    """Bytes the run may use on `device`: CUDA total memory, or (CPU) the RAM available now plus what this process
+    already holds."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return torch.cuda.get_device_properties(dev).total_memory
+    return available_ram() + current_rss()
+
+
+def suggestion(plan: MemoryPlan) -> str:
+    """The cheapest changes that lower the peak, in the order worth trying."""
+    tips = []
+    if not plan.use_fp8:
+        tips.append("--use-fp8")
+    if plan.offload != "block":
+        tips.append("--offload block")
+    if not plan.vae_tiling:
+        tips.append("--vae-tiling")
+    tips.append("a smaller --video-size / --video-length")
+    return "try " + ", ".join(tips)
+
+
+def check_fits(est: MemoryEstimate, capacity: int) -> str | None:
+    """None when the estimate fits `capacity`; otherwise a one-line reason with a suggestion."""
+    need = est.device_peak
+    if need <= capacity:
+        return None
+    where = "RAM" if est.plan.device == "cpu" else est.plan.device
+    return (
+        f"not enough memory: this request needs ~{need / GiB:.1f} GiB of {where}, {capacity / GiB:.1f} GiB "
+        f"available; {suggestion(est.plan)} (or --no-memory-check to run anyway)"
+    )
+
+
+def preflight(req: object, paths: ModelPaths, dit_cfg: DiTConfig) -> MemoryEstimate:
+    """Estimate the request's peak memory from the configs, log it, and raise `UsageError` (exit 2, one line with a
+    suggestion) when it cannot fit the device and `req.memory_check` is on. Reads no weights."""
+    from loguru import logger
+
+    from hyvideo.request import UsageError
+
+    est = estimate(plan_from_request(req), model_sizes(dit_cfg, paths), baseline=current_rss())
+    for line in est.lines():
+        logger.info(line)
+    problem = check_fits(est, device_capacity(req.device))
+    if problem is not None and getattr(req, "memory_check", True):
+        raise UsageError(None, problem)
+    if problem is not None:
+        logger.warning(f"{problem}; continuing because of --no-memory-check")
+    return est
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The released model, for on-paper estimates without the weights (docs/BENCHMARKS.md)
+# ---------------------------------------------------------------------------------------------------------------
+FULL_SIZE_LLM = {  # Llama-3-8B language model of llava-llama-3-8b-v1_1 (its config.json)
+    "hidden_size": 4096,
+    "num_hidden_layers": 32,
+    "intermediate_size": 14336,
+    "vocab_size": 128256,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+}
+FULL_SIZE_CLIP = {  # openai/clip-vit-large-patch14 text tower
+    "hidden_size": 768,
+    "num_hidden_layers": 12,
+    "intermediate_size": 3072,
+    "vocab_size": 49408,
+    "max_position_embeddings": 77,
+    "num_attention_heads": 12,
+}
+
+
+def full_size_sizes() -> ModelSizes:
+    """ModelSizes of the released HYVideo-T/2-cfgdistill + Llama-3-8B + CLIP-L + 884-16c-hy VAE (bf16 DiT file)."""
+    from hyvideo.config import DiTConfig
+    from hyvideo.modules.vae import VAEConfig
+
+    llm = llm_params(FULL_SIZE_LLM)
+    dit = dit_sizes(DiTConfig())
+    n_dit = dit["dit_block_linear"] + dit["dit_block_other"] + dit["dit_other"]
+    return ModelSizes(
+        **dit,
+        llm=llm[0],
+        llm_hidden=llm[1],
+        llm_layers=llm[2],
+        llm_intermediate=llm[3],
+        clip=clip_text_params(FULL_SIZE_CLIP),
+        vae=vae_params(VAEConfig()),
+        vae_c0=VAEConfig().block_out_channels[0],
+        dit_file_bytes=2 * n_dit,
+    )

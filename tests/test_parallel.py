@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -192,6 +193,19 @@ def test_a_killed_rank_ends_every_process_nonzero_within_60s(model_base: Path, t
     text = "".join(lines)
     assert re.search(r"rank\s*:\s*1 \(local_rank: 1\)", text) or "rank 1" in text, text[-3000:]
     assert not list((tmp_path / "out").glob("*.mp4"))
+
+
+def test_a_failure_on_rank_0_alone_ends_the_ranks_waiting_for_it(model_base: Path, tmp_path: Path) -> None:
+    """Rank 0 alone loads the text encoders; a broken CLIP file fails it while rank 1 waits in the broadcast of the
+    embeddings. Rank 0 reports and leaves at once, so rank 1's wait fails too (long before --dist-timeout)."""
+    base = tmp_path / "model"
+    shutil.copytree(model_base, base)
+    (base / "text_encoder_2" / "model.safetensors").write_bytes(b"not a safetensors file")
+    started = time.monotonic()
+    proc = torchrun(2, "sample_video.py", *cli_args(base, tmp_path / "out", "--ulysses-degree", "2"), timeout=240)
+    assert proc.returncode != 0 and time.monotonic() - started < 200
+    assert "error: rank 0:" in proc.stderr and "text_encoder_2" in proc.stderr, proc.stderr[-3000:]
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
 
 
 # ---------------------------------------------------------------------------------------------------------------

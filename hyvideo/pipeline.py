@@ -275,10 +275,10 @@ def run(req: SampleRequest) -> list[Path]:
     paths = locate(req.model_base, req.dit_weight)
     if req.ulysses_degree > 1:
         dist_steps.check_heads(req, denoiser_config(req, paths))
-    mesh = dist_steps.start(req)  # several torchrun processes: join the job (None otherwise)
-    device = device if mesh is None else mesh.device
     verify_vae(paths.vae)  # names and shapes only: a bad VAE must fail now, not after sampling
     preflight(req, paths, denoiser_config(req, paths))  # peak memory from the configs; exit 2 if it cannot fit
+    mesh = dist_steps.start(req)  # several torchrun processes: join the job (None otherwise)
+    device = device if mesh is None else mesh.device
     logger.info(f"models: {paths.layout} layout at {req.model_base}; DiT {paths.dit}")
     logger.info(
         f"request: {req.width}x{req.height}, {req.video_length} frames, {req.infer_steps} steps, shift "

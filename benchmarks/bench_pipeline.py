@@ -226,6 +226,32 @@ def child_scaling(root: Path, a: argparse.Namespace) -> dict:
     return {"rows": rows}
 
 
+def child_ab(root: Path, a: argparse.Namespace) -> dict:
+    """Per-step DiT forwards at the request size, ours and diffusers alternating `--ab` times per prompt kind, so
+    load that drifts during the run hits both sides alike; returns every time."""
+    import torch
+    from diffusers import HunyuanVideoTransformer3DModel
+
+    from hyvideo.checkpoints.dit import load_dit
+
+    ours = load_dit(root / "transformer", dtype=torch.float32)
+    theirs = HunyuanVideoTransformer3DModel.from_pretrained(root / "transformer", torch_dtype=torch.float32).eval()
+    cfg, g = ours.cfg, torch.Generator().manual_seed(0)
+    x = torch.randn(1, cfg.in_channels, (a.frames - 1) // 4 + 1, a.size[0] // 8, a.size[1] // 8, generator=g)
+    text, pooled = torch.randn(1, 256, cfg.text_states_dim, generator=g), torch.randn(1, cfg.text_pool_dim, generator=g)
+    t, guid = torch.tensor([900.0]), torch.tensor([6000.0])
+    out: dict[str, list[float]] = {}
+    for kind, valid in (("short", 11), ("full", 256)):
+        mask = (torch.arange(256) < valid).long()[None]
+        for _ in range(a.ab):
+            for name, fn in (("ours", ours), ("diffusers", lambda *i: theirs(*i, return_dict=False))):
+                t0 = time.perf_counter()
+                with torch.inference_mode():
+                    fn(x, t, text, mask, pooled, guid)
+                out.setdefault(f"{name} {kind}", []).append(time.perf_counter() - t0)
+    return out
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Parent
 # ---------------------------------------------------------------------------------------------------------------
@@ -256,6 +282,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--peak-tflops", type=float, default=0.0, help="device peak for MFU (with --flops)")
     ap.add_argument("--no-scaling", action="store_true", help="skip the 1x/2x/4x tokens table")
     ap.add_argument("--compiled", action="store_true", help="add ours with --compile to the scaling table")
+    ap.add_argument("--ab", type=int, default=0, help="also N alternating per-step DiT forwards per side and prompt")
     ap.add_argument("--scale-grid", type=int, nargs=3, default=[3, 32, 32], metavar=("T", "H", "W"),
                     help="latent grid of the 1x row (the 2x/4x rows multiply T)")  # fmt: skip
     ap.add_argument("--root", type=Path, default=None, help="keep the model here (default: a temp dir)")
@@ -267,7 +294,10 @@ def main(argv: list[str] | None = None) -> None:
         kind, root, prompt_kind, out = a.child
         prompt = SHORT_PROMPT if prompt_kind == "short" else LONG_PROMPT
         fn = {"ours": child_ours, "diffusers": child_diffusers}.get(kind)
-        result = child_scaling(Path(root), a) if kind == "scaling" else fn(Path(root), prompt, Path(out), a)
+        if kind in ("scaling", "ab"):
+            result = (child_scaling if kind == "scaling" else child_ab)(Path(root), a)
+        else:
+            result = fn(Path(root), prompt, Path(out), a)
         print(json.dumps(result))
         return
 
@@ -291,8 +321,16 @@ def main(argv: list[str] | None = None) -> None:
                     results[(kind, prompt_kind)] = r if best is None else _best(best, r)
         scaling = None if a.no_scaling else _run_child("scaling", root, "full", Path(tmp), a, passthrough)
         print(f"scaling: {json.dumps(scaling)}", file=sys.stderr, flush=True)
+        ab = _run_child("ab", root, "full", Path(tmp), a, [*passthrough, "--ab", str(a.ab)]) if a.ab else None
         cfg = _config(root)
     _report(a, cfg, results, scaling)
+    if ab:
+        print(f"\nalternating per-step DiT forwards ({a.ab} per side and prompt), median s (all runs):")
+        for kind in ("short", "full"):
+            o, d = ab[f"ours {kind}"], ab[f"diffusers {kind}"]
+            mo, md = statistics.median(o), statistics.median(d)
+            runs = " / ".join(f"{x:.2f}" for x in o), " / ".join(f"{x:.2f}" for x in d)
+            print(f"{kind:<6} ours {mo:.3f} ({runs[0]})  diffusers {md:.3f} ({runs[1]})  ratio {mo / md:.2f}x")
 
 
 def _best(a: dict, b: dict) -> dict:

@@ -231,3 +231,23 @@ def test_pipeline_loads_the_dit_with_loras_merged_or_wrapped(tmp_path):
     with torch.no_grad():
         x, t, txt, mask, pooled, g = inputs(plain.cfg)
         assert torch.allclose(wrapped(x, t, txt, mask, pooled, g), got(x, t, txt, mask, pooled, g), atol=1e-5)
+
+
+def test_lora_is_merged_before_fp8_quantization(tmp_path):
+    """--use-fp8 --lora: the fp8 block weights hold the merged values (merge, then quantize)."""
+    from hyvideo.quantization import quantize_dit
+
+    base = write_tiny_model(tmp_path / "m", "official", seed=7)
+    kohya, _ = _kohya_and_diffusers_pair(tmp_path)
+    argv = ["--prompt", "a", "--model-base", str(base), "--device", "cpu", "--save-path", str(tmp_path / "o"),
+            "--precision", "fp32", "--use-fp8", "--lora", f"{kohya}:0.6"]  # fmt: skip
+    paths = locate(base)
+    got = pipeline.load_denoiser(cli.parse_request(argv), paths, torch.device("cpu")).state_dict()
+    expected = quantize_dit(merge_loras(load_dit(paths.dit), [LoraSpec(kohya, 0.6)])).state_dict()
+    unmerged = quantize_dit(load_dit(paths.dit)).state_dict()
+    key = "double_blocks.1.img_attn_qkv.weight"
+    assert got[key].dtype == torch.float8_e4m3fn
+    assert got.keys() == expected.keys()
+    for k in expected:
+        assert torch.equal(got[k].float(), expected[k].float()), k
+    assert not torch.equal(got[key].float(), unmerged[key].float())

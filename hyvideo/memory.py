@@ -36,11 +36,12 @@ DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
 DIT_ACT_C = 10
 DIT_ACT_M = 4
 # VAE decoder working set in first-level feature maps (C0 x frames x H x W of what is decoded at once), measured on
-# CPU with the tiny VAE: ~9 maps untiled; ~14 maps of one temporal chunk of one spatial tile with the default
-# chunked tiling (the chunk's activations plus the carried causal-padding frames), plus a fixed conv workspace.
-VAE_ACT_UNTILED = 9
-VAE_ACT_CHUNKED = 14
-KERNEL_WORKSPACE = 96 * 2**20  # conv kernel scratch (oneDNN on CPU, cuDNN on CUDA), bytes
+# CPU with the tiny VAE (VmHWM growth of one decode): ~8 maps untiled; ~20 maps of one temporal chunk (5 frames) of
+# one spatial tile with the default chunked tiling (the chunk's activations, the carried causal-padding frames and
+# the upsampling temporaries), plus a fixed conv workspace.
+VAE_ACT_UNTILED = 8
+VAE_ACT_CHUNKED = 20
+KERNEL_WORKSPACE = 150 * 2**20  # conv kernel scratch (oneDNN on CPU, cuDNN on CUDA), bytes
 TEXT_TOKENS_EXTRA = 100  # template tokens cropped after the LLM (95 for the video template)
 
 
@@ -64,15 +65,18 @@ class MemoryPlan:
     offload: str = "none"  # none | model | block
     window: int = 2  # blocks resident under block offload
     vae_tiling: bool = True
-    tile_size: int = 256  # VAE spatial tile edge (pixels)
-    chunk_frames: int = 9  # VAE frames decoded per temporal chunk (chunked tiling: 2 latents -> 8 frames + 1)
+    tile_size: int = 256  # VAE spatial tile edge (pixels); TilingConfig's default
+    chunk_frames: int = 5  # VAE frames decoded at once in chunked tiling: 4 x chunk_latents + 1 (the first chunk)
     parallel: int = 1  # sequence-parallel degree (ulysses x ring): tokens per device = L / parallel
     shards: int = 1  # processes sharing the DiT block weights (torchrun --shard-weights, FSDP2): 1/shards each
 
 
 def plan_from_request(req: object) -> MemoryPlan:
     """A MemoryPlan from a `SampleRequest` (duck-typed to keep this module free of CLI imports)."""
+    from hyvideo.modules.vae import TilingConfig
+
     get = lambda name, default=None: getattr(req, name, default)  # noqa: E731
+    tiling = TilingConfig()  # what the pipeline's enable_tiling() uses
     return MemoryPlan(
         height=req.height,
         width=req.width,
@@ -86,6 +90,8 @@ def plan_from_request(req: object) -> MemoryPlan:
         use_fp8=bool(get("use_fp8", False)),
         offload=get("offload", "none") or "none",
         vae_tiling=req.vae_tiling,
+        tile_size=tiling.tile_size,
+        chunk_frames=4 * tiling.chunk_latents + 1 if tiling.mode == "chunked" else tiling.tile_frames + 1,
         parallel=int(get("ulysses_degree", 1)) * int(get("ring_degree", 1)),
         shards=_weight_shards(req),
     )

@@ -8,6 +8,7 @@ temporary file that a later run or a user could mistake for a result). Argument 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import re
@@ -15,7 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -382,30 +383,31 @@ def test_non_finite_latents_named_at_their_step(
 # ---------------------------------------------------------------------------------------------------------------
 # Output: disk full while writing -> exit 1, one line, no half-written file
 # ---------------------------------------------------------------------------------------------------------------
-@pytest.fixture
-def file_size_limit(monkeypatch: pytest.MonkeyPatch) -> Callable[[int], None]:
-    """`limit(n)`: from the moment decoding starts, no file this process (or ffmpeg) writes may exceed n bytes, as
-    on a full disk (RLIMIT_FSIZE; SIGXFSZ ignored so writes fail with EFBIG). Restored after the test."""
+@contextlib.contextmanager
+def file_size_limit(n: int) -> Iterator[None]:
+    """Inside the block, from the moment decoding ends, no file this process (or ffmpeg) writes may exceed n bytes,
+    as on a full disk (RLIMIT_FSIZE; SIGXFSZ ignored so writes fail with EFBIG). Restored on leaving the block,
+    before pytest writes its own report (its output file may be larger than n)."""
     import resource
 
     from hyvideo import pipeline
 
     saved = resource.getrlimit(resource.RLIMIT_FSIZE), signal.getsignal(signal.SIGXFSZ)
+    real = pipeline.decode
 
-    def limit(n: int) -> None:
-        real = pipeline.decode
+    def decode_then_limit(*args: object, **kwargs: object) -> torch.Tensor:
+        video = real(*args, **kwargs)
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (n, saved[0][1]))
+        return video
 
-        def decode_then_limit(*args: object, **kwargs: object) -> torch.Tensor:
-            video = real(*args, **kwargs)
-            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-            resource.setrlimit(resource.RLIMIT_FSIZE, (n, saved[0][1]))
-            return video
-
-        monkeypatch.setattr(pipeline, "decode", decode_then_limit)
-
-    yield limit
-    resource.setrlimit(resource.RLIMIT_FSIZE, saved[0])
-    signal.signal(signal.SIGXFSZ, saved[1])
+    pipeline.decode = decode_then_limit
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, saved[0])
+        signal.signal(signal.SIGXFSZ, saved[1])
+        pipeline.decode = real
 
 
 DISK_FULL = [  # (id, bytes allowed per file, extra flags, text in the error line)
@@ -423,14 +425,13 @@ def test_disk_full_leaves_nothing(
     models: dict[str, Path],
     tmp_path: Path,
     capsys: pytest.CaptureFixture,
-    file_size_limit: Callable[[int], None],
     fast_text: None,
 ) -> None:
-    file_size_limit(limit)
     out = tmp_path / "out"
-    code, err = run_main(
-        argv(models["official"], out, "--video-size", "64", "64", "--video-length", "9", *extra), capsys
-    )
+    with file_size_limit(limit):
+        code, err = run_main(
+            argv(models["official"], out, "--video-size", "64", "64", "--video-length", "9", *extra), capsys
+        )
     line = error_line(err)
     assert code == 1 and text in line, line
     assert outputs(out) == []

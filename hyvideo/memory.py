@@ -281,14 +281,16 @@ def estimate(plan: MemoryPlan, sizes: ModelSizes, baseline: int = 0) -> MemoryEs
     act += 4 * 16 * lat_t * lat_h * lat_w * 4  # latents, noise, velocity, update in fp32
     if plan.use_fp8:
         act += 2 * sizes.dit_largest_linear * e_dit  # one layer's upcast weight (cast, then scaled)
-    # host: the mmap'd file's pages are touched while loading; a dtype change or fp8 builds a second copy
+    # host while loading: the mmap'd file's pages are touched; a dtype change builds a second copy beside them.
+    # fp8 quantizing while loading returns each float layer's pages at once (quantize_dit(drop_pages=True)).
     converted = abs(sizes.dit_file_bytes - stored) > 0.05 * stored
-    load = sizes.dit_file_bytes if converted else 0
+    load = sizes.dit_file_bytes if converted and not plan.use_fp8 else 0
+    host_load = stored if plan.use_fp8 else sizes.dit_file_bytes
     if cpu:
         dit = Stage("DiT denoise", stored, act, load=load)
     else:
         pinned = stored if plan.offload in ("model", "block") else 0
-        dit = Stage("DiT denoise", dit_weights, act, host=sizes.dit_file_bytes + pinned)
+        dit = Stage("DiT denoise", dit_weights, act, host=host_load + pinned)
 
     # --- VAE decode ---
     H, W, frames = plan.height, plan.width, plan.frames

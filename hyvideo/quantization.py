@@ -21,6 +21,9 @@ does the same on a float state dict. `load_fp8_official` reads the official `mp_
 
 from __future__ import annotations
 
+import ctypes
+import mmap
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Literal
@@ -187,16 +190,35 @@ def _set(model: nn.Module, name: str, layer: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, child, layer)
 
 
-def quantize_dit(model: nn.Module, granularity: Granularity = DEFAULT_GRANULARITY) -> nn.Module:
+def quantize_dit(
+    model: nn.Module, granularity: Granularity = DEFAULT_GRANULARITY, *, drop_pages: bool = False
+) -> nn.Module:
     """Replace the block Linears of a float DiT by FP8Linear, layer by layer (peak: one layer's fp32 copy).
 
     The float weights are released as each layer is converted. Merge LoRA or other weight edits before this call.
+    `drop_pages=True` (only for weights nothing else references, e.g. just read from a memory-mapped file) also
+    returns each float weight's memory pages to the system at once, so host RSS never holds the whole float file.
     """
     for name in fp8_layer_names(model):
         linear = model.get_submodule(name)
         if isinstance(linear, nn.Linear):
             _set(model, name, FP8Linear.from_linear(linear, granularity))
+            if drop_pages:
+                _drop_pages(linear.weight)
     return model
+
+
+def _drop_pages(t: torch.Tensor) -> None:
+    """madvise(MADV_DONTNEED) on the whole pages inside a CPU tensor's bytes (Linux): a file-backed mapping rereads
+    them if ever touched again, anonymous memory reads back as zeros. Call only on data no one will read again."""
+    if t.device.type != "cpu" or not sys.platform.startswith("linux"):
+        return
+    page = mmap.PAGESIZE
+    start = -(-t.data_ptr() // page) * page
+    end = (t.data_ptr() + t.numel() * t.element_size()) // page * page
+    if end > start:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), 4)  # 4 = MADV_DONTNEED
 
 
 def quantize_state_dict(
@@ -331,7 +353,7 @@ def load_dit_fp8(
         del sd
         set_scales(model, scales)
     else:
-        model = quantize_dit(load_dit(path, cfg, load_key=load_key), granularity)
+        model = quantize_dit(load_dit(path, cfg, load_key=load_key), granularity, drop_pages=True)
     model.to(device=device, dtype=dtype)
     if torch.device(device).type == "cpu":  # release the memory-mapped file: copy what still points into it
         for t in (*model.parameters(), *model.buffers()):

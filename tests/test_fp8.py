@@ -242,3 +242,21 @@ def test_pipeline_use_fp8_bf16_file_and_official_pair(tmp_path, capsys):
     assert "--fp8-compute: needs --use-fp8" in capsys.readouterr().err
     assert main([*args, "--use-fp8", "--fp8-compute"]) == 2
     assert "--fp8-compute: needs a CUDA GPU" in capsys.readouterr().err
+
+
+def test_quantizing_while_loading_drops_float_pages_safely(tmp_path):
+    """Both layouts quantized while loading (float pages returned to the system layer by layer) give the same
+    fp8 model as quantizing a float model in memory: no neighbouring tensor lost a page."""
+    from hyvideo.checkpoints.dit import save_dit_diffusers
+
+    model = random_dit(TINY_DIT, 6)
+    official = save_dit_official(model, tmp_path / "official")
+    diffusers = save_dit_diffusers(model, tmp_path / "diffusers")
+    expected = quantize_dit(copy.deepcopy(model))
+    inp = dit_inputs()
+    want = expected(*inp)
+    for path in (official, diffusers):
+        loaded = load_dit_fp8(path, TINY_DIT)
+        assert torch.equal(loaded(*inp), want), path
+        for name, t in expected.state_dict().items():
+            assert torch.equal(loaded.state_dict()[name].view(torch.uint8), t.view(torch.uint8)), (path, name)

@@ -108,13 +108,9 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from hyvideo.checkpoints.dit import save_dit_official
-    from hyvideo.config import DiTConfig
-    from hyvideo.tiny import random_dit
+    from hyvideo.tiny import mid_dit_config, random_dit
 
-    hd = args.hidden // args.heads
-    axes = (hd - 2 * (hd * 7 // 16 // 2 * 2), hd * 7 // 16 // 2 * 2, hd * 7 // 16 // 2 * 2)
-    cfg = DiTConfig(hidden_size=args.hidden, heads=args.heads, depth_double=args.double, depth_single=args.single,
-                    rope_axes=axes, text_states_dim=1024, text_pool_dim=768)  # fmt: skip
+    cfg = mid_dit_config(args.hidden, args.heads, args.double, args.single)
     with tempfile.TemporaryDirectory() as tmp:
         model = random_dit(cfg).to(torch.bfloat16)
         params = sum(p.numel() for p in model.parameters())

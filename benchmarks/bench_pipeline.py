@@ -39,15 +39,6 @@ def _status_kb(field: str) -> int:
 # ---------------------------------------------------------------------------------------------------------------
 # The mid-size model
 # ---------------------------------------------------------------------------------------------------------------
-def mid_dit_config(hidden: int, heads: int, double: int, single: int, text_dim: int, pool_dim: int):
-    from hyvideo.config import DiTConfig
-
-    hd = hidden // heads
-    hw = hd * 7 // 16 // 2 * 2  # RoPE split like the release's (16, 56, 56) of 128
-    return DiTConfig(hidden_size=hidden, heads=heads, depth_double=double, depth_single=single, depth_refiner=1,
-                     rope_axes=(hd - 2 * hw, hw, hw), text_states_dim=text_dim, text_pool_dim=pool_dim)  # fmt: skip
-
-
 def write_mid_model(root: Path, args: argparse.Namespace) -> Path:
     """Diffusers layout: random DiT (from args), VAE (32, 64, 64, 64), tiny text encoders, scheduler."""
     import torch
@@ -55,12 +46,13 @@ def write_mid_model(root: Path, args: argparse.Namespace) -> Path:
     from hyvideo.checkpoints.dit import save_dit_diffusers
     from hyvideo.checkpoints.vae import random_vae, save_vae_diffusers
     from hyvideo.modules.vae import VAEConfig
-    from hyvideo.tiny import MODEL_INDEX, random_dit
+    from hyvideo.tiny import MODEL_INDEX, mid_dit_config, random_dit
     from hyvideo.tiny_text import write_text_encoders_diffusers
 
     root.mkdir(parents=True, exist_ok=True)
     dims = write_text_encoders_diffusers(root, SEED)
-    cfg = mid_dit_config(args.hidden, args.heads, args.double, args.single, dims.llm_hidden, dims.clip_hidden)
+    cfg = mid_dit_config(args.hidden, args.heads, args.double, args.single, refiner=1, text_dim=dims.llm_hidden,
+                         pool_dim=dims.clip_hidden)  # fmt: skip
     save_dit_diffusers(random_dit(cfg, SEED), root / "transformer")
     vae_cfg = VAEConfig(block_out_channels=(32, 64, 64, 64), layers_per_block=2, norm_num_groups=32)
     save_vae_diffusers(random_vae(vae_cfg, SEED, torch.float32), vae_cfg, root / "vae")

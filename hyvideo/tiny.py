@@ -29,6 +29,16 @@ TINY_DIT = DiTConfig(
 )
 
 
+def mid_dit_config(
+    hidden: int, heads: int, double: int, single: int, *, refiner: int = 2, text_dim: int = 1024, pool_dim: int = 768
+) -> DiTConfig:
+    """A benchmark-size DiT whose RoPE split follows the release's (16, 56, 56) of 128 head dims."""
+    hd = hidden // heads
+    hw = hd * 7 // 16 // 2 * 2
+    return DiTConfig(hidden_size=hidden, heads=heads, depth_double=double, depth_single=single, depth_refiner=refiner,
+                     rope_axes=(hd - 2 * hw, hw, hw), text_states_dim=text_dim, text_pool_dim=pool_dim)  # fmt: skip
+
+
 def randomize_(model: nn.Module, seed: int) -> nn.Module:
     """Fill every parameter in place with seeded values of a sensible scale (see module docstring)."""
     g = torch.Generator().manual_seed(seed)

@@ -16,13 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-
-def _status_kb(field: str) -> int:
-    """VmRSS / VmHWM of this process in KiB (VmHWM, unlike ru_maxrss, does not inherit the parent's peak)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    return 0
+from benchmarks.procstat import status_kb
 
 
 def _child(path: str, dtype: str) -> None:
@@ -30,15 +24,15 @@ def _child(path: str, dtype: str) -> None:
 
     from hyvideo.checkpoints.dit import load_dit
 
-    before = _status_kb("VmRSS")
+    before = status_kb("VmRSS")
     t0 = time.perf_counter()
     model = load_dit(path, dtype=getattr(torch, dtype))
     seconds = time.perf_counter() - t0
-    peak = _status_kb("VmHWM")
+    peak = status_kb("VmHWM")
     with torch.no_grad():  # page every weight in, as the first forward does
         for p in model.parameters():
             p.float().sum()
-    touched = _status_kb("VmHWM")
+    touched = status_kb("VmHWM")
     nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
     out = {"before_kb": before, "peak_kb": peak, "touched_kb": touched, "seconds": seconds, "model_bytes": nbytes}
     print(json.dumps(out))

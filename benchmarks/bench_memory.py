@@ -18,15 +18,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.procstat import status_kb
+
 PROMPT = "A cat walks on the grass, realistic style."
 MiB = 2**20
-
-
-def _hwm() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return 0
 
 
 def _ours(spec: dict) -> dict:
@@ -38,7 +33,7 @@ def _ours(spec: dict) -> dict:
     pipeline.preflight = lambda *a: seen.setdefault("e", real(*a))
     t0 = time.perf_counter()
     assert main(spec["argv"]) == 0
-    return {"peak": _hwm(), "seconds": time.perf_counter() - t0, "estimate": seen["e"].host_peak}
+    return {"peak": status_kb("VmHWM") * 1024, "seconds": time.perf_counter() - t0, "estimate": seen["e"].host_peak}
 
 
 def _diffusers(spec: dict) -> dict:
@@ -64,7 +59,7 @@ def _diffusers(spec: dict) -> dict:
         prompt_template={"template": PROMPT_TEMPLATES["dit-llm-encode-video"], "crop_start": spec["crop_start"]},
         max_sequence_length=256,
     )
-    return {"peak": _hwm(), "seconds": time.perf_counter() - t0}
+    return {"peak": status_kb("VmHWM") * 1024, "seconds": time.perf_counter() - t0}
 
 
 def _run(kind: str, spec: dict) -> dict:

@@ -21,19 +21,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.procstat import status_kb
+
 SEED = 42
 SHORT_PROMPT = "A cat walks on the grass, realistic style."
 LONG_PROMPT = " ".join(
     ["A cat walks slowly on the green grass of a garden in the morning sun, its tail raised, realistic style."] * 30
 )  # far more than 256 LLM tokens: the text stream is full
-
-
-def _status_kb(field: str) -> int:
-    """VmHWM / VmRSS of this process in KiB (VmHWM, unlike ru_maxrss, does not inherit the parent's peak)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    return 0
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -135,7 +129,7 @@ def child_ours(root: Path, prompt: str, out: Path, a: argparse.Namespace) -> dic
         pipeline.run(req)
     wall = time.perf_counter() - t0
     return {"steps": steps.seconds, "text_tokens": steps.text_tokens, "decode": sum(decode), "wall": wall,
-            "peak_kb": _status_kb("VmHWM")}  # fmt: skip
+            "peak_kb": status_kb("VmHWM")}  # fmt: skip
 
 
 def child_diffusers(root: Path, prompt: str, out: Path, a: argparse.Namespace) -> dict:
@@ -168,7 +162,7 @@ def child_diffusers(root: Path, prompt: str, out: Path, a: argparse.Namespace) -
     export_to_video(list(frames), str(out / "diffusers.mp4"), fps=24)
     wall = time.perf_counter() - t0
     return {"steps": steps.seconds, "text_tokens": steps.text_tokens, "decode": sum(decode), "wall": wall,
-            "peak_kb": _status_kb("VmHWM")}  # fmt: skip
+            "peak_kb": status_kb("VmHWM")}  # fmt: skip
 
 
 def child_scaling(root: Path, a: argparse.Namespace) -> dict:

@@ -37,6 +37,14 @@ def roots(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def full_llm(roots):
+    """The whole LLM as transformers loads it (every layer, final norm): the reference for our truncated one."""
+    from transformers import AutoModel
+
+    return AutoModel.from_pretrained(roots[0] / "text_encoder", dtype=torch.float32).eval()
+
+
+@pytest.fixture(scope="module")
 def encoders(roots):
     cfg = TextEncoderConfig.from_model_base(roots[0], precision="fp32", precision_2="fp32")
     return TextEncoders(cfg)
@@ -83,9 +91,9 @@ def test_shapes_and_mask(encoders):
 
 
 @pytest.mark.parametrize("video_length", [129, 1])
-def test_parity_with_diffusers_encode_prompt(encoders, video_length):
+def test_parity_with_diffusers_encode_prompt(encoders, full_llm, video_length):
     pipe = HunyuanVideoPipeline(
-        text_encoder=encoders.llm.model,
+        text_encoder=full_llm,
         tokenizer=encoders.llm.tokenizer,
         transformer=None,
         vae=None,
@@ -110,19 +118,41 @@ def test_official_layout_matches_diffusers_layout(roots, encoders):
     assert torch.equal(official.clip_pooled, ours.clip_pooled)
 
 
-def test_hidden_state_choice_and_final_norm(roots, encoders):
+def test_hidden_state_choice_and_final_norm(roots, encoders, full_llm):
     llm = encoders.llm
     template = encoders.template(129)
     batch = llm.tokenizer([template.format(PROMPTS[0])], max_length=256 + 95, padding="max_length")
     ids, mask = torch.tensor(batch["input_ids"]), torch.tensor(batch["attention_mask"])
     with torch.no_grad():
-        hidden = llm.model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
+        hidden = full_llm(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
     states, _ = llm.encode([PROMPTS[0]], template)
     assert torch.equal(states, hidden[-3][:, 95:])
     cfg = TextEncoderConfig.from_model_base(roots[0], precision="fp32", precision_2="fp32", apply_final_norm=True)
     normed, _ = TextEncoders(cfg).llm.encode([PROMPTS[0]], template)
     with torch.no_grad():
-        assert torch.allclose(normed, llm.model.norm(hidden[-3])[:, 95:], atol=1e-6)
+        assert torch.allclose(normed, full_llm.norm(hidden[-3])[:, 95:], atol=1e-6)
+    for skip in (0, 1):  # skip 0: the last layer's output after the final norm, as transformers returns it
+        cfg = TextEncoderConfig.from_model_base(roots[0], precision="fp32", precision_2="fp32")
+        cfg.hidden_state_skip_layer = skip
+        got, _ = TextEncoders(cfg).llm.encode([PROMPTS[0]], template)
+        assert torch.equal(got, hidden[-(skip + 1)][:, 95:])
+
+
+def test_unused_last_layers_are_not_built(encoders, full_llm):
+    """hidden_state_skip_layer 2: the last two decoder layers are never loaded nor run (no memory, no time)."""
+    model = encoders.llm.model
+    assert len(model.layers) == len(full_llm.layers) - 2
+    assert isinstance(model.norm, torch.nn.Identity)
+    n_ours = sum(p.numel() for p in model.parameters()) + sum(p.numel() for p in encoders.llm.final_norm.parameters())
+    n_layer = sum(p.numel() for p in full_llm.layers[-1].parameters())
+    assert n_ours == sum(p.numel() for p in full_llm.parameters()) - 2 * n_layer
+
+
+def test_skip_beyond_the_model_is_refused(roots):
+    from hyvideo.modules.text_encoders import LLMEncoder
+
+    with pytest.raises(ValueError, match="hidden_state_skip_layer 99 > the LLM's"):
+        LLMEncoder(roots[0] / "text_encoder", roots[0] / "tokenizer", dtype=torch.float32, hidden_state_skip_layer=99)
 
 
 def test_truncation_warns(encoders):
@@ -178,10 +208,10 @@ def test_tiny_kit_is_deterministic(tmp_path):
     assert a["tokenizer/tokenizer.json"] == c["tokenizer/tokenizer.json"]  # tokenizers do not depend on the seed
 
 
-def test_llava_style_checkpoint_keeps_the_language_model(tmp_path, roots, encoders):
+def test_llava_style_checkpoint_keeps_the_language_model(tmp_path, roots, encoders, full_llm):
     from transformers import CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration
 
-    llm = encoders.llm.model
+    llm = full_llm
     vision = CLIPVisionConfig(
         hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=16
     )

@@ -14,6 +14,7 @@ returns 315 image-template states; we return 256 (256 + 36, cropped). The extra 
 from __future__ import annotations
 
 import gc
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,10 +23,12 @@ from pathlib import Path
 import torch
 from loguru import logger
 from safetensors import SafetensorError
-from transformers import AutoConfig, AutoModel, AutoTokenizer, CLIPTextModel
+from transformers import AutoConfig, AutoModel, AutoTokenizer, CLIPTextModel, PretrainedConfig
 from transformers.utils import logging as hf_logging
 
 from hyvideo.checkpoints.common import CheckpointError
+
+_LAYER_KEY = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 
 PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -160,29 +163,61 @@ def _loading(path: str | Path, what: str) -> Iterator[None]:
         raise CheckpointError(f"{path}: cannot load the {what} ({type(e).__name__}: {first[:200]})") from None
 
 
-def _check_loading(path: str | Path, info: dict, ignore: tuple[str, ...] = ()) -> None:
+def _check_loading(path: str | Path, info: dict, ignore: tuple[str, ...] = (), layers_from: int | None = None) -> None:
     """Fail on missing or mis-shaped weights (they would be random); unexpected keys with a dotted component in
-    `ignore` (e.g. "lm_head" in "language_model.lm_head.weight") are expected and skipped silently."""
+    `ignore` (e.g. "lm_head" in "language_model.lm_head.weight"), and those of decoder layers >= `layers_from`
+    (left out on purpose, see `_load_llm`), are expected and skipped silently."""
     missing = sorted(info.get("missing_keys", ()))
     mismatched = sorted(str(k) for k in info.get("mismatched_keys", ()))
-    unexpected = sorted(k for k in info.get("unexpected_keys", ()) if not set(k.split(".")) & set(ignore))
+    unexpected = sorted(
+        k
+        for k in info.get("unexpected_keys", ())
+        if not set(k.split(".")) & set(ignore) and not _layer_at_or_after(k, layers_from)
+    )
     if missing or mismatched:
         raise CheckpointError(f"{path}: missing weights {missing[:5]}, shape mismatches {mismatched[:5]}")
     if unexpected:
         logger.warning(f"{path}: ignoring {len(unexpected)} unexpected weights, e.g. {unexpected[:5]}")
 
 
-def _load_llm(path: str | Path, dtype: torch.dtype, device: torch.device | str) -> torch.nn.Module:
-    """The LLM's base model (no LM head). Accepts a base-model checkpoint (`LlamaModel`, diffusers layout) or a
-    causal-LM checkpoint (`LlamaForCausalLM`, the official tree: the head's weights are skipped). A LLaVA-style
-    checkpoint loads whole and keeps only its language model."""
+def _layer_at_or_after(key: str, first: int | None) -> bool:
+    """Whether `key` names a weight of decoder layer `first` or later ("...layers.<i>.")."""
+    match = _LAYER_KEY.search(key)
+    return first is not None and match is not None and int(match.group(1)) >= first
+
+
+def llm_layer_count(config: PretrainedConfig) -> int:
+    """Decoder layers of an LLM config (a LLaVA-style config keeps them in its text_config)."""
+    return (getattr(config, "text_config", None) or config).num_hidden_layers
+
+
+def _load_llm(
+    path: str | Path, dtype: torch.dtype, device: torch.device | str, skip_last: int = 0
+) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """The LLM's base model (no LM head) and its final norm. Accepts a base-model checkpoint (`LlamaModel`,
+    diffusers layout) or a causal-LM checkpoint (`LlamaForCausalLM`, the official tree: the head's weights are
+    skipped). A LLaVA-style checkpoint loads whole and keeps only its language model.
+
+    `skip_last` > 0 builds the model without its last `skip_last` decoder layers (their weights are never read) and
+    with an identity in place of the final norm, so the output is `hidden_states[-(skip_last + 1)]` of the full
+    model: the layers whose output is never used cost neither memory nor time."""
     with _loading(path, "LLM text encoder"), _quiet_transformers():
         config = AutoConfig.from_pretrained(path, local_files_only=True)
-        model, info = AutoModel.from_pretrained(path, dtype=dtype, local_files_only=True, output_loading_info=True)
-        _check_loading(path, info, ignore=("lm_head",))
+    layers = llm_layer_count(config)
+    if skip_last > layers:  # hidden_states has layers + 1 entries (embeddings first)
+        raise ValueError(f"hidden_state_skip_layer {skip_last} > the LLM's {layers} layers")
+    with _loading(path, "LLM text encoder"), _quiet_transformers():
+        (getattr(config, "text_config", None) or config).num_hidden_layers = layers - skip_last
+        model, info = AutoModel.from_pretrained(
+            path, config=config, dtype=dtype, local_files_only=True, output_loading_info=True
+        )
+        _check_loading(path, info, ignore=("lm_head",), layers_from=layers - skip_last)
     if getattr(config, "text_config", None) is not None and hasattr(model, "language_model"):
         model = model.language_model  # LLaVA: (vision tower, projector, language model) -> language model
-    return model.to(device).eval().requires_grad_(False)
+    norm = model.norm
+    if skip_last > 0:
+        model.norm = torch.nn.Identity()
+    return model.to(device).eval().requires_grad_(False), norm.to(device).eval().requires_grad_(False)
 
 
 def _load_clip(path: str | Path, dtype: torch.dtype, device: torch.device | str) -> torch.nn.Module:
@@ -213,10 +248,8 @@ class LLMEncoder:
             )
         if self.tokenizer.pad_token is None:  # plain Llama-3 tokenizers have none; padded positions are masked out
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = _load_llm(path, dtype, device)
-        layers = self.model.config.num_hidden_layers
-        if hidden_state_skip_layer > layers:  # hidden_states has layers + 1 entries (embeddings first)
-            raise ValueError(f"hidden_state_skip_layer {hidden_state_skip_layer} > the LLM's {layers} layers")
+        # the model stops at the layer whose output is used; `final_norm` is its final RMSNorm
+        self.model, self.final_norm = _load_llm(path, dtype, device, skip_last=hidden_state_skip_layer)
         self.device = torch.device(device)
         self.text_len = text_len
         self.skip = hidden_state_skip_layer
@@ -248,15 +281,15 @@ class LLMEncoder:
             logger.warning("LLM tokenizer merged the template prefix with the prompt; crop_start may be off by one")
         ids = batch["input_ids"].to(self.device)
         mask = batch["attention_mask"].to(self.device)
-        out = self.model(input_ids=ids, attention_mask=mask, output_hidden_states=True, use_cache=False)
-        states = out.hidden_states[-(self.skip + 1)]  # (B, L, D)
-        if self.apply_final_norm and self.skip > 0:  # the last layer's output is already normed
-            states = self.model.norm(states)
+        # = hidden_states[-(skip + 1)] of the full model: the model was built without its last `skip` layers
+        states = self.model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state  # (B, L, D)
+        if self.apply_final_norm and self.skip > 0:  # with skip 0 the output is already normed
+            states = self.final_norm(states)
         return states[:, crop:], mask[:, crop:]  # (B, text_len, D), (B, text_len)
 
     def free(self) -> None:
         """Drop the weights (the tokenizer stays); the encoder cannot encode afterwards."""
-        self.model = _free(self.model)
+        self.model = self.final_norm = _free(self.model)
 
 
 class CLIPEncoder:

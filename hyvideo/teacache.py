@@ -4,7 +4,7 @@ On step i the wrapper embeds the inputs, computes the modulated input of the fir
     m_i = LN(img_i) * (1 + scale1(vec_i)) + shift1(vec_i)                                 (B, Li, C)
 and its relative L1 change d_i = mean|m_i - m_{i-1}| / mean|m_{i-1}|. The change is mapped through the published
 HunyuanVideo polynomial p (TeaCache4HunyuanVideo) and accumulated: a_i = a_{i-1} + p(d_i). While a_i < threshold
-the blocks are skipped and the image tokens after them are taken as img_i + r, where r = (blocks(img) - img) is the
+the text refiner and the blocks are skipped and the image tokens after them are taken as img_i + r, where r = (blocks(img) - img) is the
 residual of the last computed step; otherwise the blocks run, r is refreshed and a_i resets to 0. The first and the
 last step of a run are always computed. The final layer always runs (it is modulated by this step's vec).
 
@@ -127,7 +127,7 @@ class TeaCache:
         guidance: torch.Tensor | None = None,
     ) -> torch.Tensor:
         model, state = self.model, self._state(text_states)
-        img, txt, vec, ctx = model.embed(x, t, text_states, text_mask, text_pooled, guidance)
+        img, vec, t = model.embed_image(x, t, text_pooled, guidance)  # the text refiner runs only when computing
         block0 = model.double_blocks[0]
         shift, scale = block0.img_mod(vec)[:2]
         modulated = modulate(layer_norm(img, block0.eps), shift, scale)  # (B, Li, C)
@@ -137,6 +137,7 @@ class TeaCache:
         if step == 0:
             state.computed, state.skipped = [], []
         if state.policy.compute(distance) or state.residual is None or state.residual.shape != img.shape:
+            txt, ctx = model.embed_text(text_states, text_mask, t, x)
             out = model.run_blocks(img, txt, vec, ctx)
             state.residual = out - img
             state.computed.append(step)

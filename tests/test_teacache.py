@@ -74,9 +74,14 @@ def test_skipped_step_reuses_the_residual_by_hand(model):
     cache = TeaCache(model, 1e9, 4)
     x0, x1 = noise(1), noise(2)
     t0, t1 = torch.tensor([1000.0]), torch.tensor([900.0])
+    refiner_calls = []
+    hook = model.txt_in.register_forward_hook(lambda *_: refiner_calls.append(1))
     with torch.no_grad():
         out0 = cache(x0, t0, states, mask, pooled, G)
         out1 = cache(x1, t1, states, mask, pooled, G)
+    hook.remove()
+    assert len(refiner_calls) == 1  # a skipped step does not run the text refiner either
+    with torch.no_grad():
         assert torch.equal(out0, model(x0, t0, states, mask, pooled, G))  # first step computed
         img0, txt0, vec0, ctx0 = model.embed(x0, t0, states, mask, pooled, G)
         residual = model.run_blocks(img0, txt0, vec0, ctx0) - img0

@@ -158,25 +158,39 @@ class HYVideoDiT(nn.Module):
         guidance: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Context]:
         """Everything before the blocks: (img (B,Li,C), txt (B,Lt,C), vec (B,C), Context)."""
+        img, vec, t = self.embed_image(x, t, text_pooled, guidance)
+        txt, ctx = self.embed_text(text_states, text_mask, t, x)
+        return img, txt, vec, ctx
+
+    def embed_image(
+        self, x: torch.Tensor, t: torch.Tensor, text_pooled: torch.Tensor, guidance: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Image tokens and the conditioning vector: (img (B,Li,C), vec (B,C), t expanded to (B,))."""
         cfg = self.cfg
         B, _, T, H, W = x.shape
         pt, ph, pw = cfg.patch_size
         if T % pt or H % ph or W % pw:
             raise ValueError(f"latent grid {(T, H, W)} is not divisible by the patch size {cfg.patch_size}")
         dtype = self.img_in.proj.weight.dtype
-        text_states, valid = drop_padding(text_states.to(dtype), text_mask)
         t = t.expand(B) if t.numel() == 1 else t
         vec = self.time_in(t) + self.vector_in(text_pooled.to(dtype))
         if self.guidance_in is not None:
             if guidance is None:
                 raise ValueError("this DiT has a guidance embedding: pass guidance (embedded cfg scale x 1000)")
             vec = vec + self.guidance_in(guidance.expand(B) if guidance.numel() == 1 else guidance)
-        img = self.img_in(x.to(dtype))
+        return self.img_in(x.to(dtype)), vec, t
+
+    def embed_text(
+        self, text_states: torch.Tensor, text_mask: torch.Tensor | None, t: torch.Tensor, x: torch.Tensor
+    ) -> tuple[torch.Tensor, Context]:
+        """Refined text tokens (B,Lt,C) with padding dropped, and the Context for latents x (B,in,T,H,W)."""
+        pt, ph, pw = self.cfg.patch_size
+        _, _, T, H, W = x.shape
+        text_states, valid = drop_padding(text_states.to(self.img_in.proj.weight.dtype), text_mask)
         txt = self.txt_in(text_states, t, valid, self.attn_backend)
-        Li = img.shape[1]
+        Li = (T // pt) * (H // ph) * (W // pw)
         mask = None if valid is None else KeyMask(F.pad(valid, (Li, 0), value=True))  # (B, Li+Lt)
-        ctx = Context(self.rope((T // pt, H // ph, W // pw), x.device), mask, self.attn_backend)
-        return img, txt, vec, ctx
+        return txt, Context(self.rope((T // pt, H // ph, W // pw), x.device), mask, self.attn_backend)
 
     def unpatchify(self, out: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
         pt, ph, pw = self.cfg.patch_size

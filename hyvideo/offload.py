@@ -14,10 +14,21 @@ of silently computing on the host; this is also what makes the ordering checkabl
 "device copy" of a host tensor is the tensor itself. We use our own hooks rather than accelerate's because
 accelerate moves whole modules with `.to()`, which cannot keep a pinned host copy for re-streaming every step and
 is invisible on a CPU-only machine.
+
+Host copies keep the checkpoint's dtype; `dtype` (the compute dtype) is applied to each device copy as it is made
+(fp8 weights and their scales are never cast, as `FP8Linear` defines). On the CPU the host copy of a block loaded
+from a memory-mapped checkpoint is the file mapping itself, so streaming returns host RAM: when a block is evicted
+its file-backed pages are dropped (`drop_pages`, madvise DONTNEED) and the freed heap is trimmed (`malloc_trim`),
+so RSS holds a window of blocks; the page cache keeps the file, so the next step's reads are page faults, not disk
+reads. Only pages that still equal the file are dropped (`/proc/self/pagemap`): memory a caller wrote to (a merged
+LoRA, a fresh tensor) is never touched.
 """
 
 from __future__ import annotations
 
+import ctypes
+import mmap
+import sys
 from collections.abc import Iterable, Iterator
 from contextlib import nullcontext
 from functools import partial
@@ -30,12 +41,76 @@ from hyvideo.request import OFFLOAD_LEVELS
 DEFAULT_WINDOW = 2  # blocks resident at once under block offload: the running one + one prefetched
 
 
-class Resident:
-    """A module whose tensors live in host memory and are placed on `device` on demand."""
+# ---------------------------------------------------------------------------------------------------------------
+# Returning host pages (Linux; no-ops elsewhere)
+# ---------------------------------------------------------------------------------------------------------------
+PAGE = mmap.PAGESIZE
+_LINUX = sys.platform.startswith("linux")
+_libc = ctypes.CDLL(None, use_errno=True) if _LINUX else None
 
-    def __init__(self, module: nn.Module, device: torch.device, pin: bool | None = None) -> None:
+
+def _whole_pages(t: torch.Tensor) -> tuple[int, int]:
+    """[start, end) of the whole pages inside a CPU tensor's bytes (empty when it spans less than a page)."""
+    start = -(-t.data_ptr() // PAGE) * PAGE
+    end = (t.data_ptr() + t.numel() * t.element_size()) // PAGE * PAGE
+    return start, max(start, end)
+
+
+def file_clean(start: int, end: int) -> bool:
+    """True when no page of [start, end) holds private data: every present page is a file page (or shared), none
+    swapped. Dropping such pages loses nothing (they are read back from the file, or are untouched zeros)."""
+    if end <= start:
+        return True
+    with open("/proc/self/pagemap", "rb") as f:  # one little-endian u64 per page
+        f.seek(start // PAGE * 8)
+        raw = f.read((end - start) // PAGE * 8)
+    e = torch.frombuffer(bytearray(raw), dtype=torch.int64)
+    present, swapped, file = e < 0, (e >> 62) & 1 == 1, (e >> 61) & 1 == 1  # bits 63, 62, 61
+    return not bool(((present & ~file) | swapped).any())
+
+
+def drop_pages(t: torch.Tensor, check: bool = True) -> int:
+    """madvise(MADV_DONTNEED) on the whole pages inside a CPU tensor's bytes; returns the bytes dropped.
+
+    With `check` (default) only when every page still equals its file (`file_clean`), so it is safe on any tensor:
+    private memory is left alone (0 is returned). `check=False` is for data no one will read again (anonymous
+    pages read back as zeros)."""
+    if not _LINUX or t.device.type != "cpu" or t.numel() == 0:
+        return 0
+    start, end = _whole_pages(t)
+    if end <= start or (check and not file_clean(start, end)):
+        return 0
+    _libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), 4)  # 4 = MADV_DONTNEED
+    return end - start
+
+
+def trim_heap() -> None:
+    """Give the allocator's free heap pages back to the system (glibc `malloc_trim`). Without it, activations
+    freed between streamed blocks stay resident as fragmented free heap (measured: +0.3-0.4 GiB over a run)."""
+    trim = getattr(_libc, "malloc_trim", None) if _libc is not None else None
+    if trim is not None:
+        trim(0)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Placing modules
+# ---------------------------------------------------------------------------------------------------------------
+class Resident:
+    """A module whose tensors live in host memory and are placed on `device` (cast to `dtype`) on demand.
+
+    `release` (default: on the CPU, unpinned) drops the host tensors' file-backed pages at every eviction."""
+
+    def __init__(
+        self,
+        module: nn.Module,
+        device: torch.device,
+        pin: bool | None = None,
+        dtype: torch.dtype | None = None,
+        release: bool | None = None,
+    ) -> None:
         self.module, self.device = module, device
         pin = device.type == "cuda" if pin is None else pin
+        self.release = device.type == "cpu" and not pin if release is None else release
         self.slots: list[tuple[nn.Module, bool, str]] = []  # (owner, is parameter, name)
         self.host: list[torch.Tensor] = []
         for m in module.modules():
@@ -44,11 +119,20 @@ class Resident:
                     if t is None:
                         continue
                     h = t.detach().to("cpu")
+                    if pin:
+                        h, src = h.pin_memory(), h
+                        drop_pages(src)  # a memory-mapped source is not needed once pinned
                     self.slots.append((m, is_param, name))
-                    self.host.append(h.pin_memory() if pin else h)
+                    self.host.append(h)
         self.on_device = False
         self.ready: torch.cuda.Event | None = None
         self._place([torch.empty_like(h, device="meta") for h in self.host])
+        if dtype is not None:  # the dtypes `module.to(dtype)` gives (fp8 weights and scales keep theirs)
+            module.to(dtype=dtype)
+        self.dtypes = [t.dtype for t in self._current()]
+
+    def _pairs(self) -> Iterator[tuple[torch.Tensor, torch.dtype]]:
+        return zip(self.host, self.dtypes, strict=True)
 
     def nbytes(self) -> int:
         return sum(h.numel() * h.element_size() for h in self.host)
@@ -69,7 +153,7 @@ class Resident:
         if self.on_device:
             return
         with torch.cuda.stream(stream) if stream is not None else nullcontext():
-            self._place([h.to(self.device, non_blocking=True) for h in self.host])
+            self._place([h.to(self.device, dt, non_blocking=True) for h, dt in self._pairs()])
             if stream is not None:
                 self.ready = torch.cuda.Event()
                 self.ready.record(stream)
@@ -86,15 +170,35 @@ class Resident:
         self.ready = None
 
     def evict(self) -> None:
-        """Drop the device copy (the host copy stays); the module holds meta placeholders until the next load."""
-        self._place([torch.empty_like(h, device="meta") for h in self.host])
+        """Drop the device copy (the host copy stays); the module holds meta placeholders until the next load.
+        With `release`, the host copy's file-backed pages go back to the system too (re-read on the next load)."""
+        self._place([torch.empty_like(h, device="meta", dtype=dt) for h, dt in self._pairs()])
         self.on_device = False
         self.ready = None
+        if self.release:
+            for h in self.host:
+                drop_pages(h)
+            trim_heap()
 
     def restore(self) -> None:
-        """Put the host tensors back: the module is a normal host module again."""
-        self._place(self.host)
+        """Put the host tensors back (cast to `dtype`): the module is a normal host module again."""
+        self._place([h.to(dtype=dt) for h, dt in self._pairs()])
         self.on_device = self.device.type == "cpu"
+
+
+def move_releasing(module: nn.Module, device: torch.device | str, dtype: torch.dtype | None = None) -> nn.Module:
+    """`module.to(device, dtype)` one tensor at a time, each source's file-backed pages returned as soon as its copy
+    exists: converting a memory-mapped checkpoint never holds the mapped file and the full copy at once."""
+    device = torch.device(device)
+    r = Resident(module, device, pin=False, dtype=dtype, release=False)  # the module now holds meta placeholders
+    placed = []
+    for h, dt in zip(r.host, r.dtypes, strict=True):
+        t = h.to(device, dt)
+        if t.data_ptr() != h.data_ptr():
+            drop_pages(h)
+        placed.append(t)
+    r._place(placed)
+    return module
 
 
 class BlockStreamer:
@@ -105,12 +209,17 @@ class BlockStreamer:
     """
 
     def __init__(
-        self, blocks: list[nn.Module], device: torch.device, window: int = DEFAULT_WINDOW, pin: bool | None = None
+        self,
+        blocks: list[nn.Module],
+        device: torch.device,
+        window: int = DEFAULT_WINDOW,
+        pin: bool | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         if window < 1:
             raise ValueError(f"window must be >= 1, got {window}")
         self.device, self.window = device, window
-        self.blocks = [Resident(b, device, pin) for b in blocks]
+        self.blocks = [Resident(b, device, pin, dtype) for b in blocks]
         self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
         self.trace: list[tuple[str, int]] = []
         self.max_resident = 0
@@ -148,14 +257,19 @@ class BlockStreamer:
 
 
 def stream_dit_blocks(
-    model: nn.Module, device: torch.device, window: int = DEFAULT_WINDOW, pin: bool | None = None
+    model: nn.Module,
+    device: torch.device,
+    window: int = DEFAULT_WINDOW,
+    pin: bool | None = None,
+    dtype: torch.dtype | None = None,
 ) -> BlockStreamer:
-    """Block offload for a DiT (`double_blocks`, `single_blocks`): blocks stream, everything else moves to `device`."""
+    """Block offload for a DiT (`double_blocks`, `single_blocks`): blocks stream (host copies in the checkpoint's
+    dtype, cast to `dtype` per block as they load), everything else moves to `device` in `dtype`."""
     blocks = [*model.double_blocks, *model.single_blocks]
-    streamer = BlockStreamer(blocks, device, window, pin)  # blocks now hold meta placeholders
+    streamer = BlockStreamer(blocks, device, window, pin, dtype)  # blocks now hold meta placeholders
     for name, child in model.named_children():
         if name not in ("double_blocks", "single_blocks"):
-            child.to(device)
+            move_releasing(child, device, dtype)
     model._offload = streamer  # keeps the hooks' state reachable from the model
     return streamer
 
@@ -201,13 +315,20 @@ class ModelOffload:
             r.restore()
 
 
-def apply_offload(model: nn.Module, level: str, device: torch.device, window: int = DEFAULT_WINDOW) -> nn.Module:
-    """Apply an offload level to a DiT held in host memory (for "none" it is simply moved to `device`)."""
+def apply_offload(
+    model: nn.Module,
+    level: str,
+    device: torch.device,
+    window: int = DEFAULT_WINDOW,
+    dtype: torch.dtype | None = None,
+) -> nn.Module:
+    """Apply an offload level to a DiT held in host memory, in compute dtype `dtype` (default: as it is). For "none"
+    it is simply moved to `device`; under "block" the blocks keep the checkpoint's dtype on the host."""
     if level not in OFFLOAD_LEVELS:
         raise ValueError(f"offload level must be one of {OFFLOAD_LEVELS}, got {level!r}")
     if level == "none":
-        return model.to(device)
+        return model.to(device=device, dtype=dtype)
     if level == "model":
-        return ModelOffload(device).add("dit", model)
-    stream_dit_blocks(model, device, window)
+        return ModelOffload(device).add("dit", model.to(dtype=dtype))
+    stream_dit_blocks(model, device, window, dtype=dtype)
     return model

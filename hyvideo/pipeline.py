@@ -142,9 +142,10 @@ def load_denoiser(req: SampleRequest, paths: ModelPaths, device: torch.device) -
         model = sharded  # torchrun: this process holds 1/N of the block weights
     elif req.use_fp8:
         model = load_dit_fp8(paths.dit, cfg, load_key=req.load_key, dtype=dtype, device=home)
-    else:
-        model = load_dit(paths.dit, cfg, load_key=req.load_key, dtype=dtype, device=home)
-    model = apply_offload(model, req.offload, device)
+    else:  # streamed blocks stay in the file's dtype on the host and are cast per block as they load
+        keep = req.offload == "block"
+        model = load_dit(paths.dit, cfg, load_key=req.load_key, dtype=None if keep else dtype, device=home)
+    model = apply_offload(model, req.offload, device, dtype=dtype)
     if req.fp8_compute:
         enable_fp8_compute(model)
     model.attn_backend = req.attn_backend

@@ -21,9 +21,6 @@ does the same on a float state dict. `load_fp8_official` reads the official `mp_
 
 from __future__ import annotations
 
-import ctypes
-import mmap
-import sys
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Literal
@@ -32,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hyvideo import offload
 from hyvideo.checkpoints.common import CheckpointError, StateDict, as_state_dict, load_torch_file
 from hyvideo.config import DiTConfig
 from hyvideo.modules.dit import HYVideoDiT
@@ -204,21 +202,8 @@ def quantize_dit(
         if isinstance(linear, nn.Linear):
             _set(model, name, FP8Linear.from_linear(linear, granularity))
             if drop_pages:
-                _drop_pages(linear.weight)
+                offload.drop_pages(linear.weight)  # only pages still equal to the file are dropped
     return model
-
-
-def _drop_pages(t: torch.Tensor) -> None:
-    """madvise(MADV_DONTNEED) on the whole pages inside a CPU tensor's bytes (Linux): a file-backed mapping rereads
-    them if ever touched again, anonymous memory reads back as zeros. Call only on data no one will read again."""
-    if t.device.type != "cpu" or not sys.platform.startswith("linux"):
-        return
-    page = mmap.PAGESIZE
-    start = -(-t.data_ptr() // page) * page
-    end = (t.data_ptr() + t.numel() * t.element_size()) // page * page
-    if end > start:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), 4)  # 4 = MADV_DONTNEED
 
 
 def quantize_state_dict(

@@ -126,7 +126,8 @@ def test_window_must_be_positive():
         BlockStreamer([nn.Linear(2, 2)], CPU, window=0)
 
 
-def test_pipeline_offload_levels_give_identical_latents(tmp_path):
+@pytest.mark.parametrize("file_dtype", [torch.float32, torch.bfloat16], ids=["fp32-file", "bf16-file"])
+def test_pipeline_offload_levels_give_identical_latents(tmp_path, file_dtype):
     from hyvideo import pipeline
     from hyvideo.checkpoints.layout import locate
     from hyvideo.cli import parse_request
@@ -134,6 +135,9 @@ def test_pipeline_offload_levels_give_identical_latents(tmp_path):
 
     base = write_tiny_model(tmp_path / "model", seed=3)
     paths = locate(base)
+    if file_dtype != torch.float32:  # a bf16 checkpoint run in fp32: cast at load (none, model) or per block (block)
+        sd = torch.load(paths.dit, weights_only=True)
+        torch.save({k: {n: t.to(file_dtype) for n, t in v.items()} for k, v in sd.items()}, paths.dit)
 
     def req(*extra: str):
         return parse_request(
@@ -154,3 +158,99 @@ def test_pipeline_offload_levels_give_identical_latents(tmp_path):
         model = pipeline.load_denoiser(r, paths, CPU)
         assert isinstance(model._offload, BlockStreamer if r.offload == "block" else ModelOffload)
         assert torch.equal(pipeline.denoise(model, cond, uncond, r, r.seed, CPU), ref), extra
+
+
+# --- streaming from a memory-mapped checkpoint on the CPU (host RAM holds a window of blocks) ---
+
+WIDE = TINY_DIT.replace(hidden_size=256, heads=4, rope_axes=(16, 24, 24), depth_double=2, depth_single=3)
+
+
+def present_bytes(t: torch.Tensor) -> int:
+    """Bytes of the whole pages inside `t` that are resident now (/proc/self/pagemap bit 63)."""
+    from hyvideo.offload import PAGE, _whole_pages
+
+    start, end = _whole_pages(t)
+    if end <= start:
+        return 0
+    with open("/proc/self/pagemap", "rb") as f:
+        f.seek(start // PAGE * 8)
+        e = torch.frombuffer(bytearray(f.read((end - start) // PAGE * 8)), dtype=torch.int64)
+    return int((e < 0).sum()) * PAGE
+
+
+def saved_dit(tmp_path, dtype: torch.dtype = torch.float32, seed: int = 4):
+    from hyvideo.checkpoints.dit import save_dit_official
+
+    return save_dit_official(random_dit(WIDE, seed).to(dtype), tmp_path / f"dit-{dtype}".replace("torch.", ""))
+
+
+FAULT_AROUND = 2 * 64 * 1024  # both ends of a block
+linux_only = pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="/proc/self/pagemap")
+
+
+@linux_only
+@pytest.mark.parametrize("file_dtype", [torch.float32, torch.bfloat16], ids=["fp32-file", "bf16-file"])
+def test_cpu_streaming_returns_block_pages_and_is_exact(tmp_path, file_dtype):
+    from hyvideo.checkpoints.dit import load_dit
+
+    path = saved_dit(tmp_path, file_dtype)
+    inp = dit_inputs(WIDE)
+    ref = load_dit(path, WIDE, dtype=torch.float32)(*inp)  # cast once at load, no offload
+    model = load_dit(path, WIDE)  # blocks stay memory-mapped in the file's dtype
+    streamer = stream_dit_blocks(model, CPU, 2, dtype=torch.float32)
+    mapped = sum(h.nbytes for r in streamer.blocks for h in r.host)
+    seen: list[int] = []  # bytes of block pages resident while each block runs
+    for b in [*model.double_blocks, *model.single_blocks]:
+        b.register_forward_pre_hook(
+            lambda *_: seen.append(sum(present_bytes(h) for r in streamer.blocks for h in r.host))
+        )
+    for step in range(2):
+        assert torch.equal(model(*inp), ref), step  # bit for bit: the same cast, per block instead of at load
+        evicted = [r for r in streamer.blocks if not r.on_device]
+        # evicted blocks' pages are gone, but for the kernel's fault-around (<= 64 KiB mapped around a fault)
+        # reaching across a block boundary while the neighbour loads
+        assert evicted and all(sum(present_bytes(h) for h in r.host) <= FAULT_AROUND for r in evicted)
+    largest = max(sum(h.nbytes for h in r.host) for r in streamer.blocks)
+    assert max(seen) <= 2 * largest + len(streamer.blocks) * FAULT_AROUND < mapped  # a window, not the whole file
+    assert all(h.dtype == file_dtype for r in streamer.blocks for h in r.host if h.is_floating_point())
+    assert all(p.dtype == torch.float32 for p in model.img_in.parameters())
+
+
+@linux_only
+def test_drop_pages_leaves_private_memory_alone(tmp_path):
+    from hyvideo.offload import drop_pages
+
+    anon = torch.arange(1 << 20, dtype=torch.float32)
+    assert drop_pages(anon) == 0 and torch.equal(anon, torch.arange(1 << 20, dtype=torch.float32))
+    path = tmp_path / "t.pt"
+    torch.save({"w": torch.ones(1 << 20)}, path)
+    w = torch.load(path, mmap=True, weights_only=True)["w"]
+    assert float(w.sum()) == 1 << 20
+    assert drop_pages(w) > 0 and present_bytes(w) == 0 and float(w.sum()) == 1 << 20  # re-read from the file
+    w[1000:2000] = 5.0  # copy-on-write: these pages are private now
+    assert drop_pages(w) == 0 and float(w[1500]) == 5.0
+
+
+@linux_only
+def test_bf16_file_cast_at_load_holds_one_copy(tmp_path):
+    """bf16 file -> fp32 model: peak RSS grows by the fp32 copy, not by the fp32 copy plus the mapped file."""
+    import subprocess
+    import sys
+
+    from hyvideo.checkpoints.dit import save_dit_official
+
+    cfg = WIDE.replace(hidden_size=512, heads=8, depth_double=2, depth_single=4)
+    path = save_dit_official(random_dit(cfg, 0).to(torch.bfloat16), tmp_path / "bf16")
+    fp32 = sum(p.numel() for p in random_dit(cfg, 0).parameters()) * 4
+    code = (
+        "import sys, torch\n"
+        "from hyvideo.checkpoints.dit import load_dit\n"
+        "def kb(k): return int([l for l in open('/proc/self/status') if l.startswith(k)][0].split()[1]) * 1024\n"
+        "before = kb('VmRSS')\n"
+        "m = load_dit(sys.argv[1], dtype=torch.float32)\n"
+        "print(kb('VmHWM') - before)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    growth = int(out.stdout.split()[-1])
+    assert growth < 1.2 * fp32, (growth / fp32, fp32)  # holding the file too would be 1.5x

@@ -241,7 +241,8 @@ def load_dit(
     dtype: torch.dtype | None = None,
     device: torch.device | str = "cpu",
 ) -> HYVideoDiT:
-    """Build on meta, read weights (mmap), assign strictly, then cast/move. Host RAM stays near one copy.
+    """Build on meta, read weights (mmap), assign strictly, then cast/move. Host RAM stays near one copy: the cast
+    goes one tensor at a time and returns each source's mapped pages as soon as its copy exists.
 
     `cfg` defaults to the preset overridden by a `config.json` beside the weights.
     """
@@ -254,7 +255,9 @@ def load_dit(
     assign_state_dict(model, sd, f"DiT {where}")
     del sd
     if dtype is not None or str(device) != "cpu":
-        model.to(device=device, dtype=dtype)
+        from hyvideo.offload import move_releasing
+
+        move_releasing(model, device, dtype)
     return model.eval().requires_grad_(False)
 
 

@@ -10,7 +10,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -18,6 +17,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from benchmarks.procstat import status_kb
 
 CHANNELS = (32, 64, 64, 64)  # mid-size: a quarter of the real widths
 GROUPS = 32
@@ -27,7 +28,11 @@ SECTION = "## VAE decode"
 
 
 def _peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    return status_kb("VmHWM") / 1024  # not ru_maxrss: that one can start from the parent's peak
+
+
+def _rss_mb() -> float:
+    return status_kb("VmRSS") / 1024
 
 
 def run_case(case: str, weights: Path, frames: int, out: Path, threads: int) -> dict:
@@ -62,7 +67,7 @@ def run_case(case: str, weights: Path, frames: int, out: Path, threads: int) -> 
         def decode() -> torch.Tensor:
             return model.decode(z)
 
-    before = _peak_mb()
+    before = _rss_mb()
     t0, c0 = time.perf_counter(), time.process_time()
     video = decode()
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0

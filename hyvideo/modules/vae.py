@@ -15,8 +15,11 @@ is exact except for the GroupNorm statistics, which become per chunk.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import math
-from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
 from typing import Any, Literal
 
@@ -26,8 +29,8 @@ from torch import nn
 
 NORM_EPS = 1e-6  # every GroupNorm in this VAE
 
-# Per-chunk decoding state: CausalConv3d -> last (kt - 1) input frames, Upsample -> True once the first frame went
-# through, Attention -> (k, v) of the frames already decoded. Keyed by module object.
+# Per-chunk decoding state, keyed by module object: CausalConv3d -> its last (kt - 1) padded input frames, Upsample ->
+# its last low-resolution input frames (1 when it doubles time, else 2), Attention -> (k, v) of the frames decoded.
 StreamState = dict[nn.Module, Any]
 
 
@@ -209,50 +212,100 @@ class TilingConfig:
 
 SLICE_BYTES = 24 * 2**20  # a conv input slice (padded frames) above this is processed in smaller time slices
 
-# frames(a, b) -> input frames [a, b) of a conv, prepared (normalised, upsampled...) on demand: (B, C, b - a, H, W)
-Frames = Callable[[int, int], torch.Tensor]
+
+def conv3d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: Any = 1) -> torch.Tensor:
+    """Unpadded conv3d. float32 on CPU always goes through oneDNN: torch's own heuristic sends inputs with a small
+    B*C*T*H (the low-resolution decoder convs of one chunk) to its unfold+GEMM kernel, 2-4x slower here."""
+    if x.device.type == "cpu" and x.dtype == torch.float32 and torch.backends.mkldnn.is_available():
+        s = [stride] * 3 if isinstance(stride, int) else list(stride)
+        return torch.ops.aten.mkldnn_convolution(x, weight, bias, [0, 0, 0], s, [1, 1, 1], 1)
+    return F.conv3d(x, weight, bias, stride)
 
 
 def norm_affine(norm: nn.GroupNorm, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """GroupNorm of x (B, C, T, H, W) as a per-channel affine map: norm(x) = x * scale + shift, both float32
-    (B, C, 1, 1, 1). Statistics over (C / groups, T, H, W), summed in float64 without copying x."""
+    (B, C, 1, 1, 1). Statistics over (C / groups, T, H, W) by torch's own GroupNorm kernel (float32 Welford, as
+    F.group_norm), run on blocks of whole groups so that its discarded output stays small."""
     b, c = x.shape[:2]
     g = norm.num_groups
-    s1 = x.sum(dim=(2, 3, 4), dtype=torch.float64)  # (B, C)
-    s2 = torch.linalg.vector_norm(x, 2, dim=(2, 3, 4), dtype=torch.float64).square()
-    n = x[0].numel() // g
-    mean = s1.reshape(b, g, -1).sum(-1) / n  # (B, G)
-    var = (s2.reshape(b, g, -1).sum(-1) / n - mean.square()).clamp_min(0)
-    rstd = torch.rsqrt(var + norm.eps)
-    scale = rstd.repeat_interleave(c // g, 1) * norm.weight.double()  # (B, C)
-    shift = norm.bias.double() - mean.repeat_interleave(c // g, 1) * scale
-    return scale.float().reshape(b, c, 1, 1, 1), shift.float().reshape(b, c, 1, 1, 1)
+    cg = c // g  # channels per group
+    per_group = x[0, :cg].numel() * 4  # bytes of one group's float32 output
+    step = max(1, min(g, SLICE_BYTES // (b * per_group)))
+    mean, rstd = [], []
+    for g0 in range(0, g, step):
+        xs = x[:, g0 * cg : min(g, g0 + step) * cg].float().contiguous()  # (B, n * cg, T, H, W)
+        n = xs.shape[1] // cg
+        _, m, r = torch.native_group_norm(xs, None, None, b, xs.shape[1], xs[0, 0].numel(), n, norm.eps)
+        mean.append(m.reshape(b, n))
+        rstd.append(r.reshape(b, n))
+    scale = torch.cat(rstd, 1).repeat_interleave(cg, 1) * norm.weight.float()  # (B, C)
+    shift = norm.bias.float() - torch.cat(mean, 1).repeat_interleave(cg, 1) * scale
+    return scale.reshape(b, c, 1, 1, 1), shift.reshape(b, c, 1, 1, 1)
 
 
-def normed_frames(norm: nn.GroupNorm, x: torch.Tensor, silu: bool = True) -> Frames:
-    """silu(GroupNorm(x)) computed on demand for frames [a, b), statistics over all of x."""
-    scale, shift = norm_affine(norm, x)
+@dataclass
+class ConvInput:
+    """The input of a conv, written on demand a few frames at a time into a (padded) buffer: x itself, or
+    silu(x * scale + shift) for a GroupNorm given as an affine map (scale, shift of shape (B, C, 1 or T, 1, 1))."""
 
-    def frames(a: int, b: int) -> torch.Tensor:
-        sc, sh = (scale, shift) if scale.shape[2] == 1 else (scale[:, :, a:b], shift[:, :, a:b])
-        xs = x[:, :, a:b].float()
-        y = torch.addcmul(sh, xs, sc, out=torch.empty_like(xs))  # keeps x's memory format
-        return (F.silu(y, inplace=True) if silu else y).to(x.dtype)
+    x: torch.Tensor  # (B, C, T, H, W)
+    affine: tuple[torch.Tensor, torch.Tensor] | None = None
 
-    return frames
+    @classmethod
+    def normed(cls, norm: nn.GroupNorm | None, x: torch.Tensor) -> ConvInput:
+        return cls(x, norm_affine(norm, x) if norm is not None else None)
+
+    def write(self, a: int, b: int, out: torch.Tensor) -> None:
+        """out (B, C, b - a, H, W), any strides <- input frames [a, b)."""
+        xs = self.x[:, :, a:b]
+        if self.affine is None:
+            out.copy_(xs)
+            return
+        scale, shift = self.affine
+        if scale.shape[2] != 1:
+            scale, shift = scale[:, :, a:b], shift[:, :, a:b]
+        torch.addcmul(shift, xs, scale, out=out)
+        F.silu(out, inplace=True)
 
 
 def group_norm(norm: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
-    """GroupNorm with float32/float64 statistics, output in x's dtype."""
-    return normed_frames(norm, x, silu=False)(0, x.shape[2])
+    """GroupNorm with float32 statistics, output in x's dtype and memory format."""
+    scale, shift = norm_affine(norm, x)
+    return torch.addcmul(shift, x, scale, out=torch.empty_like(x))
+
+
+def pad_borders(buf: torch.Tensor, ph: int, pw: int) -> None:
+    """Replicate the edge rows/columns of the interior of buf (B, C, T, H + 2ph, W + 2pw) into its borders."""
+    h, w = buf.shape[3] - 2 * ph, buf.shape[4] - 2 * pw
+    if ph:
+        buf[:, :, :, :ph, pw : pw + w] = buf[:, :, :, ph : ph + 1, pw : pw + w]
+        buf[:, :, :, ph + h :, pw : pw + w] = buf[:, :, :, ph + h - 1 : ph + h, pw : pw + w]
+    if pw:
+        buf[..., :pw] = buf[..., pw : pw + 1]
+        buf[..., pw + w :] = buf[..., pw + w - 1 : pw + w]
+
+
+def replicate_pad(x: torch.Tensor, ph: int, pw: int, channels_last: bool) -> torch.Tensor:
+    """x (B, C, T, H, W) replicate-padded by ph in H and pw in W, in one allocation."""
+    b, c, t, h, w = x.shape
+    fmt = torch.channels_last_3d if channels_last else torch.contiguous_format
+    out = torch.empty((b, c, t, h + 2 * ph, w + 2 * pw), dtype=x.dtype, device=x.device, memory_format=fmt)
+    out[:, :, :, ph : ph + h, pw : pw + w] = x
+    pad_borders(out, ph, pw)
+    return out
+
+
+def _empty_like_format(y: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    fmt = torch.channels_last_3d if _is_channels_last(y) else torch.contiguous_format
+    return torch.empty(shape, dtype=y.dtype, device=y.device, memory_format=fmt)
 
 
 class CausalConv3d(nn.Module):
     """Conv3d after replicate padding: (kw//2, kh//2) on both sides in space, kt - 1 frames in front in time.
 
-    With a `state`, the kt - 1 front frames are the last input frames of the previous chunk instead. The input can be
-    given lazily (`run(frames, t)`) so that large inputs are normalised/upsampled and convolved a few frames at a time
-    without materialising the padded (or normalised, or upsampled) tensor.
+    With a `state`, the kt - 1 front frames are the last input frames of the previous chunk instead. Inputs are
+    written (normalised) a few frames at a time into one rolling padded buffer, so neither the padded nor the
+    normalised input is ever materialised whole and each input frame is normalised once.
     """
 
     channels_last = False  # padded inputs in channels-last-3d? (set by HYVideoVAE.set_channels_last)
@@ -265,56 +318,67 @@ class CausalConv3d(nn.Module):
         self, x: torch.Tensor, state: StreamState | None = None, norm: nn.GroupNorm | None = None
     ) -> torch.Tensor:
         """x (B, C, T, H, W), optionally through silu(norm(.)) first -> (B, C', T / st, H / sh, W / sw)."""
-        frames = normed_frames(norm, x) if norm is not None else (lambda a, b: x[:, :, a:b])
-        return self.run(frames, x.shape[2], state)
+        return self.run(ConvInput.normed(norm, x), state)
 
-    def run(self, frames: Frames, t: int, state: StreamState | None = None) -> torch.Tensor:
+    def run(self, src: ConvInput, state: StreamState | None = None) -> torch.Tensor:
         kt, kh, kw = self.conv.kernel_size
-        if kt == kh == kw == 1:
-            return self.conv(frames(0, t))
+        b_, c_, t, h, w = src.x.shape
         pt, ph, pw = kt - 1, kh // 2, kw // 2
-        front = state.get(self) if state is not None else None
-        if front is None:
-            front = frames(0, 1).expand(-1, -1, pt, -1, -1)  # replicate the first frame
-        if state is not None:  # the last pt frames of cat(front, x), for the next chunk
-            state[self] = torch.cat([front[:, :, t:], frames(max(0, t - pt), t)], 2).clone()
-        b_, c_, _, h_, w_ = front.shape
-        per_frame = b_ * c_ * (h_ + 2 * ph) * (w_ + 2 * pw) * front.element_size()  # bytes of one padded frame
-        step = max(1, SLICE_BYTES // per_frame - pt)
-        if self.conv.stride[0] != 1 or step >= t:  # one piece: (B, C, pt + T, H + 2ph, W + 2pw)
-            return self.conv(replicate_pad([front, frames(0, t)], ph, pw, self.channels_last))
+        if kt == kh == kw == 1 and src.affine is None:
+            return conv3d(src.x, self.conv.weight, self.conv.bias, self.conv.stride)
+        padded_frame = b_ * c_ * (h + 2 * ph) * (w + 2 * pw) * src.x.element_size()
+        step = t if self.conv.stride[0] != 1 else min(t, max(1, SLICE_BYTES // padded_frame - pt))
+        fmt = torch.channels_last_3d if self.channels_last else torch.contiguous_format
+        buf = torch.empty(
+            (b_, c_, pt + step, h + 2 * ph, w + 2 * pw), dtype=src.x.dtype, device=src.x.device, memory_format=fmt
+        )
+        self._fill_front(buf, src, state)
         out: torch.Tensor | None = None
-        for a in range(0, t, step):  # output frames [a, b) need padded frames [a, b + pt) = front[a:], x[a - pt, b)
-            b = min(t, a + step)
-            parts = [front[:, :, a:], frames(0, b)] if a < pt else [frames(a - pt, b)]
-            y = self.conv(replicate_pad(parts, ph, pw, self.channels_last))  # (B, C', b - a, H', W')
-            if out is None:
-                fmt = torch.channels_last_3d if _is_channels_last(y) else torch.contiguous_format
-                out = torch.empty((*y.shape[:2], t, *y.shape[3:]), dtype=y.dtype, device=y.device, memory_format=fmt)
-            out[:, :, a:b] = y
-            del y, parts
+        for a in range(0, t, step):  # output frames [a, a + n) read padded frames [a, a + n + pt) = buf[:, :, :pt + n]
+            n = min(step, t - a)
+            src.write(a, a + n, buf[:, :, pt : pt + n, ph : ph + h, pw : pw + w])
+            pad_borders(buf[:, :, pt : pt + n], ph, pw)
+            y = conv3d(
+                buf[:, :, : pt + n], self.conv.weight, self.conv.bias, self.conv.stride
+            )  # (B, C', n, H', W') (n / st when strided: one piece)
+            if n == t:
+                out = y
+            else:
+                out = out if out is not None else _empty_like_format(y, (*y.shape[:2], t, *y.shape[3:]))
+                out[:, :, a : a + n] = y
+            del y
+            if pt and (a + n < t or state is not None):  # the last pt padded frames: the next slice's front
+                for i in range(pt):  # frame by frame: source n + i is read before anything overwrites it
+                    buf[:, :, i] = buf[:, :, n + i]
+        if state is not None:
+            keep(state, self, buf[:, :, :pt])  # (B, C, pt, H + 2ph, W + 2pw)
         assert out is not None
         return out
 
+    def _fill_front(self, buf: torch.Tensor, src: ConvInput, state: StreamState | None) -> None:
+        """buf[:, :, :pt] <- the previous chunk's last padded frames, or the first input frame repeated."""
+        pt = self.conv.kernel_size[0] - 1
+        if not pt:
+            return
+        front = state.get(self) if state is not None else None
+        if front is not None:
+            buf[:, :, :pt] = front
+            return
+        ph, pw = self.conv.kernel_size[1] // 2, self.conv.kernel_size[2] // 2
+        h, w = src.x.shape[3:]
+        src.write(0, 1, buf[:, :, :1, ph : ph + h, pw : pw + w])
+        pad_borders(buf[:, :, :1], ph, pw)
+        buf[:, :, 1:pt] = buf[:, :, :1]
 
-def replicate_pad(parts: list[torch.Tensor], ph: int, pw: int, channels_last: bool) -> torch.Tensor:
-    """cat(parts, time) then replicate-pad H by ph and W by pw, in one allocation."""
-    x = parts[-1]
-    b, c, _, h, w = x.shape
-    t = sum(p.shape[2] for p in parts)
-    fmt = torch.channels_last_3d if channels_last else torch.contiguous_format
-    out = torch.empty((b, c, t, h + 2 * ph, w + 2 * pw), dtype=x.dtype, device=x.device, memory_format=fmt)
-    i = 0
-    for p in parts:
-        out[:, :, i : i + p.shape[2], ph : ph + h, pw : pw + w] = p
-        i += p.shape[2]
-    if ph:
-        out[:, :, :, :ph, pw : pw + w] = out[:, :, :, ph : ph + 1, pw : pw + w]
-        out[:, :, :, ph + h :, pw : pw + w] = out[:, :, :, ph + h - 1 : ph + h, pw : pw + w]
-    if pw:
-        out[..., :pw] = out[..., pw : pw + 1]
-        out[..., pw + w :] = out[..., pw + w - 1 : pw + w]
-    return out
+
+def keep(state: StreamState, key: nn.Module, frames: torch.Tensor) -> None:
+    """state[key] <- a copy of frames, into the previous chunk's tensor when it has the same shape: the cached frames
+    keep one place in the heap instead of pinning a new block (and the holes around it) every chunk."""
+    old = state.get(key)
+    if isinstance(old, torch.Tensor) and old.shape == frames.shape:
+        old.copy_(frames)
+    else:
+        state[key] = frames.clone()
 
 
 def _is_channels_last(x: torch.Tensor) -> bool:
@@ -351,9 +415,24 @@ class Downsample(nn.Module):
         return self.conv(x)
 
 
+# Collapsing a 3-tap kernel over a nearest-upsampled (x2) axis into 2 taps on the original axis: the output at an even
+# position 2i sees original samples (i - 1, i, i) -> taps [w0, w1 + w2]; at an odd one (i, i, i + 1) -> [w0 + w1, w2].
+# In time the causal front pad shifts this by one: output 2j sees (j - 1, j - 1, j) and 2j + 1 sees (j - 1, j, j).
+_EVEN = ((1.0, 0.0, 0.0), (0.0, 1.0, 1.0))
+_ODD = ((1.0, 1.0, 0.0), (0.0, 0.0, 1.0))
+
+
 class Upsample(nn.Module):
     """Nearest upsampling by (ft, 2, 2), then a causal conv. With ft = 2 the first frame is upsampled in space only,
-    so T latents -> 2T - 1 frames: [f0, f1, f1, f2, f2, ...]."""
+    so T latents -> 2T - 1 frames: [f0, f1, f1, f2, f2, ...].
+
+    Computed without upsampling (sub-pixel form): every output phase (time parity when ft = 2, row and column parity)
+    is a conv with a 2-tap kernel (time keeps 3 taps when ft = 1) on the replicate-padded low-resolution input, since
+    replicate padding commutes with nearest upsampling. 8 (or 4) phase kernels of 2x2x2 (3x2x2) taps instead of one
+    3x3x3 kernel at 4 (2) x the positions: ~3.4x fewer multiply-adds. `phases = False` runs the literal definition.
+    """
+
+    phases = True  # sub-pixel form (False: upsample then convolve; the reference the tests compare against)
 
     def __init__(self, channels: int, factor: tuple[int, int, int]) -> None:
         super().__init__()
@@ -361,17 +440,60 @@ class Upsample(nn.Module):
         self.conv = CausalConv3d(channels, channels)
 
     def forward(self, x: torch.Tensor, state: StreamState | None = None) -> torch.Tensor:
+        """x (B, C, T, H, W) -> (B, C, ft T (- 1 for the clip's first chunk when ft = 2), 2H, 2W)."""
         ft = self.factor[0]
-        skip = int(ft == 2 and (state is None or self not in state))  # the clip's first frame is not repeated
+        first = state is None or self not in state
+        n_front = 1 if ft == 2 else 2  # low-resolution frames before x that the causal conv reaches
+        front = x[:, :, :1].expand(-1, -1, n_front, -1, -1) if first else state[self]
+        lo = torch.cat([front, x], 2)  # (B, C, n_front + T, H, W)
         if state is not None:
-            state[self] = True
-        t = ft * x.shape[2] - skip
+            keep(state, self, lo[:, :, -n_front:])
+        skip = int(ft == 2 and first)  # the clip's first frame is not repeated: drop output frame 0
+        if self.phases:
+            return self._phases(lo, ft, skip)
+        return self._literal(lo, n_front, ft, skip)
 
-        def frames(a: int, b: int) -> torch.Tensor:  # nearest upsampling of frames [a, b) only
-            src = x[:, :, [(i + skip) // ft for i in range(a, b)]]  # (B, C, b - a, H, W)
-            return F.interpolate(src, scale_factor=(1, *self.factor[1:]), mode="nearest")
+    def _literal(self, lo: torch.Tensor, n_front: int, ft: int, skip: int) -> torch.Tensor:
+        """Upsample lo, then the causal conv whose front frames are the upsampled front."""
+        up = F.interpolate(lo, scale_factor=(ft, 2, 2), mode="nearest")[:, :, ft * n_front - 2 :]  # 2 front frames
+        pad = replicate_pad(up, 1, 1, self.conv.channels_last)  # (B, C, 2 + ft T, 2H + 2, 2W + 2)
+        y = conv3d(pad, self.conv.conv.weight, self.conv.conv.bias)[:, :, skip:]
+        return y.contiguous(
+            memory_format=torch.channels_last_3d if self.conv.channels_last else torch.contiguous_format
+        )
 
-        return self.conv.run(frames, t, state)
+    def phase_weight(self, ft: int) -> torch.Tensor:
+        """(phases * C', C, kt, 2, 2), phases ordered (time, row, column) parity; kt = 2 when ft = 2 else 3."""
+        w = self.conv.conv.weight.float()  # (C', C, 3, 3, 3)
+        space = torch.tensor([_EVEN, _ODD])  # (row parity, 2 taps, 3 taps)
+        time = torch.tensor([_ODD, _EVEN]) if ft == 2 else torch.eye(3)[None]  # (time parity, kt, 3)
+        k = torch.einsum("pad,qbe,rcf,oidef->pqroiabc", time, space, space, w)
+        return k.reshape(-1, *k.shape[4:]).to(self.conv.conv.weight.dtype)
+
+    def _phases(self, lo: torch.Tensor, ft: int, skip: int) -> torch.Tensor:
+        b, c, t_lo, h, w = lo.shape
+        weight, bias = self.phase_weight(ft), self.conv.conv.bias.repeat(4 * ft)
+        kt = weight.shape[2]
+        t = t_lo - kt + 1  # low-resolution frames of x
+        pad = replicate_pad(lo, 1, 1, self.conv.channels_last)  # (B, C, kt - 1 + T, H + 2, W + 2)
+        fmt = torch.channels_last_3d if self.conv.channels_last else torch.contiguous_format
+        out = torch.empty((b, c, ft * t - skip, 2 * h, 2 * w), dtype=lo.dtype, device=lo.device, memory_format=fmt)
+        per_frame = 4 * ft * c * (h + 1) * (w + 1) * lo.element_size()  # phase outputs of one low-res frame
+        step = min(t, max(1, SLICE_BYTES // per_frame))
+        for j0 in range(0, t, step):
+            j1 = min(t, j0 + step)
+            y = conv3d(pad[:, :, j0 : j1 + kt - 1], weight, bias)  # (B, 4 ft C, j1 - j0, H + 1, W + 1)
+            y = y.unflatten(1, (ft, 2, 2, c))  # (B, ft, 2, 2, C, j1 - j0, H + 1, W + 1)
+            for p in range(ft):
+                s0 = ft * j0 + p - skip  # output frame of y's first frame for time parity p
+                first = max(0, -s0)  # skip < 0 (the clip's dropped frame 0) only
+                s0 += first * ft
+                for r in range(2):
+                    for q in range(2):
+                        dst = out[:, :, s0 : ft * j1 - skip : ft, r::2, q::2]
+                        dst.copy_(y[:, p, r, q, :, first:, r : r + h, q : q + w])
+            del y
+        return out
 
 
 class Attention(nn.Module):
@@ -494,9 +616,13 @@ class Decoder(nn.Module):
     def forward(self, z: torch.Tensor, state: StreamState | None = None) -> torch.Tensor:
         x = self.conv_in(z, state)
         x = self.mid_block(x, state)
-        for block in self.up_blocks:
-            x = block(x, state)
+        for layer in self.up_layers():  # not block by block: a block would hold its input until its last resnet
+            x = layer(x, state)
         return self.conv_out(x, state, norm=self.conv_norm_out)
+
+    def up_layers(self) -> list[nn.Module]:
+        """The resnets and upsamplers of every up block, in order."""
+        return [m for block in self.up_blocks for m in (*block.resnets, *(block.upsamplers or ()))]
 
 
 @dataclass
@@ -523,6 +649,47 @@ class DiagonalGaussian:
 
     def mode(self) -> torch.Tensor:
         return self.mean
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Host allocations during a CPU decode
+
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc mallopt() parameters
+HEAP_LIMIT = 2**30  # during a CPU decode, buffers below this come from the heap and freed ones stay there for reuse
+MMAP_AFTER = 32 * 2**20  # afterwards: glibc's own ceiling for its (then no longer adaptive) mmap threshold
+
+
+def _libc() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("c")
+    try:
+        lib = ctypes.CDLL(name) if name else None
+        return lib if lib is not None and hasattr(lib, "mallopt") and hasattr(lib, "malloc_trim") else None
+    except OSError:
+        return None
+
+
+@contextmanager
+def heap_buffers(enabled: bool = True) -> Iterator[None]:
+    """Serve the decoder's large buffers from glibc's heap instead of fresh mmaps, then give the free heap back.
+
+    glibc maps every buffer above its mmap threshold (at most 32 MiB) anew and unmaps it on free, so each new
+    activation of a chunk costs a page fault per 4 KiB: measured 1.3 GB/s, i.e. a 64 MiB copy into a new tensor
+    takes 53 ms instead of ~10. Raising the threshold for the decode lets freed buffers be reused by the next
+    chunk (decode CPU time 34 -> 30 s in docs/BENCHMARKS.md); on exit the threshold is fixed at 32 MiB and
+    malloc_trim returns the free heap pages to the OS. No-op where glibc's malloc is not available.
+    """
+    libc = _libc() if enabled else None
+    if libc is None:
+        yield
+        return
+    libc.mallopt(M_MMAP_THRESHOLD, HEAP_LIMIT)
+    libc.mallopt(M_TRIM_THRESHOLD, HEAP_LIMIT)
+    try:
+        yield
+    finally:
+        libc.mallopt(M_MMAP_THRESHOLD, MMAP_AFTER)
+        libc.mallopt(M_TRIM_THRESHOLD, 2 * MMAP_AFTER)
+        libc.malloc_trim(0)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -575,7 +742,8 @@ class HYVideoVAE(nn.Module):
     @torch.inference_mode()
     def decode(self, z: torch.Tensor, clamp: bool = False) -> torch.Tensor:
         """Unscaled z (B, 16, T, h, w) -> video (B, 3, 4(T-1)+1, 8h, 8w). `clamp=True` clips to [-1, 1]."""
-        out = self._decode(self._in(z)).contiguous()
+        with heap_buffers(z.device.type == "cpu"):
+            out = self._decode(self._in(z)).contiguous()
         return out.clamp_(-1.0, 1.0) if clamp else out
 
     def decode_latents(self, latents: torch.Tensor, clamp: bool = True) -> torch.Tensor:

@@ -311,3 +311,94 @@ def test_random_vae_is_deterministic_and_non_trivial():
     assert not torch.equal(a.encoder.conv_in.conv.weight, c.encoder.conv_in.conv.weight)
     gn = a.decoder.mid_block.attentions[0].group_norm
     assert not torch.allclose(gn.weight, torch.ones_like(gn.weight)) and gn.bias.abs().sum() > 0
+
+
+# --- decode speed and memory formulations -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("factor", [(2, 2, 2), (1, 2, 2)])
+def test_sub_pixel_upsampler_equals_upsample_then_conv(factor):
+    """The phase kernels on the low-resolution input against the literal nearest upsampling + causal conv, for a clip
+    (state None) and for three streamed chunks (first chunk, then two carrying the cached frames)."""
+    torch.manual_seed(0)
+    up = vae_mod.Upsample(8, factor)
+    x = _randn(1, 8, 5, 6, 7, seed=16)
+    outs = {}
+    for phases in (True, False):
+        up.phases = phases
+        state: dict = {}
+        streamed = torch.cat([up(x[:, :, :2], state), up(x[:, :, 2:3], state), up(x[:, :, 3:], state)], 2)
+        outs[phases] = (up(x), streamed)
+    up.phases = True
+    n = factor[0] * 5 - (factor[0] == 2)
+    assert outs[True][0].shape == (1, 8, n, 12, 14)
+    assert (outs[True][0] - outs[False][0]).abs().max() <= 1e-5
+    assert (outs[True][1] - outs[False][1]).abs().max() <= 1e-5
+    assert (outs[True][1] - outs[True][0]).abs().max() <= 1e-5  # streaming is exact for a lone upsampler
+
+
+def test_decoder_with_literal_upsamplers_gives_the_same_video(ours, monkeypatch):
+    z = _randn(1, 16, 4, 3, 4, seed=17)
+    ours.tiling = TilingConfig(mode="chunked", chunk_latents=1)
+    want = ours.decode(z)
+    monkeypatch.setattr(vae_mod.Upsample, "phases", False)
+    assert (ours.decode(z) - want).abs().max() <= TOL
+
+
+@pytest.mark.parametrize("shape", [(1, 8, 3, 5, 6), (2, 4, 4, 9, 3)])
+def test_forced_onednn_conv_equals_torch_conv(shape):
+    x, w, b = _randn(*shape, seed=18), _randn(6, shape[1], 3, 3, 3, seed=19), _randn(6, seed=20)
+    for stride in (1, (1, 2, 2), (2, 2, 2)):
+        want = torch.nn.functional.conv3d(x, w, b, stride)
+        assert (vae_mod.conv3d(x, w, b, stride) - want).abs().max() <= TOL  # outputs ~30: float32 rounding
+
+
+def test_group_norm_statistics_match_torch_in_blocks_of_groups(monkeypatch):
+    norm = torch.nn.GroupNorm(4, 16, eps=1e-6)
+    torch.nn.init.normal_(norm.weight)
+    torch.nn.init.normal_(norm.bias)
+    x = _randn(2, 16, 3, 5, 4, seed=21) * 3 + 50  # a large mean: float32 E[x^2] - mean^2 would lose digits
+    want = torch.nn.functional.group_norm(x, 4, norm.weight, norm.bias, 1e-6)
+    monkeypatch.setattr(vae_mod, "SLICE_BYTES", 1)  # one group per torch call
+    for _ in range(2):
+        with torch.no_grad():
+            assert (vae_mod.group_norm(norm, x) - want).abs().max() <= 1e-4
+        monkeypatch.undo()
+
+
+def _peak_live_bytes(fn) -> int:
+    """Peak bytes of tensor storages alive at once while fn runs (counted at every op output)."""
+    import weakref
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_flatten
+
+    live: dict[int, int] = {}
+    peak = [0]
+
+    class Track(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in tree_flatten(out)[0]:
+                if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in live:
+                    st = t.untyped_storage()
+                    live[st.data_ptr()] = st.nbytes()
+                    weakref.finalize(st, live.pop, st.data_ptr(), None)
+            peak[0] = max(peak[0], sum(live.values()))
+            return out
+
+    with Track():
+        fn()
+    return peak[0]
+
+
+def test_chunked_decode_working_set_does_not_grow_with_the_clip(ours):
+    """Peak live tensor bytes of a chunked decode: 3x the latents adds the longer output and the attention keys, not
+    another set of activations."""
+    ours.tiling = TilingConfig(mode="chunked", chunk_latents=1)
+    short, long = _randn(1, 16, 3, 8, 8, seed=22), _randn(1, 16, 9, 8, 8, seed=22)
+    peak_short = _peak_live_bytes(lambda: ours.decode(short))
+    peak_long = _peak_live_bytes(lambda: ours.decode(long))
+    video_growth = 3 * 4 * (9 - 3) * 64 * 64 * 4  # (B, 3, frames, 64, 64) float32
+    kv_growth = 2 * 6 * 8 * 8 * TINY.block_out_channels[-1] * 4  # cached keys and values of 6 more latents
+    assert peak_long - peak_short <= 1.5 * (video_growth + kv_growth)

@@ -46,8 +46,10 @@ def dit_flops(cfg: DiTConfig, image_tokens: int, text_tokens: int, batch: int = 
     # double blocks: per stream modulation (6C), qkv, proj, MLP; joint attention over L tokens
     lin += cfg.depth_double * (2 * (2 * C * 6 * C) + 2 * L * (3 * C * C + C * C + 2 * C * M))
     attn += cfg.depth_double * 4 * L * L * C
-    # single blocks: modulation (3C), linear1 (C -> 3C + M), linear2 (C + M -> C)
+    # single blocks: modulation (3C), linear1 (C -> 3C + M), linear2 (C + M -> C); the last block's linear2 runs
+    # on the image tokens only (its text outputs are never used)
     lin += cfg.depth_single * (2 * C * 3 * C + 2 * L * (C * (3 * C + M) + (C + M) * C))
+    lin -= (2 * Lt * (C + M) * C) if cfg.depth_single else 0
     attn += cfg.depth_single * 4 * L * L * C
     lin += 2 * C * 2 * C + 2 * Li * C * patch * cfg.out_channels  # final layer: adaLN, linear
     return Flops(linear=batch * lin, attention=batch * attn)

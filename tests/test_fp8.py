@@ -94,13 +94,14 @@ def test_fp8_output_close_to_float(seed):
     out = fp8(*inp)
     assert out.dtype == torch.bfloat16
     assert 0 < rel(out, ref) < FP8_OUTPUT_TOL
-    # mechanism, exactly: fp32 compute with fp8 weights == the float model holding the dequantised weights
+    # mechanism: fp32 compute with fp8 weights == the float model holding the dequantised weights, up to float
+    # summation order (a plain Linear after the single blocks' concatenation runs as two matmuls, an FP8Linear as one)
     q32 = quantize_dit(copy.deepcopy(model))
     deq = copy.deepcopy(model)
     for n in names:
         layer = q32.get_submodule(n)
         deq.get_submodule(n).weight.copy_(dequantize_weight(layer.weight, layer.scale, torch.float32))
-    assert torch.equal(q32(*inp), deq(*inp))
+    assert (q32(*inp) - deq(*inp)).abs().max().item() <= 1e-5
 
 
 def test_official_fp8_pair_loads(tmp_path):

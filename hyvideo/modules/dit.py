@@ -74,10 +74,10 @@ class DoubleStreamBlock(nn.Module):
             torch.cat([iq, tq], 1), torch.cat([ik, tk], 1), torch.cat([iv, tv], 1), ctx.mask, ctx.backend
         )  # (B, Li+Lt, C)
         i_out, t_out = out.split([img.shape[1], txt.shape[1]], dim=1)
-        img = img + i_g1[:, None] * self.img_attn_proj(i_out)
-        img = img + i_g2[:, None] * self.img_mlp(modulate(layer_norm(img, self.eps), i_sh2, i_sc2))
-        txt = txt + t_g1[:, None] * self.txt_attn_proj(t_out)
-        txt = txt + t_g2[:, None] * self.txt_mlp(modulate(layer_norm(txt, self.eps), t_sh2, t_sc2))
+        img = torch.addcmul(img, i_g1[:, None], self.img_attn_proj(i_out))  # x + gate * f(x), one pass
+        img = torch.addcmul(img, i_g2[:, None], self.img_mlp(modulate(layer_norm(img, self.eps), i_sh2, i_sc2)))
+        txt = torch.addcmul(txt, t_g1[:, None], self.txt_attn_proj(t_out))
+        txt = torch.addcmul(txt, t_g2[:, None], self.txt_mlp(modulate(layer_norm(txt, self.eps), t_sh2, t_sc2)))
         return img, txt
 
 
@@ -94,8 +94,9 @@ class SingleStreamBlock(nn.Module):
         self.k_norm = _qk_norm(cfg)
         self.modulation = Modulation(C, 3)
 
-    def forward(self, x: torch.Tensor, vec: torch.Tensor, ctx: Context) -> torch.Tensor:
-        # x (B, Li+Lt, C): image tokens first
+    def forward(self, x: torch.Tensor, vec: torch.Tensor, ctx: Context, keep: int | None = None) -> torch.Tensor:
+        """x (B, Li+Lt, C), image tokens first -> (B, Li+Lt, C), or (B, keep, C): only the first `keep` tokens'
+        outputs (the last block's text outputs are never used; attention still sees every token)."""
         shift, scale, gate = self.modulation(vec)
         qkv, mlp = self.linear1(modulate(layer_norm(x, self.eps), shift, scale)).split(
             [3 * x.shape[-1], self.mlp_hidden], dim=-1
@@ -105,7 +106,9 @@ class SingleStreamBlock(nn.Module):
         Li = ctx.rope.shape[0]  # RoPE on the image tokens only, written in place (no copy of the text part)
         q[:, :Li], k[:, :Li] = apply_rope(q[:, :Li], ctx.rope), apply_rope(k[:, :Li], ctx.rope)
         out = ctx.attn(q, k, v, ctx.mask, ctx.backend)  # (B, L, C)
-        return x + gate[:, None] * self.linear2(torch.cat([out, F.gelu(mlp, approximate="tanh")], -1))
+        if keep is not None:
+            x, out, mlp = x[:, :keep], out[:, :keep], mlp[:, :keep]
+        return torch.addcmul(x, gate[:, None], linear_of_cat(self.linear2, out, F.gelu(mlp, approximate="tanh")))
 
 
 class FinalLayer(nn.Module):
@@ -223,9 +226,23 @@ class HYVideoDiT(nn.Module):
         for block in self.double_blocks:
             img, txt = block(img, txt, vec, ctx)
         h = torch.cat([img, txt], 1)  # (B, Li+Lt, C)
-        for block in self.single_blocks:
-            h = block(h, vec, ctx)
+        last = len(self.single_blocks) - 1
+        for i, block in enumerate(self.single_blocks):
+            h = block(h, vec, ctx, keep=Li if i == last else None)
         return h[:, :Li]
+
+
+def linear_of_cat(linear: nn.Module, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """linear(cat([a, b], -1)) without building the concatenation: two matmuls into one output, the weight split
+    by columns (strided views, no copy). a (..., Ka), b (..., Kb) -> (..., out). Layers other than a plain
+    nn.Linear (fp8, LoRA wrappers) get the concatenation."""
+    if type(linear) is not nn.Linear:
+        return linear(torch.cat([a, b], -1))
+    ka, w = a.shape[-1], linear.weight  # w (out, Ka+Kb)
+    a2, b2 = a.reshape(-1, ka), b.reshape(-1, b.shape[-1])
+    out = a2 @ w[:, :ka].t() if linear.bias is None else torch.addmm(linear.bias, a2, w[:, :ka].t())
+    torch.addmm(out, b2, w[:, ka:].t(), out=out)  # accumulate in place (addmm.out: FLOP counters see it)
+    return out.view(*a.shape[:-1], -1)
 
 
 def drop_padding(states: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:

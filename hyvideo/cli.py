@@ -20,6 +20,7 @@ from loguru import logger
 
 from hyvideo.request import (
     ATTN_BACKENDS,
+    COMPILE_MODES,
     MODELS,
     OFFLOAD_LEVELS,
     PRECISIONS,
@@ -155,6 +156,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="TeaCache step caching threshold (0 off; 0.1 / 0.15 skip more)",
     )
     g.add_argument("--compile", action="store_true", help="torch.compile the transformer blocks (slow first step)")
+    g.add_argument(
+        "--compile-mode",
+        default="default",
+        metavar="MODE",
+        help=f"torch.compile mode, implies --compile ({', '.join(COMPILE_MODES)}; reduce-overhead = CUDA graphs)",
+    )
     g.add_argument("--disable-autocast", action="store_true", help="no autocast in denoising and decoding")
     g.add_argument("--use-cpu-offload", action="store_true", help="official flag: same as --offload model")
     g.add_argument("--use-fp8", action="store_true", help="fp8 DiT block weights (official _fp8.pt, or quantized)")

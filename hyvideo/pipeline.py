@@ -149,7 +149,7 @@ def load_denoiser(req: SampleRequest, paths: ModelPaths, device: torch.device) -
     if req.fp8_compute:
         enable_fp8_compute(model)
     model.attn_backend = req.attn_backend
-    return compile_blocks(model) if req.compile else model
+    return compile_blocks(model, mode=req.compile_mode) if req.compile else model
 
 
 def dit_fn(model: HYVideoDiT, embedded_cfg_scale: float, forward: Callable[..., torch.Tensor] | None = None):

@@ -36,6 +36,8 @@ SEED_TYPES: tuple[str, ...] = ("auto", "random", "fixed", "file")
 RESOLUTIONS: tuple[str, ...] = ("540p", "720p")
 ATTN_BACKENDS: tuple[str, ...] = ("auto", "sdpa", "flash", "sage")
 OFFLOAD_LEVELS: tuple[str, ...] = ("none", "model", "block")  # hyvideo/offload.py
+# torch.compile modes for --compile-mode; "reduce-overhead" replays each block as a CUDA graph (hyvideo/compile.py)
+COMPILE_MODES: tuple[str, ...] = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 # DESIGN §4: used only when cfg_scale > 1 and no --neg-prompt is given.
 DEFAULT_NEGATIVE_PROMPT = (
@@ -134,6 +136,9 @@ class SampleRequest:
     use_fp8: bool  # DiT block Linear weights stored as fp8 e4m3 (official _fp8.pt pair, or quantized while loading)
     offload: str = "none"  # "none", "model" (components on the device only while they run), "block" (DiT blocks stream)
     fp8_compute: bool = False  # fp8 matmuls via torch._scaled_mm (needs use_fp8 and CUDA compute capability >= 8.9)
+    compile_mode: str = (
+        "default"  # torch.compile mode of the blocks (COMPILE_MODES); any mode but default implies compile
+    )
     memory_check: bool = True  # estimate peak memory before loading and refuse requests that cannot fit
     reproduce: bool  # deterministic algorithms (torch.use_deterministic_algorithms) for bit-reproducible runs
     ulysses_degree: int  # U: attention heads split U ways by all-to-all (needs torchrun); 1 = off
@@ -238,6 +243,22 @@ def _resolve_device(name: str | None) -> str:
     if index >= torch.cuda.device_count():
         raise UsageError("--device", f"{name}: only {torch.cuda.device_count()} CUDA device(s) present")
     return name
+
+
+def _check_compile_mode(mode: str, device: str, offload: str) -> str:
+    """--compile-mode: a torch.compile mode; the CUDA-graph modes need a CUDA device and resident DiT weights."""
+    if mode not in COMPILE_MODES:
+        raise UsageError("--compile-mode", f"unknown {mode!r}; choose from {', '.join(COMPILE_MODES)}")
+    if mode in ("reduce-overhead", "max-autotune"):  # the modes that capture CUDA graphs
+        if not device.startswith("cuda"):
+            raise UsageError(
+                "--compile-mode", f"{mode} replays CUDA graphs: needs a CUDA device, got --device {device}"
+            )
+        if offload == "block":
+            raise UsageError(
+                "--compile-mode", f"{mode} (CUDA graphs) needs the DiT blocks resident: not with --offload block"
+            )
+    return mode
 
 
 def _check_fp8_matmul(device: str) -> None:
@@ -419,6 +440,7 @@ def validate(args: Namespace) -> SampleRequest:
     offload = getattr(args, "offload", "none")
     if args.use_cpu_offload and offload == "none":
         offload = "model"  # the official --use-cpu-offload
+    compile_mode = _check_compile_mode(getattr(args, "compile_mode", "default"), device, offload)
     fp8_compute = bool(getattr(args, "fp8_compute", False))
     if fp8_compute:
         if not args.use_fp8:
@@ -485,12 +507,13 @@ def validate(args: Namespace) -> SampleRequest:
         device=device,
         attn_backend=args.attn_backend,
         teacache_thresh=teacache_thresh,
-        compile=bool(args.compile),
+        compile=bool(args.compile) or compile_mode != "default",
         disable_autocast=bool(args.disable_autocast),
         use_cpu_offload=bool(args.use_cpu_offload),
         use_fp8=bool(args.use_fp8),
         offload=offload,
         fp8_compute=fp8_compute,
+        compile_mode=compile_mode,
         memory_check=bool(getattr(args, "memory_check", True)),
         reproduce=bool(args.reproduce),
         ulysses_degree=ulysses_degree,

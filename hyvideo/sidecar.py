@@ -30,7 +30,15 @@ SCHEMA = 1
 FINGERPRINT_HEAD_BYTES = 2**20  # the first MiB of each weight file goes into its fingerprint
 _WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".json")
 # Request fields recorded under "runtime" when this build has them (speed, memory and parallel options)
-_OPTIONAL_RUNTIME = ("offload", "fp8_compute", "teacache_thresh", "compile", "shard_weights", "cfg_parallel")
+_OPTIONAL_RUNTIME = (
+    "offload",
+    "fp8_compute",
+    "teacache_thresh",
+    "compile",
+    "compile_mode",
+    "shard_weights",
+    "cfg_parallel",
+)
 _PACKAGES = ("hyvideo", "torch", "diffusers", "transformers", "safetensors", "imageio-ffmpeg", "flash-attn")
 
 

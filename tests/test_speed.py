@@ -69,8 +69,11 @@ def test_sage_packing_matches_masked_sdpa():
 
 
 # --------------------------------------------------------------------------- --compile
-def test_compiled_blocks_match_eager():
-    """Regional torch.compile (inductor, CPU) on the tiny DiT: same output within fp32 tolerance, same keys."""
+@pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
+def test_compiled_blocks_match_eager(mode):
+    """Regional torch.compile (inductor, CPU) on the tiny DiT: same output within fp32 tolerance, same keys.
+    "reduce-overhead" is the CUDA-graph mode: on the CPU inductor skips the graphs, the compiled math is tested."""
+    torch._dynamo.reset()
     model = random_dit(TINY_DIT, seed=4)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(1, 16, 2, 4, 6, generator=g)
@@ -79,12 +82,45 @@ def test_compiled_blocks_match_eager():
     keys = list(model.state_dict())
     with torch.no_grad():
         eager = model(*inputs)
-        compile_blocks(model)
+        compile_blocks(model, mode=mode)
         compiled = model(*inputs)
     assert all(b._compiled_call_impl is not None for b in [*model.double_blocks, *model.single_blocks])
     assert model.txt_in._compiled_call_impl is None  # only the repeated blocks
     assert list(model.state_dict()) == keys
     assert (compiled - eager).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--compile-mode", "fastest"], "unknown 'fastest'"),
+        (["--compile-mode", "reduce-overhead"], "needs a CUDA device, got --device cpu"),
+        (["--compile-mode", "max-autotune"], "needs a CUDA device"),
+    ],
+)
+def test_compile_mode_errors_are_one_line_exit_2(tmp_path, capsys, extra, message):
+    assert main(args(tmp_path, tmp_path / "out", *extra)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --compile-mode:") and message in err[0], err
+    assert not (tmp_path / "out").exists()
+
+
+def test_cuda_graphs_refused_with_block_offload():
+    from hyvideo.request import UsageError, _check_compile_mode
+
+    with pytest.raises(UsageError, match="not with --offload block"):
+        _check_compile_mode("reduce-overhead", "cuda:0", "block")
+    assert _check_compile_mode("reduce-overhead", "cuda:0", "model") == "reduce-overhead"
+    assert _check_compile_mode("max-autotune-no-cudagraphs", "cpu", "block") == "max-autotune-no-cudagraphs"
+
+
+def test_compile_mode_implies_compile_and_reaches_torch(tiny_model, tmp_path, monkeypatch):
+    req = parse_request(args(tiny_model, tmp_path, "--compile-mode", "max-autotune-no-cudagraphs"))
+    assert req.compile and req.compile_mode == "max-autotune-no-cudagraphs"
+    seen = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: seen.append(kw))
+    pipeline.load_denoiser(req, locate(tiny_model), torch.device("cpu"))
+    assert seen and all(kw == {"backend": "inductor", "mode": "max-autotune-no-cudagraphs"} for kw in seen)
 
 
 def test_compile_flag_reaches_the_loaded_model(tiny_model, tmp_path):

@@ -252,6 +252,9 @@ def _generate(req: SampleRequest, todo: list[Job], device: torch.device, where: 
     results: list[ItemResult] = []
     paths = locate(req.model_base, req.dit_weight)
     verify_vae(paths.vae)  # names and shapes only: a bad VAE must fail before hours of sampling
+    todo = _fitting(req, todo, paths, device, where, results)  # entries that cannot fit fail now, before any loading
+    if not todo:
+        return results
     load = pipeline.Timings({})
     with load.stage("text encode", device):
         embeddings = _encode(req, paths, todo, device, results, where)
@@ -295,6 +298,40 @@ def _generate(req: SampleRequest, todo: list[Job], device: torch.device, where: 
             continue
         results.append(_result(job, "done", where, seconds=time.perf_counter() - t0, files=written))
     return results
+
+
+def _fitting(
+    req: SampleRequest,
+    todo: list[Job],
+    paths: ModelPaths,
+    device: torch.device,
+    where: Ranks,
+    failed: list[ItemResult],
+) -> list[Job]:
+    """The memory preflight for every entry (from the configs, nothing loaded): entries whose estimated peak does not
+    fit the device are recorded as failed with the reason; the largest estimate is logged once."""
+    from hyvideo import pipeline
+    from hyvideo.memory import check_fits, current_rss, device_capacity, estimate, model_sizes, plan_from_request
+
+    sizes = model_sizes(pipeline.denoiser_config(req, paths), paths)  # the models are the same for every entry
+    baseline, capacity = current_rss(), device_capacity(str(device))
+    fits, largest = [], None
+    for job in todo:
+        est = estimate(plan_from_request(job.request), sizes, baseline=baseline)
+        problem = check_fits(est, capacity)
+        if problem is not None and job.request.memory_check:
+            logger.error(f"line {job.item.line}: {problem}")
+            failed.append(_result(job, "failed", where, error=problem))
+            continue
+        if problem is not None:
+            logger.warning(f"line {job.item.line}: {problem}; continuing because of --no-memory-check")
+        fits.append(job)
+        largest = est if largest is None or est.device_peak > largest.device_peak else largest
+    if largest is not None:
+        logger.info("largest entry's memory estimate:")
+        for line in largest.lines():
+            logger.info(line)
+    return fits
 
 
 def _failed(job: Job, where: Ranks, t0: float, written: list[str], e: Exception) -> ItemResult:

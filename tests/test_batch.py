@@ -245,6 +245,25 @@ def test_failing_entry_is_reported_and_the_batch_goes_on(model, tmp_path, monkey
     assert "1 failed" in err and "failed lines: 2" in err
 
 
+def test_entry_that_cannot_fit_fails_before_loading_and_the_rest_run(model, tmp_path, monkeypatch, capsys):
+    """The memory preflight runs per entry before any model loads: the impossible entry is reported failed with the
+    reason, the others are generated (models loaded once)."""
+    pf = write(tmp_path / "p.jsonl", [
+        json.dumps({"prompt": "small"}),
+        json.dumps({"prompt": "huge", "video_size": [8192, 8192], "video_length": 257}),  # ~0.3 TB: never fits
+    ])  # fmt: skip
+    out = tmp_path / "out"
+    loads = []
+    real = pipeline.load_denoiser
+    monkeypatch.setattr(pipeline, "load_denoiser", lambda *a, **k: loads.append(1) or real(*a, **k))
+    assert cli.main(flags(model, out, pf, "--seed", "1")) == 1
+    err = capsys.readouterr().err
+    assert videos(out) == ["0001_seed1_small.mp4"] and loads == [1]
+    assert "line 2: not enough memory" in err and "--offload block" in err
+    assert "1 failed" in err and "failed lines: 2" in err
+    assert "largest entry's memory estimate" in err
+
+
 def test_random_seed_is_recorded_and_reused_on_resume(model, tmp_path, monkeypatch):
     pf = write(tmp_path / "p.jsonl", [json.dumps({"prompt": "a fox", "num_videos": 2})])
     out = tmp_path / "out"

@@ -281,16 +281,22 @@ def estimate(plan: MemoryPlan, sizes: ModelSizes, baseline: int = 0) -> MemoryEs
     act += 4 * 16 * lat_t * lat_h * lat_w * 4  # latents, noise, velocity, update in fp32
     if plan.use_fp8:
         act += 2 * sizes.dit_largest_linear * e_dit  # one layer's upcast weight (cast, then scaled)
-    # host while loading: the mmap'd file's pages are touched; a dtype change builds a second copy beside them.
-    # fp8 quantizing while loading returns each float layer's pages at once (quantize_dit(drop_pages=True)).
-    converted = abs(sizes.dit_file_bytes - stored) > 0.05 * stored
-    load = sizes.dit_file_bytes if converted and not plan.use_fp8 else 0
-    host_load = stored if plan.use_fp8 else sizes.dit_file_bytes
-    if cpu:
-        dit = Stage("DiT denoise", stored, act, load=load)
-    else:
-        pinned = stored if plan.offload in ("model", "block") else 0
-        dit = Stage("DiT denoise", dit_weights, act, host=host_load + pinned)
+    # Host while loading: the mmap'd file's pages are touched. A dtype change goes one tensor at a time and returns
+    # each source's pages (load_dit), as fp8 quantizing while loading does (quantize_dit(drop_pages=True)), so
+    # neither holds a second copy of the model.
+    e_file = sizes.dit_file_bytes / sizes.dit if sizes.dit_file_bytes and sizes.dit else e_dit  # bytes per weight
+    streamed = plan.offload == "block" and not plan.use_fp8  # block host copies = the mapped file, file dtype
+    if cpu and streamed:
+        # blocks stream from the mapping: `window` blocks' file pages (+ their cast copies when the file's dtype
+        # is not the compute dtype) are resident; evicted blocks' pages are returned (offload.BlockStreamer)
+        per_block = e_file + (e_dit if abs(e_file - e_dit) > 0.05 * e_dit else 0)
+        dit = Stage("DiT denoise", sizes.dit_other * e_dit + int(plan.window * (blk_lin + blk_other) * per_block), act)
+    elif cpu:
+        dit = Stage("DiT denoise", stored, act)
+    else:  # pinned host copies: block offload pins the blocks in the file's dtype, returning the mapped pages
+        pinned = {"model": stored, "block": sizes.dit_file_bytes if streamed else stored}.get(plan.offload, 0)
+        host_load = stored if plan.use_fp8 else sizes.dit_file_bytes
+        dit = Stage("DiT denoise", dit_weights, act, host=pinned if streamed else host_load + pinned)
 
     # --- VAE decode ---
     H, W, frames = plan.height, plan.width, plan.frames

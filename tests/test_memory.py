@@ -114,17 +114,25 @@ def test_modes_order_and_paper_numbers():
 
 
 def _measure(base: Path, tmp: Path, *extra: str) -> dict:
-    """A full CPU run in a fresh process: its VmHWM and the preflight's host estimate."""
+    """A full CPU run in a fresh process: its VmHWM and the preflight's host estimate, for the whole run and up to
+    the end of denoising (text encoders + DiT stages)."""
     code = (
         "import json, sys\n"
         "from hyvideo import pipeline\n"
         "from hyvideo.cli import parse_request\n"
+        "def hwm(): return int([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]) * 1024\n"
         "seen = {}\n"
-        "real = pipeline.preflight\n"
+        "real, denoise = pipeline.preflight, pipeline.denoise\n"
         "pipeline.preflight = lambda *a: seen.setdefault('e', real(*a))\n"
+        "def after_denoise(*a):\n"
+        "    out = denoise(*a)\n"
+        "    seen['dit'] = hwm()\n"
+        "    return out\n"
+        "pipeline.denoise = after_denoise\n"
         "pipeline.run(parse_request(json.loads(sys.argv[1])))\n"
-        "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]\n"
-        "print(json.dumps({'hwm': int(hwm) * 1024, 'est': seen['e'].host_peak}))\n"
+        "e = seen['e']\n"
+        "est_dit = e.baseline + max(s.device for s in e.stages[:2])\n"
+        "print(json.dumps({'hwm': hwm(), 'est': e.host_peak, 'hwm_dit': seen['dit'], 'est_dit': est_dit}))\n"
     )
     argv = [
         "--model-base", str(base), "--prompt", "a cat walks", "--video-size", "128", "128", "--video-length", "9",
@@ -138,11 +146,13 @@ def _measure(base: Path, tmp: Path, *extra: str) -> dict:
 
 @pytest.mark.parametrize(
     "name, extra",
-    [("tiny", []), ("mid", []), ("mid", ["--use-fp8", "--offload", "block"])],
-    ids=["tiny", "mid", "mid-fp8-block"],
+    [("tiny", []), ("mid", []), ("mid", ["--offload", "block"]), ("mid", ["--use-fp8", "--offload", "block"])],
+    ids=["tiny", "mid", "mid-block", "mid-fp8-block"],
 )
 def test_estimate_within_25_percent_of_measured_cpu_peak(models, tmp_path, name, extra):
     r = _measure(models[name], tmp_path, *extra)
+    through_dit = r["est_dit"] / r["hwm_dit"]  # text encoders + DiT (block streaming, fp8, dtype casts)
+    assert 0.75 <= through_dit <= 1.25, (r, through_dit)
     ratio = r["est"] / r["hwm"]
     assert 0.75 <= ratio <= 1.25, (r, ratio)
 

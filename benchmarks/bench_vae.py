@@ -59,10 +59,12 @@ def run_case(case: str, weights: Path, frames: int, out: Path, threads: int) -> 
         model = load_vae(weights)
         if case == "ours-untiled":
             model.tiling = TilingConfig(enabled=False)
-        else:  # ours-chunked-N or ours-chunked-N-tS: chunks of N latents, spatial tiles of S px (stride 3/4 S)
+        else:  # ours-chunked-N(-tS(sR)): chunks of N latents, spatial tiles of S px (default 256) every R px (3/4 S)
             n, _, size = case.removeprefix("ours-chunked-").partition("-t")
+            size, _, stride = size.partition("s")
             tile = int(size) if size else 256
-            model.tiling = TilingConfig(mode="chunked", chunk_latents=int(n), tile_size=tile, tile_stride=tile * 3 // 4)
+            step = int(stride) if stride else tile * 3 // 4
+            model.tiling = TilingConfig(mode="chunked", chunk_latents=int(n), tile_size=tile, tile_stride=step)
 
         def decode() -> torch.Tensor:
             return model.decode(z)

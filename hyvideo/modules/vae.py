@@ -742,7 +742,7 @@ class HYVideoVAE(nn.Module):
     @torch.inference_mode()
     def decode(self, z: torch.Tensor, clamp: bool = False) -> torch.Tensor:
         """Unscaled z (B, 16, T, h, w) -> video (B, 3, 4(T-1)+1, 8h, 8w). `clamp=True` clips to [-1, 1]."""
-        with heap_buffers(z.device.type == "cpu"):
+        with heap_buffers(z.device.type == "cpu" and self.tiling.enabled):  # untiled: few, huge buffers
             out = self._decode(self._in(z)).contiguous()
         return out.clamp_(-1.0, 1.0) if clamp else out
 

@@ -30,7 +30,7 @@ from hyvideo.memory import preflight
 from hyvideo.modules.dit import HYVideoDiT
 from hyvideo.modules.text_encoders import PRECISIONS, TextEmbeddings, TextEncoderConfig, TextEncoders
 from hyvideo.modules.vae import HYVideoVAE
-from hyvideo.offload import apply_offload
+from hyvideo.offload import apply_offload, move_releasing
 from hyvideo.parallel import steps as dist_steps
 from hyvideo.quantization import enable_fp8_compute, is_fp8_file, load_dit_fp8, quantize_dit
 from hyvideo.request import SampleRequest, UsageError
@@ -137,7 +137,7 @@ def load_denoiser(req: SampleRequest, paths: ModelPaths, device: torch.device) -
         apply_loras(model, req.loras, merge=req.lora_merge)
         if req.use_fp8:
             quantize_dit(model)  # after the merge, so the fp8 weights hold the merged values
-        model.to(device=home, dtype=dtype)
+        move_releasing(model, home, dtype)  # per tensor, returning unmodified mapped pages as it goes
     elif (sharded := dist_steps.load_sharded(req, paths.dit, cfg, dtype)) is not None:
         model = sharded  # torchrun: this process holds 1/N of the block weights
     elif req.use_fp8:

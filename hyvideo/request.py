@@ -291,12 +291,6 @@ def _check_parallel(args: Namespace, ulysses: int, ring: int, cfg_scale: float) 
     if not math.isfinite(timeout) or timeout <= 0:
         raise UsageError("--dist-timeout", f"must be a number of seconds > 0, got {timeout}")
     needed = ulysses * ring * (2 if cfg_parallel else 1)
-    if needed > 1 and float(getattr(args, "teacache_thresh", 0.0)) > 0:
-        raise UsageError(
-            "--teacache-thresh",
-            "does not combine with --ulysses-degree/--ring-degree/--cfg-parallel yet (each process would pick the "
-            "steps to skip from its own share of the tokens); drop one of them",
-        )
     torchrun = all(v in os.environ for v in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"))
     world = int(os.environ["WORLD_SIZE"]) if torchrun else 1
     batch = getattr(args, "prompt_file", None) is not None or getattr(args, "batch_entry", False)

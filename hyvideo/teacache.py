@@ -15,10 +15,12 @@ can never be mistaken for an old one (at worst a stream starts fresh and compute
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 import torch
 from loguru import logger
+from torch import nn
 
 from hyvideo.modules.dit import HYVideoDiT
 from hyvideo.modules.layers import layer_norm, modulate
@@ -78,6 +80,23 @@ class StreamState:
     skipped: list[int] = field(default_factory=list)
 
 
+def first_modulation(block: nn.Module, vec: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(shift1, scale1) of a double block's image modulation for vec (B, C), called outside the block's forward,
+    so whatever normally makes its weights available there is done here: an FSDP-sharded block is all-gathered
+    (every rank calls this in step) and resharded; a block whose weights are streamed (offloaded) elsewhere is
+    computed from a temporary copy on vec's device."""
+    if hasattr(block, "unshard") and hasattr(block, "reshard"):  # FSDP2 (fully_shard): collective, every rank
+        block.unshard()
+        try:
+            return block.img_mod(vec)[:2]
+        finally:
+            block.reshard()
+    mod = block.img_mod
+    if any(p.device != vec.device for p in mod.parameters()):
+        mod = copy.deepcopy(mod).to(vec.device)
+    return mod(vec)[:2]
+
+
 class TeaCache:
     """Callable with the signature of `HYVideoDiT.forward` that skips the transformer blocks on similar steps.
 
@@ -129,7 +148,7 @@ class TeaCache:
         model, state = self.model, self._state(text_states)
         img, vec, t = model.embed_image(x, t, text_pooled, guidance)  # the text refiner runs only when computing
         block0 = model.double_blocks[0]
-        shift, scale = block0.img_mod(vec)[:2]
+        shift, scale = first_modulation(block0, vec)
         modulated = modulate(layer_norm(img, block0.eps), shift, scale)  # (B, Li, C)
         same_shape = state.previous is not None and state.previous.shape == modulated.shape
         distance = relative_l1(modulated, state.previous) if same_shape else None

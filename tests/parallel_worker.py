@@ -3,7 +3,7 @@
 For each rank layout (ulysses U x ring R x cfg C, DiT blocks FSDP-sharded when SHARD is 1), samples two Euler
 steps of the tiny DiT on token grids that do and do not divide by U*R, with and without real CFG, and compares
 the final latents with the single-process result computed on the same rank. Also one batch-2 forward with padded
-text (key mask path). Rank 0 writes {case: max relative error over ranks} to OUT.json.
+text (key mask path), and TeaCache step caching around the parallel model (same skipped steps, same latents). Rank 0 writes {case: max relative error over ranks} to OUT.json.
 """
 
 from __future__ import annotations
@@ -21,10 +21,12 @@ from hyvideo.parallel import group
 from hyvideo.parallel.sequence import SequenceParallelDiT, with_cfg_parallel
 from hyvideo.parallel.shard import load_sharded_dit, weight_mesh
 from hyvideo.sampling import euler, flow_sigmas, initial_noise, with_cfg, with_cond
+from hyvideo.teacache import TeaCache
 from hyvideo.tiny import TINY_DIT, random_dit
 
 GRIDS = {"divides": (2, 4, 4), "pads": (1, 6, 6)}  # latent (T, H, W) -> 8 and 9 image tokens
 STEPS = 2
+TEACACHE_STEPS = 4
 
 
 def embeddings(seed: int) -> TextEmbeddings:
@@ -41,7 +43,7 @@ def cond_fn(model):
     return lambda x, t, e: model(x, t, e.llm_states, e.llm_mask, e.clip_pooled, guidance)
 
 
-def sample(model, grid, cfg_scale: float, cfg_split=None) -> torch.Tensor:
+def sample(model, grid, cfg_scale: float, cfg_split=None, steps: int = STEPS) -> torch.Tensor:
     cond, uncond = embeddings(1), embeddings(2)
     fn = cond_fn(model)
     if cfg_scale == 1:
@@ -50,7 +52,7 @@ def sample(model, grid, cfg_scale: float, cfg_split=None) -> torch.Tensor:
         model_fn = with_cfg_parallel(fn, cond, uncond, cfg_scale, cfg_split)
     else:
         model_fn = with_cfg(fn, cond, uncond, cfg_scale)
-    return euler(model_fn, initial_noise((1, 16, *grid), [5], torch.device("cpu")), flow_sigmas(STEPS, 7.0))
+    return euler(model_fn, initial_noise((1, 16, *grid), [5], torch.device("cpu")), flow_sigmas(steps, 7.0))
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -83,6 +85,16 @@ def main() -> None:
                     ref = sample(dit, grid, cfg_scale)
                 got = sample(wrapped, grid, cfg_scale, mesh if C == 2 else None)
                 errors[f"{tag} {grid_name} cfg {cfg_scale:g}"] = rel(got, ref)
+        # TeaCache around the parallel model: 4 steps, threshold huge -> steps 1 and 2 reuse the cached residual
+        split = mesh if C == 2 else None
+        with torch.no_grad():
+            ref_cache, cache = TeaCache(dit, 1e9, TEACACHE_STEPS), TeaCache(wrapped, 1e9, TEACACHE_STEPS)
+            ref = sample(ref_cache, GRIDS["pads"], 3.0, steps=TEACACHE_STEPS)
+            got = sample(cache, GRIDS["pads"], 3.0, split, steps=TEACACHE_STEPS)
+        errors[f"{tag} pads teacache"] = rel(got, ref)
+        mine = [s.skipped for s in cache.streams]
+        want = [ref_cache.streams[mesh.c_rank].skipped] if split is not None else [s.skipped for s in ref_cache.streams]
+        errors[f"{tag} teacache skipped steps differ"] = float(mine != want or mine[0] != [1, 2])
         if C == 1 and U * R > 1:  # batch 2, different prompt lengths: the key-mask path
             g = torch.Generator().manual_seed(3)
             x, states = torch.randn(2, 16, 1, 6, 6, generator=g), torch.randn(2, 8, 32, generator=g)

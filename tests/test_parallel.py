@@ -239,7 +239,6 @@ def fake_torchrun(monkeypatch: pytest.MonkeyPatch, world: int) -> None:
         (2, ["--cfg-parallel"], "--cfg-parallel", "--cfg-scale > 1"),
         (4, ["--ulysses-degree", "4"], "--ulysses-degree", "does not divide the DiT's 2 attention heads"),
         (2, ["--ulysses-degree", "2", "--dist-timeout", "0"], "--dist-timeout", "> 0"),
-        (2, ["--ulysses-degree", "2", "--teacache-thresh", "0.1"], "--teacache-thresh", "does not combine"),
     ],
 )
 def test_bad_degrees_exit_2_before_loading(

@@ -6,6 +6,8 @@
     out = dit.transformer(chunk, txt, vec, ctx with attn = SequenceParallelAttention)     (B, c, P)
     all-gather the chunks over the sequence-parallel group, drop the padding, unpatchify  (B, out, T, H, W)
 Text tokens are computed redundantly (identically) on every rank; padded image tokens are never used as keys.
+`run_blocks` does the same for the blocks alone and gathers the image tokens after them, so `TeaCache` can wrap a
+`SequenceParallelDiT`: the embedding (hence its skip decision) is identical on every rank.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hyvideo.modules.attention import KeyMask
-from hyvideo.modules.dit import HYVideoDiT
+from hyvideo.modules.dit import Context, HYVideoDiT
 from hyvideo.parallel.attention import SequenceParallelAttention
 from hyvideo.parallel.group import Mesh
 from hyvideo.sampling import CondModelFn, ModelFn
@@ -49,26 +51,42 @@ class SequenceParallelDiT(nn.Module):
         text_pooled: torch.Tensor,
         guidance: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        dit, m = self.dit, self.mesh
+        dit = self.dit
         img, txt, vec, ctx = dit.embed(x, t, text_states, text_mask, text_pooled, guidance)
+        Li = img.shape[1]
+        mine, local = self._split(img, ctx)
+        out = self._gather(dit.transformer(mine, txt, vec, local), Li)  # (B, Li, P)
+        pt, ph, pw = dit.cfg.patch_size
+        _, _, T, H, W = x.shape
+        return dit.unpatchify(out, (T // pt, H // ph, W // pw))
+
+    def run_blocks(self, img: torch.Tensor, txt: torch.Tensor, vec: torch.Tensor, ctx: Context) -> torch.Tensor:
+        """`HYVideoDiT.run_blocks` with the image tokens split over the ranks: full img (B, Li, C) in, the full
+        image tokens after the blocks (B, Li, C) out, identical on every rank (what step caching needs)."""
+        mine, local = self._split(img, ctx)
+        return self._gather(self.dit.run_blocks(mine, txt, vec, local), img.shape[1])
+
+    def _split(self, img: torch.Tensor, ctx: Context) -> tuple[torch.Tensor, Context]:
+        """This rank's chunk of the image tokens, padded to N*c: (B, c, C), and the Context that goes with it."""
+        m = self.mesh
         B, Li, _ = img.shape
         N = m.sp_size
         c = -(-Li // N)  # tokens per rank
         mine = slice(m.sp_rank * c, (m.sp_rank + 1) * c)
-        img = F.pad(img, (0, 0, 0, N * c - Li))[:, mine]  # (B, c, C)
+        chunk = F.pad(img, (0, 0, 0, N * c - Li))[:, mine]  # (B, c, C)
         rope = F.pad(ctx.rope, (0, 0, 0, N * c - Li), value=1.0)[mine]  # (c, D/2); padding rows rotate by 1
         mask = None
         if ctx.mask is not None:  # (B, Li + Lt) -> (B, c + Lt): this chunk's image validity, then the text's
-            img_valid = (torch.arange(N * c, device=x.device) < Li)[mine].expand(B, c)
+            img_valid = (torch.arange(N * c, device=img.device) < Li)[mine].expand(B, c)
             mask = KeyMask(torch.cat([img_valid, ctx.mask.valid[:, Li:]], 1))
         attn = SequenceParallelAttention(m, Li, c)
-        out = dit.transformer(img, txt, vec, dataclasses.replace(ctx, rope=rope, mask=mask, attn=attn))  # (B, c, P)
-        chunks = [torch.empty_like(out) for _ in range(N)]
-        dist.all_gather(chunks, out.contiguous(), group=m.sp_group)
-        out = torch.cat(chunks, 1)[:, :Li]  # (B, Li, P)
-        pt, ph, pw = dit.cfg.patch_size
-        _, _, T, H, W = x.shape
-        return dit.unpatchify(out, (T // pt, H // ph, W // pw))
+        return chunk, dataclasses.replace(ctx, rope=rope, mask=mask, attn=attn)
+
+    def _gather(self, out: torch.Tensor, Li: int) -> torch.Tensor:
+        """Every rank's (B, c, D) chunk -> (B, Li, D), the padding dropped."""
+        chunks = [torch.empty_like(out) for _ in range(self.mesh.sp_size)]
+        dist.all_gather(chunks, out.contiguous(), group=self.mesh.sp_group)
+        return torch.cat(chunks, 1)[:, :Li]
 
 
 def with_cfg_parallel(model_fn: CondModelFn, cond, uncond, scale: float, mesh: Mesh) -> ModelFn:

@@ -36,12 +36,12 @@ DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
 DIT_ACT_C = 10
 DIT_ACT_M = 4
 # VAE decoder working set in first-level feature maps (C0 x frames x H x W of what is decoded at once), measured on
-# CPU with the tiny VAE (VmHWM growth of one decode): ~8 maps untiled; ~20 maps of one temporal chunk (5 frames) of
-# one spatial tile with the default chunked tiling (the chunk's activations, the carried causal-padding frames and
-# the upsampling temporaries), plus a fixed conv workspace.
+# CPU (VmHWM growth of one decode): ~8 maps untiled; with the default chunked tiling ~10 maps of one temporal chunk
+# (5 frames) of one spatial tile (the chunk's activations, the carried causal-padding frames of every conv, heap
+# slack), plus a fixed workspace. Fit to the mid VAE (C0 = 32) at 128x128 (184 MB) and 256x256 (559 MB, 33 frames).
 VAE_ACT_UNTILED = 8
-VAE_ACT_CHUNKED = 20
-KERNEL_WORKSPACE = 150 * 2**20  # conv kernel scratch (oneDNN on CPU, cuDNN on CUDA), bytes
+VAE_ACT_CHUNKED = 10
+KERNEL_WORKSPACE = 75 * 2**20  # conv kernel scratch and allocator slack (oneDNN on CPU, cuDNN on CUDA), bytes
 TEXT_TOKENS_EXTRA = 100  # template tokens cropped after the LLM (95 for the video template)
 
 

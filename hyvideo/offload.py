@@ -237,6 +237,8 @@ class BlockStreamer:
             self.trace.append(("load", i))
             self.max_resident = max(self.max_resident, self.resident())
 
+    # The hooks are host-side memory management: with --compile they stay eager (not traced per block index).
+    @torch.compiler.disable
     def _before(self, i: int, module: nn.Module, args: tuple) -> None:
         self._load(i)
         self.blocks[i].wait()
@@ -244,6 +246,7 @@ class BlockStreamer:
         for j in range(i + 1, i + self.window):  # prefetch the next blocks while this one computes
             self._load(j % len(self.blocks))
 
+    @torch.compiler.disable
     def _after(self, i: int, module: nn.Module, args: tuple, output: object) -> None:
         self.blocks[i].evict()
         self.trace.append(("evict", i))

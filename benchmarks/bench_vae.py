@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--frames", type=int, nargs="+", default=[33, 65])
     p.add_argument(
-        "--cases", nargs="+", default=["ours-chunked-1", "diffusers-tiled", "ours-chunked-1-t128", "ours-untiled"]
+        "--cases", nargs="+", default=["ours-chunked-1", "diffusers-tiled", "ours-chunked-1-t160s128", "ours-untiled"]
     )
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--seed", type=int, default=0)
@@ -192,10 +192,10 @@ def main(argv: list[str] | None = None) -> None:
             "one thread per case; wall times are inflated by other jobs).\n"
             f"Model: random VAE, block_out_channels {CHANNELS}, norm groups {GROUPS}, fp32, {SIZE}x{SIZE}; latents "
             "torch.randn seed 0. diffusers: `enable_tiling()` defaults (256 px tiles, 16-frame temporal tiles, "
-            "stride 12). Ours chunked-N(-tS): `TilingConfig(mode='chunked', chunk_latents=N, tile_size=S, "
-            "tile_stride=3S/4)`, S = 256 by default (one spatial tile at this size). Peak RSS = ru_maxrss of a "
-            "fresh child per case (includes Python, torch and the weights); decode RSS = peak minus RSS before "
-            "decoding.\n\n" + table + "\n"
+            "stride 12). Ours chunked-N(-tS(sR)): `TilingConfig(mode='chunked', chunk_latents=N, tile_size=S, "
+            "tile_stride=R)`, S = 256 by default (one spatial tile at this size), R = 3S/4 by default. Peak RSS = "
+            "VmHWM of a fresh child per case (includes Python, torch and the weights); decode RSS = peak minus "
+            "VmRSS before decoding.\n\n" + table + "\n"
         )
         _write_docs(text)
 

@@ -69,16 +69,21 @@ def test_sage_packing_matches_masked_sdpa():
 
 
 # --------------------------------------------------------------------------- --compile
-@pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
-def test_compiled_blocks_match_eager(mode):
-    """Regional torch.compile (inductor, CPU) on the tiny DiT: same output within fp32 tolerance, same keys.
-    "reduce-overhead" is the CUDA-graph mode: on the CPU inductor skips the graphs, the compiled math is tested."""
+def fresh_tiny_dit() -> tuple[torch.nn.Module, tuple]:
+    """A tiny random DiT and one forward's inputs, with dynamo's caches and counters reset."""
     torch._dynamo.reset()
     model = random_dit(TINY_DIT, seed=4)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(1, 16, 2, 4, 6, generator=g)
     states, pooled = torch.randn(1, 5, TINY_DIT.text_states_dim, generator=g), torch.randn(1, 32, generator=g)
-    inputs = (x, torch.tensor([700.0]), states, torch.ones(1, 5, dtype=torch.long), pooled, torch.tensor([6000.0]))
+    return model, (x, torch.tensor([700.0]), states, torch.ones(1, 5, dtype=torch.long), pooled, torch.tensor([6e3]))
+
+
+@pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
+def test_compiled_blocks_match_eager(mode):
+    """Regional torch.compile (inductor, CPU) on the tiny DiT: same output within fp32 tolerance, same keys.
+    "reduce-overhead" is the CUDA-graph mode: on the CPU inductor skips the graphs, the compiled math is tested."""
+    model, inputs = fresh_tiny_dit()
     keys = list(model.state_dict())
     with torch.no_grad():
         eager = model(*inputs)
@@ -95,12 +100,7 @@ def test_compiled_blocks_with_block_offload_match_eager():
     block index), every block is loaded and evicted in order, and the output equals eager."""
     from hyvideo.offload import apply_offload
 
-    torch._dynamo.reset()
-    model = random_dit(TINY_DIT, seed=4)
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(1, 16, 2, 4, 6, generator=g)
-    states, pooled = torch.randn(1, 5, TINY_DIT.text_states_dim, generator=g), torch.randn(1, 32, generator=g)
-    inputs = (x, torch.tensor([700.0]), states, torch.ones(1, 5, dtype=torch.long), pooled, torch.tensor([6000.0]))
+    model, inputs = fresh_tiny_dit()
     with torch.no_grad():
         eager = model(*inputs)
         apply_offload(model, "block", torch.device("cpu"))

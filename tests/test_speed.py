@@ -72,6 +72,7 @@ def test_sage_packing_matches_masked_sdpa():
 def fresh_tiny_dit() -> tuple[torch.nn.Module, tuple]:
     """A tiny random DiT and one forward's inputs, with dynamo's caches and counters reset."""
     torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
     model = random_dit(TINY_DIT, seed=4)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(1, 16, 2, 4, 6, generator=g)

@@ -116,6 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--vae-precision", default="fp16", choices=PRECISIONS, help="VAE dtype")
     g.add_argument("--vae-tiling", action=argparse.BooleanOptionalAction, default=True, help="decode in tiles")
     g.add_argument(
+        "--vae-tile-size", type=int, default=256, metavar="PX", help="VAE spatial tile edge (smaller: less memory)"
+    )
+    g.add_argument(
+        "--vae-tile-stride", type=int, default=None, metavar="PX", help="VAE spatial tile stride (default 3/4 tile)"
+    )
+    g.add_argument(
         "--lora",
         action="append",
         default=None,

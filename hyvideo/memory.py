@@ -90,7 +90,7 @@ def plan_from_request(req: object) -> MemoryPlan:
         use_fp8=bool(get("use_fp8", False)),
         offload=get("offload", "none") or "none",
         vae_tiling=req.vae_tiling,
-        tile_size=tiling.tile_size,
+        tile_size=int(get("vae_tile_size", tiling.tile_size)),
         chunk_frames=4 * tiling.chunk_latents + 1 if tiling.mode == "chunked" else tiling.tile_frames + 1,
         parallel=int(get("ulysses_degree", 1)) * int(get("ring_degree", 1)),
         shards=_weight_shards(req),
@@ -284,13 +284,11 @@ def estimate(plan: MemoryPlan, sizes: ModelSizes, baseline: int = 0) -> MemoryEs
     # Host while loading: the mmap'd file's pages are touched. A dtype change goes one tensor at a time and returns
     # each source's pages (load_dit), as fp8 quantizing while loading does (quantize_dit(drop_pages=True)), so
     # neither holds a second copy of the model.
-    e_file = sizes.dit_file_bytes / sizes.dit if sizes.dit_file_bytes and sizes.dit else e_dit  # bytes per weight
     streamed = plan.offload == "block" and not plan.use_fp8  # block host copies = the mapped file, file dtype
     if cpu and streamed:
-        # blocks stream from the mapping: `window` blocks' file pages (+ their cast copies when the file's dtype
-        # is not the compute dtype) are resident; evicted blocks' pages are returned (offload.BlockStreamer)
-        per_block = e_file + (e_dit if abs(e_file - e_dit) > 0.05 * e_dit else 0)
-        dit = Stage("DiT denoise", sizes.dit_other * e_dit + int(plan.window * (blk_lin + blk_other) * per_block), act)
+        # blocks stream from the mapping: `window` blocks are resident in the compute dtype (the file's pages, or
+        # a cast copy whose source pages were returned); evicted blocks' pages are returned (offload.BlockStreamer)
+        dit = Stage("DiT denoise", (sizes.dit_other + plan.window * (blk_lin + blk_other)) * e_dit, act)
     elif cpu:
         dit = Stage("DiT denoise", stored, act)
     else:  # pinned host copies: block offload pins the blocks in the file's dtype, returning the mapped pages
@@ -389,6 +387,8 @@ def suggestion(plan: MemoryPlan) -> str:
         tips.append("--offload block")
     if not plan.vae_tiling:
         tips.append("--vae-tiling")
+    elif plan.tile_size > 128:
+        tips.append("--vae-tile-size 128")
     tips.append("a smaller --video-size / --video-length")
     return "try " + ", ".join(tips)
 

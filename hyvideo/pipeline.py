@@ -226,7 +226,9 @@ def decode(vae: HYVideoVAE, latents: torch.Tensor) -> torch.Tensor:
 
 def load_decoder(req: SampleRequest, paths: ModelPaths, device: torch.device) -> HYVideoVAE:
     vae = load_vae(paths.vae, dtype=PRECISIONS[req.vae_precision], device=device)
-    return vae.enable_tiling() if req.vae_tiling else vae.disable_tiling()
+    if not req.vae_tiling:
+        return vae.disable_tiling()
+    return vae.enable_tiling(tile_size=req.vae_tile_size, tile_stride=req.vae_tile_stride)
 
 
 def generate_one(

@@ -136,9 +136,9 @@ class SampleRequest:
     use_fp8: bool  # DiT block Linear weights stored as fp8 e4m3 (official _fp8.pt pair, or quantized while loading)
     offload: str = "none"  # "none", "model" (components on the device only while they run), "block" (DiT blocks stream)
     fp8_compute: bool = False  # fp8 matmuls via torch._scaled_mm (needs use_fp8 and CUDA compute capability >= 8.9)
-    compile_mode: str = (
-        "default"  # torch.compile mode of the blocks (COMPILE_MODES); any mode but default implies compile
-    )
+    compile_mode: str = "default"  # torch.compile mode of the blocks (COMPILE_MODES); others imply compile
+    vae_tile_size: int = 256  # VAE spatial tile edge in pixels (smaller: less decode memory, more blended seams)
+    vae_tile_stride: int = 192  # VAE spatial tile stride in pixels (tile_size - stride pixels are blended)
     memory_check: bool = True  # estimate peak memory before loading and refuse requests that cannot fit
     reproduce: bool  # deterministic algorithms (torch.use_deterministic_algorithms) for bit-reproducible runs
     ulysses_degree: int  # U: attention heads split U ways by all-to-all (needs torchrun); 1 = off
@@ -243,6 +243,22 @@ def _resolve_device(name: str | None) -> str:
     if index >= torch.cuda.device_count():
         raise UsageError("--device", f"{name}: only {torch.cuda.device_count()} CUDA device(s) present")
     return name
+
+
+def _check_vae_tiles(args: Namespace) -> tuple[int, int]:
+    """--vae-tile-size / --vae-tile-stride: multiples of 8 pixels (one latent), tile >= 64, the blended overlap
+    (size - stride) at most half a tile. The stride defaults to 3/4 of the tile (the official overlap)."""
+    size = int(getattr(args, "vae_tile_size", 256))
+    if size < 64 or size % 8:
+        raise UsageError("--vae-tile-size", f"must be a multiple of 8 pixels, at least 64, got {size}")
+    stride = getattr(args, "vae_tile_stride", None)
+    stride = size * 3 // 4 // 8 * 8 if stride is None else int(stride)
+    if stride % 8 or not size // 2 <= stride <= size:
+        raise UsageError(
+            "--vae-tile-stride",
+            f"must be a multiple of 8 pixels between half the tile and the tile ({size // 2}..{size}), got {stride}",
+        )
+    return size, stride
 
 
 def _check_compile_mode(mode: str, device: str, offload: str) -> str:
@@ -434,6 +450,7 @@ def validate(args: Namespace) -> SampleRequest:
     offload = getattr(args, "offload", "none")
     if args.use_cpu_offload and offload == "none":
         offload = "model"  # the official --use-cpu-offload
+    tile_size, tile_stride = _check_vae_tiles(args)
     compile_mode = _check_compile_mode(getattr(args, "compile_mode", "default"), device, offload)
     fp8_compute = bool(getattr(args, "fp8_compute", False))
     if fp8_compute:
@@ -508,6 +525,8 @@ def validate(args: Namespace) -> SampleRequest:
         offload=offload,
         fp8_compute=fp8_compute,
         compile_mode=compile_mode,
+        vae_tile_size=tile_size,
+        vae_tile_stride=tile_stride,
         memory_check=bool(getattr(args, "memory_check", True)),
         reproduce=bool(args.reproduce),
         ulysses_degree=ulysses_degree,

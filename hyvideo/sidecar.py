@@ -36,6 +36,8 @@ _OPTIONAL_RUNTIME = (
     "teacache_thresh",
     "compile",
     "compile_mode",
+    "vae_tile_size",
+    "vae_tile_stride",
     "shard_weights",
     "cfg_parallel",
 )

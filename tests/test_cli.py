@@ -121,6 +121,11 @@ BAD: list[tuple[list[str], str]] = [
     (["--no-such-flag"], "--no-such-flag"),
     (["stray"], "stray"),
     (["--prompt-t", "dit-llm-encode"], "--prompt-t"),  # no abbreviations
+    (["--vae-tile-size", "60"], "--vae-tile-size"),
+    (["--vae-tile-size", "100"], "--vae-tile-size"),
+    (["--vae-tile-size", "128", "--vae-tile-stride", "56"], "--vae-tile-stride"),  # overlap > half a tile
+    (["--vae-tile-size", "128", "--vae-tile-stride", "136"], "--vae-tile-stride"),
+    (["--vae-tile-stride", "100"], "--vae-tile-stride"),
 ]
 
 

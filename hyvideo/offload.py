@@ -153,7 +153,12 @@ class Resident:
         if self.on_device:
             return
         with torch.cuda.stream(stream) if stream is not None else nullcontext():
-            self._place([h.to(self.device, dt, non_blocking=True) for h, dt in self._pairs()])
+            placed = []
+            for h, dt in self._pairs():
+                placed.append(h.to(self.device, dt, non_blocking=True))
+                if self.release and placed[-1].data_ptr() != h.data_ptr():
+                    drop_pages(h)  # cast on the CPU: the copy is what runs, the mapped source is not needed now
+            self._place(placed)
             if stream is not None:
                 self.ready = torch.cuda.Event()
                 self.ready.record(stream)

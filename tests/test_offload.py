@@ -245,6 +245,7 @@ def test_bf16_file_cast_at_load_holds_one_copy(tmp_path):
     code = (
         "import sys, torch\n"
         "from hyvideo.checkpoints.dit import load_dit\n"
+        "import hyvideo.offload  # imported by load_dit's cast (it brings torch._dynamo): not part of the weights\n"
         "def kb(k): return int([l for l in open('/proc/self/status') if l.startswith(k)][0].split()[1]) * 1024\n"
         "before = kb('VmRSS')\n"
         "m = load_dit(sys.argv[1], dtype=torch.float32)\n"

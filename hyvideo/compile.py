@@ -23,6 +23,9 @@ def compile_blocks(
     it (no per-kernel launch cost; the parameters must stay at fixed device addresses, so not with block offload).
     On the CPU inductor skips the graphs and the mode compiles like the default one."""
     blocks: list[nn.Module] = [*model.double_blocks, *model.single_blocks]
+    streamer = getattr(model, "_offload", None)  # block offload's hooks run around each block: keep them eager
+    if streamer is not None:
+        streamer.keep_eager()
     kwargs = {} if mode == "default" else {"mode": mode}
     for block in blocks:
         block.compile(backend=backend, **kwargs, **options)

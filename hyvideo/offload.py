@@ -229,9 +229,9 @@ class BlockStreamer:
         self.trace: list[tuple[str, int]] = []
         self.max_resident = 0
         self.handles = []
-        for i, b in enumerate(blocks):
-            self.handles.append(b.register_forward_pre_hook(partial(self._before, i)))
-            self.handles.append(b.register_forward_hook(partial(self._after, i)))
+        for i, b in enumerate(blocks):  # the hooks look the methods up per call: `keep_eager` can swap them
+            self.handles.append(b.register_forward_pre_hook(partial(_call_before, self, i)))
+            self.handles.append(b.register_forward_hook(partial(_call_after, self, i)))
 
     def resident(self) -> int:
         return sum(r.on_device for r in self.blocks)
@@ -242,8 +242,12 @@ class BlockStreamer:
             self.trace.append(("load", i))
             self.max_resident = max(self.max_resident, self.resident())
 
-    # The hooks are host-side memory management: with --compile they stay eager (not traced per block index).
-    @torch.compiler.disable
+    def keep_eager(self) -> None:
+        """Exclude the hooks from torch.compile (they are host-side memory management; traced, they would compile
+        once per block index). Called by `compile_blocks`; importing the compiler costs ~80 MiB, so only then."""
+        self._before = torch.compiler.disable(self._before)
+        self._after = torch.compiler.disable(self._after)
+
     def _before(self, i: int, module: nn.Module, args: tuple) -> None:
         self._load(i)
         self.blocks[i].wait()
@@ -251,7 +255,6 @@ class BlockStreamer:
         for j in range(i + 1, i + self.window):  # prefetch the next blocks while this one computes
             self._load(j % len(self.blocks))
 
-    @torch.compiler.disable
     def _after(self, i: int, module: nn.Module, args: tuple, output: object) -> None:
         self.blocks[i].evict()
         self.trace.append(("evict", i))
@@ -262,6 +265,14 @@ class BlockStreamer:
             h.remove()
         for r in self.blocks:
             r.restore()
+
+
+def _call_before(streamer: BlockStreamer, i: int, module: nn.Module, args: tuple) -> None:
+    streamer._before(i, module, args)
+
+
+def _call_after(streamer: BlockStreamer, i: int, module: nn.Module, args: tuple, output: object) -> None:
+    streamer._after(i, module, args, output)
 
 
 def stream_dit_blocks(

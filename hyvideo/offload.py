@@ -29,7 +29,7 @@ from __future__ import annotations
 import ctypes
 import mmap
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import nullcontext
 from functools import partial
 
@@ -228,10 +228,18 @@ class BlockStreamer:
         self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
         self.trace: list[tuple[str, int]] = []
         self.max_resident = 0
+        self.modules = blocks
         self.handles = []
-        for i, b in enumerate(blocks):  # the hooks look the methods up per call: `keep_eager` can swap them
-            self.handles.append(b.register_forward_pre_hook(partial(_call_before, self, i)))
-            self.handles.append(b.register_forward_hook(partial(_call_after, self, i)))
+        self._hook(self._before, self._after)
+
+    def _hook(self, before: Callable[..., None], after: Callable[..., None]) -> None:
+        """(Re-)register the pre/post forward hooks of every block."""
+        for h in self.handles:
+            h.remove()
+        self.handles = []
+        for i, b in enumerate(self.modules):
+            self.handles.append(b.register_forward_pre_hook(partial(before, i)))
+            self.handles.append(b.register_forward_hook(partial(after, i)))
 
     def resident(self) -> int:
         return sum(r.on_device for r in self.blocks)
@@ -245,8 +253,7 @@ class BlockStreamer:
     def keep_eager(self) -> None:
         """Exclude the hooks from torch.compile (they are host-side memory management; traced, they would compile
         once per block index). Called by `compile_blocks`; importing the compiler costs ~80 MiB, so only then."""
-        self._before = torch.compiler.disable(self._before)
-        self._after = torch.compiler.disable(self._after)
+        self._hook(torch.compiler.disable(self._before), torch.compiler.disable(self._after))
 
     def _before(self, i: int, module: nn.Module, args: tuple) -> None:
         self._load(i)
@@ -265,14 +272,6 @@ class BlockStreamer:
             h.remove()
         for r in self.blocks:
             r.restore()
-
-
-def _call_before(streamer: BlockStreamer, i: int, module: nn.Module, args: tuple) -> None:
-    streamer._before(i, module, args)
-
-
-def _call_after(streamer: BlockStreamer, i: int, module: nn.Module, args: tuple, output: object) -> None:
-    streamer._after(i, module, args, output)
 
 
 def stream_dit_blocks(

@@ -61,6 +61,7 @@ class MemoryPlan:
     text_precision: str = "fp16"
     text_precision_2: str = "fp16"
     text_len: int = 256
+    llm_skip: int = 2  # last LLM layers never built (hidden_state_skip_layer): neither weights nor compute
     use_fp8: bool = False
     offload: str = "none"  # none | model | block
     window: int = 2  # blocks resident under block offload
@@ -87,6 +88,7 @@ def plan_from_request(req: object) -> MemoryPlan:
         text_precision=req.text_encoder_precision,
         text_precision_2=req.text_encoder_precision_2,
         text_len=req.text_len,
+        llm_skip=int(get("hidden_state_skip_layer", 2)),
         use_fp8=bool(get("use_fp8", False)),
         offload=get("offload", "none") or "none",
         vae_tiling=req.vae_tiling,
@@ -120,6 +122,7 @@ class ModelSizes:
     llm_hidden: int
     llm_layers: int
     llm_intermediate: int
+    llm_layer: int  # parameters of one decoder layer
     clip: int
     vae: int
     vae_c0: int  # first-level decoder width (block_out_channels[0])
@@ -168,8 +171,9 @@ def dit_sizes(cfg: DiTConfig) -> dict[str, object]:
     }
 
 
-def llm_params(cfg: dict) -> tuple[int, int, int, int]:
-    """(parameters of the Llama base model without LM head, hidden, layers, intermediate) from its config.json."""
+def llm_params(cfg: dict) -> tuple[int, int, int, int, int]:
+    """(parameters of the Llama base model without LM head, hidden, layers, intermediate, parameters per layer) from
+    its config.json."""
     cfg = cfg.get("text_config") or cfg
     h, n = int(cfg["hidden_size"]), int(cfg["num_hidden_layers"])
     inter, vocab = int(cfg["intermediate_size"]), int(cfg["vocab_size"])
@@ -179,7 +183,7 @@ def llm_params(cfg: dict) -> tuple[int, int, int, int]:
     per_layer = h * qo * 2 + h * kv * 2 + 3 * h * inter + 2 * h
     if cfg.get("attention_bias"):
         per_layer += qo + 2 * kv
-    return vocab * h + n * per_layer + h, h, n, inter
+    return vocab * h + n * per_layer + h, h, n, inter, per_layer
 
 
 def clip_text_params(cfg: dict) -> int:
@@ -258,8 +262,11 @@ def estimate(plan: MemoryPlan, sizes: ModelSizes, baseline: int = 0) -> MemoryEs
 
     # --- text encoders (LLM then CLIP; both loaded together by TextEncoders) ---
     tokens = plan.text_len + TEXT_TOKENS_EXTRA
-    text_act = (sizes.llm_layers + 1) * tokens * sizes.llm_hidden * e_llm + 3 * tokens * sizes.llm_intermediate * e_llm
-    text = Stage("text encoders", sizes.llm * e_llm + sizes.clip * e_clip, text_act, host=sizes.llm * e_llm)
+    # the LLM is built without its last `llm_skip` layers and returns only its last hidden state: a few (L, D) maps
+    # and one MLP's intermediate are live at a time
+    text_act = 4 * tokens * sizes.llm_hidden * e_llm + 3 * tokens * sizes.llm_intermediate * e_llm
+    llm = (sizes.llm - min(plan.llm_skip, sizes.llm_layers) * sizes.llm_layer) * e_llm
+    text = Stage("text encoders", llm + sizes.clip * e_clip, text_act, host=llm)
 
     # --- DiT ---
     wbytes = 1 if plan.use_fp8 else e_dit
@@ -329,7 +336,7 @@ def model_sizes(dit_cfg: DiTConfig, paths: ModelPaths) -> ModelSizes:
 
     llm_cfg = _read_json(Path(paths.text_encoder) / "config.json")
     clip_cfg = _read_json(Path(paths.text_encoder_2) / "config.json")
-    llm = llm_params(llm_cfg) if llm_cfg else (0, 0, 0, 0)
+    llm = llm_params(llm_cfg) if llm_cfg else (0, 0, 0, 0, 0)
     vae_json = _read_json(Path(paths.vae) / "config.json")
     vae_cfg = VAEConfig.from_config_dict(vae_json) if vae_json else VAEConfig()
     dit_path = Path(paths.dit)
@@ -340,6 +347,7 @@ def model_sizes(dit_cfg: DiTConfig, paths: ModelPaths) -> ModelSizes:
         llm_hidden=llm[1],
         llm_layers=llm[2],
         llm_intermediate=llm[3],
+        llm_layer=llm[4],
         clip=clip_text_params(clip_cfg) if clip_cfg else 0,
         vae=vae_params(vae_cfg),
         vae_c0=vae_cfg.block_out_channels[0],
@@ -458,6 +466,7 @@ def full_size_sizes() -> ModelSizes:
         llm_hidden=llm[1],
         llm_layers=llm[2],
         llm_intermediate=llm[3],
+        llm_layer=llm[4],
         clip=clip_text_params(FULL_SIZE_CLIP),
         vae=vae_params(VAEConfig()),
         vae_c0=VAEConfig().block_out_channels[0],

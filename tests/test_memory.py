@@ -88,6 +88,14 @@ def full_size() -> ModelSizes:
     return memory.full_size_sizes()
 
 
+def test_text_stage_counts_only_the_llm_layers_built():
+    """hidden_state_skip_layer 2 (default): the last two Llama-3-8B layers are never built (218M parameters each)."""
+    sizes = full_size()
+    assert sizes.llm_layer == 218_112_000 and sizes.llm == 32 * sizes.llm_layer + 128256 * 4096 + 4096
+    text = {k: estimate(MemoryPlan(544, 960, 129, llm_skip=k), sizes).stages[0].weights for k in (0, 2)}
+    assert text[0] - text[2] == 2 * sizes.llm_layer * 2  # fp16 weights
+
+
 def test_modes_order_and_paper_numbers():
     sizes = full_size()
     peak = {}

@@ -15,17 +15,15 @@ is exact except for the GroupNorm statistics, which become per chunk.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from hyvideo.utils.host_memory import heap_buffers
 
 NORM_EPS = 1e-6  # every GroupNorm in this VAE
 
@@ -649,47 +647,6 @@ class DiagonalGaussian:
 
     def mode(self) -> torch.Tensor:
         return self.mean
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Host allocations during a CPU decode
-
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc mallopt() parameters
-HEAP_LIMIT = 2**30  # during a CPU decode, buffers below this come from the heap and freed ones stay there for reuse
-MMAP_AFTER = 32 * 2**20  # afterwards: glibc's own ceiling for its (then no longer adaptive) mmap threshold
-
-
-def _libc() -> ctypes.CDLL | None:
-    name = ctypes.util.find_library("c")
-    try:
-        lib = ctypes.CDLL(name) if name else None
-        return lib if lib is not None and hasattr(lib, "mallopt") and hasattr(lib, "malloc_trim") else None
-    except OSError:
-        return None
-
-
-@contextmanager
-def heap_buffers(enabled: bool = True) -> Iterator[None]:
-    """Serve the decoder's large buffers from glibc's heap instead of fresh mmaps, then give the free heap back.
-
-    glibc maps every buffer above its mmap threshold (at most 32 MiB) anew and unmaps it on free, so each new
-    activation of a chunk costs a page fault per 4 KiB: measured 1.3 GB/s, i.e. a 64 MiB copy into a new tensor
-    takes 53 ms instead of ~10. Raising the threshold for the decode lets freed buffers be reused by the next
-    chunk (decode CPU time 34 -> 30 s in docs/BENCHMARKS.md); on exit the threshold is fixed at 32 MiB and
-    malloc_trim returns the free heap pages to the OS. No-op where glibc's malloc is not available.
-    """
-    libc = _libc() if enabled else None
-    if libc is None:
-        yield
-        return
-    libc.mallopt(M_MMAP_THRESHOLD, HEAP_LIMIT)
-    libc.mallopt(M_TRIM_THRESHOLD, HEAP_LIMIT)
-    try:
-        yield
-    finally:
-        libc.mallopt(M_MMAP_THRESHOLD, MMAP_AFTER)
-        libc.mallopt(M_TRIM_THRESHOLD, 2 * MMAP_AFTER)
-        libc.malloc_trim(0)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

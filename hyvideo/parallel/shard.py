@@ -8,8 +8,6 @@ non-block parameters (embedders, token refiner, final layer) stay replicated.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 from pathlib import Path
 
 import torch
@@ -21,8 +19,8 @@ from hyvideo.checkpoints.common import check_state_dict
 from hyvideo.checkpoints.dit import build_dit, find_dit_weights, read_dit_state_dict
 from hyvideo.config import DiTConfig
 from hyvideo.modules.dit import HYVideoDiT
+from hyvideo.utils.host_memory import set_mmap_threshold
 
-M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
 HOST_MMAP_THRESHOLD = 1 << 20  # bytes: host buffers at least this large are mmapped, so a free returns them
 
 
@@ -33,11 +31,7 @@ def return_large_frees() -> bool:
     freed after every block stay in the heap and the resident memory of a sharded CPU run climbs back towards the
     unsharded size (measured in docs/BENCHMARKS.md). Returns False where glibc is not available.
     """
-    name = ctypes.util.find_library("c")
-    try:
-        return bool(ctypes.CDLL(name).mallopt(M_MMAP_THRESHOLD, HOST_MMAP_THRESHOLD)) if name else False
-    except (OSError, AttributeError):
-        return False
+    return set_mmap_threshold(HOST_MMAP_THRESHOLD)
 
 
 def weight_mesh(device: torch.device, world: int) -> DeviceMesh:

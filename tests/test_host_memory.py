@@ -1,0 +1,70 @@
+"""glibc allocator controls (hyvideo/utils/host_memory.py): what heap_buffers restores, and no-ops without glibc."""
+
+from __future__ import annotations
+
+import pytest
+
+from hyvideo.utils import host_memory as hm
+
+
+class FakeLibc:
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def mallopt(self, param: int, value: int) -> int:
+        self.calls.append(("mallopt", param, value))
+        return 1
+
+    def malloc_trim(self, pad: int) -> int:
+        self.calls.append(("trim", pad))
+        return 1
+
+
+@pytest.fixture
+def fake(monkeypatch) -> FakeLibc:
+    lib = FakeLibc()
+    monkeypatch.setattr(hm, "libc", lambda: lib)
+    monkeypatch.setattr(hm, "_fixed", {})
+    return lib
+
+
+def test_heap_buffers_raises_then_restores_glibc_ceiling_and_trims(fake):
+    with hm.heap_buffers():
+        assert fake.calls == [
+            ("mallopt", hm.M_MMAP_THRESHOLD, hm.HEAP_LIMIT),
+            ("mallopt", hm.M_TRIM_THRESHOLD, hm.HEAP_LIMIT),
+        ]
+    assert fake.calls[2:] == [
+        ("mallopt", hm.M_MMAP_THRESHOLD, hm.GLIBC_MMAP_MAX),
+        ("mallopt", hm.M_TRIM_THRESHOLD, 2 * hm.GLIBC_MMAP_MAX),
+        ("trim", 0),
+    ]
+
+
+def test_heap_buffers_restores_a_threshold_fixed_before(fake):
+    """A sharded CPU run fixes 1 MiB (parallel.shard.return_large_frees); a decode in between must not undo it."""
+    from hyvideo.parallel.shard import HOST_MMAP_THRESHOLD, return_large_frees
+
+    assert return_large_frees()
+    with hm.heap_buffers():
+        pass
+    assert fake.calls[-3] == ("mallopt", hm.M_MMAP_THRESHOLD, HOST_MMAP_THRESHOLD)
+
+
+def test_disabled_or_without_glibc_nothing_is_called(fake, monkeypatch):
+    with hm.heap_buffers(enabled=False):
+        pass
+    assert fake.calls == []
+    monkeypatch.setattr(hm, "libc", lambda: None)
+    assert hm.set_mmap_threshold(1 << 20) is False and hm.trim() is False
+    with hm.heap_buffers():
+        pass
+
+
+def test_real_glibc_calls_succeed_here():
+    if hm.libc.__wrapped__() is None:
+        pytest.skip("not glibc")
+    assert hm.trim() in (True, False)  # malloc_trim returns whether memory was released
+    with hm.heap_buffers():
+        buf = bytearray(64 * 2**20)
+    del buf

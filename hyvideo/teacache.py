@@ -166,9 +166,7 @@ class TeaCache:
         state.previous = modulated
         if state.policy.step == 0:  # the run is complete
             logger.info(self.summary(state))
-        pt, ph, pw = model.cfg.patch_size
-        _, _, T, H, W = x.shape
-        return model.unpatchify(model.final_layer(out, vec), (T // pt, H // ph, W // pw))
+        return model.unpatchify(model.final_layer(out, vec), model.token_grid(x))
 
     def summary(self, state: StreamState) -> str:
         n = len(state.computed) + len(state.skipped)

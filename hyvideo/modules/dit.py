@@ -11,6 +11,7 @@ Data flow (B batch, C hidden, Li image tokens, Lt text tokens):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -169,11 +170,8 @@ class HYVideoDiT(nn.Module):
         self, x: torch.Tensor, t: torch.Tensor, text_pooled: torch.Tensor, guidance: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Image tokens and the conditioning vector: (img (B,Li,C), vec (B,C), t expanded to (B,))."""
-        cfg = self.cfg
-        B, _, T, H, W = x.shape
-        pt, ph, pw = cfg.patch_size
-        if T % pt or H % ph or W % pw:
-            raise ValueError(f"latent grid {(T, H, W)} is not divisible by the patch size {cfg.patch_size}")
+        B = x.shape[0]
+        self.token_grid(x)  # checks the latent grid divides by the patch size
         dtype = self.img_in.proj.weight.dtype
         t = t.expand(B) if t.numel() == 1 else t
         vec = self.time_in(t) + self.vector_in(text_pooled.to(dtype))
@@ -187,13 +185,20 @@ class HYVideoDiT(nn.Module):
         self, text_states: torch.Tensor, text_mask: torch.Tensor | None, t: torch.Tensor, x: torch.Tensor
     ) -> tuple[torch.Tensor, Context]:
         """Refined text tokens (B,Lt,C) with padding dropped, and the Context for latents x (B,in,T,H,W)."""
-        pt, ph, pw = self.cfg.patch_size
-        _, _, T, H, W = x.shape
+        grid = self.token_grid(x)
         text_states, valid = drop_padding(text_states.to(self.img_in.proj.weight.dtype), text_mask)
         txt = self.txt_in(text_states, t, valid, self.attn_backend)
-        Li = (T // pt) * (H // ph) * (W // pw)
+        Li = math.prod(grid)
         mask = None if valid is None else KeyMask(F.pad(valid, (Li, 0), value=True))  # (B, Li+Lt)
-        return txt, Context(self.rope((T // pt, H // ph, W // pw), x.device), mask, self.attn_backend)
+        return txt, Context(self.rope(grid, x.device), mask, self.attn_backend)
+
+    def token_grid(self, x: torch.Tensor) -> tuple[int, int, int]:
+        """The (T, H, W) token grid of latents x (B, in, T, H, W): each axis divided by the patch size."""
+        pt, ph, pw = self.cfg.patch_size
+        T, H, W = x.shape[2:]
+        if T % pt or H % ph or W % pw:
+            raise ValueError(f"latent grid {(T, H, W)} is not divisible by the patch size {self.cfg.patch_size}")
+        return T // pt, H // ph, W // pw
 
     def unpatchify(self, out: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
         pt, ph, pw = self.cfg.patch_size
@@ -211,10 +216,7 @@ class HYVideoDiT(nn.Module):
     ) -> torch.Tensor:
         """Velocity for latents x (B, in, T, H, W) at timestep t (B,) in [0, 1000]; returns (B, out, T, H, W)."""
         img, txt, vec, ctx = self.embed(x, t, text_states, text_mask, text_pooled, guidance)
-        out = self.transformer(img, txt, vec, ctx)
-        pt, ph, pw = self.cfg.patch_size
-        _, _, T, H, W = x.shape
-        return self.unpatchify(out, (T // pt, H // ph, W // pw))
+        return self.unpatchify(self.transformer(img, txt, vec, ctx), self.token_grid(x))
 
     def transformer(self, img: torch.Tensor, txt: torch.Tensor, vec: torch.Tensor, ctx: Context) -> torch.Tensor:
         """Blocks and final layer on embedded tokens: img (B, Li, C) -> (B, Li, pt*ph*pw*out); text is dropped."""

@@ -56,9 +56,7 @@ class SequenceParallelDiT(nn.Module):
         Li = img.shape[1]
         mine, local = self._split(img, ctx)
         out = self._gather(dit.transformer(mine, txt, vec, local), Li)  # (B, Li, P)
-        pt, ph, pw = dit.cfg.patch_size
-        _, _, T, H, W = x.shape
-        return dit.unpatchify(out, (T // pt, H // ph, W // pw))
+        return dit.unpatchify(out, dit.token_grid(x))
 
     def run_blocks(self, img: torch.Tensor, txt: torch.Tensor, vec: torch.Tensor, ctx: Context) -> torch.Tensor:
         """`HYVideoDiT.run_blocks` with the image tokens split over the ranks: full img (B, Li, C) in, the full

@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.procstat import status_kb
+from hyvideo.utils.host_memory import proc_kb
 
 
 def _child(path: str, dtype: str) -> None:
@@ -24,15 +24,15 @@ def _child(path: str, dtype: str) -> None:
 
     from hyvideo.checkpoints.dit import load_dit
 
-    before = status_kb("VmRSS")
+    before = proc_kb("VmRSS")
     t0 = time.perf_counter()
     model = load_dit(path, dtype=getattr(torch, dtype))
     seconds = time.perf_counter() - t0
-    peak = status_kb("VmHWM")
+    peak = proc_kb("VmHWM")
     with torch.no_grad():  # page every weight in, as the first forward does
         for p in model.parameters():
             p.float().sum()
-    touched = status_kb("VmHWM")
+    touched = proc_kb("VmHWM")
     nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
     out = {"before_kb": before, "peak_kb": peak, "touched_kb": touched, "seconds": seconds, "model_bytes": nbytes}
     print(json.dumps(out))

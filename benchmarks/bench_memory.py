@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.procstat import status_kb
+from hyvideo.utils.host_memory import proc_kb
 
 PROMPT = "A cat walks on the grass, realistic style."
 MiB = 2**20
@@ -33,7 +33,7 @@ def _ours(spec: dict) -> dict:
     pipeline.preflight = lambda *a: seen.setdefault("e", real(*a))
     t0 = time.perf_counter()
     assert main(spec["argv"]) == 0
-    return {"peak": status_kb("VmHWM") * 1024, "seconds": time.perf_counter() - t0, "estimate": seen["e"].host_peak}
+    return {"peak": proc_kb("VmHWM") * 1024, "seconds": time.perf_counter() - t0, "estimate": seen["e"].host_peak}
 
 
 def _diffusers(spec: dict) -> dict:
@@ -59,7 +59,7 @@ def _diffusers(spec: dict) -> dict:
         prompt_template={"template": PROMPT_TEMPLATES["dit-llm-encode-video"], "crop_start": spec["crop_start"]},
         max_sequence_length=256,
     )
-    return {"peak": status_kb("VmHWM") * 1024, "seconds": time.perf_counter() - t0}
+    return {"peak": proc_kb("VmHWM") * 1024, "seconds": time.perf_counter() - t0}
 
 
 def _run(kind: str, spec: dict) -> dict:

@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.procstat import status_kb
+from hyvideo.utils.host_memory import proc_kb
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,7 +48,7 @@ def _child(path: str, mode: str) -> None:
         x = torch.randn(1, TINY_DIT.in_channels, 2, 8, 8)
         t, g = torch.full((1,), 500.0), torch.full((1,), 6000.0)
         random_dit(TINY_DIT).to(torch.bfloat16)(x, t, torch.randn(1, 16, 32), None, torch.randn(1, 32), g)
-    before = status_kb("VmRSS")
+    before = proc_kb("VmRSS")
     t0 = time.perf_counter()
     if os.environ.get("BENCH_MALLOC") == "glibc default":
         import hyvideo.parallel.shard as shard
@@ -59,7 +59,7 @@ def _child(path: str, mode: str) -> None:
     else:
         model = load_dit(path, cfg, dtype=torch.bfloat16)
     load_s = time.perf_counter() - t0
-    loaded = status_kb("VmRSS")
+    loaded = proc_kb("VmRSS")
     g = torch.Generator().manual_seed(0)
     x = torch.randn(1, cfg.in_channels, 2, 8, 8, generator=g)  # 32 image tokens
     text = torch.randn(1, 16, cfg.text_states_dim, generator=g)
@@ -70,7 +70,7 @@ def _child(path: str, mode: str) -> None:
         sp(x, torch.full((1,), 500.0), text, None, pooled, torch.full((1,), 6000.0))
     forward_s = time.perf_counter() - t0
     held = sum((p.to_local() if hasattr(p, "to_local") else p).nbytes for p in model.parameters()) / 1024
-    row = torch.tensor([before, loaded, status_kb("VmHWM"), load_s * 1e3, forward_s * 1e3, held], dtype=torch.float64)
+    row = torch.tensor([before, loaded, proc_kb("VmHWM"), load_s * 1e3, forward_s * 1e3, held], dtype=torch.float64)
     rows = [torch.empty_like(row) for _ in range(world)]
     dist.all_gather(rows, row)
     if mesh.rank == 0:

@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.procstat import status_kb
+from hyvideo.utils.host_memory import proc_kb
 
 SEED = 42
 SHORT_PROMPT = "A cat walks on the grass, realistic style."
@@ -129,7 +129,7 @@ def child_ours(root: Path, prompt: str, out: Path, a: argparse.Namespace) -> dic
         pipeline.run(req)
     wall = time.perf_counter() - t0
     return {"steps": steps.seconds, "text_tokens": steps.text_tokens, "decode": sum(decode), "wall": wall,
-            "peak_kb": status_kb("VmHWM")}  # fmt: skip
+            "peak_kb": proc_kb("VmHWM")}  # fmt: skip
 
 
 def child_diffusers(root: Path, prompt: str, out: Path, a: argparse.Namespace) -> dict:
@@ -162,7 +162,7 @@ def child_diffusers(root: Path, prompt: str, out: Path, a: argparse.Namespace) -
     export_to_video(list(frames), str(out / "diffusers.mp4"), fps=24)
     wall = time.perf_counter() - t0
     return {"steps": steps.seconds, "text_tokens": steps.text_tokens, "decode": sum(decode), "wall": wall,
-            "peak_kb": status_kb("VmHWM")}  # fmt: skip
+            "peak_kb": proc_kb("VmHWM")}  # fmt: skip
 
 
 def child_scaling(root: Path, a: argparse.Namespace) -> dict:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.procstat import status_kb
+from hyvideo.utils.host_memory import proc_kb
 
 CHANNELS = (32, 64, 64, 64)  # mid-size: a quarter of the real widths
 GROUPS = 32
@@ -28,11 +28,11 @@ SECTION = "## VAE decode"
 
 
 def _peak_mb() -> float:
-    return status_kb("VmHWM") / 1024  # not ru_maxrss: that one can start from the parent's peak
+    return proc_kb("VmHWM") / 1024  # not ru_maxrss: that one can start from the parent's peak
 
 
 def _rss_mb() -> float:
-    return status_kb("VmRSS") / 1024
+    return proc_kb("VmRSS") / 1024
 
 
 def run_case(case: str, weights: Path, frames: int, out: Path, threads: int) -> dict:

@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from hyvideo.utils.host_memory import proc_kb
+
 if TYPE_CHECKING:
     from hyvideo.checkpoints.layout import ModelPaths
     from hyvideo.config import DiTConfig
@@ -357,24 +359,12 @@ def model_sizes(dit_cfg: DiTConfig, paths: ModelPaths) -> ModelSizes:
 
 def current_rss() -> int:
     """Resident set size of this process now (bytes); 0 where /proc is unavailable."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+    return proc_kb("VmRSS") * 1024
 
 
 def available_ram() -> int:
     """MemAvailable from /proc/meminfo (bytes); falls back to total physical memory."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return proc_kb("MemAvailable", "/proc/meminfo") * 1024 or os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def device_capacity(device: str) -> int:

@@ -36,6 +36,7 @@ from hyvideo.quantization import enable_fp8_compute, is_fp8_file, load_dit_fp8, 
 from hyvideo.request import SampleRequest, UsageError
 from hyvideo.sampling import euler, flow_sigmas, initial_noise, latent_shape, with_cfg, with_cond
 from hyvideo.teacache import TeaCache
+from hyvideo.utils.host_memory import proc_kb
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -43,13 +44,7 @@ from hyvideo.teacache import TeaCache
 # ---------------------------------------------------------------------------------------------------------------
 def peak_host_mb() -> float:
     """Peak resident set size of this process (VmHWM), MiB; 0 where /proc is unavailable."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
+    return proc_kb("VmHWM") / 1024
 
 
 @dataclass

@@ -68,3 +68,9 @@ def test_real_glibc_calls_succeed_here():
     with hm.heap_buffers():
         buf = bytearray(64 * 2**20)
     del buf
+
+
+def test_proc_kb_reads_status_and_meminfo_fields(tmp_path):
+    assert hm.proc_kb("VmHWM") >= hm.proc_kb("VmRSS") > 0
+    assert hm.proc_kb("MemAvailable", "/proc/meminfo") > 0
+    assert hm.proc_kb("NoSuchField") == 0 and hm.proc_kb("VmRSS", str(tmp_path / "missing")) == 0

@@ -1,6 +1,6 @@
-"""glibc allocator controls for host (CPU) memory, in one place: the mmap threshold, heap trimming, and a context
-that keeps large buffers in the heap while a CPU decode reuses them. Every function is a no-op (returns False) where
-glibc's malloc is not the allocator.
+"""Host (CPU) memory in one place: this process's counters from /proc (`proc_kb`), and glibc allocator controls:
+the mmap threshold, heap trimming, and a context that keeps large buffers in the heap while a CPU decode reuses them.
+The allocator functions are no-ops (return False) where glibc's malloc is not the allocator.
 
 glibc serves buffers above its mmap threshold with fresh mmaps (returned to the OS on free, but every new one
 page-faults on first touch) and raises that threshold adaptively after large frees, up to 32 MiB, until the first
@@ -14,12 +14,26 @@ import ctypes.util
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cache
+from pathlib import Path
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc mallopt() parameters
 GLIBC_MMAP_MAX = 32 * 2**20  # glibc's ceiling for its adaptive mmap threshold
 HEAP_LIMIT = 2**30  # inside `heap_buffers`: buffers below this come from the heap and freed ones stay there
 
 _fixed: dict[str, int] = {}  # the threshold fixed outside `heap_buffers` (restored when it ends)
+
+
+def proc_kb(field: str, path: str = "/proc/self/status") -> int:
+    """A "Field: N kB" line of a /proc file in KiB (VmRSS, VmHWM of /proc/self/status; MemAvailable of
+    /proc/meminfo); 0 where the file or the field is absent. VmHWM, unlike ru_maxrss, does not inherit the parent's
+    peak across fork/exec."""
+    try:
+        for line in Path(path).read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
 
 
 @cache

@@ -188,6 +188,12 @@ def llm_params(cfg: dict) -> tuple[int, int, int, int, int]:
     return vocab * h + n * per_layer + h, h, n, inter, per_layer
 
 
+def llm_sizes(cfg: dict) -> dict[str, int]:
+    """The LLM fields of `ModelSizes` from its config.json (all 0 without one)."""
+    names = ("llm", "llm_hidden", "llm_layers", "llm_intermediate", "llm_layer")
+    return dict(zip(names, llm_params(cfg) if cfg else (0,) * len(names), strict=True))
+
+
 def clip_text_params(cfg: dict) -> int:
     """Parameters of CLIP's text tower from its config.json (a full CLIPModel config keeps it in text_config)."""
     cfg = cfg.get("text_config") or cfg
@@ -338,18 +344,13 @@ def model_sizes(dit_cfg: DiTConfig, paths: ModelPaths) -> ModelSizes:
 
     llm_cfg = _read_json(Path(paths.text_encoder) / "config.json")
     clip_cfg = _read_json(Path(paths.text_encoder_2) / "config.json")
-    llm = llm_params(llm_cfg) if llm_cfg else (0, 0, 0, 0, 0)
     vae_json = _read_json(Path(paths.vae) / "config.json")
     vae_cfg = VAEConfig.from_config_dict(vae_json) if vae_json else VAEConfig()
     dit_path = Path(paths.dit)
     files = [dit_path] if dit_path.is_file() else [*dit_path.glob("*.safetensors"), *dit_path.glob("*.pt")]
     return ModelSizes(
         **dit_sizes(dit_cfg),
-        llm=llm[0],
-        llm_hidden=llm[1],
-        llm_layers=llm[2],
-        llm_intermediate=llm[3],
-        llm_layer=llm[4],
+        **llm_sizes(llm_cfg),
         clip=clip_text_params(clip_cfg) if clip_cfg else 0,
         vae=vae_params(vae_cfg),
         vae_c0=vae_cfg.block_out_channels[0],
@@ -447,16 +448,11 @@ def full_size_sizes() -> ModelSizes:
     from hyvideo.config import DiTConfig
     from hyvideo.modules.vae import VAEConfig
 
-    llm = llm_params(FULL_SIZE_LLM)
     dit = dit_sizes(DiTConfig())
     n_dit = dit["dit_block_linear"] + dit["dit_block_other"] + dit["dit_other"]
     return ModelSizes(
         **dit,
-        llm=llm[0],
-        llm_hidden=llm[1],
-        llm_layers=llm[2],
-        llm_intermediate=llm[3],
-        llm_layer=llm[4],
+        **llm_sizes(FULL_SIZE_LLM),
         clip=clip_text_params(FULL_SIZE_CLIP),
         vae=vae_params(VAEConfig()),
         vae_c0=VAEConfig().block_out_channels[0],

@@ -16,6 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.common import add_dit_size_args
 from hyvideo.utils.host_memory import proc_kb
 
 
@@ -40,10 +41,7 @@ def _child(path: str, dtype: str) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--hidden", type=int, default=1024)
-    ap.add_argument("--heads", type=int, default=16)
-    ap.add_argument("--double", type=int, default=6)
-    ap.add_argument("--single", type=int, default=12)
+    add_dit_size_args(ap)
     ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:

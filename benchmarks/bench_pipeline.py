@@ -21,6 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.common import add_dit_size_args
 from hyvideo.utils.host_memory import proc_kb
 
 SEED = 42
@@ -256,10 +257,7 @@ def _fmt_ratio(ours: float, theirs: float) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--hidden", type=int, default=1024)
-    ap.add_argument("--heads", type=int, default=16)
-    ap.add_argument("--double", type=int, default=1)
-    ap.add_argument("--single", type=int, default=2)
+    add_dit_size_args(ap, double=1, single=2)
     ap.add_argument("--size", type=int, nargs=2, default=[256, 256], metavar=("H", "W"))
     ap.add_argument("--frames", type=int, default=33)
     ap.add_argument("--steps", type=int, default=2)

@@ -11,7 +11,6 @@ from pathlib import Path
 import imageio.v3 as iio
 import pytest
 import torch
-from loguru import logger
 
 from hyvideo import pipeline, sidecar
 from hyvideo.api import Generator
@@ -25,13 +24,6 @@ from hyvideo.utils.file_utils import save_videos_grid, video_grid
 ROOT = Path(__file__).resolve().parents[1]
 FP32 = ["--precision", "fp32", "--vae-precision", "fp32", "--text-encoder-precision", "fp32",
         "--text-encoder-precision-2", "fp32", "--device", "cpu"]  # fmt: skip
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging() -> None:
-    yield
-    logger.remove()
-    logger.add(sys.__stderr__, level="INFO")
 
 
 @pytest.fixture(scope="module")

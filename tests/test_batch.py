@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from loguru import logger
 
 from hyvideo import batch, cli, io, pipeline, sidecar
 from hyvideo.cli import parse_request
@@ -20,13 +19,6 @@ from hyvideo.tiny import write_tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 LONG = " ".join(f"word{i} and a slash / here" for i in range(150))  # far more than 256 LLM and 77 CLIP tokens
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging() -> None:
-    yield
-    logger.remove()
-    logger.add(sys.__stderr__, level="INFO")
 
 
 @pytest.fixture(scope="module")

@@ -21,14 +21,6 @@ from hyvideo.request import DEFAULT_NEGATIVE_PROMPT, SUPPORTED_VALUES_ONLY, Samp
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def _restore_logging() -> None:
-    """main() reconfigures loguru onto the captured stderr; put a plain handler back afterwards."""
-    yield
-    logger.remove()
-    logger.add(sys.__stderr__, level="INFO")
-
-
 @pytest.fixture
 def base(tmp_path: Path) -> Path:
     d = tmp_path / "ckpts"

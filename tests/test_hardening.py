@@ -23,7 +23,6 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from loguru import logger
 
 from hyvideo import cli, io
 from hyvideo.checkpoints.layout import OFFICIAL_DIT_DIR, OFFICIAL_DIT_FILE
@@ -39,14 +38,6 @@ DIT = f"{DIT_DIR}/{OFFICIAL_DIT_FILE}"
 VAE = f"{OFFICIAL_DIT_DIR}/vae"
 LOG_LINE = re.compile(r"^\d\d:\d\d:\d\d \| ")  # cli's loguru format
 PROGRESS_BAR = re.compile(r"\d+/\d+ \[[^\]]*it/s\]\s*$")  # tqdm, redrawn with \r (left behind when stderr is a pipe)
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging() -> None:
-    """main() points loguru at the captured stderr; put a plain handler back afterwards."""
-    yield
-    logger.remove()
-    logger.add(sys.__stderr__, level="INFO")
 
 
 @pytest.fixture(scope="module")

@@ -4,12 +4,10 @@ unknown keys as a clear error, and the loader path used by the pipeline."""
 from __future__ import annotations
 
 import copy
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from loguru import logger
 from safetensors.torch import save_file
 
 from hyvideo import cli, pipeline
@@ -21,13 +19,6 @@ from hyvideo.tiny import TINY_DIT, random_dit, write_tiny_model
 
 H = TINY_DIT.hidden_size  # 48
 MLP = TINY_DIT.mlp_hidden  # 192
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging() -> None:
-    yield
-    logger.remove()
-    logger.add(sys.__stderr__, level="INFO")
 
 
 def rand(*shape: int, seed: int) -> torch.Tensor:

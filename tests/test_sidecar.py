@@ -6,25 +6,16 @@ from __future__ import annotations
 import json
 import os
 import re
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from loguru import logger
 from safetensors.torch import save_file
 
 from hyvideo import io, pipeline, sidecar
 from hyvideo.checkpoints.layout import locate
 from hyvideo.cli import main
 from hyvideo.tiny import write_tiny_model
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging() -> None:
-    yield
-    logger.remove()
-    logger.add(sys.__stderr__, level="INFO")
 
 
 @pytest.fixture(scope="module")

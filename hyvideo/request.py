@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Literal
 
 from loguru import logger
 
+from hyvideo.config import tile_problem
+
 if TYPE_CHECKING:
     from hyvideo.lora import LoraSpec
     from hyvideo.prompt_file import BatchItem
@@ -253,11 +255,9 @@ def _check_vae_tiles(args: Namespace) -> tuple[int, int]:
         raise UsageError("--vae-tile-size", f"must be a multiple of 8 pixels, at least 64, got {size}")
     stride = getattr(args, "vae_tile_stride", None)
     stride = size * 3 // 4 // 8 * 8 if stride is None else int(stride)
-    if stride % 8 or not size // 2 <= stride <= size:
-        raise UsageError(
-            "--vae-tile-stride",
-            f"must be a multiple of 8 pixels between half the tile and the tile ({size // 2}..{size}), got {stride}",
-        )
+    why = tile_problem(size, stride, 8)
+    if why is not None:
+        raise UsageError("--vae-tile-stride", f"{why} (pixels; --vae-tile-size {size})")
     return size, stride
 
 

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hyvideo.config import tile_problem
 from hyvideo.utils.host_memory import heap_buffers
 
 NORM_EPS = 1e-6  # every GroupNorm in this VAE
@@ -185,10 +186,9 @@ class TilingConfig:
             (self.tile_size, self.tile_stride, 8, "tile_size/tile_stride"),
             (self.tile_frames, self.tile_stride_frames, 4, "tile_frames/tile_stride_frames"),
         ):
-            if size % unit or stride % unit or not 0 < stride <= size:
-                raise ValueError(f"{what} must be multiples of {unit} with 0 < stride <= size, got {size}/{stride}")
-            if 2 * (size - stride) > size:
-                raise ValueError(f"{what}: the blended overlap {size - stride} must be at most half the tile")
+            why = tile_problem(size, stride, unit)
+            if why is not None:
+                raise ValueError(f"{what}: {why}")
         if self.chunk_latents < 1:
             raise ValueError(f"chunk_latents must be >= 1, got {self.chunk_latents}")
 

@@ -57,10 +57,6 @@ def _replace(req: SampleRequest, **changes: object) -> SampleRequest:
     return dataclasses.replace(req, **changes)
 
 
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
 class Generator:
     """Text encoders, DiT and VAE loaded once (all resident: the fastest for many calls, the most memory; for the
     least memory per video use the command line, which frees each component after use)."""

@@ -75,11 +75,6 @@ def to_uint8(x: torch.Tensor, signed: bool = False) -> np.ndarray:
     return (x.clamp(0, 1) * 255).round().to(torch.uint8).contiguous().numpy()
 
 
-def to_uint8_frames(video: torch.Tensor | np.ndarray, signed: bool = False) -> np.ndarray:
-    """A whole video (see `as_frames` for layouts) -> (T, H, W, 3) uint8 (see `to_uint8` for values)."""
-    return to_uint8(as_frames(video), signed)
-
-
 def write_mp4(
     video: torch.Tensor | np.ndarray, path: str | Path, fps: float = 24, *, signed: bool = False, quality: float = 8
 ) -> Path:

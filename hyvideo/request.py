@@ -283,7 +283,9 @@ def _check_fp8_matmul(device: str) -> None:
         raise UsageError("--fp8-compute", f"needs a CUDA GPU with fp8 matmul (sm89+), got --device {device}")
     import torch
 
-    if not hasattr(torch, "_scaled_mm") or torch.cuda.get_device_capability(device) < (8, 9):
+    from hyvideo.quantization import scaled_mm_available
+
+    if not scaled_mm_available(torch.device(device)):
         raise UsageError("--fp8-compute", f"{device} has no fp8 matmul (needs compute capability 8.9+); drop the flag")
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from loguru import logger
 from safetensors import SafetensorError
-from transformers import AutoConfig, AutoModel, AutoTokenizer, CLIPTextModel, PretrainedConfig
+from transformers import AutoConfig, AutoModel, AutoTokenizer, CLIPTextModel
 from transformers.utils import logging as hf_logging
 
 from hyvideo.checkpoints.common import CheckpointError
@@ -186,11 +186,6 @@ def _layer_at_or_after(key: str, first: int | None) -> bool:
     return first is not None and match is not None and int(match.group(1)) >= first
 
 
-def llm_layer_count(config: PretrainedConfig) -> int:
-    """Decoder layers of an LLM config (a LLaVA-style config keeps them in its text_config)."""
-    return (getattr(config, "text_config", None) or config).num_hidden_layers
-
-
 def _load_llm(
     path: str | Path, dtype: torch.dtype, device: torch.device | str, skip_last: int = 0
 ) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -203,16 +198,17 @@ def _load_llm(
     model: the layers whose output is never used cost neither memory nor time."""
     with _loading(path, "LLM text encoder"), _quiet_transformers():
         config = AutoConfig.from_pretrained(path, local_files_only=True)
-    layers = llm_layer_count(config)
+    text_config = getattr(config, "text_config", None) or config  # a LLaVA-style config nests the LLM's
+    layers = text_config.num_hidden_layers
     if skip_last > layers:  # hidden_states has layers + 1 entries (embeddings first)
         raise ValueError(f"hidden_state_skip_layer {skip_last} > the LLM's {layers} layers")
     with _loading(path, "LLM text encoder"), _quiet_transformers():
-        (getattr(config, "text_config", None) or config).num_hidden_layers = layers - skip_last
+        text_config.num_hidden_layers = layers - skip_last
         model, info = AutoModel.from_pretrained(
             path, config=config, dtype=dtype, local_files_only=True, output_loading_info=True
         )
         _check_loading(path, info, ignore=("lm_head",), layers_from=layers - skip_last)
-    if getattr(config, "text_config", None) is not None and hasattr(model, "language_model"):
+    if text_config is not config and hasattr(model, "language_model"):
         model = model.language_model  # LLaVA: (vision tower, projector, language model) -> language model
     norm = model.norm
     if skip_last > 0:

@@ -19,7 +19,6 @@ from hyvideo.checkpoints.dit import (
     save_dit_official,
 )
 from hyvideo.config import DIT_PRESETS, ConfigError, DiTConfig, dit_config
-from hyvideo.modules.attention import KeyMask, attention, reference_varlen_kernel, varlen_attention
 from hyvideo.modules.dit import drop_padding
 from hyvideo.tiny import random_dit
 
@@ -132,17 +131,6 @@ def test_drop_padding():
     assert s is states and v is None
 
 
-def test_varlen_packing_matches_masked_sdpa():
-    g = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(3, 9, 2, 8, generator=g) for _ in range(3))
-    valid = torch.arange(9)[None] < torch.tensor([9, 5, 7])[:, None]
-    mask = KeyMask(valid)
-    masked = attention(q, k, v, mask, "sdpa").view(3, 9, 2, 8)
-    packed = varlen_attention(q, k, v, mask, reference_varlen_kernel)
-    assert torch.allclose(packed[valid], masked[valid], atol=1e-6)
-    assert packed[~valid].abs().max() == 0
-
-
 def test_rope_table_cached_per_shape():
     model = random_dit(CONFIGS["h2x24-guid-ref2"])
     a = model.rope((3, 3, 5), torch.device("cpu"))
@@ -150,11 +138,17 @@ def test_rope_table_cached_per_shape():
     assert model.rope((1, 3, 5), torch.device("cpu")).shape == (15, 12)
 
 
-@pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 0.1), (torch.float16, 0.02)])
-def test_low_precision_close_to_fp32(dtype, tol):
+# Relative L2 error of the whole forward against fp32, measured over seeds 0..19 of this config (weights and inputs):
+# bf16 0.0070..0.0121 (mean 0.0090), fp16 0.0008..0.0015 (mean 0.0011). That is 4-6 units of rounding (2^-9 for
+# bf16's 8-bit mantissa, 2^-12 for fp16's 11-bit one), and the ratio ~8 is the 3 mantissa bits between them. Bounds:
+# 1.5x the largest measured value (CPU kernels differ a little between machines). Tried: rounding one stage's output
+# (the modulated block input) through bf16 on the fp16 path gives 0.0023-0.0028 on these seeds and fails.
+@pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 0.018), (torch.float16, 0.00225)])
+@pytest.mark.parametrize("seed", range(4))
+def test_low_precision_close_to_fp32(dtype, tol, seed):
     cfg = CONFIGS["h2x24-guid-ref2"]
-    model = random_dit(cfg, seed=3)
-    x, t, txt, mask, pooled, g = inputs(cfg, 2)
+    model = random_dit(cfg, seed=seed)
+    x, t, txt, mask, pooled, g = inputs(cfg, 2, seed=seed)
     with torch.no_grad():
         ref = model(x, t, txt, mask, pooled, g)
         low = model.to(dtype)(x, t, txt, mask, pooled, g)

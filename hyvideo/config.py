@@ -1,4 +1,4 @@
-"""Model configurations and presets (DESIGN §2).
+"""Model configurations and presets (docs/DESIGN.md §2.1).
 
 One dataclass per component; presets live here. A `config.json` beside the DiT weights, written with diffusers'
 HunyuanVideoTransformer3DModel key names, overrides the preset (small test models rely on it).

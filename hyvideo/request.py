@@ -41,7 +41,7 @@ OFFLOAD_LEVELS: tuple[str, ...] = ("none", "model", "block")  # hyvideo/offload.
 # torch.compile modes for --compile-mode; "reduce-overhead" replays each block as a CUDA graph (hyvideo/compile.py)
 COMPILE_MODES: tuple[str, ...] = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
-# DESIGN §4: used only when cfg_scale > 1 and no --neg-prompt is given.
+# docs/DESIGN.md §4.6: used only when cfg_scale > 1 and no --neg-prompt is given.
 DEFAULT_NEGATIVE_PROMPT = (
     "Aerial view, aerial view, overexposed, low quality, deformation, a poor composition, bad hands, bad teeth, "
     "bad eyes, bad limbs, distortion"
@@ -88,7 +88,7 @@ class SampleRequest:
     height: int  # output height in pixels, a multiple of 16 (rounded up from --video-size)
     width: int  # output width in pixels, a multiple of 16
     video_length: int  # frames, 4n+1; latent frames = (video_length - 1) // 4 + 1
-    seed: int  # seed of video 0; video i uses seed + i on a CPU generator (DESIGN §5)
+    seed: int  # seed of video 0; video i uses seed + i on a CPU generator (docs/DESIGN.md §5.5)
     seed_was_random: bool  # True when --seed was missing and `seed` was drawn at random (already logged)
     num_videos: int  # videos to generate for the prompt, one after another
     batch_size: int  # videos per forward pass; 1 until batching is supported
@@ -97,7 +97,7 @@ class SampleRequest:
     cfg_scale: float  # real classifier-free guidance scale; > 1 enables the unconditional pass
     embedded_cfg_scale: float  # guidance fed to the cfg-distilled DiT (x1000 inside the model); >= 0
     flow_shift: float  # sigma shift s' = shift*s / (1 + (shift-1)*s); > 0
-    flow_reverse: bool  # accepted for compatibility; sampling always runs sigma 1 -> 0 (DESIGN §5)
+    flow_reverse: bool  # accepted for compatibility; sampling always runs sigma 1 -> 0 (docs/DESIGN.md §5.6)
     flow_solver: str  # "euler" (the only one supported)
     denoise_type: str  # "flow" (the only one supported)
     use_linear_quadratic_schedule: bool  # MovieGen-style schedule; False until supported
@@ -113,7 +113,7 @@ class SampleRequest:
     rope_theta: int  # RoPE base (256)
     vae: str  # VAE name, "884-16c-hy"
     vae_precision: Precision  # VAE dtype
-    vae_tiling: bool  # decode in overlapping spatial/temporal tiles (DESIGN §3) to bound memory
+    vae_tiling: bool  # decode in overlapping spatial/temporal tiles (docs/DESIGN.md §3.4, §3.5) to bound memory
     text_encoder: str  # "llm" (Llama-3-8B from llava-llama-3)
     text_encoder_precision: Precision  # LLM dtype
     text_states_dim: int  # LLM hidden size (4096)

@@ -1,4 +1,4 @@
-"""Flow-matching sampling as plain functions (k-diffusion style), DESIGN §5.
+"""Flow-matching sampling as plain functions (k-diffusion style), docs/DESIGN.md §5.
 
 The sampler sees only a model function `model_fn(x, t) -> v`: x (B, C, T, H, W) float32 latents, t (B,) float32
 timesteps in [0, 1000], v the predicted velocity (any float dtype). Conditioning and guidance are closures built
@@ -32,7 +32,7 @@ def shift_sigmas(sigmas: torch.Tensor, shift: float) -> torch.Tensor:
 
 
 def flow_sigmas(steps: int, shift: float = 7.0) -> torch.Tensor:
-    """The N+1 noise levels of an N-step run, 1 -> 0 (DESIGN §5): linspace(1, 0, N+1) then `shift_sigmas`.
+    """The N+1 noise levels of an N-step run, 1 -> 0 (docs/DESIGN.md §5.2): linspace(1, 0, N+1) then `shift_sigmas`.
 
     Computed in float32 on the CPU, as the official scheduler does; diffusers' FlowMatchEulerDiscreteScheduler
     (numpy linspace in float64, then float32) agrees to within 1 ulp. Returns (N+1,) float32, last entry 0.
@@ -136,7 +136,7 @@ def initial_noise(
     device: torch.device | str = "cpu",
 ) -> torch.Tensor:
     """Starting latents: video i is torch.randn(shape[1:]) from a CPU generator seeded `seeds[i]` (an int seed
-    means seed + i), float32, then moved to `device` (DESIGN §5). The same seed gives the same video on every
+    means seed + i), float32, then moved to `device` (docs/DESIGN.md §5.5). The same seed gives the same video on every
     device, and video i does not depend on the batch size. Equals diffusers' `randn_tensor` with a list of CPU
     generators. Returns `shape` float32."""
     batch = shape[0]

@@ -22,7 +22,7 @@ from hyvideo.config import DIT_PRESETS, ConfigError, DiTConfig, dit_config
 from hyvideo.modules.dit import drop_padding
 from hyvideo.tiny import random_dit
 
-SHARED = Path(__file__).resolve().parent / "data"  # copies of ../shared/data/*_keys.json
+SHARED = Path(__file__).resolve().parent / "data"  # official key names and shapes (docs/DESIGN.md §1.3)
 
 CONFIGS = {
     "h2x24-guid-ref2": DiTConfig(

@@ -49,7 +49,7 @@ def models(tmp_path_factory):
 
 def test_full_size_dit_count_matches_release():
     s = dit_sizes(DiTConfig())
-    assert s["dit_block_linear"] + s["dit_block_other"] + s["dit_other"] == 12_821_012_544  # DESIGN §2
+    assert s["dit_block_linear"] + s["dit_block_other"] + s["dit_other"] == 12_821_012_544  # docs/DESIGN.md §2.1
 
 
 def test_text_encoder_formulas_match_transformers():

@@ -1,4 +1,4 @@
-"""Flow-matching schedule, Euler sampler, guidance wrappers and initial noise (DESIGN §5)."""
+"""Flow-matching schedule, Euler sampler, guidance wrappers and initial noise (docs/DESIGN.md §5)."""
 
 from __future__ import annotations
 

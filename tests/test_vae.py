@@ -51,7 +51,7 @@ def _ref_untiled(ref: AutoencoderKLHunyuanVideo) -> AutoencoderKLHunyuanVideo:
 
 def _frame_local_norm_affine(norm: torch.nn.GroupNorm, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """GroupNorm statistics per frame, (B, C, T, 1, 1): makes the whole network causal so the conv padding, the
-    chunk caches and the attention mask can be checked exactly (real GroupNorm spans all frames, DESIGN.md §3)."""
+    chunk caches and the attention mask can be checked exactly (real GroupNorm spans all frames, docs/DESIGN.md §3)."""
     b, c, t = x.shape[:3]
     xg = x.float().reshape(b, norm.num_groups, c // norm.num_groups, t, -1)
     var, mean = torch.var_mean(xg, dim=(2, 4), unbiased=False, keepdim=True)  # (B, G, 1, T, 1)

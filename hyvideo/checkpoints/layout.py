@@ -1,4 +1,4 @@
-"""Where each component lives under `--model-base`: the official `ckpts/` tree or a diffusers folder (DESIGN §1).
+"""Where each component lives under `--model-base`: official `ckpts/` tree or a diffusers folder (docs/DESIGN.md §1).
 
 Only paths are resolved here (cheap, before anything loads); a missing component is one error listing what was
 expected where.

@@ -1,4 +1,4 @@
-"""HYVideo-T/2 diffusion transformer (DESIGN §2). Attribute names equal the official checkpoint keys.
+"""HYVideo-T/2 diffusion transformer (docs/DESIGN.md §2). Attribute names equal the official checkpoint keys.
 
 Data flow (B batch, C hidden, Li image tokens, Lt text tokens):
     img = img_in(latents)                       (B, Li, C)      tokens t-major over the (T, H/2, W/2) grid

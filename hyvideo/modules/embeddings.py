@@ -1,4 +1,4 @@
-"""Input embeddings: timestep sinusoid, MLP embedders, patch embedding and the 3D RoPE table (DESIGN §2)."""
+"""Input embeddings: timestep sinusoid, MLP embedders, patch embedding and the 3D RoPE table (docs/DESIGN.md §2)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Text conditioning: a decoder-only LLM (per-token states) and CLIP-L (one pooled vector), DESIGN §4.
+"""Text conditioning: a decoder-only LLM (per-token states) and CLIP-L (one pooled vector), docs/DESIGN.md §4.
 
 LLM: prompt -> template -> tokens (max_length = text_len + crop_start, right padding, truncation) ->
 `hidden_states[-(skip + 1)]` (optionally the model's final norm) -> drop the first crop_start positions, which hold
@@ -32,7 +32,7 @@ _LAYER_KEY = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 
 PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
-# The two official prompt templates (DESIGN §4), verbatim; "{}" is where the prompt goes.
+# The two official prompt templates (docs/DESIGN.md §4.2), verbatim; "{}" is where the prompt goes.
 PROMPT_TEMPLATES: dict[str, str] = {
     "dit-llm-encode": (  # images (1 frame); crop_start 36 with the Llama-3 tokenizer
         "<|start_header_id|>system<|end_header_id|>\n\nDescribe the image by detailing the color, shape, size, "
@@ -225,7 +225,7 @@ def _load_clip(path: str | Path, dtype: torch.dtype, device: torch.device | str)
 
 
 class LLMEncoder:
-    """Per-token prompt states from a decoder-only LLM with the HunyuanVideo templates (DESIGN §4)."""
+    """Per-token prompt states from a decoder-only LLM with the HunyuanVideo templates (docs/DESIGN.md §4)."""
 
     def __init__(
         self,
@@ -260,7 +260,7 @@ class LLMEncoder:
         return self._crop[template]
 
     def crop_start(self, template: str) -> int:
-        """DESIGN §4 decision: crop_start = number of tokens of the template before "{}" (95 / 36 for Llama-3)."""
+        """docs/DESIGN.md §4.3: crop_start = number of tokens of the template before "{}" (95 / 36 for Llama-3)."""
         return len(self.prefix_ids(template))
 
     @torch.inference_mode()

@@ -1,4 +1,4 @@
-"""txt_in: the token refiner that turns LLM hidden states into DiT text tokens (DESIGN §2)."""
+"""txt_in: the token refiner that turns LLM hidden states into DiT text tokens (docs/DESIGN.md §2.4)."""
 
 from __future__ import annotations
 

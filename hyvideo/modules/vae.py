@@ -1,4 +1,4 @@
-"""Causal 3D VAE 884-16c-hy: 4x causal time compression, 8x8 space, 16 latent channels (DESIGN.md §3).
+"""Causal 3D VAE 884-16c-hy: 4x causal time compression, 8x8 space, 16 latent channels (docs/DESIGN.md §3).
 
 Reading order: `VAEConfig` -> `CausalConv3d` -> blocks -> `Encoder` / `Decoder` -> `HYVideoVAE` (encode, decode,
 tiling). Module attribute names equal the official checkpoint keys, so both the official `pytorch_model.pt` and the

@@ -1,7 +1,7 @@
 """Multi-process sampling under torchrun: sequence parallelism (Ulysses x ring), cfg-parallel, sharded weights.
 
 Everything here is applied to a built model from outside (`SequenceParallelDiT`, `shard_blocks`); the blocks only
-call `Context.attn`. See group.py for the rank layout, attention.py for the math, DESIGN §8 for what was measured.
+call `Context.attn`. Rank layout: group.py; the math: attention.py; design and measurements: docs/DESIGN.md §10.
 """
 
 from hyvideo.parallel.attention import SequenceParallelAttention, attention_lse, merge_lse

@@ -1,0 +1,131 @@
+"""Pinned host memory in power-of-two slabs.
+
+torch's CUDA caching host allocator rounds every pinned allocation up to the next power of two before asking the
+driver for it (ATen's CachingHostAllocator: `roundSize = PowerOf2Ceil(size)` under the default
+`pinned_max_round_threshold`), and keeps the rounded block. One pinned tensor per weight therefore pins up to twice
+the weights (the bf16 HunyuanVideo DiT: 23.9 GiB of tensors, 32.4 GiB pinned). Here a group of tensors is packed
+into a few slabs whose sizes already are powers of two, and each tensor becomes a view into its slab: nothing is
+rounded, and the only waste is the slabs' unused tails.
+
+`plan_slabs` is the pure arithmetic (first-fit-decreasing, then each slab re-planned on smaller slabs when that
+costs less); `pack_pinned` allocates the slabs and copies the tensors in (casting each to its target dtype on the
+way, one tensor at a time).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+SLAB = 2**30  # largest slab (bytes); a tensor bigger than this gets a slab of its own power-of-two size
+ALIGN = 512  # byte alignment of every tensor inside a slab (any dtype, DMA-friendly)
+
+
+def pow2ceil(n: int) -> int:
+    """The smallest power of two >= n (n >= 1): what the caching host allocator reserves for n bytes."""
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def aligned(n: int, align: int = ALIGN) -> int:
+    return -(-n // align) * align
+
+
+@dataclass(frozen=True)
+class SlabPlan:
+    """Slab sizes (powers of two, bytes) and, per input tensor in input order, (slab index, byte offset)."""
+
+    slabs: tuple[int, ...]
+    places: tuple[tuple[int, int], ...]
+    used: int  # bytes of the tensors (unaligned)
+
+    @property
+    def total(self) -> int:
+        """Bytes pinned."""
+        return sum(self.slabs)
+
+
+def _first_fit_decreasing(items: list[tuple[int, int]], cap: int) -> list[list[tuple[int, int]]]:
+    """Bins of capacity `cap` for (index, aligned size) items, largest first, each into the first bin it fits."""
+    bins: list[list[tuple[int, int]]] = []
+    fill: list[int] = []
+    for item in sorted(items, key=lambda it: (-it[1], it[0])):
+        for b, used in enumerate(fill):
+            if used + item[1] <= cap:
+                bins[b].append(item)
+                fill[b] += item[1]
+                break
+        else:
+            bins.append([item])
+            fill.append(item[1])
+    return bins
+
+
+def _pack(items: list[tuple[int, int]], cap: int) -> list[tuple[int, list[tuple[int, int]]]]:
+    """(slab size, items) for `items` on slabs of at most `cap` bytes: first-fit-decreasing on `cap`, then every
+    bin whose items also fit smaller slabs is re-planned on half the capacity when the result pins fewer bytes."""
+    out = []
+    for b in _first_fit_decreasing(items, cap):
+        best: list[tuple[int, list[tuple[int, int]]]] = [(cap, b)]
+        if cap // 2 >= max(size for _, size in b):
+            smaller = _pack(b, cap // 2)
+            if sum(s for s, _ in smaller) < cap:
+                best = smaller
+        out.extend(best)
+    return out
+
+
+def plan_slabs(sizes: Sequence[int], max_slab: int = SLAB, align: int = ALIGN) -> SlabPlan:
+    """Where each of `sizes` (bytes) lives in power-of-two slabs.
+
+    Bound: with every aligned size <= S/k (S = the slab size used, `max_slab` or the largest size's power of two),
+    every first-fit-decreasing slab but the last is more than (1 - 1/k) full (an item that opened a new slab fitted
+    none), so the total stays below used * k / (k - 1) + S; re-planning only lowers it. It is also never more than
+    one power-of-two allocation per tensor would pin (that plan is taken when it is cheaper).
+    """
+    if not sizes:
+        return SlabPlan((), (), 0)
+    items = [(i, aligned(max(int(s), 1), align)) for i, s in enumerate(sizes)]
+    cap = max(pow2ceil(max_slab), pow2ceil(max(size for _, size in items)))
+    bins = _pack(items, cap)
+    if sum(s for s, _ in bins) > sum(pow2ceil(size) for _, size in items):
+        bins = [(pow2ceil(size), [(i, size)]) for i, size in items]
+    places: list[tuple[int, int]] = [(0, 0)] * len(items)
+    for slab, (_, members) in enumerate(bins):
+        offset = 0
+        for i, size in members:
+            places[i] = (slab, offset)
+            offset += size
+    return SlabPlan(tuple(s for s, _ in bins), tuple(places), sum(int(s) for s in sizes))
+
+
+def pinned_bytes(sizes: Sequence[int], max_slab: int = SLAB) -> int:
+    """Bytes pinned for tensors of `sizes` packed together (the memory estimate's host term)."""
+    return plan_slabs(sizes, max_slab).total
+
+
+def pack_pinned(
+    tensors: Sequence[torch.Tensor],
+    dtypes: Sequence[torch.dtype],
+    max_slab: int = SLAB,
+    after_copy: Callable[[torch.Tensor], object] | None = None,
+    pin: bool = True,
+) -> list[torch.Tensor]:
+    """Copies of `tensors` cast to `dtypes`, as views into freshly allocated power-of-two pinned slabs.
+
+    Each tensor is copied (and cast) straight into its view, then `after_copy(source)` runs (e.g. to return a
+    memory-mapped source's pages), so at most one source tensor is held twice. `pin=False` allocates ordinary
+    memory with the same layout (for tests on machines without CUDA, where pinning is unavailable).
+    """
+    sizes = [t.numel() * dt.itemsize for t, dt in zip(tensors, dtypes, strict=True)]
+    plan = plan_slabs(sizes, max_slab)
+    slabs = [torch.empty(s, dtype=torch.uint8, pin_memory=pin) for s in plan.slabs]
+    out = []
+    for t, dt, n, (slab, offset) in zip(tensors, dtypes, sizes, plan.places, strict=True):
+        view = slabs[slab][offset : offset + n].view(dt).view(t.shape)
+        view.copy_(t.detach())
+        if after_copy is not None:
+            after_copy(t)
+        out.append(view)
+    return out

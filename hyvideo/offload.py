@@ -38,7 +38,7 @@ from functools import partial
 import torch
 from torch import nn
 
-from hyvideo.pinned import pack_pinned
+from hyvideo.pinned import SlabPool, pack_pinned
 from hyvideo.request import OFFLOAD_LEVELS
 from hyvideo.utils.host_memory import trim
 
@@ -94,7 +94,8 @@ def drop_pages(t: torch.Tensor, check: bool = True) -> int:
 class Resident:
     """A module whose tensors live in host memory and are placed on `device` (cast to `dtype`) on demand.
 
-    `release` (default: on the CPU, unpinned) drops the host tensors' file-backed pages at every eviction."""
+    `release` (default: on the CPU, unpinned) drops the host tensors' file-backed pages at every eviction. Pinned
+    host copies go into `pool`'s slabs when given (shared with other Residents), else into slabs of their own."""
 
     def __init__(
         self,
@@ -103,6 +104,7 @@ class Resident:
         pin: bool | None = None,
         dtype: torch.dtype | None = None,
         release: bool | None = None,
+        pool: SlabPool | None = None,
     ) -> None:
         self.module, self.device = module, device
         pin = device.type == "cuda" if pin is None else pin
@@ -121,7 +123,7 @@ class Resident:
         if dtype is not None:  # the dtypes `module.to(dtype)` gives (fp8 weights and scales keep theirs)
             module.to(dtype=dtype)
         self.dtypes = [t.dtype for t in self._current()]
-        self.host = host_copies(sources, self.dtypes, pin)
+        self.host = host_copies(sources, self.dtypes, pin, pool)
 
     def _pairs(self) -> Iterator[tuple[torch.Tensor, torch.dtype]]:
         return zip(self.host, self.dtypes, strict=True)
@@ -347,15 +349,20 @@ def apply_offload(
 # ---------------------------------------------------------------------------------------------------------------
 # Host copies
 # ---------------------------------------------------------------------------------------------------------------
-def host_copies(tensors: list[torch.Tensor], dtypes: list[torch.dtype], pin: bool) -> list[torch.Tensor]:
+def host_copies(
+    tensors: list[torch.Tensor], dtypes: list[torch.dtype], pin: bool, pool: SlabPool | None = None
+) -> list[torch.Tensor]:
     """The host copies a `Resident` keeps of `tensors`.
 
     Pinned (CUDA): cast once to the compute `dtypes` and packed into power-of-two pinned slabs (`pinned.pack_pinned`:
     the caching host allocator would round each tensor up to a power of two). A copy that converts dtype from host to
     device goes through a pageable temporary on the CPU every time; a host copy already in the compute dtype loads
     as one asynchronous DMA copy. Each source's memory-mapped pages are returned as soon as it is copied.
+    With `pool`, the slabs are the pool's, shared with the other Residents placed in it (see `pinned.SlabPool`).
     Unpinned (CPU): the tensors themselves on the CPU (for a memory-mapped checkpoint, the file mapping).
     """
     if not pin:
         return [t.to("cpu") for t in tensors]
+    if pool is not None:
+        return pool.copies(tensors, dtypes, after_copy=drop_pages)
     return pack_pinned(tensors, dtypes, after_copy=drop_pages)

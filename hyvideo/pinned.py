@@ -7,9 +7,10 @@ the weights (the bf16 HunyuanVideo DiT: 23.9 GiB of tensors, 32.4 GiB pinned). H
 into a few slabs whose sizes already are powers of two, and each tensor becomes a view into its slab: nothing is
 rounded, and the only waste is the slabs' unused tails.
 
-`plan_slabs` is the pure arithmetic (first-fit-decreasing, then each slab re-planned on smaller slabs when that
-costs less); `pack_pinned` allocates the slabs and copies the tensors in (casting each to its target dtype on the
-way, one tensor at a time).
+`plan_slabs` is the pure arithmetic for one group (first-fit-decreasing, then each slab re-planned on smaller slabs
+when that costs less); `pack_pinned` allocates the slabs and copies the tensors in (casting each to its target dtype
+on the way, one tensor at a time). A group with few large tensors (one DiT block) leaves slab tails: `SlabPool`
+shares fixed slabs between groups made one after another (every block of a model), placing each group first-fit.
 """
 
 from __future__ import annotations
@@ -129,3 +130,66 @@ def pack_pinned(
             after_copy(t)
         out.append(view)
     return out
+
+
+class SlabPool:
+    """Power-of-two slabs shared by groups of host copies made one after another (e.g. every block of a DiT under
+    block offload): each group's tensors go, largest first, into the first slab with room; a slab of `slab` bytes
+    (or the largest tensor's power of two) opens when none has. Slabs live as long as the pool or a view into them.
+
+    The arithmetic (`place`) is separate from the allocation (`copies`): `pooled_bytes` uses it for the estimate.
+    """
+
+    def __init__(self, slab: int = SLAB, pin: bool = True, align: int = ALIGN) -> None:
+        self.slab, self.pin, self.align = pow2ceil(slab), pin, align
+        self.sizes: list[int] = []  # bytes of each slab
+        self.fill: list[int] = []  # bytes used in each slab
+        self.slabs: list[torch.Tensor] = []  # the allocated slabs (only `copies` allocates)
+
+    @property
+    def total(self) -> int:
+        return sum(self.sizes)
+
+    def place(self, sizes: Sequence[int]) -> list[tuple[int, int]]:
+        """(slab index, byte offset) for each of `sizes` (bytes), in input order; opens slabs as needed."""
+        places: list[tuple[int, int]] = [(0, 0)] * len(sizes)
+        for i in sorted(range(len(sizes)), key=lambda i: -sizes[i]):
+            n = aligned(max(int(sizes[i]), 1), self.align)
+            slab = next(
+                (j for j, (cap, used) in enumerate(zip(self.sizes, self.fill, strict=True)) if used + n <= cap), None
+            )
+            if slab is None:
+                self.sizes.append(max(self.slab, pow2ceil(n)))
+                self.fill.append(0)
+                slab = len(self.sizes) - 1
+            places[i] = (slab, self.fill[slab])
+            self.fill[slab] += n
+        return places
+
+    def copies(
+        self,
+        tensors: Sequence[torch.Tensor],
+        dtypes: Sequence[torch.dtype],
+        after_copy: Callable[[torch.Tensor], object] | None = None,
+    ) -> list[torch.Tensor]:
+        """Like `pack_pinned`, into this pool's slabs."""
+        sizes = [t.numel() * dt.itemsize for t, dt in zip(tensors, dtypes, strict=True)]
+        places = self.place(sizes)
+        while len(self.slabs) < len(self.sizes):
+            self.slabs.append(torch.empty(self.sizes[len(self.slabs)], dtype=torch.uint8, pin_memory=self.pin))
+        out = []
+        for t, dt, n, (slab, offset) in zip(tensors, dtypes, sizes, places, strict=True):
+            view = self.slabs[slab][offset : offset + n].view(dt).view(t.shape)
+            view.copy_(t.detach())
+            if after_copy is not None:
+                after_copy(t)
+            out.append(view)
+        return out
+
+
+def pooled_bytes(groups: Sequence[Sequence[int]], slab: int = SLAB) -> int:
+    """Bytes pinned when the groups of tensor sizes are placed one after another in one `SlabPool`."""
+    pool = SlabPool(slab, pin=False)
+    for sizes in groups:
+        pool.place(sizes)
+    return pool.total

@@ -110,3 +110,45 @@ def test_pinned_host_copies_in_compute_dtype(monkeypatch, use_fp8):
     for name, t in block.state_dict().items():
         want = ref[name] if ref[name].dtype in (FP8, torch.float32) and t.dtype == ref[name].dtype else ref[name].half()
         assert t.dtype == want.dtype and torch.equal(t.view(torch.uint8), want.view(torch.uint8)), name
+
+
+def test_pool_places_groups_first_fit_and_bounds_waste():
+    """Groups placed one after another share slabs: every slab but the last is more than (1 - 1/k) full when no
+    tensor exceeds 1/k of a slab, so the pool pins less than used * k / (k - 1) + S."""
+    rng = random.Random(3)
+    S, k = 2**24, 4
+    pool = pinned.SlabPool(S, pin=False)
+    groups = [[rng.randrange(1, S // k // ALIGN + 1) * ALIGN for _ in range(rng.randrange(1, 12))] for _ in range(60)]
+    spans: dict[int, list[tuple[int, int]]] = {}
+    for g in groups:
+        for n, (slab, offset) in zip(g, pool.place(g), strict=True):
+            assert offset % ALIGN == 0 and offset + n <= pool.sizes[slab]
+            spans.setdefault(slab, []).append((offset, offset + n))
+    for intervals in spans.values():
+        intervals.sort()
+        assert all(a[1] <= b[0] for a, b in itertools.pairwise(intervals))
+    used = sum(map(sum, groups))
+    assert all(s == S for s in pool.sizes) and sum(pool.fill) == used
+    assert pool.total < used * k / (k - 1) + S
+    assert pinned.pooled_bytes(groups, S) == pool.total
+
+
+def test_released_dit_blocks_pooled():
+    """bf16 HYVideo-T/2 blocks under block offload: one pool of 1 GiB slabs pins 24.0 GiB for 23.2 GiB of block
+    weights (one slab set per block: 25.6 GiB; one pinned tensor per weight: 31.3 GiB)."""
+    model = build_dit(DiTConfig(), "meta")
+    groups = [[p.numel() * 2 for p in b.parameters()] for b in [*model.double_blocks, *model.single_blocks]]
+    assert pinned.pooled_bytes(groups) == 24 * GiB
+
+
+def test_residents_share_a_pool(monkeypatch):
+    model = random_dit(TINY_DIT, 0)
+    pool = pinned.SlabPool(2**20, pin=False)
+    blocks = [*model.double_blocks, *model.single_blocks]
+    ref = [{k: v.half() for k, v in b.state_dict().items()} for b in blocks]
+    rs = [offload.Resident(b, torch.device("cpu"), pin=True, dtype=torch.float16, pool=pool) for b in blocks]
+    assert len(pool.slabs) == 1  # every block's host copies in one 1 MiB slab
+    assert {h.untyped_storage().data_ptr() for r in rs for h in r.host} == {pool.slabs[0].data_ptr()}
+    for r, b, want in zip(rs, blocks, ref, strict=True):
+        r.load()
+        assert all(torch.equal(b.state_dict()[k], v) for k, v in want.items())

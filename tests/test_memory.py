@@ -351,8 +351,11 @@ def test_preflight_refuses_when_little_memory_is_free(monkeypatch):
         memory.preflight(req, None, DiTConfig())
     msg = str(e.value)
     assert "not enough memory" in msg and "4.0 GiB available" in msg and "\n" not in msg
-    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (79 * GiB, 80 * GiB))
+    asked = []
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: asked.append(device) or (79 * GiB, 80 * GiB))
     assert memory.preflight(req, None, DiTConfig()).device_peak < 79 * GiB  # the same request with the card free
+    memory.preflight(req, None, DiTConfig(), device="cuda:1")  # this rank's card under torchrun
+    assert asked == [torch.device("cuda"), torch.device("cuda:1")]
 
 
 def test_host_ram_checked_on_cuda_for_every_process(monkeypatch):

@@ -614,9 +614,9 @@ def dry_run_lines(
 
 def planning_sizes(dit_cfg: DiTConfig | None, paths: ModelPaths | None) -> ModelSizes:
     """The sizes to plan with: from the configs under `paths` when the weights are there, else the released
-    model's (`full_size_sizes`), so a dry run works before the download."""
+    components' (`full_size_sizes`, with the chosen DiT preset `dit_cfg`), so a dry run works before the download."""
     if paths is None or dit_cfg is None or not Path(paths.dit).exists():
-        return full_size_sizes()
+        return full_size_sizes(dit_cfg)
     return model_sizes(dit_cfg, paths)
 
 
@@ -642,12 +642,13 @@ FULL_SIZE_CLIP = {  # openai/clip-vit-large-patch14 text tower
 
 
 @cache
-def full_size_sizes() -> ModelSizes:
-    """ModelSizes of the released HYVideo-T/2-cfgdistill + Llama-3-8B + CLIP-L + 884-16c-hy VAE (bf16 DiT file)."""
+def full_size_sizes(dit_cfg: DiTConfig | None = None) -> ModelSizes:
+    """ModelSizes of the released HYVideo-T/2-cfgdistill (or `dit_cfg`, e.g. another preset) + Llama-3-8B + CLIP-L +
+    884-16c-hy VAE, with a bf16 DiT file."""
     from hyvideo.config import DiTConfig
     from hyvideo.modules.vae import VAEConfig
 
-    dit = dit_sizes(DiTConfig())
+    dit = dit_sizes(dit_cfg or DiTConfig())
     n_dit = dit["dit_block_linear"] + dit["dit_block_other"] + dit["dit_other"]
     return ModelSizes(
         **dit,

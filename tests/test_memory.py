@@ -425,3 +425,6 @@ def test_planning_sizes_fall_back_to_the_release(tmp_path):
     missing = ModelPaths("official", *(tmp_path / n for n in ("dit.pt", "vae", "llm", "clip")), None, None)
     assert memory.planning_sizes(DiTConfig(), missing) == full_size()
     assert memory.planning_sizes(None, None) == full_size()
+    no_guidance = memory.planning_sizes(DiTConfig(guidance_embed=False), None)  # the HYVideo-T/2 preset
+    assert no_guidance.dit == full_size().dit - (256 * 3072 + 3072 + 3072 * 3072 + 3072)  # without guidance_in
+    assert no_guidance.llm == full_size().llm

@@ -146,6 +146,12 @@ class SlabPool:
         self.fill: list[int] = []  # bytes used in each slab
         self.slabs: list[torch.Tensor] = []  # the allocated slabs (only `copies` allocates)
 
+    @classmethod
+    def for_largest(cls, largest: int, pin: bool = True, k: int = 8) -> SlabPool:
+        """A pool whose slabs hold at least `k` of the largest tensor (bytes), capped at `SLAB`: every slab but the
+        last ends more than (1 - 1/k) full, and a small model does not pin a 1 GiB slab."""
+        return cls(min(SLAB, pow2ceil(k * max(largest, 1))), pin)
+
     @property
     def total(self) -> int:
         return sum(self.sizes)

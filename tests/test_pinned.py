@@ -152,3 +152,9 @@ def test_residents_share_a_pool(monkeypatch):
     for r, b, want in zip(rs, blocks, ref, strict=True):
         r.load()
         assert all(torch.equal(b.state_dict()[k], v) for k, v in want.items())
+
+
+def test_pool_slab_size_follows_the_largest_tensor():
+    assert pinned.SlabPool.for_largest(3 * 2**20, pin=False).slab == 32 * 2**20  # 8 x 3 MiB -> 32 MiB slabs
+    largest_bf16 = 21504 * 3072 * 2  # single_blocks.linear1 of the released DiT
+    assert pinned.SlabPool.for_largest(largest_bf16, pin=False).slab == SLAB  # capped at 1 GiB

@@ -18,11 +18,10 @@ is invisible on a CPU-only machine.
 Pinned host copies (CUDA) are made once in the compute dtype `dtype` and packed into power-of-two slabs
 (`host_copies`), so every load is a plain asynchronous DMA copy; unpinned host copies (CPU) keep the checkpoint's
 dtype and `dtype` is applied to each device copy as it is made (fp8 weights and their scales are never cast, as
-`FP8Linear` defines). On the CPU the host copy of a block loaded
-from a memory-mapped checkpoint is the file mapping itself, so streaming returns host RAM: when a block is evicted
-its file-backed pages are dropped (`drop_pages`, madvise DONTNEED) and the freed heap is trimmed (`malloc_trim`),
-so RSS holds a window of blocks; the page cache keeps the file, so the next step's reads are page faults, not disk
-reads. Only pages that still equal the file are dropped (`/proc/self/pagemap`): memory a caller wrote to (a merged
+`FP8Linear` defines). On the CPU the host copy of a block loaded from a memory-mapped checkpoint is the file
+mapping itself, so streaming returns host RAM: when a block is evicted its file-backed pages are dropped
+(`drop_pages`, madvise DONTNEED) and the freed heap is trimmed (`malloc_trim`), so RSS holds a window of blocks;
+the page cache keeps the file, so the next step's reads are page faults, not disk reads. Only pages that still equal the file are dropped (`/proc/self/pagemap`): memory a caller wrote to (a merged
 LoRA, a fresh tensor) is never touched.
 """
 

@@ -7,7 +7,13 @@ The pipeline runs three stages one after another, each freeing its component bef
 Weights come from parameter counts: the DiT config (built on the meta device), the text encoders' config.json files
 (Llama and CLIP-text formulas) and the VAE config. Activations come from token and pixel counts with per-stage
 coefficients (`DIT_ACT_*`, `VAE_ACT`) that are counted from the code and calibrated against measured CPU peaks
-(tests/test_memory.py checks full CPU runs stay within 25%).
+(tests/test_memory.py checks full CPU runs stay within 25%, and every term exactly for the released model).
+Pinned offload copies are counted as pinned: in the compute dtype, packed in power-of-two slabs (`hyvideo.pinned`).
+
+The check (`check_fits`) compares the device peak with the memory free on the run's device now (a display or
+another process may hold the rest) and, on CUDA, the host peak of every process of the run on this machine with the
+RAM available. `dry_run_lines` / `cheapest_fit` plan without running: the per-stage plan and the cheapest flag set
+that fits a card (`card_capacity(GB)`), with the released model's sizes when no weights are present.
 """
 
 from __future__ import annotations
@@ -15,12 +21,14 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
+from hyvideo.pinned import pinned_bytes
 from hyvideo.utils.host_memory import proc_kb
 
 if TYPE_CHECKING:
@@ -45,6 +53,8 @@ VAE_ACT_UNTILED = 8
 VAE_ACT_CHUNKED = 10
 KERNEL_WORKSPACE = 75 * 2**20  # conv kernel scratch and allocator slack (oneDNN on CPU, cuDNN on CUDA), bytes
 TEXT_TOKENS_EXTRA = 100  # template tokens cropped after the LLM (95 for the video template)
+BLOCKS = ("double_blocks.", "single_blocks.")
+FP8_SCALE_BYTES = 4  # one float32 scale per fp8 layer (a separate host tensor)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -72,6 +82,7 @@ class MemoryPlan:
     chunk_frames: int = 5  # VAE frames decoded at once in chunked tiling: 4 x chunk_latents + 1 (the first chunk)
     parallel: int = 1  # sequence-parallel degree (ulysses x ring): tokens per device = L / parallel
     shards: int = 1  # processes sharing the DiT block weights (torchrun --shard-weights, FSDP2): 1/shards each
+    processes: int = 1  # processes on this machine (torchrun's local world): each holds its own host copies
 
 
 def plan_from_request(req: object) -> MemoryPlan:
@@ -130,6 +141,8 @@ class ModelSizes:
     vae_c0: int  # first-level decoder width (block_out_channels[0])
     dit_file_bytes: int = 0  # size of the DiT weight file(s): mmap pages touched while loading on the host
     dit_patch: tuple[int, int, int] = (1, 2, 2)
+    dit_block_tensors: tuple[tuple[tuple[int, bool], ...], ...] = ()  # per block, per tensor: (numel, fp8-able)
+    dit_other_tensors: tuple[int, ...] = ()  # numel of each tensor outside the blocks
 
     @property
     def dit(self) -> int:
@@ -149,7 +162,7 @@ def dit_sizes(cfg: DiTConfig) -> dict[str, object]:
         if layer in linear and name.endswith(".weight"):
             counts["lin"] += p.numel()
             largest_linear = max(largest_linear, p.numel())
-        elif name.startswith(("double_blocks.", "single_blocks.")):
+        elif name.startswith(BLOCKS):
             counts["blk"] += p.numel()
         else:
             counts["oth"] += p.numel()
@@ -161,7 +174,20 @@ def dit_sizes(cfg: DiTConfig) -> dict[str, object]:
         )
         for b in blocks
     ]
+    block_tensors = tuple(
+        tuple(
+            (p.numel(), f"{prefix}.{n}".rsplit(".", 1)[0] in linear and n.endswith(".weight"))
+            for n, p in b.named_parameters()
+        )
+        for prefix, b in [
+            *((f"double_blocks.{i}", b) for i, b in enumerate(model.double_blocks)),
+            *((f"single_blocks.{i}", b) for i, b in enumerate(model.single_blocks)),
+        ]
+    )
+    other_tensors = tuple(p.numel() for n, p in model.named_parameters() if not n.startswith(BLOCKS))
     return {
+        "dit_block_tensors": block_tensors,
+        "dit_other_tensors": other_tensors,
         "dit_block_linear": counts["lin"],
         "dit_block_other": counts["blk"],
         "dit_other": counts["oth"],
@@ -242,24 +268,52 @@ class MemoryEstimate:
 
     @property
     def host_peak(self) -> int:
+        """Peak host RAM of one process."""
         if self.plan.device == "cpu":
             return self.baseline + max(s.device for s in self.stages)
         return self.baseline + max(s.host for s in self.stages)
 
+    @property
+    def host_total(self) -> int:
+        """Peak host RAM of all the run's processes on this machine (each holds its own host copies)."""
+        return self.plan.processes * self.host_peak
+
     def lines(self) -> list[str]:
+        """The plan per stage, device and host, one line each (logged by the preflight, printed by a dry run)."""
         p = self.plan
         mode = f"{p.precision}{' + fp8 weights' if p.use_fp8 else ''}, offload {p.offload}"
+        procs = f", {p.processes} processes: host {self.host_total / GiB:.1f} GiB in all" if p.processes > 1 else ""
         out = [
             f"memory estimate for {p.width}x{p.height}x{p.frames} ({mode}, VAE tiling {'on' if p.vae_tiling else 'off'}"
-            f"{f', parallel {p.parallel}' if p.parallel > 1 else ''}): peak {p.device} {self.device_peak / GiB:.1f} "
-            f"GiB, host {self.host_peak / GiB:.1f} GiB"
+            f"{f' {p.tile_size} px' if p.vae_tiling else ''}{f', parallel {p.parallel}' if p.parallel > 1 else ''}): "
+            f"peak {p.device} {self.device_peak / GiB:.1f} GiB, host {self.host_peak / GiB:.1f} GiB{procs}"
         ]
         for s in self.stages:
             out.append(
                 f"  {s.name}: weights {s.weights / GiB:.2f} + activations {s.activations / GiB:.2f} GiB on {p.device}"
-                + (f", host {s.host / GiB:.2f} GiB" if s.host and p.device != "cpu" else "")
+                + (f", host {s.host / GiB:.2f} GiB" if p.device != "cpu" else "")
             )
         return out
+
+
+def dit_pinned(plan: MemoryPlan, sizes: ModelSizes) -> int:
+    """Bytes of pinned host copies of the DiT on CUDA: offload "model" keeps one for the whole model, "block" one per
+    block (`offload.Resident`); each is in the compute dtype (fp8-able weights 1 byte + a float32 scale with fp8)
+    and packed into power-of-two slabs (`pinned.plan_slabs`)."""
+    e = DTYPE_BYTES[plan.precision]
+
+    def block_bytes(tensors: tuple[tuple[int, bool], ...]) -> list[int]:
+        out = []
+        for numel, fp8_able in tensors:
+            out += [numel, FP8_SCALE_BYTES] if fp8_able and plan.use_fp8 else [numel * e]
+        return out
+
+    if plan.offload == "block":
+        return sum(pinned_bytes(block_bytes(b)) for b in sizes.dit_block_tensors)
+    if plan.offload == "model":
+        blocks = [n for b in sizes.dit_block_tensors for n in block_bytes(b)]
+        return pinned_bytes([n * e for n in sizes.dit_other_tensors] + blocks)
+    return 0
 
 
 def estimate(plan: MemoryPlan, sizes: ModelSizes, baseline: int = 0) -> MemoryEstimate:
@@ -306,8 +360,8 @@ def estimate(plan: MemoryPlan, sizes: ModelSizes, baseline: int = 0) -> MemoryEs
         dit = Stage("DiT denoise", (sizes.dit_other + plan.window * (blk_lin + blk_other)) * e_dit, act)
     elif cpu:
         dit = Stage("DiT denoise", stored, act)
-    else:  # pinned host copies: block offload pins the blocks in the file's dtype, returning the mapped pages
-        pinned = {"model": stored, "block": sizes.dit_file_bytes if streamed else stored}.get(plan.offload, 0)
+    else:  # pinned host copies in the compute dtype, in slabs; block offload returns each mapped page once copied
+        pinned = dit_pinned(plan, sizes)
         host_load = stored if plan.use_fp8 else sizes.dit_file_bytes
         dit = Stage("DiT denoise", dit_weights, act, host=pinned if streamed else host_load + pinned)
 
@@ -368,13 +422,26 @@ def available_ram() -> int:
     return proc_kb("MemAvailable", "/proc/meminfo") * 1024 or os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def device_capacity(device: str) -> int:
-    """Bytes the run may use on `device`: CUDA total memory, or (CPU) the RAM available now plus what this process
-    already holds."""
+def device_capacity(device: str | torch.device) -> int:
+    """Bytes the run may use on `device`: on CUDA the memory free on that card now (`torch.cuda.mem_get_info`: a
+    display or another process holds the rest) plus what this process's caching allocator already reserved; on the
+    CPU the RAM available now plus what this process already holds."""
     dev = torch.device(device)
     if dev.type == "cuda":
-        return torch.cuda.get_device_properties(dev).total_memory
-    return available_ram() + current_rss()
+        free, _total = torch.cuda.mem_get_info(dev)
+        return free + torch.cuda.memory_reserved(dev)
+    return host_capacity()
+
+
+def host_capacity(processes: int = 1) -> int:
+    """Host RAM the run's processes on this machine may use: available now plus what they already hold (each
+    about this process's RSS)."""
+    return available_ram() + processes * current_rss()
+
+
+def local_processes() -> int:
+    """Processes of this run on this machine: torchrun's LOCAL_WORLD_SIZE, else 1."""
+    return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
 
 
 def suggestion(plan: MemoryPlan) -> str:
@@ -392,34 +459,165 @@ def suggestion(plan: MemoryPlan) -> str:
     return "try " + ", ".join(tips)
 
 
-def check_fits(est: MemoryEstimate, capacity: int) -> str | None:
-    """None when the estimate fits `capacity`; otherwise a one-line reason with a suggestion."""
+def check_fits(est: MemoryEstimate, capacity: int, host: int | None = None) -> str | None:
+    """None when the estimate fits `capacity` bytes of the device (and, off the CPU, `host` bytes of RAM for all
+    the run's processes on this machine, when given); otherwise a one-line reason with a suggestion."""
     need = est.device_peak
-    if need <= capacity:
-        return None
-    where = "RAM" if est.plan.device == "cpu" else est.plan.device
-    return (
-        f"not enough memory: this request needs ~{need / GiB:.1f} GiB of {where}, {capacity / GiB:.1f} GiB "
-        f"available; {suggestion(est.plan)} (or --no-memory-check to run anyway)"
-    )
+    if need > capacity:
+        where = "RAM" if est.plan.device == "cpu" else est.plan.device
+        return (
+            f"not enough memory: this request needs ~{need / GiB:.1f} GiB of {where}, {capacity / GiB:.1f} GiB "
+            f"available; {suggestion(est.plan)} (or --no-memory-check to run anyway)"
+        )
+    if host is not None and est.plan.device != "cpu" and est.host_total > host:
+        procs = f" ({est.plan.processes} processes)" if est.plan.processes > 1 else ""
+        tip = "--use-fp8, " if not est.plan.use_fp8 else ""
+        return (
+            f"not enough host RAM: this request needs ~{est.host_total / GiB:.1f} GiB{procs}, {host / GiB:.1f} GiB "
+            f"available; try {tip}less offloading (--offload none keeps no host copy) or fewer processes per machine "
+            f"(or --no-memory-check to run anyway)"
+        )
+    return None
 
 
-def preflight(req: object, paths: ModelPaths, dit_cfg: DiTConfig) -> MemoryEstimate:
+def preflight(
+    req: object, paths: ModelPaths, dit_cfg: DiTConfig, device: str | torch.device | None = None
+) -> MemoryEstimate:
     """Estimate the request's peak memory from the configs, log it, and raise `UsageError` (exit 2, one line with a
-    suggestion) when it cannot fit the device and `req.memory_check` is on. Reads no weights."""
+    suggestion) when it cannot fit and `req.memory_check` is on. `device` is the run's device (default
+    `req.device`; under torchrun call this after `torch.cuda.set_device`, so a bare "cuda" means this rank's card):
+    its free memory is the limit; on CUDA the host RAM of all this machine's processes is checked too.
+    Reads no weights."""
     from loguru import logger
 
     from hyvideo.request import UsageError
 
-    est = estimate(plan_from_request(req), model_sizes(dit_cfg, paths), baseline=current_rss())
+    plan = replace(plan_from_request(req), processes=local_processes())
+    est = estimate(plan, model_sizes(dit_cfg, paths), baseline=current_rss())
     for line in est.lines():
         logger.info(line)
-    problem = check_fits(est, device_capacity(req.device))
+    problem = check_fits(
+        est, device_capacity(device if device is not None else req.device), host_capacity(plan.processes)
+    )
     if problem is not None and getattr(req, "memory_check", True):
         raise UsageError(None, problem)
     if problem is not None:
         logger.warning(f"{problem}; continuing because of --no-memory-check")
     return est
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Planning without running: the per-stage plan and the cheapest flag set that fits (--dry-run, --gpu-memory)
+# ---------------------------------------------------------------------------------------------------------------
+CUDA_CONTEXT = 512 * 2**20  # CUDA context + library workspaces on a card planned for but not measured (bytes)
+TILE_SIZES = (256, 192, 128)  # VAE tile edges tried, largest (fewest seams, fastest) first
+# What to add, cheapest first: each step costs more speed or accuracy than the one before. fp8 weights: ~3% output
+# error, same speed; model offload: a host copy and one transfer per stage (this pipeline already frees each
+# component after its stage, so it lowers no device peak here); block offload: every block crosses PCIe every
+# step. Within each step, the largest VAE tile that fits (smaller tiles: more seams to blend, slower decode).
+SEARCH_ORDER: tuple[tuple[bool, str], ...] = (
+    (False, "none"),
+    (True, "none"),
+    (False, "model"),
+    (False, "block"),
+    (True, "block"),
+)
+OFFLOAD_RANK = {"none": 0, "model": 1, "block": 2}
+
+
+def card_capacity(gb: float) -> int:
+    """Usable bytes of a card of `gb` GB (as printed on it: 2^30 bytes), less the CUDA context."""
+    return int(gb * GiB) - CUDA_CONTEXT
+
+
+def candidates(plan: MemoryPlan) -> list[MemoryPlan]:
+    """Flag sets to try for `plan`, cheapest first (`SEARCH_ORDER` x `TILE_SIZES`); never removes a choice the
+    request already made (fp8 stays on, offload never drops to a lower level, tiles never grow)."""
+    tiles = [(plan.vae_tiling, plan.tile_size)]
+    tiles += [(True, t) for t in TILE_SIZES if t < plan.tile_size or not plan.vae_tiling]
+    out: list[MemoryPlan] = []
+    for fp8, offload in SEARCH_ORDER:
+        level = max(offload, plan.offload, key=OFFLOAD_RANK.__getitem__)
+        for tiling, tile in tiles:
+            c = replace(plan, use_fp8=plan.use_fp8 or fp8, offload=level, vae_tiling=tiling, tile_size=tile)
+            if c not in out:
+                out.append(c)
+    return out
+
+
+def cheapest_fit(
+    plan: MemoryPlan, sizes: ModelSizes, capacity: int, host: int | None = None, baseline: int = 0
+) -> MemoryPlan | None:
+    """The first of `candidates(plan)` whose estimate fits `capacity` device bytes (and `host` RAM), or None."""
+    for c in candidates(plan):
+        if check_fits(estimate(c, sizes, baseline), capacity, host) is None:
+            return c
+    return None
+
+
+def added_flags(plan: MemoryPlan, base: MemoryPlan) -> list[str]:
+    """The command-line flags that turn request `base` into `plan`."""
+    flags = []
+    if plan.use_fp8 and not base.use_fp8:
+        flags.append("--use-fp8")
+    if plan.offload != base.offload:
+        flags += ["--offload", plan.offload]
+    if plan.vae_tiling and not base.vae_tiling:
+        flags.append("--vae-tiling")
+    if plan.vae_tiling and plan.tile_size != base.tile_size:
+        flags += ["--vae-tile-size", str(plan.tile_size)]
+    return flags
+
+
+def dry_run_lines(
+    plan: MemoryPlan,
+    sizes: ModelSizes | None = None,
+    capacity: int | None = None,
+    host: int | None = None,
+    baseline: int = 0,
+) -> list[str]:
+    """What `--dry-run` prints: the request's memory plan per stage (device and host), the capacity it is checked
+    against, and the cheapest flag set that fits. `sizes` default: the released model (`full_size_sizes`, for
+    planning before the download); `capacity` default: the free memory of `plan.device` (`--gpu-memory GB` gives
+    `card_capacity(GB)` instead); `host` (optional): host RAM for all of the run's processes."""
+    sizes = full_size_sizes() if sizes is None else sizes
+    capacity = device_capacity(plan.device) if capacity is None else capacity
+    est = estimate(plan, sizes, baseline)
+    lines = est.lines()
+    lines.append(
+        f"capacity: {plan.device} {capacity / GiB:.1f} GiB"
+        + (f", host RAM {host / GiB:.1f} GiB" if host is not None and plan.device != "cpu" else "")
+    )
+    fit = cheapest_fit(plan, sizes, capacity, host, baseline)
+    if fit == plan:
+        lines.append("fits as requested")
+    elif fit is not None:
+        peak = estimate(fit, sizes, baseline)
+        lines.append(
+            f"cheapest flags that fit: {' '.join(added_flags(fit, plan))} (peak {plan.device} "
+            f"{peak.device_peak / GiB:.1f} GiB, host {peak.host_total / GiB:.1f} GiB)"
+        )
+    else:
+        least = min((estimate(c, sizes, baseline) for c in candidates(plan)), key=lambda e: e.device_peak)
+        stage = max(least.stages, key=lambda s: s.device)
+        tip = {
+            "text encoders": "no flag lowers the text encoders' stage: it needs a larger card",
+            "DiT denoise": "try a smaller --video-size / --video-length, or sequence parallelism over several GPUs "
+            "(torchrun --ulysses-degree)",
+        }.get(stage.name, "try a smaller --video-size / --video-length")
+        flags = " ".join(added_flags(least.plan, plan)) or "as requested"
+        lines.append(
+            f"no flag set fits: even with {flags} the {stage.name} stage needs {stage.device / GiB:.1f} GiB; {tip}"
+        )
+    return lines
+
+
+def planning_sizes(dit_cfg: DiTConfig | None, paths: ModelPaths | None) -> ModelSizes:
+    """The sizes to plan with: from the configs under `paths` when the weights are there, else the released
+    components' (`full_size_sizes`, with the chosen DiT preset `dit_cfg`), so a dry run works before the download."""
+    if paths is None or dit_cfg is None or not Path(paths.dit).exists():
+        return full_size_sizes(dit_cfg)
+    return model_sizes(dit_cfg, paths)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -443,12 +641,14 @@ FULL_SIZE_CLIP = {  # openai/clip-vit-large-patch14 text tower
 }
 
 
-def full_size_sizes() -> ModelSizes:
-    """ModelSizes of the released HYVideo-T/2-cfgdistill + Llama-3-8B + CLIP-L + 884-16c-hy VAE (bf16 DiT file)."""
+@cache
+def full_size_sizes(dit_cfg: DiTConfig | None = None) -> ModelSizes:
+    """ModelSizes of the released HYVideo-T/2-cfgdistill (or `dit_cfg`, e.g. another preset) + Llama-3-8B + CLIP-L +
+    884-16c-hy VAE, with a bf16 DiT file."""
     from hyvideo.config import DiTConfig
     from hyvideo.modules.vae import VAEConfig
 
-    dit = dit_sizes(DiTConfig())
+    dit = dit_sizes(dit_cfg or DiTConfig())
     n_dit = dit["dit_block_linear"] + dit["dit_block_other"] + dit["dit_other"]
     return ModelSizes(
         **dit,

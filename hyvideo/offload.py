@@ -15,12 +15,13 @@ of silently computing on the host; this is also what makes the ordering checkabl
 accelerate moves whole modules with `.to()`, which cannot keep a pinned host copy for re-streaming every step and
 is invisible on a CPU-only machine.
 
-Host copies keep the checkpoint's dtype; `dtype` (the compute dtype) is applied to each device copy as it is made
-(fp8 weights and their scales are never cast, as `FP8Linear` defines). On the CPU the host copy of a block loaded
-from a memory-mapped checkpoint is the file mapping itself, so streaming returns host RAM: when a block is evicted
-its file-backed pages are dropped (`drop_pages`, madvise DONTNEED) and the freed heap is trimmed (`malloc_trim`),
-so RSS holds a window of blocks; the page cache keeps the file, so the next step's reads are page faults, not disk
-reads. Only pages that still equal the file are dropped (`/proc/self/pagemap`): memory a caller wrote to (a merged
+Pinned host copies (CUDA) are made once in the compute dtype `dtype` and packed into power-of-two slabs
+(`host_copies`), so every load is a plain asynchronous DMA copy; unpinned host copies (CPU) keep the checkpoint's
+dtype and `dtype` is applied to each device copy as it is made (fp8 weights and their scales are never cast, as
+`FP8Linear` defines). On the CPU the host copy of a block loaded from a memory-mapped checkpoint is the file
+mapping itself, so streaming returns host RAM: when a block is evicted its file-backed pages are dropped
+(`drop_pages`, madvise DONTNEED) and the freed heap is trimmed (`malloc_trim`), so RSS holds a window of blocks;
+the page cache keeps the file, so the next step's reads are page faults, not disk reads. Only pages that still equal the file are dropped (`/proc/self/pagemap`): memory a caller wrote to (a merged
 LoRA, a fresh tensor) is never touched.
 """
 
@@ -36,6 +37,7 @@ from functools import partial
 import torch
 from torch import nn
 
+from hyvideo.pinned import SlabPool, pack_pinned
 from hyvideo.request import OFFLOAD_LEVELS
 from hyvideo.utils.host_memory import trim
 
@@ -91,7 +93,8 @@ def drop_pages(t: torch.Tensor, check: bool = True) -> int:
 class Resident:
     """A module whose tensors live in host memory and are placed on `device` (cast to `dtype`) on demand.
 
-    `release` (default: on the CPU, unpinned) drops the host tensors' file-backed pages at every eviction."""
+    `release` (default: on the CPU, unpinned) drops the host tensors' file-backed pages at every eviction. Pinned
+    host copies go into `pool`'s slabs when given (shared with other Residents), else into slabs of their own."""
 
     def __init__(
         self,
@@ -100,29 +103,26 @@ class Resident:
         pin: bool | None = None,
         dtype: torch.dtype | None = None,
         release: bool | None = None,
+        pool: SlabPool | None = None,
     ) -> None:
         self.module, self.device = module, device
         pin = device.type == "cuda" if pin is None else pin
         self.release = device.type == "cpu" and not pin if release is None else release
         self.slots: list[tuple[nn.Module, bool, str]] = []  # (owner, is parameter, name)
-        self.host: list[torch.Tensor] = []
+        sources: list[torch.Tensor] = []
         for m in module.modules():
             for is_param, table in ((True, m._parameters), (False, m._buffers)):
                 for name, t in table.items():
-                    if t is None:
-                        continue
-                    h = t.detach().to("cpu")
-                    if pin:
-                        h, src = h.pin_memory(), h
-                        drop_pages(src)  # a memory-mapped source is not needed once pinned
-                    self.slots.append((m, is_param, name))
-                    self.host.append(h)
+                    if t is not None:
+                        self.slots.append((m, is_param, name))
+                        sources.append(t.detach())
         self.on_device = False
         self.ready: torch.cuda.Event | None = None
-        self._place([torch.empty_like(h, device="meta") for h in self.host])
+        self._place([torch.empty_like(t, device="meta") for t in sources])
         if dtype is not None:  # the dtypes `module.to(dtype)` gives (fp8 weights and scales keep theirs)
             module.to(dtype=dtype)
         self.dtypes = [t.dtype for t in self._current()]
+        self.host = host_copies(sources, self.dtypes, pin, pool)
 
     def _pairs(self) -> Iterator[tuple[torch.Tensor, torch.dtype]]:
         return zip(self.host, self.dtypes, strict=True)
@@ -343,3 +343,25 @@ def apply_offload(
         return ModelOffload(device).add("dit", model.to(dtype=dtype))
     stream_dit_blocks(model, device, window, dtype=dtype)
     return model
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Host copies
+# ---------------------------------------------------------------------------------------------------------------
+def host_copies(
+    tensors: list[torch.Tensor], dtypes: list[torch.dtype], pin: bool, pool: SlabPool | None = None
+) -> list[torch.Tensor]:
+    """The host copies a `Resident` keeps of `tensors`.
+
+    Pinned (CUDA): cast once to the compute `dtypes` and packed into power-of-two pinned slabs (`pinned.pack_pinned`:
+    the caching host allocator would round each tensor up to a power of two). A copy that converts dtype from host to
+    device goes through a pageable temporary on the CPU every time; a host copy already in the compute dtype loads
+    as one asynchronous DMA copy. Each source's memory-mapped pages are returned as soon as it is copied.
+    With `pool`, the slabs are the pool's, shared with the other Residents placed in it (see `pinned.SlabPool`).
+    Unpinned (CPU): the tensors themselves on the CPU (for a memory-mapped checkpoint, the file mapping).
+    """
+    if not pin:
+        return [t.to("cpu") for t in tensors]
+    if pool is not None:
+        return pool.copies(tensors, dtypes, after_copy=drop_pages)
+    return pack_pinned(tensors, dtypes, after_copy=drop_pages)

@@ -85,23 +85,33 @@ def fp8_matmul(
 ) -> torch.Tensor:
     """y = (x8 @ W8.T) * s_x * s_w + b with x quantised per tensor; x (..., in), W8 (out, in) -> (..., out).
 
-    `mm` is `torch._scaled_mm` by default (tests may pass `emulated_scaled_mm`). A per-channel s_w is applied after
-    the fp8 product in fp32 (the per-tensor fp8 kernel takes scalar scales on every fp8-capable GPU).
+    `mm` is `torch._scaled_mm` by default (tests pass strict stand-ins). The call keeps CUDA's contract for every
+    compute dtype: per-tensor float32 scalar scales, W8.T column-major, output in x's dtype; the kernel adds the bias
+    only in the output's dtype and never for a float32 output, so for fp32 (and a per-channel s_w, applied after the
+    product in fp32) the bias is added afterwards.
     """
     mm = mm or torch._scaled_mm
     lead, k = x.shape[:-1], x.shape[-1]
     x2 = x.reshape(-1, k)  # (M, in)
     x_scale = (x2.detach().abs().amax().float() / FP8_MAX).clamp_min(torch.finfo(torch.float32).tiny)
     x8 = (x2.float() / x_scale).clamp_(-FP8_MAX, FP8_MAX).to(FP8)
-    one = torch.ones((), device=x.device, dtype=torch.float32)
     if w_scale.numel() == 1:
-        b = None if bias is None else bias.to(x.dtype)
+        fused = bias is not None and x.dtype != torch.float32  # the kernel's bias: bf16/fp16 output only
+        b = bias.to(x.dtype) if fused else None
         y = mm(x8, w8.t(), scale_a=x_scale, scale_b=w_scale.reshape(()).float(), bias=b, out_dtype=x.dtype)
+        if bias is not None and not fused:
+            y = y + bias.to(y.dtype)
     else:
+        one = torch.ones((), device=x.device, dtype=torch.float32)
         y = mm(x8, w8.t(), scale_a=x_scale, scale_b=one, out_dtype=torch.float32)  # (M, out)
         y = y * w_scale.reshape(1, -1).float()
         y = (y if bias is None else y + bias.float()).to(x.dtype)
     return y.reshape(*lead, w8.shape[0])
+
+
+def scaled_mm_shapes_ok(in_features: int, out_features: int) -> bool:
+    """`torch._scaled_mm` on CUDA needs both dimensions of the weight to be multiples of 16."""
+    return in_features % 16 == 0 and out_features % 16 == 0
 
 
 def emulated_scaled_mm(
@@ -246,8 +256,11 @@ def set_scales(model: nn.Module, scales: Mapping[str, torch.Tensor]) -> None:
 
 
 def enable_fp8_compute(model: nn.Module, enabled: bool = True) -> int:
-    """Switch every FP8Linear to the `torch._scaled_mm` path; returns how many layers were switched."""
-    layers = [m for m in model.modules() if isinstance(m, FP8Linear)]
+    """Switch every FP8Linear whose shape the kernel takes (`scaled_mm_shapes_ok`) to the `torch._scaled_mm` path;
+    others keep the dequantising path. Returns how many layers were switched."""
+    layers = [
+        m for m in model.modules() if isinstance(m, FP8Linear) and scaled_mm_shapes_ok(m.in_features, m.out_features)
+    ]
     for m in layers:
         m.fp8_compute = enabled
     return len(layers)

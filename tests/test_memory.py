@@ -4,6 +4,7 @@ VmHWM), and the refusal of a request that cannot fit (exit 2, one line, nothing 
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -196,3 +197,234 @@ def test_check_fits_message_is_one_line():
     msg = memory.check_fits(est, 8 * GiB)
     assert msg is not None and "\n" not in msg and "--use-fp8" not in msg  # already on: not suggested again
     assert memory.check_fits(est, 200 * GiB) is None
+
+
+# --- the estimate's arithmetic, term by term, for the released model (independent of the module builders) ---
+
+DATA = ROOT / "tests" / "data"
+
+
+def official_numels(name: str) -> dict[str, int]:
+    return {k: math.prod(v) for k, v in json.loads((DATA / name).read_text())["keys"].items()}
+
+
+def derived_dit_count(cfg: DiTConfig) -> int:
+    """HYVideo-T/2 parameters from the preset's numbers: C hidden, M mlp, d head dim, F = 256 frequency channels."""
+    C, M, d, F = cfg.hidden_size, cfg.mlp_hidden, cfg.hidden_size // cfg.heads, 256
+    pt, ph, pw = cfg.patch_size
+
+    def lin(i: int, o: int) -> int:
+        return i * o + o
+
+    double = 2 * (lin(C, 6 * C) + lin(C, 3 * C) + 2 * d + lin(C, C) + lin(C, M) + lin(M, C))
+    single = lin(C, 3 * C + M) + lin(C + M, C) + 2 * d + lin(C, 3 * C)
+    refiner = 4 * C + lin(C, 3 * C) + lin(C, C) + lin(C, M) + lin(M, C) + lin(C, 2 * C)
+    txt_in = lin(cfg.text_states_dim, C) + lin(F, C) + lin(C, C) + lin(cfg.text_states_dim, C) + lin(C, C)
+    txt_in += cfg.depth_refiner * refiner
+    embed = (cfg.in_channels * pt * ph * pw * C + C) + 2 * (lin(F, C) + lin(C, C)) + lin(cfg.text_pool_dim, C)
+    embed += lin(C, C)
+    final = lin(C, cfg.out_channels * pt * ph * pw) + lin(C, 2 * C)
+    return embed + txt_in + cfg.depth_double * double + cfg.depth_single * single + final
+
+
+def test_dit_count_derived_from_the_preset():
+    n = derived_dit_count(DiTConfig())
+    assert n == sum(official_numels("official_dit_keys.json").values()) == 12_821_012_544
+    assert full_size().dit == n
+
+
+@pytest.mark.parametrize(
+    "device, offload, fp8, hw",
+    [
+        ("cuda", "none", False, (720, 1280)),
+        ("cpu", "none", False, (720, 1280)),
+        ("cuda", "none", True, (544, 960)),
+        ("cuda", "block", False, (720, 1280)),
+        ("cuda", "block", True, (544, 960)),
+        ("cuda", "model", False, (544, 960)),
+        ("cpu", "block", False, (544, 960)),
+    ],
+)
+def test_estimate_terms_exact_for_the_released_model(device, offload, fp8, hw):
+    """Every stage's device and host bytes recomputed from the official key shapes and the dtypes (a halved or
+    dropped term fails here, which the measured 25% bounds above cannot see)."""
+    H, W = hw
+    plan = MemoryPlan(H, W, 129, device=device, offload=offload, use_fp8=fp8)
+    est = estimate(plan, full_size())
+    dit = official_numels("official_dit_keys.json")
+    shapes = json.loads((DATA / "official_dit_keys.json").read_text())["keys"]
+    in_blocks = {k: v for k, v in dit.items() if k.startswith(("double_blocks.", "single_blocks."))}
+    lin = {k: v for k, v in in_blocks.items() if len(shapes[k]) == 2}  # block Linear weights: the fp8-able ones
+    blk_other = sum(in_blocks.values()) - sum(lin.values())
+    other = sum(dit.values()) - sum(in_blocks.values())
+    C, M = 3072, 12288
+    # text: Llama-3-8B minus its 2 unused last layers, fp16; CLIP-L text tower fp16; 256 + 100 template tokens
+    layer = 218_112_000
+    llm = 128256 * 4096 + 32 * layer + 4096 - 2 * layer
+    text_tokens = 356
+    assert est.stages[0] == memory.Stage(
+        "text encoders",
+        2 * llm + 2 * 123_060_480,
+        2 * (4 * text_tokens * 4096 + 3 * text_tokens * 14336),
+        host=2 * llm,
+    )
+    # DiT, bf16 compute
+    blocks = [f"double_blocks.{i}." for i in range(20)] + [f"single_blocks.{i}." for i in range(40)]
+    per_block = [{k: v for k, v in dit.items() if k.startswith(b)} for b in blocks]
+    big = max(per_block, key=lambda b: sum(b.values()))  # a double block
+    big_lin = sum(v for k, v in big.items() if k in lin)
+    wbytes = 1 if fp8 else 2
+    stored = 2 * other + 2 * blk_other + wbytes * sum(lin.values())
+    lat_t, lat_h, lat_w = 33, H // 8, W // 8
+    img = lat_t * (lat_h // 2) * (lat_w // 2)
+    act = (img + 256) * (10 * C + 4 * M) * 2 + img * (C // 2) * 4 + 4 * 16 * lat_t * lat_h * lat_w * 4
+    if fp8:
+        act += 2 * 2 * 21504 * 3072  # single_blocks.linear1, the largest block Linear, upcast (cast + scaled)
+    window = 2 * (big_lin * wbytes + (sum(big.values()) - big_lin) * 2) + 2 * other
+    weights = window if offload == "block" else stored
+    streamed = offload == "block" and not fp8
+
+    def block_bytes(b: dict[str, int]) -> list[int]:
+        return [x for k, v in b.items() for x in ([v, 4] if fp8 and k in lin else [2 * v])]
+
+    if device == "cpu":
+        resident = 2 * (other + 2 * sum(big.values()))  # non-block layers + a window of 2 blocks, bf16
+        want_dit = memory.Stage("DiT denoise", resident if streamed else stored, act)
+    else:
+        if offload == "block":
+            pinned = sum(memory.pinned_bytes(block_bytes(b)) for b in per_block)
+        elif offload == "model":
+            pinned = memory.pinned_bytes([2 * v for k, v in dit.items() if k not in in_blocks] + block_bytes(in_blocks))
+        else:
+            pinned = 0
+        host = pinned if streamed else (stored if fp8 else 2 * sum(dit.values())) + pinned
+        want_dit = memory.Stage("DiT denoise", weights, act, host=host)
+    assert est.stages[1] == want_dit
+    # VAE decode, fp16, chunked tiles of 256 px x 5 frames, C0 = 128
+    vae = sum(official_numels("official_vae_keys.json").values())
+    vae_act = 10 * 256 * 256 * 5 * 128 * 2 + 75 * 2**20 + 3 * 129 * H * W * (2 + 4)
+    assert est.stages[2] == memory.Stage("VAE decode", 2 * vae, vae_act, host=2 * vae)
+    peak = max(s.weights + max(s.activations, s.load) for s in est.stages)
+    assert est.device_peak == peak  # on the CPU the device is host RAM: the same peak (baseline 0 here)
+
+
+def test_estimate_pinned_term_uses_slabs():
+    """On CUDA the pinned DiT copies are counted as pinned (slabs in the compute dtype), not as the weights' sum:
+    bf16 blocks 23.2 GiB -> 25.6 GiB pinned; one power-of-two allocation per tensor would pin 31.3."""
+    sizes = full_size()
+    est = estimate(MemoryPlan(720, 1280, 129, offload="block"), sizes)
+    pinned = memory.dit_pinned(est.plan, sizes)
+    assert est.stages[1].host == pinned
+    assert 25.5 * GiB < pinned < 25.7 * GiB
+    fp16 = memory.dit_pinned(MemoryPlan(720, 1280, 129, offload="block", precision="fp16"), sizes)
+    assert fp16 == pinned  # same bytes per element: the host copy is in the compute dtype, not the file's
+    fp32 = memory.dit_pinned(MemoryPlan(720, 1280, 129, offload="block", precision="fp32"), sizes)
+    assert fp32 > 1.9 * pinned
+
+
+# --- free memory, host RAM, processes ---
+
+
+def test_device_capacity_is_free_memory(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (3 * GiB, 80 * GiB))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: GiB // 2)
+    assert memory.device_capacity("cuda:0") == 3 * GiB + GiB // 2  # free + this process's cached blocks
+
+
+def test_preflight_refuses_when_little_memory_is_free(monkeypatch):
+    """An 80 GiB card with 4 GiB free (another process, a display): the preflight refuses, exit 2, one line."""
+    from types import SimpleNamespace
+
+    from hyvideo.request import UsageError
+
+    class Props:
+        total_memory = 80 * GiB
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device=None: Props())
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (4 * GiB, 80 * GiB))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 0)
+    monkeypatch.setattr(memory, "plan_from_request", lambda req: MemoryPlan(544, 960, 129, device="cuda"))
+    monkeypatch.setattr(memory, "model_sizes", lambda cfg, paths: full_size())
+    monkeypatch.setattr(memory, "host_capacity", lambda processes=1: 1024 * GiB)
+    req = SimpleNamespace(device="cuda", memory_check=True)
+    with pytest.raises(UsageError) as e:
+        memory.preflight(req, None, DiTConfig())
+    msg = str(e.value)
+    assert "not enough memory" in msg and "4.0 GiB available" in msg and "\n" not in msg
+    asked = []
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: asked.append(device) or (79 * GiB, 80 * GiB))
+    assert memory.preflight(req, None, DiTConfig()).device_peak < 79 * GiB  # the same request with the card free
+    memory.preflight(req, None, DiTConfig(), device="cuda:1")  # this rank's card under torchrun
+    assert asked == [torch.device("cuda"), torch.device("cuda:1")]
+
+
+def test_host_ram_checked_on_cuda_for_every_process(monkeypatch):
+    """Block offload pins the DiT in host RAM in every torchrun process of the machine."""
+    sizes = full_size()
+    one = estimate(MemoryPlan(544, 960, 129, offload="block"), sizes)
+    four = estimate(MemoryPlan(544, 960, 129, offload="block", processes=4), sizes)
+    assert four.host_total == 4 * one.host_peak and one.host_total == one.host_peak
+    assert memory.check_fits(one, 80 * GiB, host=64 * GiB) is None
+    msg = memory.check_fits(four, 80 * GiB, host=64 * GiB)
+    assert msg is not None and msg.startswith("not enough host RAM") and "(4 processes)" in msg and "\n" not in msg
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert memory.local_processes() == 4
+
+
+# --- planning: the per-stage plan and the cheapest flag set that fits (--dry-run, --gpu-memory) ---
+
+
+@pytest.mark.parametrize(
+    "gb, hw, flags",
+    [
+        (80, (720, 1280), []),
+        (80, (544, 960), []),
+        (24, (720, 1280), ["--offload", "block"]),
+        (24, (544, 960), ["--use-fp8"]),
+        (16, (720, 1280), None),
+        (16, (544, 960), ["--offload", "block"]),
+        (12, (720, 1280), None),
+        (12, (544, 960), None),
+    ],
+)
+def test_cheapest_fit_for_cards(gb, hw, flags):
+    plan = MemoryPlan(*hw, 129)
+    fit = memory.cheapest_fit(plan, full_size(), memory.card_capacity(gb))
+    if flags is None:
+        assert fit is None
+        return
+    assert fit is not None and memory.added_flags(fit, plan) == flags
+    assert estimate(fit, full_size()).device_peak <= memory.card_capacity(gb)
+    # nothing cheaper in the search order fits
+    cands = memory.candidates(plan)
+    assert all(estimate(c, full_size()).device_peak > memory.card_capacity(gb) for c in cands[: cands.index(fit)])
+
+
+def test_candidates_keep_what_the_request_chose():
+    plan = MemoryPlan(544, 960, 129, use_fp8=True, offload="model", tile_size=192)
+    for c in memory.candidates(plan):
+        assert c.use_fp8 and c.offload in ("model", "block") and c.tile_size <= 192
+    assert memory.candidates(plan)[0] == plan
+
+
+def test_dry_run_lines():
+    lines = memory.dry_run_lines(MemoryPlan(720, 1280, 129), capacity=memory.card_capacity(24))
+    assert lines[0].startswith("memory estimate for 1280x720x129")
+    assert [ln.split(":")[0].strip() for ln in lines[1:4]] == ["text encoders", "DiT denoise", "VAE decode"]
+    assert all("host" in ln for ln in lines[1:4])  # device and host per stage
+    assert lines[4] == "capacity: cuda 23.5 GiB"
+    assert lines[5].startswith("cheapest flags that fit: --offload block (peak cuda 20.4 GiB")
+    assert memory.dry_run_lines(MemoryPlan(544, 960, 129), capacity=memory.card_capacity(80))[-1] == "fits as requested"
+    no = memory.dry_run_lines(MemoryPlan(544, 960, 129), capacity=memory.card_capacity(12))[-1]
+    assert no.startswith("no flag set fits") and "text encoders" in no and "larger card" in no
+
+
+def test_planning_sizes_fall_back_to_the_release(tmp_path):
+    from hyvideo.checkpoints.layout import ModelPaths
+
+    missing = ModelPaths("official", *(tmp_path / n for n in ("dit.pt", "vae", "llm", "clip")), None, None)
+    assert memory.planning_sizes(DiTConfig(), missing) == full_size()
+    assert memory.planning_sizes(None, None) == full_size()
+    no_guidance = memory.planning_sizes(DiTConfig(guidance_embed=False), None)  # the HYVideo-T/2 preset
+    assert no_guidance.dit == full_size().dit - (256 * 3072 + 3072 + 3072 * 3072 + 3072)  # without guidance_in
+    assert no_guidance.llm == full_size().llm

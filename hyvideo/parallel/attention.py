@@ -14,12 +14,35 @@ Partial results merge in a fixed block order, so every rank computes bit-identic
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
 from hyvideo.modules.attention import HAS_FLASH, KeyMask, attention, flash_attn_func
 from hyvideo.parallel.group import Mesh
+
+MATH_SCORES = 2**26  # float32 score elements per query chunk on the explicit path (256 MiB)
+
+
+def ring_kernel(device_type: str, dtype: torch.dtype, has_flash: bool, masked: bool) -> str:
+    """Which kernel computes one ring step's (out, lse); every choice is linear in memory in the sequence length.
+
+    "cpu_flash": torch's fused CPU flash kernel (any float dtype, additive mask, returns lse).
+    "flash_attn": flash-attn on CUDA for fp16/bf16 without a key mask (returns lse).
+    "efficient": otherwise on CUDA (fp32, a key mask, or no flash-attn): torch's memory-efficient kernel
+        `aten._scaled_dot_product_efficient_attention(compute_log_sumexp=True)` (fp32/fp16/bf16, additive bias).
+    "chunked": any other device: the explicit softmax in float32, over query chunks of at most `MATH_SCORES`
+        scores (`math_attention_lse`).
+    """
+    if device_type == "cpu":
+        return "cpu_flash"
+    if device_type == "cuda":
+        if has_flash and not masked and dtype in (torch.float16, torch.bfloat16):
+            return "flash_attn"
+        return "efficient"
+    return "chunked"
 
 
 def attention_lse(
@@ -28,25 +51,78 @@ def attention_lse(
     """(softmax(q k^T / sqrt(D)) v, lse) with lse = logsumexp_k(q k^T / sqrt(D)) over allowed keys.
 
     q (B, Lq, H, D), k/v (B, Lk, H, D), key_valid (B, Lk) bool or None -> out (B, Lq, H, D), lse (B, H, Lq) float32.
-    CPU: torch's fused flash kernel (returns lse). CUDA half precision without a mask: flash-attn. Otherwise the
-    explicit math in float32 (memory B*H*Lq*Lk).
+    The kernel is `ring_kernel(...)`'s choice.
     """
-    qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))  # (B, H, L, D)
-    if q.device.type == "cpu":
-        bias = None
-        if key_valid is not None:  # additive mask in q's dtype, (B, 1, 1, Lk)
-            bias = torch.zeros(key_valid.shape, dtype=q.dtype).masked_fill(~key_valid, float("-inf"))[:, None, None]
+    kernel = ring_kernel(q.device.type, q.dtype, HAS_FLASH, key_valid is not None)
+    if kernel == "cpu_flash":
+        qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))  # (B, H, L, D)
+        bias = None if key_valid is None else key_bias(key_valid, q.dtype)[:, None, None]  # (B, 1, 1, Lk)
         out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(qt, kt, vt, attn_mask=bias)
         return out.transpose(1, 2), lse.float()
-    if HAS_FLASH and key_valid is None and q.device.type == "cuda" and q.dtype in (torch.float16, torch.bfloat16):
+    if kernel == "flash_attn":
         out, lse, _ = flash_attn_func(q, k, v, return_attn_probs=True)  # out (B, Lq, H, D), lse (B, H, Lq)
         return out, lse.float()
-    scores = qt.float() @ kt.float().transpose(-1, -2) * q.shape[-1] ** -0.5  # (B, H, Lq, Lk)
+    if kernel == "efficient":
+        return efficient_attention_lse(q, k, v, key_valid)
+    return math_attention_lse(q, k, v, key_valid)
+
+
+def key_bias(key_valid: torch.Tensor, dtype: torch.dtype, align: int = 16) -> torch.Tensor:
+    """Additive key mask (B, Lk) in `dtype`: 0 for allowed keys, -inf for the others. Its rows are allocated padded
+    to a multiple of `align` elements and sliced (the memory-efficient CUDA kernel needs aligned bias strides; the
+    same padding torch's SDPA applies before calling it)."""
+    B, Lk = key_valid.shape
+    padded = torch.zeros(B, -(-Lk // align) * align, dtype=dtype, device=key_valid.device)
+    padded[:, :Lk].masked_fill_(~key_valid, float("-inf"))
+    return padded[:, :Lk]
+
+
+def efficient_attention_lse(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    key_valid: torch.Tensor | None = None,
+    op: Callable[..., tuple[torch.Tensor, ...]] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`attention_lse` through torch's memory-efficient CUDA kernel (`op`, default
+    `aten._scaled_dot_product_efficient_attention`; tests pass a strict CPU stand-in).
+
+    The kernel takes (B, H, L, D) views with a contiguous last dim, a bias in q's dtype broadcastable to
+    (B, H, Lq, Lk), and returns the lse float32 (B, H, Lq rounded up to 32): the padding is cut off here.
+    """
+    op = op or torch.ops.aten._scaled_dot_product_efficient_attention
+    B, Lq, H, _ = q.shape
+    qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))  # (B, H, L, D)
+    bias = None
     if key_valid is not None:
-        scores = scores.masked_fill(~key_valid[:, None, None, :], float("-inf"))
-    lse = scores.logsumexp(-1)  # (B, H, Lq)
-    out = (scores - lse[..., None]).exp() @ vt.float()
-    return out.to(q.dtype).transpose(1, 2), lse
+        bias = key_bias(key_valid, q.dtype)[:, None, None].expand(B, H, Lq, key_valid.shape[1])  # (B, H, Lq, Lk)
+    out, lse = op(qt, kt, vt, bias, True)[:2]
+    return out.transpose(1, 2), lse[..., :Lq].float()
+
+
+def math_chunk(B: int, H: int, Lk: int) -> int:
+    """Queries per chunk on the explicit path: at most `MATH_SCORES` float32 scores (B, H, chunk, Lk) at a time."""
+    return max(1, MATH_SCORES // (B * H * max(Lk, 1)))
+
+
+def math_attention_lse(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_valid: torch.Tensor | None = None, chunk: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`attention_lse` as explicit float32 math over query chunks (default `math_chunk`), so the score matrix is
+    never (B, H, Lq, Lk) at once: out = exp(s - lse) v, lse = logsumexp_k s, s = q k^T / sqrt(D) (masked: -inf)."""
+    B, Lq, H, D = q.shape
+    chunk = chunk or math_chunk(B, H, k.shape[1])
+    kt, vt = k.float().transpose(1, 2), v.float().transpose(1, 2)  # (B, H, Lk, D)
+    outs, lses = [], []
+    for start in range(0, Lq, chunk):
+        qc = q[:, start : start + chunk].float().transpose(1, 2)  # (B, H, c, D)
+        scores = qc @ kt.transpose(-1, -2) * D**-0.5  # (B, H, c, Lk)
+        if key_valid is not None:
+            scores = scores.masked_fill(~key_valid[:, None, None, :], float("-inf"))
+        lse = scores.logsumexp(-1)  # (B, H, c)
+        outs.append(((scores - lse[..., None]).exp() @ vt).transpose(1, 2).to(q.dtype))  # (B, c, H, D)
+        lses.append(lse)
+    return torch.cat(outs, 1), torch.cat(lses, -1)
 
 
 def merge_lse(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:

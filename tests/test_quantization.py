@@ -1,5 +1,6 @@
-"""fp8 weight storage: quantisation math, real fp8 memory, closeness to the float model, the official file pair,
-and the fp8-compute (`torch._scaled_mm`) path against the upcast path."""
+"""hyvideo.quantization: fp8 weight storage (quantisation math, real fp8 memory, closeness to the float model, the
+official file pair) and the fp8-compute (`torch._scaled_mm`) path against the upcast path, under a stand-in that
+enforces CUDA's `_scaled_mm` contract for every compute precision."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import copy
 
 import pytest
 import torch
+from cuda_standins import CudaContractError, strict_scaled_mm
 from torch import nn
 
 from hyvideo.checkpoints.common import CheckpointError
@@ -261,3 +263,102 @@ def test_quantizing_while_loading_drops_float_pages_safely(tmp_path):
         assert torch.equal(loaded(*inp), want), path
         for name, t in expected.state_dict().items():
             assert torch.equal(loaded.state_dict()[name].view(torch.uint8), t.view(torch.uint8)), (path, name)
+
+
+# --- torch._scaled_mm's CUDA contract (tests/cuda_standins.strict_scaled_mm) ---
+
+
+def _mm_args(M=32, K=64, N=48):
+    a = torch.randn(M, K).to(FP8)
+    b = torch.randn(N, K).to(FP8).t()  # (K, N) column-major, as FP8Linear passes W8.t()
+    one = torch.ones((), dtype=torch.float32)
+    return a, b, one
+
+
+@pytest.mark.parametrize(
+    "case, match",
+    [
+        ("bias_fp32_out", "Bias is not supported when out_dtype is set to Float32"),
+        ("bias_fp32", "Bias must be BFloat16 or Half"),
+        ("bias_fp16_for_bf16", "Bias must be BFloat16"),
+        ("bias_bf16_for_fp16", "Bias must be Float16"),
+        ("row_major_b", "column-major"),
+        ("k_not_16", "divisible by 16"),
+        ("n_not_16", "divisible by 16"),
+        ("scale_fp16", "invalid scaling"),
+        ("scale_vector", "invalid scaling"),
+        ("out_int", "out_dtype"),
+    ],
+)
+def test_strict_scaled_mm_rejects_what_cuda_rejects(case, match):
+    a, b, one = _mm_args()
+    kw = {"scale_a": one, "scale_b": one, "out_dtype": torch.bfloat16}
+    if case == "bias_fp32_out":
+        kw.update(bias=torch.zeros(48, dtype=torch.bfloat16), out_dtype=torch.float32)
+    elif case == "bias_fp32":
+        kw.update(bias=torch.zeros(48))
+    elif case == "bias_fp16_for_bf16":
+        kw.update(bias=torch.zeros(48, dtype=torch.float16))
+    elif case == "bias_bf16_for_fp16":
+        kw.update(bias=torch.zeros(48, dtype=torch.bfloat16), out_dtype=torch.float16)
+    elif case == "row_major_b":
+        b = b.contiguous()
+    elif case == "k_not_16":
+        a, b, _ = _mm_args(K=40)
+    elif case == "n_not_16":
+        a, b, _ = _mm_args(N=40)
+    elif case == "scale_fp16":
+        kw.update(scale_a=one.half())
+    elif case == "scale_vector":
+        kw.update(scale_b=torch.ones(48))
+    elif case == "out_int":
+        kw.update(out_dtype=torch.int32)
+    with pytest.raises(CudaContractError, match=match):
+        strict_scaled_mm(a, b, **kw)
+    # the same call is accepted once the offending argument is made valid
+    a, b, one = _mm_args()
+    assert strict_scaled_mm(a, b, scale_a=one, scale_b=one, out_dtype=torch.bfloat16).shape == (32, 48)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("granularity", ["tensor", "channel"])
+def test_fp8_matmul_keeps_cuda_contract_in_every_precision(dtype, granularity):
+    """--fp8-compute with --precision fp32 passed a bias with a float32 output, which CUDA rejects."""
+    g = torch.Generator().manual_seed(1)
+    lin = nn.Linear(64, 48)
+    layer = FP8Linear.from_linear(lin, granularity)
+    x = torch.randn(3, 5, 64, generator=g).to(dtype)
+    bias = layer.bias.detach().to(dtype)
+    y = fp8_matmul(x, layer.weight, layer.scale, bias, mm=strict_scaled_mm)
+    assert y.dtype == dtype and y.shape == (3, 5, 48)
+    ref = fp8_matmul(x.float(), layer.weight, layer.scale, layer.bias.detach(), mm=emulated_scaled_mm)
+    # bf16 / fp16 output rounding of the product and bias (2^-8 / 2^-11 relative); fp32: summation order only
+    tol = {torch.bfloat16: 1e-2, torch.float16: 2e-3, torch.float32: 1e-6}[dtype]
+    assert rel(y, ref) < tol
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16", "fp32"])
+def test_fp8_compute_whole_model_under_cuda_contract(monkeypatch, precision):
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
+    model = quantize_dit(random_dit(TINY_DIT, 0)).to(dtype)
+    inp = [t.to(dtype) if t.is_floating_point() else t for t in dit_inputs()]
+    upcast = model(*inp)
+    calls = []
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs.get("out_dtype"))
+        return strict_scaled_mm(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "_scaled_mm", counting)
+    assert enable_fp8_compute(model) == len(fp8_layer_names(model))
+    out = model(*inp)
+    assert len(calls) >= len(fp8_layer_names(model)) and set(calls) == {dtype}
+    assert out.dtype == dtype and torch.isfinite(out).all()
+    assert rel(out, upcast) < FP8_OUTPUT_TOL
+
+
+def test_fp8_compute_only_for_kernel_shapes():
+    """Layers whose dims are not multiples of 16 keep the dequantising path (CUDA's kernel refuses them)."""
+    model = nn.Sequential(FP8Linear.from_linear(nn.Linear(64, 48)), FP8Linear.from_linear(nn.Linear(48, 40)))
+    assert enable_fp8_compute(model) == 1
+    assert model[0].fp8_compute and not model[1].fp8_compute

@@ -164,7 +164,8 @@ def bucket_sizes(base: int, stride: int = BUCKET_STRIDE, max_ratio: float = BUCK
 def nearest_bucket(height: int, width: int, buckets: list[tuple[int, int]]) -> tuple[int, int]:
     """The official choice: bucket ratios h/w rounded to 5 decimals; a portrait or square image takes the nearest
     bucket that is not taller than it (ratio <= its own), a landscape image the nearest that is strictly taller
-    (ratio > its own), so the shorter-side resize always covers the bucket. First bucket wins a tie."""
+    (ratio > its own), so the shorter-side resize always covers the bucket. No two buckets share a ratio, so there
+    is never a tie."""
     ratio = height / width
     best, best_gap = None, math.inf
     for h, w in buckets:

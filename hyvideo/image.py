@@ -18,6 +18,7 @@ import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -89,7 +90,7 @@ def load_image(path: str | Path, flag: str = IMAGE_FLAG) -> SourceImage:
     return SourceImage(to_rgb(image, str(p), flag), p, digest.hexdigest())
 
 
-def _decode(f, p: Path, flag: str) -> Image.Image:
+def _decode(f: BinaryIO, p: Path, flag: str) -> Image.Image:
     """Header first (size limits), then the pixels, then the EXIF orientation."""
     with warnings.catch_warnings():
         # Pillow warns above its own limit and raises above twice that; both become our one-line refusal.
@@ -117,6 +118,8 @@ def _decode(f, p: Path, flag: str) -> Image.Image:
         raise UsageError(flag, f"{p}: cannot decode it, truncated or corrupt ({type(e).__name__}: {e})") from None
     if orientation not in (1, None):
         logger.info(f"{p}: applied its EXIF orientation {orientation} (now {upright.width}x{upright.height})")
+    if getattr(image, "n_frames", 1) > 1:  # animated GIF / APNG / WebP, multi-page TIFF
+        logger.info(f"{p}: has {image.n_frames} frames; using the first")
     return upright
 
 

@@ -358,6 +358,24 @@ def cover_reference(image: Image.Image, H: int, W: int) -> torch.Tensor:
     return (torch.from_numpy(x) * 2 - 1).permute(2, 0, 1)[None, :, None]
 
 
+def test_file_to_pixels_as_the_release_loads_it(tmp_path, logs):
+    """load_image + prepare_image on a JPEG equals the release's Image.open(path).convert("RGB") + its transform."""
+    p = tmp_path / "photo.jpg"
+    Image.fromarray(rgb_array(480, 640, seed=9)).save(p, quality=90)
+    cond = prepare_image(load_image(p).image, resolution="360p")
+    release = Image.open(p).convert("RGB")
+    assert torch.equal(cond.pixels, official_transform(release, i2v_bucket("360p", 480, 640)))
+    assert np.array_equal(np.asarray(cond.whole), np.asarray(release))
+
+
+def test_animated_image_uses_the_first_frame(tmp_path, logs):
+    frames = [Image.fromarray(np.full((8, 8, 3), v, np.uint8)) for v in (10, 200)]
+    p = tmp_path / "anim.png"
+    frames[0].save(p, save_all=True, append_images=frames[1:])
+    assert np.asarray(load_image(p).image).max() == 10
+    assert "has 2 frames; using the first" in " ".join(logs)
+
+
 def test_explicit_size_equal_to_the_bucket_is_the_bucket_crop():
     image = Image.fromarray(rgb_array(1080, 1920))
     bucket = prepare_image(image, resolution="540p")

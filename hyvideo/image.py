@@ -132,7 +132,7 @@ def to_rgb(image: Image.Image, name: str = "image", flag: str = IMAGE_FLAG) -> I
     mode = image.mode
     if mode.startswith("I;16") or mode == "I":  # 16-bit grayscale PNG / TIFF
         values = np.clip(np.asarray(image, dtype=np.int64), 0, 65535) >> 8  # (H, W) in 0..255
-        rgb = Image.fromarray(values.astype(np.uint8), mode="L").convert("RGB")
+        rgb = Image.fromarray(values.astype(np.uint8)).convert("RGB")
         logger.info(f"{name}: 16-bit grayscale ({mode}) converted to 8-bit RGB")
         return rgb
     if mode == "F":

@@ -164,7 +164,7 @@ def test_rgb_loads_unchanged_with_its_hash(tmp_path, logs):
 def test_grayscale_palette_rgba_converted_with_a_log_line(tmp_path, logs):
     a = rgb_array(16, 24)
     gray = tmp_path / "gray.png"
-    Image.fromarray(a[..., 0], mode="L").save(gray)
+    Image.fromarray(a[..., 0]).save(gray)
     out = np.asarray(load_image(gray).image)
     assert all(np.array_equal(out[..., c], a[..., 0]) for c in range(3))
 
@@ -177,7 +177,7 @@ def test_grayscale_palette_rgba_converted_with_a_log_line(tmp_path, logs):
     rgba = tmp_path / "rgba.png"
     alpha = np.zeros((16, 24), np.uint8)
     alpha[:, 12:] = 255
-    Image.fromarray(np.dstack([a, alpha]), mode="RGBA").save(rgba)
+    Image.fromarray(np.dstack([a, alpha])).save(rgba)
     out = np.asarray(load_image(rgba).image)
     assert np.array_equal(out, a)  # alpha dropped: fully transparent pixels keep their stored colour (official)
 

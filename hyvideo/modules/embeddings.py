@@ -1,4 +1,5 @@
-"""Input embeddings: timestep sinusoid, MLP embedders, patch embedding and the 3D RoPE table (docs/DESIGN.md §2)."""
+"""Input embeddings: timestep sinusoid, MLP embedders, patch embedding and the 3D RoPE table (docs/DESIGN.md §2),
+with RIFLEx for videos longer than the training length (docs/DESIGN.md §15)."""
 
 from __future__ import annotations
 
@@ -66,15 +67,53 @@ class PatchEmbed(nn.Module):
         return self.proj(x).flatten(2).transpose(1, 2)
 
 
-def rope_table(grid: tuple[int, int, int], axes: tuple[int, ...], theta: float, device=None) -> torch.Tensor:
+# RIFLEx (long videos, docs/DESIGN.md §15): the temporal RoPE component whose period (~50 latent frames) is closest
+# to where HunyuanVideo starts repeating itself, numbered from 1 as in the RIFLEx paper and code.
+RIFLEX_K = 4
+RIFLEX_MARGIN = 0.9  # one period = length / 0.9: the video stays within 90 % of a turn
+TRAINED_FRAMES = 129  # video frames the released model was trained on (33 latent frames)
+RIFLEX_MODES = ("auto", "on", "off")
+
+
+def rope_freqs(d: int, theta: float, device=None) -> torch.Tensor:
+    """Angular frequencies theta^(-2j/d), j < d/2, of one axis with d dims: (d/2,) fp32."""
+    return 1.0 / theta ** (torch.arange(0, d, 2, dtype=torch.float32, device=device)[: d // 2] / d)
+
+
+def riflex_rope_freqs(freqs: torch.Tensor, k: int, length: int) -> torch.Tensor:
+    """RIFLEx: a copy of freqs (d/2,) whose component k (1-based) is 0.9 * 2*pi / length, so that `length` positions
+    (latent frames) cover 90 % of one of its periods; every other component unchanged."""
+    if not 1 <= k <= freqs.shape[0]:
+        raise ValueError(f"RIFLEx component k={k} outside 1..{freqs.shape[0]} (the temporal axis has that many pairs)")
+    if length < 1:
+        raise ValueError(f"RIFLEx length must be >= 1 latent frame, got {length}")
+    out = freqs.clone()
+    out[k - 1] = RIFLEX_MARGIN * 2 * math.pi / length  # a Python float, rounded once to fp32
+    return out
+
+
+def riflex_applies(mode: str, video_length: int, trained_frames: int = TRAINED_FRAMES) -> bool:
+    """`--riflex`: on, off, or auto = on exactly when the video is longer than the frames the model was trained on."""
+    if mode not in RIFLEX_MODES:
+        raise ValueError(f"riflex mode {mode!r} is not one of {RIFLEX_MODES}")
+    return mode == "on" or (mode == "auto" and video_length > trained_frames)
+
+
+def rope_table(
+    grid: tuple[int, int, int], axes: tuple[int, ...], theta: float, device=None, *, riflex_k: int | None = None
+) -> torch.Tensor:
     """Complex rotations for every token of a (T, H, W) token grid, t-major: (T*H*W, sum(axes)/2) complex64.
 
     Axis i with d_i dims rotates pair j by angle pos_i * theta^(-2j/d_i), j < d_i/2, pos_i = 0..n_i-1. Pairs are
-    adjacent elements (x0, x1), so a complex multiply of view_as_complex(x) applies the rotation.
+    adjacent elements (x0, x1), so a complex multiply of view_as_complex(x) applies the rotation. riflex_k: lower the
+    temporal component k (1-based) so that one period covers 1/0.9 of the T positions (`riflex_rope_freqs`); None
+    leaves the table exactly as without it.
     """
     angles = []
-    for n, d in zip(grid, axes, strict=True):
-        freqs = 1.0 / theta ** (torch.arange(0, d, 2, dtype=torch.float32, device=device)[: d // 2] / d)  # (d/2,)
+    for i, (n, d) in enumerate(zip(grid, axes, strict=True)):
+        freqs = rope_freqs(d, theta, device)  # (d/2,)
+        if i == 0 and riflex_k is not None:
+            freqs = riflex_rope_freqs(freqs, riflex_k, n)
         angles.append(torch.outer(torch.arange(n, dtype=torch.float32, device=device), freqs))  # (n, d/2), fp32
     T, H, W = grid
     full = torch.cat(

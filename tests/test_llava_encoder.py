@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -33,7 +34,7 @@ from hyvideo.modules.llava_encoder import (
     template_positions,
 )
 from hyvideo.tiny_llava import ADDED_TOKENS, set_config_ids, write_llava_diffusers, write_llava_official
-from hyvideo.tiny_text import build_llm_tokenizer
+from hyvideo.tiny_text import build_llm_tokenizer, write_text_encoders_diffusers
 
 SHORT = "A cat walks on the grass, realistic"
 LONG = "A panda dances happily in a snowy forest at night. " * 40  # ~480 tokens: truncated to text_len
@@ -386,3 +387,41 @@ def test_free_releases_both_models(roots, image):
     enc = _encoders(roots[0])
     enc.free()
     assert enc.llava.model is None and enc.clip.model is None
+
+
+def test_pad_id_falls_back_to_the_config_then_eos(roots, tmp_path):
+    """A tokenizer without a pad token pads with the config's pad id, else the language model's, else EOS."""
+    root = tmp_path / "nopad"
+    shutil.copytree(roots[0], root)
+    tokenizer_config = root / "tokenizer" / "tokenizer_config.json"
+    config = json.loads(tokenizer_config.read_text())
+    del config["pad_token"]
+    tokenizer_config.write_text(json.dumps(config))
+    model_config = root / "text_encoder" / "config.json"
+    config = json.loads(model_config.read_text())
+    reserved = config["image_token_index"] - 1
+    config["pad_token_id"], config["text_config"]["pad_token_id"] = None, reserved
+    model_config.write_text(json.dumps(config))
+    assert _encoders(root).llava.tokenizer.pad_token_id == reserved
+    config["text_config"]["pad_token_id"] = None
+    model_config.write_text(json.dumps(config))
+    tok = _encoders(root).llava.tokenizer
+    assert tok.pad_token_id == tok.eos_token_id
+
+
+def test_unusable_folders_are_named(roots, tmp_path):
+    t2v = tmp_path / "t2v"
+    write_text_encoders_diffusers(t2v)
+    cfg = LlavaEncoderConfig.from_model_base(roots[0], precision="fp32", precision_2="fp32")
+    # the text-to-video LLM folder is not a LLaVA (its tokenizer has no <image> either)
+    with pytest.raises(CheckpointError, match="not a LLaVA checkpoint"):
+        I2VTextEncoders(replace(cfg, llava_path=t2v / "text_encoder"))
+    no_processor = tmp_path / "no_processor"
+    shutil.copytree(roots[0] / "image_processor", no_processor)
+    (no_processor / "preprocessor_config.json").unlink()
+    with pytest.raises(CheckpointError, match="no_processor: cannot load the LLaVA image processor"):
+        I2VTextEncoders(replace(cfg, image_processor_path=no_processor))
+    with pytest.raises(CheckpointError, match="<image>"):
+        I2VTextEncoders(replace(cfg, tokenizer_path=t2v / "tokenizer"))
+    with pytest.raises(ValueError, match="condition_type"):
+        replace(cfg, condition_type="concat")

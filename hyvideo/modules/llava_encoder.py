@@ -169,6 +169,15 @@ def black_image(size: tuple[int, int]) -> Image.Image:
     return Image.new("RGB", size, (0, 0, 0))
 
 
+def _pad_token_id(config, tokenizer: PreTrainedTokenizerBase) -> int:
+    """The pad id a LLaVA folder names (its config, else its language model's), else end-of-sequence as for
+    plain Llama-3; only for a tokenizer without a pad token."""
+    for value in (getattr(config, "pad_token_id", None), getattr(config.text_config, "pad_token_id", None)):
+        if value is not None:
+            return value
+    return tokenizer.eos_token_id
+
+
 def _load_llava(path: str | Path, dtype: torch.dtype, device: torch.device | str, skip_last: int) -> torch.nn.Module:
     """The LLaVA without its LM head and without the last `skip_last` language-model layers, with an identity for
     the final norm: its output is `hidden_states[-(skip_last + 1)]` of the full model. Loads the released key names
@@ -217,7 +226,7 @@ class LlavaEncoder:
         self.model = _load_llava(path, dtype, device, hidden_state_skip_layer)
         config = self.model.config
         if self.tokenizer.pad_token is None:  # padded positions are masked out; the id is the one the model names
-            self.tokenizer.pad_token = self.tokenizer.convert_ids_to_tokens(config.pad_token_id)
+            self.tokenizer.pad_token = self.tokenizer.convert_ids_to_tokens(_pad_token_id(config, self.tokenizer))
         self.positions = template_positions(self.tokenizer)
         self.image_token_index = config.image_token_index  # what the model looks for in place of `<image>`
         self.image_features = image_feature_count(config)

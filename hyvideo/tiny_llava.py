@@ -222,6 +222,13 @@ def write_llava_diffusers(root: str | Path, seed: int = 0) -> TinyLlavaDims:
     return _dims(llava, clip)
 
 
+def write_llava(root: str | Path, layout: str = "official", seed: int = 0) -> TinyLlavaDims:
+    """The I2V text encoders of a tiny model in `layout` ("official" or "diffusers"), same weights for a seed."""
+    if layout not in ("official", "diffusers"):
+        raise ValueError(f"layout must be 'official' or 'diffusers', got {layout!r}")
+    return (write_llava_official if layout == "official" else write_llava_diffusers)(root, seed)
+
+
 def set_config_ids(folder: str | Path, **ids: int) -> None:
     """Rewrite ids in a LLaVA folder's config.json (`image_token_index=`, `pad_token_id=`): for tests that show
     the encoder reads them from the folder."""

@@ -33,7 +33,7 @@ from hyvideo.modules.llava_encoder import (
     kept_text_tokens,
     template_positions,
 )
-from hyvideo.tiny_llava import ADDED_TOKENS, set_config_ids, write_llava_diffusers, write_llava_official
+from hyvideo.tiny_llava import ADDED_TOKENS, set_config_ids, write_llava
 from hyvideo.tiny_text import build_llm_tokenizer, write_text_encoders_diffusers
 
 SHORT = "A cat walks on the grass, realistic"
@@ -54,7 +54,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def roots(tmp_path_factory):
     base = tmp_path_factory.mktemp("tiny_llava")
-    dims = write_llava_diffusers(base / "diffusers", seed=0), write_llava_official(base / "official", seed=0)
+    dims = write_llava(base / "diffusers", "diffusers", seed=0), write_llava(base / "official", seed=0)
     return base / "diffusers", base / "official", dims
 
 
@@ -139,7 +139,7 @@ def official_restatement(llava, tokenizer, processor, prompt, image, k, text_len
     return torch.cat([image_states, text]), torch.cat([torch.ones(len(image_states), dtype=torch.long), text_mask])
 
 
-def test_layouts_and_ids(roots):
+def test_layouts_and_ids(roots, tmp_path):
     diffusers_root, official_root, (dims_d, dims_o) = roots
     assert dims_d == dims_o
     for sub in ("text_encoder", "tokenizer", "image_processor", "text_encoder_2", "tokenizer_2"):
@@ -163,6 +163,8 @@ def test_layouts_and_ids(roots):
     assert added == [len(tok) - 3, len(tok) - 2, len(tok) - 1]
     assert (dims_d.image_token_index, dims_d.pad_token_id) == (added[1], added[2]) == (len(tok) - 2, len(tok) - 1)
     assert dims_d.image_token_index != 32000
+    with pytest.raises(ValueError, match="layout"):
+        write_llava(tmp_path, "comfyui")
 
 
 def test_template_positions_are_derived_from_the_tokenizer(encoders):

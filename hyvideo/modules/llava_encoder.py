@@ -179,9 +179,10 @@ def _pad_token_id(config, tokenizer: PreTrainedTokenizerBase) -> int:
 
 
 def _load_llava(path: str | Path, dtype: torch.dtype, device: torch.device | str, skip_last: int) -> torch.nn.Module:
-    """The LLaVA without its LM head and without the last `skip_last` language-model layers, with an identity for
-    the final norm: its output is `hidden_states[-(skip_last + 1)]` of the full model. Loads the released key names
-    (transformers 4.39) and the current ones alike."""
+    """The LLaVA (`LlavaModel`: vision tower, projector, language model; no LM head) built without the last
+    `skip_last` language-model layers, whose weights are never read: with its final norm replaced by an identity
+    (done by the caller), its output is `hidden_states[-(skip_last + 1)]` of the full model. Loads the released key
+    names (transformers 4.39) and the current ones alike."""
     with _loading(path, "LLaVA text encoder"), _quiet_transformers():
         config = AutoConfig.from_pretrained(path, local_files_only=True)
     if getattr(config, "vision_config", None) is None:

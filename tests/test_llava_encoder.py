@@ -16,6 +16,7 @@ from diffusers import (
     HunyuanVideoImageToVideoPipeline,
     HunyuanVideoTransformer3DModel,
 )
+from loguru import logger
 from PIL import Image
 from safetensors import safe_open
 from transformers import AutoTokenizer, CLIPImageProcessor, CLIPTextModel, CLIPTokenizer, LlavaForConditionalGeneration
@@ -378,6 +379,30 @@ def test_truncation_follows_the_official_rule(encoders):
     assert assistant_start(quirk, pos) == crop + 10
     expected = [*range(crop, crop + 6), *range(crop + 10, length)]
     assert kept_text_tokens(quirk[None], pos)[0].tolist() == expected
+
+
+def test_truncation_logs_the_prompt_text_lost(encoders):
+    """The warning names what the model does not see: the prompt beyond its first text_len - 4 tokens (not the
+    template's header, which truncation also removes); a prompt that exactly fits logs nothing."""
+    tok, pos = encoders.llava.tokenizer, encoders.llava.positions
+    prompt_ids = tok(LONG, add_special_tokens=False)["input_ids"]
+    messages = []
+    sink = logger.add(lambda m: messages.append(str(m)), level="WARNING")
+    try:
+        encoders.llava.tokenize([LONG])
+        fits = tok.decode(prompt_ids[: 256 - HEADER])
+        assert len(tok(fits, add_special_tokens=False)["input_ids"]) == 256 - HEADER
+        encoders.llava.tokenize([fits])
+    finally:
+        logger.remove(sink)
+    assert len(messages) == 1, messages
+    assert f"{len(prompt_ids)} tokens, more than the {256 - HEADER} kept" in messages[0]
+    assert repr(tok.decode(prompt_ids[256 - HEADER :])) in messages[0]
+    assert "assistant" not in messages[0]
+    # what is kept is indeed the prompt's first 252 tokens
+    batch = encoders.llava.tokenize([LONG])
+    keep = kept_text_tokens(batch["input_ids"], pos)[0]
+    assert batch["input_ids"][0, keep].tolist() == prompt_ids[: 256 - HEADER]
 
 
 def test_a_prompt_holding_the_image_placeholder_is_refused(encoders, image):

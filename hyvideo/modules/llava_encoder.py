@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from loguru import logger
 from PIL import Image
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
@@ -41,7 +42,6 @@ from hyvideo.modules.text_encoders import (
     _free,
     _loading,
     _quiet_transformers,
-    _warn_truncated,
 )
 
 IMAGE_TOKEN = "<image>"
@@ -247,12 +247,26 @@ class LlavaEncoder:
         max_length = self.text_len + self.positions.crop_start
         texts = [I2V_TEMPLATE.format(p) for p in prompts]
         batch = self.tokenizer(texts, max_length=max_length, padding="max_length", truncation=True, return_tensors="pt")
-        _warn_truncated(self.tokenizer, texts, max_length, "LLaVA text encoder")
+        self._warn_truncated(texts)
         slot = batch["input_ids"][:, self.positions.image_slot]
         images = (batch["input_ids"] == self.positions.image_token_id).sum(1)
         if not (slot == self.positions.image_token_id).all() or not (images == 1).all():
             raise ValueError(f"a prompt may not contain {IMAGE_TOKEN} (the template's image placeholder)")
         return batch
+
+    def _warn_truncated(self, texts: list[str]) -> None:
+        """Log the prompt text a truncated prompt loses. Truncation drops the assistant header, so the official
+        rule (`assistant_start`) cuts the row's last h tokens instead: the prompt keeps text_len - h tokens."""
+        crop, h = self.positions.crop_start, self.positions.header_len
+        kept_end = crop + self.text_len - h  # end of the prompt tokens kept, when truncated
+        for i, ids in enumerate(self.tokenizer(texts, truncation=False)["input_ids"]):
+            end = len(ids) - (h + 1)  # the prompt ends where eot + assistant header + "\n\n" begin
+            if end > kept_end:
+                dropped = self.tokenizer.decode(ids[kept_end:end])
+                logger.warning(
+                    f"LLaVA text encoder: prompt {i} is {end - crop} tokens, more than the {kept_end - crop} kept; "
+                    f"truncated, dropping: {dropped!r}"
+                )
 
     @torch.inference_mode()
     def encode(

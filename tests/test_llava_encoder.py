@@ -34,6 +34,7 @@ from hyvideo.modules.llava_encoder import (
     kept_text_tokens,
     template_positions,
 )
+from hyvideo.modules.text_encoders import PRECISIONS
 from hyvideo.tiny_llava import ADDED_TOKENS, set_config_ids, write_llava
 from hyvideo.tiny_text import build_llm_tokenizer, write_text_encoders_diffusers
 
@@ -60,7 +61,8 @@ def roots(tmp_path_factory):
 
 
 def _encoders(root, **overrides) -> I2VTextEncoders:
-    return I2VTextEncoders(LlavaEncoderConfig.from_model_base(root, precision="fp32", precision_2="fp32", **overrides))
+    settings = {"precision": "fp32", "precision_2": "fp32", **overrides}
+    return I2VTextEncoders(LlavaEncoderConfig.from_model_base(root, **settings))
 
 
 @pytest.fixture(scope="module")
@@ -403,6 +405,31 @@ def test_truncation_logs_the_prompt_text_lost(encoders):
     batch = encoders.llava.tokenize([LONG])
     keep = kept_text_tokens(batch["input_ids"], pos)[0]
     assert batch["input_ids"][0, keep].tolist() == prompt_ids[: 256 - HEADER]
+
+
+def test_a_batch_equals_its_rows(encoders, image):
+    """Two prompts with two images in one batch: each row equals its own encoding (measured: exactly)."""
+    other = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    batch = encoders.encode([SHORT, LONG], [image, other])
+    for i, (prompt, img) in enumerate([(SHORT, image), (LONG, other)]):
+        alone = encoders.encode(prompt, img)
+        assert torch.equal(batch.llm_mask[i : i + 1], alone.llm_mask)
+        real = alone.llm_mask.bool()
+        torch.testing.assert_close(batch.llm_states[i : i + 1][real], alone.llm_states[real], rtol=0, atol=1e-6)
+    assert (batch.llm_states[1, :4] - encoders.encode(LONG, image).llm_states[0, :4]).abs().max() > 0.1
+
+
+@pytest.mark.parametrize("precision, bound", [("fp16", 0.02), ("bf16", 0.08)])
+def test_half_precision_weights(roots, encoders, image, precision, bound):
+    """fp16 / bf16 weights (pixels cast to the model's dtype): states in that dtype, close to fp32. Bounds: 2x the
+    relative errors measured on these random weights (fp16 0.0093, bf16 0.043)."""
+    half = _encoders(roots[0], precision=precision, precision_2=precision)
+    ours, reference = half.encode([SHORT, LONG], image), encoders.encode([SHORT, LONG], image)
+    assert ours.llm_states.dtype == ours.clip_pooled.dtype == PRECISIONS[precision]
+    assert torch.equal(ours.llm_mask, reference.llm_mask)
+    real = ours.llm_mask.bool()
+    error = (ours.llm_states.float()[real] - reference.llm_states[real]).norm() / reference.llm_states[real].norm()
+    assert error < bound
 
 
 def test_a_prompt_holding_the_image_placeholder_is_refused(encoders, image):

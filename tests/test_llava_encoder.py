@@ -31,6 +31,7 @@ from hyvideo.modules.llava_encoder import (
     LlavaEncoderConfig,
     TemplatePositions,
     assistant_start,
+    check_prompt,
     kept_text_tokens,
     template_positions,
 )
@@ -433,8 +434,11 @@ def test_half_precision_weights(roots, encoders, image, precision, bound):
 
 
 def test_a_prompt_holding_the_image_placeholder_is_refused(encoders, image):
-    with pytest.raises(ValueError, match="<image>"):
-        encoders.encode("A cat <image> on the grass", image)
+    with pytest.raises(ValueError, match="may not contain '<image>'"):
+        check_prompt("A cat <image> on the grass")
+    check_prompt("A cat <img> on the grass, <image without its bracket")
+    with pytest.raises(ValueError, match="may not contain '<image>'"):
+        encoders.encode(["A cat", "A cat <image> on the grass"], image)
 
 
 def test_free_releases_both_models(roots, image):

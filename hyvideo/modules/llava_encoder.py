@@ -164,6 +164,13 @@ def select_states(
     return torch.cat([image, text], dim=1), torch.cat([image_mask, text_mask], dim=1)
 
 
+def check_prompt(prompt: str) -> None:
+    """Refuse a prompt holding the template's image placeholder (it would become a second image slot); cheap, so
+    callers can check user input before loading anything."""
+    if IMAGE_TOKEN in prompt:
+        raise ValueError(f"a prompt may not contain {IMAGE_TOKEN!r} (the I2V template's image placeholder)")
+
+
 def black_image(size: tuple[int, int]) -> Image.Image:
     """The image the negative prompt is encoded with (official): black RGB of `size` = (width, height)."""
     return Image.new("RGB", size, (0, 0, 0))
@@ -244,14 +251,15 @@ class LlavaEncoder:
 
     def tokenize(self, prompts: list[str]) -> dict[str, torch.Tensor]:
         """The prompts in the template: input_ids, attention_mask (B, text_len + crop_start)."""
+        for prompt in prompts:
+            check_prompt(prompt)
         max_length = self.text_len + self.positions.crop_start
         texts = [I2V_TEMPLATE.format(p) for p in prompts]
         batch = self.tokenizer(texts, max_length=max_length, padding="max_length", truncation=True, return_tensors="pt")
         self._warn_truncated(texts)
-        slot = batch["input_ids"][:, self.positions.image_slot]
-        images = (batch["input_ids"] == self.positions.image_token_id).sum(1)
-        if not (slot == self.positions.image_token_id).all() or not (images == 1).all():
-            raise ValueError(f"a prompt may not contain {IMAGE_TOKEN} (the template's image placeholder)")
+        images = batch["input_ids"] == self.positions.image_token_id  # (B, L)
+        if not images[:, self.positions.image_slot].all() or not (images.sum(1) == 1).all():
+            raise ValueError(f"the tokenized template does not hold one {IMAGE_TOKEN} at {self.positions.image_slot}")
         return batch
 
     def _warn_truncated(self, texts: list[str]) -> None:

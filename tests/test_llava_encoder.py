@@ -36,6 +36,7 @@ from hyvideo.modules.llava_encoder import (
     template_positions,
 )
 from hyvideo.modules.text_encoders import PRECISIONS
+from hyvideo.tiny import TINY_DIT, random_dit
 from hyvideo.tiny_llava import ADDED_TOKENS, set_config_ids, write_llava
 from hyvideo.tiny_text import build_llm_tokenizer, write_text_encoders_diffusers
 
@@ -431,6 +432,21 @@ def test_half_precision_weights(roots, encoders, image, precision, bound):
     real = ours.llm_mask.bool()
     error = (ours.llm_states.float()[real] - reference.llm_states[real]).norm() / reference.llm_states[real].norm()
     assert error < bound
+
+
+def test_the_dit_takes_the_embeddings_as_for_text_to_video(encoders, image):
+    """The T2V DiT (text width 32 as the tiny LLaVA) runs on them unchanged, and the masked text positions do not
+    reach its output (the image states come first and are always attended)."""
+    emb = encoders.encode([SHORT, LONG], image)
+    dit = random_dit(TINY_DIT, seed=0).eval()
+    x = torch.randn(2, 16, 2, 4, 4, generator=torch.Generator().manual_seed(0))
+    t, guidance = torch.tensor([900.0, 900.0]), torch.tensor([6000.0, 6000.0])
+    with torch.no_grad():
+        out = dit(x, t, emb.llm_states, emb.llm_mask, emb.clip_pooled, guidance)
+        noisy = emb.llm_states.masked_fill(~emb.llm_mask.bool()[..., None], 1e3)
+        out_noisy_padding = dit(x, t, noisy, emb.llm_mask, emb.clip_pooled, guidance)
+    assert out.shape == x.shape and torch.isfinite(out).all()
+    assert torch.equal(out_noisy_padding, out)  # measured: identical (masked keys get exactly zero weight)
 
 
 def test_a_prompt_holding_the_image_placeholder_is_refused(encoders, image):

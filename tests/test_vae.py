@@ -276,8 +276,10 @@ def test_decode_latents_applies_the_scaling_factor(ours):
             2 * 3 * 7,
         ),
         (TilingConfig(), (1, 16, 2, 4, 4), 1),  # one tile, one chunk (the first reads chunk_latents + 1)
+        # only the width needs tiles: 1 x 4 spatial tiles x chunks [0, 2), [2, 3)
+        (TilingConfig(tile_size=32, tile_stride=24), (1, 16, 3, 3, 10), 1 * 4 * 2),
     ],
-    ids=["untiled", "chunked", "tiles", "small"],
+    ids=["untiled", "chunked", "tiles", "small", "wide"],
 )
 def test_decode_reports_progress_per_pass_and_output_is_unchanged(ours, tiling, shape, passes):
     ours.tiling = tiling or TilingConfig(enabled=False)

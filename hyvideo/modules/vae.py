@@ -720,7 +720,6 @@ class HYVideoVAE(nn.Module):
 
         with heap_buffers(z.device.type == "cpu" and self.tiling.enabled):  # untiled: few, huge buffers
             out = self._decode(self._in(z), step).contiguous()
-        assert done == total, f"decoded {done} passes, planned {total}"
         return out.clamp_(-1.0, 1.0) if clamp else out
 
     def decode_latents(

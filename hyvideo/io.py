@@ -179,33 +179,44 @@ def save_latents_fallback(
 
 def output_dir_problem(path: str | Path) -> str | None:
     """Why files cannot be written into folder `path` (one line), or None if they can. Cheap, meant to run before
-    anything loads: it creates the missing folders and one empty file the way the run will, then removes what it
-    made (nothing is left behind). Doing it rather than reading permission bits also catches what root cannot
-    bypass: a read-only mount, /proc or /sys, a regular file where a folder should be, an over-long name."""
+    anything loads. It writes rather than reads permission bits, which also catches what root cannot bypass (a
+    read-only mount, /proc or /sys, a regular file where a folder should be, an over-long name): an empty file in
+    `path` if it exists, else the missing folders rebuilt inside a private scratch folder in the deepest existing
+    one. The scratch folder is removed, the real folders are never created: nothing is left behind, and processes
+    checking the same path at once (torchrun ranks) cannot disturb one another."""
     path = Path(path)
-    chain = [p for p in (*reversed(path.parents), path) if str(p) not in ("", ".")]
+    chain = [p for p in (*reversed(path.parents), path) if str(p) not in ("", ".")]  # outermost first
     for p in chain:  # a regular file (or a device, ...) where a folder is needed
         if os.path.lexists(p) and not os.path.isdir(p):
             return f"{p} exists and is not a folder"
-    created: list[Path] = []
+    missing = [p for p in chain if not os.path.isdir(p)]  # os.path: False, not an exception, for an over-long name
+    if not missing:
+        return _probe_file(path, path)
     try:
-        for p in chain:
-            if not os.path.isdir(p):  # os.path: False, not an exception, for an over-long name
-                try:
-                    p.mkdir()
-                except OSError as e:
-                    return f"cannot create the folder {p}: {e.strerror or e}"
-                created.append(p)
-        try:
-            fd, probe = tempfile.mkstemp(dir=path, prefix=".hyvideo-write-check.")
-            os.close(fd)
-            os.unlink(probe)
-        except OSError as e:
-            return f"cannot write files in {path}: {e.strerror or e}"
+        scratch = Path(tempfile.mkdtemp(dir=missing[0].parent, prefix=".hyvideo-write-check."))
+    except OSError as e:
+        return f"cannot create the folder {missing[0]}: {e.strerror or e}"
+    try:
+        folder = scratch
+        for p in missing:  # the same names, so an over-long one fails here as it would in the run
+            folder = folder / p.name
+            try:
+                folder.mkdir()
+            except OSError as e:
+                return f"cannot create the folder {p}: {e.strerror or e}"
+        return _probe_file(folder, path)
     finally:
-        for p in reversed(created):
-            with contextlib.suppress(OSError):
-                p.rmdir()
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _probe_file(folder: Path, shown: Path) -> str | None:
+    """Create and delete an empty file in `folder`; the reason it failed, naming `shown`, or None."""
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".hyvideo-write-check.")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        return f"cannot write files in {shown}: {e.strerror or e}"
     return None
 
 

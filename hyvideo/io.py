@@ -153,6 +153,73 @@ def save_latents(latents: torch.Tensor, path: str | Path, metadata: Mapping[str,
     return path
 
 
+def save_latents_fallback(
+    latents: torch.Tensor, path: str | Path, metadata: Mapping[str, object] | None = None
+) -> Path:
+    """Keep computed latents when the normal output could not be written (disk full, folder removed meanwhile), so
+    `--decode-latents` can finish the job: `save_latents` to `path` if its folder still exists, else (or if that
+    fails) to the same file name in the temp folder, then in the home folder. Returns the path written, for the
+    caller to print; raises OSError naming every place tried when none works. Nothing partial is left anywhere."""
+    path = Path(path)
+    failures: list[str] = []
+    if not os.path.isdir(path.parent):
+        failures.append(f"{path.parent}: the folder no longer exists")
+    places = [path.parent, Path(tempfile.gettempdir()), Path.home()]
+    for folder in dict.fromkeys(places):  # in order, each once
+        if not os.path.isdir(folder):
+            if folder != path.parent:
+                failures.append(f"{folder}: not a folder")
+            continue
+        try:
+            return save_latents(latents, folder / path.name, metadata)
+        except OSError as e:
+            failures.append(f"{folder}: {e.strerror or e}")
+    raise OSError(errno.EIO, f"cannot keep the latents anywhere ({'; '.join(failures)})")
+
+
+def output_dir_problem(path: str | Path) -> str | None:
+    """Why files cannot be written into folder `path` (one line), or None if they can. Cheap, meant to run before
+    anything loads. It writes rather than reads permission bits, which also catches what root cannot bypass (a
+    read-only mount, /proc or /sys, a regular file where a folder should be, an over-long name): an empty file in
+    `path` if it exists, else the missing folders rebuilt inside a private scratch folder in the deepest existing
+    one. The scratch folder is removed, the real folders are never created: nothing is left behind, and processes
+    checking the same path at once (torchrun ranks) cannot disturb one another."""
+    path = Path(path)
+    chain = [p for p in (*reversed(path.parents), path) if str(p) not in ("", ".")]  # outermost first
+    for p in chain:  # a regular file (or a device, ...) where a folder is needed
+        if os.path.lexists(p) and not os.path.isdir(p):
+            return f"{p} exists and is not a folder"
+    missing = [p for p in chain if not os.path.isdir(p)]  # os.path: False, not an exception, for an over-long name
+    if not missing:
+        return _probe_file(path, path)
+    try:
+        scratch = Path(tempfile.mkdtemp(dir=missing[0].parent, prefix=".hyvideo-write-check."))
+    except OSError as e:
+        return f"cannot create the folder {missing[0]}: {e.strerror or e}"
+    try:
+        folder = scratch
+        for p in missing:  # the same names, so an over-long one fails here as it would in the run
+            folder = folder / p.name
+            try:
+                folder.mkdir()
+            except OSError as e:
+                return f"cannot create the folder {p}: {e.strerror or e}"
+        return _probe_file(folder, path)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _probe_file(folder: Path, shown: Path) -> str | None:
+    """Create and delete an empty file in `folder`; the reason it failed, naming `shown`, or None."""
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".hyvideo-write-check.")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        return f"cannot write files in {shown}: {e.strerror or e}"
+    return None
+
+
 def load_latents(path: str | Path) -> tuple[torch.Tensor, dict[str, str]]:
     """Read a file written by `save_latents`: (latents float32, metadata). Raises KeyError without "latents",
     ValueError for a file that is not safetensors (truncated, corrupt, another format)."""

@@ -148,3 +148,28 @@ def initial_noise(
         for s in seeds
     ]
     return torch.stack(noise).to(device)
+
+
+def official_noise(
+    shape: Sequence[int],
+    seeds: int | Sequence[int],
+    device: torch.device | str,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """Starting latents drawn as the official sampler draws them, so a seed reproduces an official video on the same
+    GPU type: video i is torch.randn((1, *shape[1:])) from its own generator on `device` (the run's device, e.g.
+    cuda:<local rank>) seeded `seeds[i]` (an int seed means seed + i, as the official `seed + i` per video), drawn
+    directly on that device in `dtype`: the official passes the prompt embeddings' dtype, i.e. the LLM text encoder's
+    (--text-encoder-precision, fp16 by default). Unlike `initial_noise` the values depend on the device type (CPU and
+    CUDA generators differ) and are rounded to `dtype`. Returns `shape` float32 (an exact upcast of the draw; the
+    official sampler upcasts its latents to float32 at the first step)."""
+    batch = shape[0]
+    seeds = [seeds + i for i in range(batch)] if isinstance(seeds, int) else list(seeds)
+    if len(seeds) != batch:
+        raise ValueError(f"{len(seeds)} seeds for a batch of {batch}")
+    device = torch.device(device)
+    noise = [
+        torch.randn((1, *shape[1:]), generator=torch.Generator(device).manual_seed(s), device=device, dtype=dtype)
+        for s in seeds
+    ]  # each (1, C, T, H, W)
+    return torch.cat(noise).float()

@@ -16,6 +16,7 @@ from hyvideo.sampling import (
     flow_sigmas,
     initial_noise,
     latent_shape,
+    official_noise,
     timesteps,
     with_cfg,
     with_cond,
@@ -125,3 +126,29 @@ def test_initial_noise_is_per_video_seeded():
         initial_noise(shape, [1, 2])
     with pytest.raises(ValueError):
         latent_shape(1, 128, 64, 64)
+
+
+def official_draw(seed: int, videos: int, shape: tuple[int, ...], device: str, dtype: torch.dtype) -> torch.Tensor:
+    """The official sampler's start noise, restated from its code: one torch.Generator(device) per video seeded
+    seed + i (predict()), then the pipeline's prepare_latents -> diffusers' randn_tensor(shape, generator=list,
+    device=device, dtype=prompt_embeds.dtype)."""
+    generators = [torch.Generator(device).manual_seed(seed + i) for i in range(videos)]
+    return randn_tensor((videos, *shape), generator=generators, device=torch.device(device), dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_official_noise_reproduces_the_official_draw(dtype):
+    shape = latent_shape(3, 33, 48, 80)  # (3, 16, 9, 6, 10)
+    want = official_draw(77, 3, shape[1:], "cpu", dtype)
+    got = official_noise(shape, 77, "cpu", dtype)
+    assert got.dtype == torch.float32 and got.shape == shape
+    assert torch.equal(got, want.float())
+    assert torch.equal(got[2:], official_noise((1, *shape[1:]), [79], "cpu", dtype))  # video i: seed + i, any batch
+    ours = initial_noise(shape, 77)
+    if dtype == torch.float32:  # on the CPU the float32 draws coincide; only the dtype (and on CUDA the generator's
+        assert torch.equal(got, ours)  # device) makes the official noise differ from ours
+    else:
+        assert not torch.equal(got, ours)
+        assert torch.equal(got, ours.to(dtype).float())  # CPU: the half-precision draw is the float32 one, rounded
+    with pytest.raises(ValueError):
+        official_noise(shape, [1, 2], "cpu", dtype)

@@ -101,12 +101,54 @@ def test_parity_with_diffusers_encode_prompt(encoders, full_llm, video_length):
         text_encoder_2=encoders.clip.model,
         tokenizer_2=encoders.clip.tokenizer,
     )
-    template = {"template": encoders.template(video_length), "crop_start": encoders.crop_start(video_length)}
-    states, pooled, mask = pipe.encode_prompt(PROMPTS, prompt_template=template, device=torch.device("cpu"))
+    crop = encoders.crop_start(video_length)
+    template = {"template": encoders.template(video_length), "crop_start": crop}
+    kept = encoders.llm_input_length() - crop  # 256 for a video; 315 for 1 frame (the official input length)
+    states, pooled, mask = pipe.encode_prompt(
+        PROMPTS, prompt_template=template, device=torch.device("cpu"), max_sequence_length=kept
+    )
     ours = encoders.encode(PROMPTS, video_length)
     assert (ours.llm_states - states).abs().max().item() <= 1e-6
     assert (ours.clip_pooled - pooled).abs().max().item() <= 1e-6
     assert torch.equal(ours.llm_mask, mask)
+
+
+LONG = "A panda dances happily in a snowy forest at night. " * 25  # 300 tokens with the tiny tokenizer
+LONGER = "A panda dances happily in a snowy forest at night. " * 30  # 360 tokens
+
+
+def official_llm_rule(tokenizer, llm, prompt: str, video_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The official tool's LLM encoding, restated from its code: the input is padded / truncated to text_len + the
+    VIDEO template's hard-coded crop_start (256 + 95), whatever the request; the crop is the used template's."""
+    name = "dit-llm-encode-video" if video_length > 1 else "dit-llm-encode"
+    max_length = 256 + OFFICIAL_CROP_START["dit-llm-encode-video"]
+    batch = tokenizer(
+        [PROMPT_TEMPLATES[name].format(prompt)],
+        max_length=max_length,
+        padding="max_length",
+        truncation=True,
+        return_tensors="pt",
+    )
+    with torch.no_grad():
+        out = llm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True)
+    crop = OFFICIAL_CROP_START[name]
+    return out.hidden_states[-3][:, crop:], batch["attention_mask"][:, crop:]
+
+
+@pytest.mark.parametrize("prompt", [LONG, LONGER, PROMPTS[0]], ids=["300-tokens", "360-tokens", "short"])
+@pytest.mark.parametrize("video_length", [1, 129])
+def test_llm_input_length_follows_the_official_rule(encoders, full_llm, prompt, video_length):
+    """A 1-frame request keeps up to 315 prompt tokens (351 - 36), a video 256 (351 - 95); issue 13 item 12."""
+    want_states, want_mask = official_llm_rule(encoders.llm.tokenizer, full_llm, prompt, video_length)
+    emb = encoders.encode([prompt], video_length)
+    n_prompt = len(encoders.llm.tokenizer(prompt, add_special_tokens=False)["input_ids"]) + 1  # + <|eot_id|>
+    kept = min(n_prompt, 315 if video_length == 1 else 256)
+    assert emb.llm_states.shape[1] == want_states.shape[1] == (315 if video_length == 1 else 256)
+    assert int(emb.llm_mask.sum()) == int(want_mask.sum()) == kept
+    assert torch.equal(emb.llm_mask, want_mask)
+    assert (emb.llm_states - want_states).abs().max().item() <= 1e-6  # same fp32 LLM; ours stops 2 layers early
+    if video_length == 1 and prompt == LONG:  # kept whole: 301 positions where cropping at 256 would lose 45
+        assert kept == 301
 
 
 def test_official_layout_matches_diffusers_layout(roots, encoders):

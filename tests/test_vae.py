@@ -151,6 +151,28 @@ def test_tiled_encode_decode_match_diffusers(ours, ref):
     assert (ours.decode(z) - got_video).abs().max() > 1e-2  # tiling really happened
 
 
+@pytest.mark.parametrize("latents", [4, 5, 6])
+def test_time_tiling_starts_where_diffusers_and_the_official_vae_start_it(ours, ref, latents):
+    """Tiles of 16 frames (4 latents) stride 12, one spatial tile: the official VAE and diffusers tile a clip in time
+    from tile_frames / 4 + 1 latents (decode) and tile_frames + 1 frames (encode) on, i.e. 65 frames at the release's
+    64; a clip of exactly that length used to decode and encode untiled here (issue 13 item 13)."""
+    ref.enable_tiling(32, 32, 16, 24, 24, 12)
+    ref.use_framewise_encoding = ref.use_framewise_decoding = True
+    ours.tiling = TilingConfig(mode="tiles", tile_size=32, tile_stride=24, tile_frames=16, tile_stride_frames=12)
+    z = _randn(1, 16, latents, 3, 4, seed=23)
+    video = _randn(1, 3, 4 * (latents - 1) + 1, 24, 32, seed=24)
+    with torch.no_grad():
+        want_video = ref.decode(z).sample
+        want_mean = ref.encode(video).latent_dist.mean
+    got_video, got_mean = ours.decode(z), ours.encode(video).mean
+    assert got_video.shape == want_video.shape and got_mean.shape == want_mean.shape
+    assert (got_video - want_video).abs().max() <= TOL
+    assert (got_mean - want_mean).abs().max() <= TOL
+    ours.disable_tiling()
+    tiled_in_time = (ours.decode(z) - got_video).abs().max() > 1e-2
+    assert tiled_in_time == (latents > 4)  # 4 latents (13 frames) fit one tile; 5 (17 frames) already do not
+
+
 # --- causality ---------------------------------------------------------------------------------------------------------
 
 
@@ -178,9 +200,11 @@ def test_real_group_norm_is_the_only_non_causal_part(ours):
 # --- tiling and chunked decoding ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("mode", ["tiles", "chunked"])
-def test_video_within_one_tile_is_identical_with_tiling_on_or_off(ours, mode):
-    z = _randn(1, 16, 3, 4, 4, seed=7)  # 9 frames, 32x32 px: inside a 32 px / 8 frame tile and a 2-latent chunk
+@pytest.mark.parametrize(("mode", "latents"), [("tiles", 2), ("chunked", 3)])
+def test_video_within_one_tile_is_identical_with_tiling_on_or_off(ours, mode, latents):
+    """32x32 px and 5 frames fit a 32 px / 8 frame tile (the official rule: at most 8 / 4 latents); 9 frames fit
+    the first chunk of 2 + 1 latents."""
+    z = _randn(1, 16, latents, 4, 4, seed=7)
     ours.disable_tiling()
     off = ours.decode(z)
     ours.tiling = TilingConfig(
@@ -231,9 +255,43 @@ def test_half_precision_decode_is_close_to_fp32(dtype):
 def test_decode_latents_applies_the_scaling_factor(ours):
     z = _randn(1, 16, 2, 4, 4, seed=11)
     ours.disable_tiling()
-    video = ours.decode_latents(z * TINY.scaling_factor)
-    assert torch.allclose(video, ours.decode(z).clamp(-1, 1), atol=1e-5)
-    assert video.abs().max() <= 1
+    latents = z * TINY.scaling_factor
+    raw = ours.decode(latents / TINY.scaling_factor)
+    assert torch.allclose(raw, ours.decode(z), atol=1e-5)  # the scaling factor is divided out
+    assert (raw.abs() > 1).sum() > 10  # the random decoder overshoots: the clamp below has work to do
+    assert torch.equal(ours.decode_latents(latents), raw.clamp(-1, 1))
+    assert torch.equal(ours.decode_latents(latents, clamp=False), raw)
+
+
+@pytest.mark.parametrize(
+    ("tiling", "shape", "passes"),
+    [
+        (None, (1, 16, 4, 5, 7), 1),
+        # 2 x 3 spatial tiles (4 latents, stride 3, over 5 x 7) x chunks [0, 3), [3, 5), [5, 7)
+        (TilingConfig(mode="chunked", tile_size=32, tile_stride=24, chunk_latents=2), (1, 16, 7, 5, 7), 2 * 3 * 3),
+        # 2 x 3 spatial tiles x temporal tiles at latents 0, 1, ..., 6 (2 latents, stride 1)
+        (
+            TilingConfig(mode="tiles", tile_size=32, tile_stride=24, tile_frames=8, tile_stride_frames=4),
+            (1, 16, 7, 5, 7),
+            2 * 3 * 7,
+        ),
+        (TilingConfig(), (1, 16, 2, 4, 4), 1),  # one tile, one chunk (the first reads chunk_latents + 1)
+        # only the width needs tiles: 1 x 4 spatial tiles x chunks [0, 2), [2, 3)
+        (TilingConfig(tile_size=32, tile_stride=24), (1, 16, 3, 3, 10), 1 * 4 * 2),
+    ],
+    ids=["untiled", "chunked", "tiles", "small", "wide"],
+)
+def test_decode_reports_progress_per_pass_and_output_is_unchanged(ours, tiling, shape, passes):
+    ours.tiling = tiling or TilingConfig(enabled=False)
+    z = _randn(*shape, seed=25)
+    calls: list[tuple[int, int]] = []
+    got = ours.decode(z, progress=lambda done, total: calls.append((done, total)))
+    assert ours.decode_steps(z.shape) == passes
+    assert calls == [(i, passes) for i in range(1, passes + 1)]  # once per decoder pass, in order, ending at total
+    assert torch.equal(got, ours.decode(z))
+    calls.clear()
+    assert torch.equal(ours.decode_latents(z, progress=lambda *a: calls.append(a)), ours.decode_latents(z))
+    assert calls[-1] == (passes, passes)
 
 
 # --- checkpoints -----------------------------------------------------------------------------------------------------

@@ -1,14 +1,17 @@
 """Text conditioning: a decoder-only LLM (per-token states) and CLIP-L (one pooled vector), docs/DESIGN.md §4.
 
-LLM: prompt -> template -> tokens (max_length = text_len + crop_start, right padding, truncation) ->
-`hidden_states[-(skip + 1)]` (optionally the model's final norm) -> drop the first crop_start positions, which hold
-the template's instruction prefix -> states (B, text_len, D) and mask (B, text_len).
+LLM: prompt -> template -> tokens (max_length = text_len + the video template's crop_start, right padding,
+truncation) -> `hidden_states[-(skip + 1)]` (optionally the model's final norm) -> drop the first crop_start positions
+of the template used, which hold its instruction prefix -> states (B, Lt, D) and mask (B, Lt).
 CLIP: prompt -> 77 tokens (max_length padding, truncation) -> `pooler_output` (B, 768).
 
 Weights load with transformers from local folders only (`local_files_only=True`); nothing is downloaded.
 
-Known difference: for 1-frame requests the official tool pads to 256 + 95 (the video template's crop_start) and so
-returns 315 image-template states; we return 256 (256 + 36, cropped). The extra positions are padding, masked out.
+Input length, as the official tool sets it: the LLM always reads text_len + crop_start(video template) tokens
+(256 + 95 = 351), whichever template the request uses. A video request crops 95 and keeps 256 states; a 1-frame
+request (image template) crops only 36 and keeps 315 positions: a long prompt is cut after 315 tokens (its closing
+<|eot_id|> included), not 256; a shorter one just gets more masked padding. diffusers' pipeline differs: it has one template (the video one) for
+every frame count and pads to max_sequence_length + its crop_start, so it never keeps more than 256.
 """
 
 from __future__ import annotations
@@ -67,7 +70,7 @@ class TextEncoderConfig:
     clip_path: str | Path  # HF folder with CLIP-L (official: ckpts/text_encoder_2)
     llm_tokenizer_path: str | Path | None = None  # None = llm_path (official tree); diffusers: <base>/tokenizer
     clip_tokenizer_path: str | Path | None = None  # None = clip_path; diffusers: <base>/tokenizer_2
-    text_len: int = 256  # LLM tokens kept after cropping the template [--text-len]
+    text_len: int = 256  # LLM tokens kept after cropping the video template (1 frame: more, see top) [--text-len]
     text_len_2: int = 77  # CLIP tokens [--text-len-2]
     hidden_state_skip_layer: int = 2  # use hidden_states[-(skip+1)]; 0 = last layer [--hidden-state-skip-layer]
     apply_final_norm: bool = False  # run the LLM's final norm on an intermediate layer [--apply-final-norm]
@@ -107,8 +110,8 @@ class TextEncoderConfig:
 class TextEmbeddings:
     """What the DiT is conditioned on, for a batch of B prompts."""
 
-    llm_states: torch.Tensor  # (B, text_len, D_llm), the LLM's dtype
-    llm_mask: torch.Tensor  # (B, text_len) int64, 1 = real token
+    llm_states: torch.Tensor  # (B, Lt, D_llm), the LLM's dtype; Lt = text_len for videos, more for 1 frame
+    llm_mask: torch.Tensor  # (B, Lt) int64, 1 = real token
     clip_pooled: torch.Tensor  # (B, D_clip), CLIP's dtype
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> TextEmbeddings:
@@ -264,10 +267,16 @@ class LLMEncoder:
         return len(self.prefix_ids(template))
 
     @torch.inference_mode()
-    def encode(self, prompts: list[str], template: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """prompts -> (states (B, text_len, D), mask (B, text_len) int64), states = hidden_states[-(skip+1)]."""
+    def encode(
+        self, prompts: list[str], template: str, max_length: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """prompts -> (states (B, L, D), mask (B, L) int64), states = hidden_states[-(skip+1)] without the template
+        prefix. `max_length`: tokens the LLM reads, prefix included (default text_len + the prefix, so L = text_len);
+        L = max_length - crop_start(template)."""
         crop = self.crop_start(template)
-        max_length = self.text_len + crop
+        max_length = self.text_len + crop if max_length is None else max_length
+        if max_length <= crop:
+            raise ValueError(f"max_length {max_length} leaves no prompt token after the {crop}-token template prefix")
         texts = [template.format(p) for p in prompts]
         batch = self.tokenizer(
             texts, max_length=max_length, padding="max_length", truncation=True, return_tensors="pt"
@@ -281,7 +290,7 @@ class LLMEncoder:
         states = self.model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state  # (B, L, D)
         if self.apply_final_norm and self.skip > 0:  # with skip 0 the output is already normed
             states = self.final_norm(states)
-        return states[:, crop:], mask[:, crop:]  # (B, text_len, D), (B, text_len)
+        return states[:, crop:], mask[:, crop:]  # (B, max_length - crop, D), (B, max_length - crop)
 
     def free(self) -> None:
         """Drop the weights (the tokenizer stays); the encoder cannot encode afterwards."""
@@ -361,10 +370,15 @@ class TextEncoders:
         """Template prefix length in tokens for a request of `video_length` frames."""
         return self.llm.crop_start(self.template(video_length))
 
+    def llm_input_length(self) -> int:
+        """Tokens the LLM reads for any request: text_len + the video template's prefix (the official rule; 351)."""
+        return self.config.text_len + self.llm.crop_start(PROMPT_TEMPLATES[self.config.prompt_template_video])
+
     def encode(self, prompts: str | list[str], video_length: int) -> TextEmbeddings:
-        """Encode B prompts for a request of `video_length` frames (picks the video or image template)."""
+        """Encode B prompts for a request of `video_length` frames (picks the video or image template). The states
+        hold llm_input_length() - crop_start(video_length) positions: text_len for a video, more for 1 frame."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        states, mask = self.llm.encode(prompts, self.template(video_length))
+        states, mask = self.llm.encode(prompts, self.template(video_length), self.llm_input_length())
         return TextEmbeddings(states, mask, self.clip.encode(prompts))
 
     def free(self) -> None:

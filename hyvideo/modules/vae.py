@@ -16,6 +16,7 @@ is exact except for the GroupNorm statistics, which become per chunk.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any, Literal
 
@@ -31,6 +32,8 @@ NORM_EPS = 1e-6  # every GroupNorm in this VAE
 # Per-chunk decoding state, keyed by module object: CausalConv3d -> its last (kt - 1) padded input frames, Upsample ->
 # its last low-resolution input frames (1 when it doubles time, else 2), Attention -> (k, v) of the frames decoded.
 StreamState = dict[nn.Module, Any]
+Progress = Callable[[int, int], None]  # (passes done, passes in total), called after each decoder pass
+DecodeStep = Callable[..., torch.Tensor]  # (z piece (B, 16, t, h, w), state=None) -> video piece (B, 3, f, 8h, 8w)
 
 
 @dataclass(frozen=True)
@@ -164,7 +167,9 @@ class TilingConfig:
     """How `HYVideoVAE` splits work. Sizes are in pixels/frames of the video; latent sizes are these / 8 and / 4.
 
     mode "tiles": the official scheme: overlapping spatial tiles and temporal tiles (each reads frames/4 + 1 latents),
-    blended linearly over the overlap (size - stride). Matches diffusers' `enable_tiling(...)` with the same numbers.
+    blended linearly over the overlap (size - stride). Matches diffusers' `enable_tiling(...)` with the same numbers,
+    including where time tiling starts: a clip longer than `tile_frames` frames (encode) or `tile_frames / 4` latents
+    (decode) is tiled in time, although the first tile reads one latent more (at 64 / 48: from 65 frames on).
     mode "chunked": the same spatial tiles, but each tile is decoded in temporal chunks of `chunk_latents` latents
     carrying the causal-conv padding frames and attention keys forward: no temporal overlap, no recomputation; only the
     GroupNorm statistics differ from untiled decoding (per chunk instead of per clip). In this mode a clip of at most
@@ -697,15 +702,46 @@ class HYVideoVAE(nn.Module):
         return DiagonalGaussian.from_moments(self._encode(x).contiguous())
 
     @torch.inference_mode()
-    def decode(self, z: torch.Tensor, clamp: bool = False) -> torch.Tensor:
-        """Unscaled z (B, 16, T, h, w) -> video (B, 3, 4(T-1)+1, 8h, 8w). `clamp=True` clips to [-1, 1]."""
+    def decode(self, z: torch.Tensor, clamp: bool = False, progress: Progress | None = None) -> torch.Tensor:
+        """Unscaled z (B, 16, T, h, w) -> video (B, 3, 4(T-1)+1, 8h, 8w). `clamp=True` clips to [-1, 1].
+
+        `progress(done, total)` is called after each decoder pass (a spatial tile's temporal tile or chunk, or the
+        whole clip when untiled): done = 1 .. total, total = `decode_steps(z.shape)`."""
+        total = self.decode_steps(z.shape)
+        done = 0
+
+        def step(v: torch.Tensor, state: StreamState | None = None) -> torch.Tensor:
+            nonlocal done
+            out = self._decode_tile(v, state)
+            done += 1
+            if progress is not None:
+                progress(done, total)
+            return out
+
         with heap_buffers(z.device.type == "cpu" and self.tiling.enabled):  # untiled: few, huge buffers
-            out = self._decode(self._in(z)).contiguous()
+            out = self._decode(self._in(z), step).contiguous()
         return out.clamp_(-1.0, 1.0) if clamp else out
 
-    def decode_latents(self, latents: torch.Tensor, clamp: bool = True) -> torch.Tensor:
-        """DiT latents (z * scaling_factor) -> video clipped to [-1, 1]."""
-        return self.decode(latents / self.config.scaling_factor, clamp=clamp)
+    def decode_latents(
+        self, latents: torch.Tensor, clamp: bool = True, progress: Progress | None = None
+    ) -> torch.Tensor:
+        """DiT latents (z * scaling_factor) -> video clipped to [-1, 1]; `progress` as in `decode`."""
+        return self.decode(latents / self.config.scaling_factor, clamp=clamp, progress=progress)
+
+    def decode_steps(self, shape: Sequence[int]) -> int:
+        """Decoder passes `decode` makes for latents of `shape` (B, C, T, h, w) under the current tiling: spatial
+        tiles x (temporal tiles or chunks per spatial tile); 1 when untiled or when everything fits one tile."""
+        t, s, tc = self.tiling, self.config.spatial_compression_ratio, self.config.time_compression_ratio
+        if not t.enabled:
+            return 1
+        frames, h, w = shape[2], shape[3], shape[4]
+        lat_size, lat_stride = t.tile_size // s, t.tile_stride // s
+        space = 1 if max(h, w) <= lat_size else len(range(0, h, lat_stride)) * len(range(0, w, lat_stride))
+        if not self._long(frames):
+            return space
+        if t.mode == "chunked":
+            return space * len(self._chunk_starts(frames))
+        return space * len(range(0, frames, t.tile_stride_frames // tc))
 
     def encode_latents(self, video: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """video -> DiT latents: a posterior sample (its mean when generator is None) times scaling_factor."""
@@ -734,45 +770,57 @@ class HYVideoVAE(nn.Module):
                 out_hw = (v.shape[3] // s, v.shape[4] // s)
                 return tile_space(v, self._encode_tile, t.tile_size, t.tile_stride, t.tile_stride // s, blend, out_hw)
 
-        if t.enabled and x.shape[2] > t.tile_frames + 1:
+        if t.enabled and x.shape[2] > t.tile_frames:  # the official boundary (65 frames tile at tile_frames 64)
             blend = (t.tile_frames - t.tile_stride_frames) // tc
             n_out = (x.shape[2] - 1) // tc + 1
             return tile_time(x, space, t.tile_frames, t.tile_stride_frames, t.tile_stride_frames // tc, blend, n_out)
         return space(x)
 
-    def _decode(self, z: torch.Tensor) -> torch.Tensor:
+    def _long(self, frames: int) -> bool:
+        """Whether latents of `frames` frames are decoded in more than one temporal piece. Chunks: the first reads
+        chunk_latents + 1 latents. Tiles: the official boundary, more than tile_frames / 4 latents, although a tile
+        reads tile_frames / 4 + 1 (so a clip of exactly that many is tiled, as the official VAE and diffusers do)."""
+        t = self.tiling
+        if t.mode == "chunked":
+            return frames > t.chunk_latents + 1
+        return frames > t.tile_frames // self.config.time_compression_ratio
+
+    def _chunk_starts(self, frames: int) -> list[int]:
+        """First latent of each chunk: [0, n + 1), [n + 1, 2n + 1), ... for n = chunk_latents."""
+        n = self.tiling.chunk_latents
+        return [0, *range(n + 1, frames, n)]
+
+    def _decode(self, z: torch.Tensor, step: DecodeStep) -> torch.Tensor:
+        """`step(z_piece, state)` decodes one piece (post_quant_conv + decoder); `decode` passes a counting one."""
         tc, s, t = self.config.time_compression_ratio, self.config.spatial_compression_ratio, self.tiling
         if not t.enabled:
-            return self._decode_tile(z)
+            return step(z)
         lat_t, lat_size, lat_stride = t.tile_frames // tc, t.tile_size // s, t.tile_stride // s
         n_frames = (z.shape[2] - 1) * tc + 1
-        # more than one temporal tile? A tile reads lat_t + 1 latents; the first chunk is chunk_latents + 1 latents
-        long = z.shape[2] > (t.chunk_latents if t.mode == "chunked" else lat_t) + 1
+        long = self._long(z.shape[2])
 
         def all_frames(v: torch.Tensor) -> torch.Tensor:  # one spatial tile (B, 16, T, h, w) -> (B, 3, F, 8h, 8w)
             if not long:
-                return self._decode_tile(v)
+                return step(v)
             if t.mode == "chunked":
-                return self._decode_chunked(v)
+                return self._decode_chunked(v, step)
             blend = t.tile_frames - t.tile_stride_frames
-            return tile_time(
-                v, self._decode_tile, lat_t, t.tile_stride_frames // tc, t.tile_stride_frames, blend, n_frames
-            )
+            return tile_time(v, step, lat_t, t.tile_stride_frames // tc, t.tile_stride_frames, blend, n_frames)
 
         if max(z.shape[3], z.shape[4]) <= lat_size:
             return all_frames(z)
         out_hw = (z.shape[3] * s, z.shape[4] * s)
         return tile_space(z, all_frames, lat_size, lat_stride, t.tile_stride, t.tile_size - t.tile_stride, out_hw)
 
-    def _decode_chunked(self, z: torch.Tensor) -> torch.Tensor:
+    def _decode_chunked(self, z: torch.Tensor, step: DecodeStep) -> torch.Tensor:
         """Decode `chunk_latents` latent frames at a time, carrying conv padding frames and attention keys."""
         tc, n = self.config.time_compression_ratio, self.tiling.chunk_latents
         state: StreamState = {}
         out: torch.Tensor | None = None
         pos = 0
-        for i in [0, *range(n + 1, z.shape[2], n)]:  # chunks [0, n + 1), [n + 1, 2n + 1), ...
+        for i in self._chunk_starts(z.shape[2]):
             j = n + 1 if i == 0 else i + n
-            y = self._decode_tile(z[:, :, i:j], state)  # (B, 3, 4n + 1 for the first chunk else 4n, H, W)
+            y = step(z[:, :, i:j], state)  # (B, 3, 4n + 1 for the first chunk else 4n, H, W)
             if out is None:
                 shape = (y.shape[0], y.shape[1], (z.shape[2] - 1) * tc + 1, y.shape[3], y.shape[4])
                 out = y.new_empty(shape)

@@ -9,6 +9,9 @@
          and block i's device copy is dropped as soon as it has run (`BlockStreamer`).
 
 Both levels are forward hooks around one primitive, `Resident` (a module's host copy + its device copy on demand).
+Code that computes with part of an offloaded module outside the forward its level hooks (TeaCache reads block 0's
+modulation before the blocks run) calls `acquire(module)` first: whatever offloads the module loads it and, on CUDA,
+waits for the copy, so no reader sees a placeholder or a half-copied weight.
 While a module is off the device its tensors are meta placeholders, so running it by mistake fails loudly instead
 of silently computing on the host; this is also what makes the ordering checkable on a CPU-only machine, where a
 "device copy" of a host tensor is the tensor itself. We use our own hooks rather than accelerate's because
@@ -30,6 +33,7 @@ from __future__ import annotations
 import ctypes
 import mmap
 import sys
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import nullcontext
 from functools import partial
@@ -42,6 +46,30 @@ from hyvideo.request import OFFLOAD_LEVELS
 from hyvideo.utils.host_memory import trim
 
 DEFAULT_WINDOW = 2  # blocks resident at once under block offload: the running one + one prefetched
+
+# every module an offload manages (each submodule of a streamed block or of a model-offload component) -> its manager
+# (held weakly: the manager holds the modules) and the key the manager knows it by
+_managed: weakref.WeakKeyDictionary[nn.Module, tuple[weakref.ref, object]] = weakref.WeakKeyDictionary()
+
+
+def acquire(module: nn.Module) -> None:
+    """Make `module`'s weights usable now by code that computes with it outside the forward an offload level hooks:
+    the offload that manages it (as part of a streamed block or an offloaded component) loads it and, on CUDA, makes
+    the current stream wait for the copy. A no-op for a module no offload manages."""
+    entry = _managed.get(module)
+    manager = None if entry is None else entry[0]()
+    if manager is not None:
+        manager.acquire(entry[1])
+
+
+def _register(manager: object, key: object, module: nn.Module) -> None:
+    for m in module.modules():
+        _managed[m] = (weakref.ref(manager), key)
+
+
+def _unregister(module: nn.Module) -> None:
+    for m in module.modules():
+        _managed.pop(m, None)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -224,6 +252,8 @@ class BlockStreamer:
         self.modules = blocks
         self.handles = []
         self._hook(self._before, self._after)
+        for i, b in enumerate(blocks):
+            _register(self, i, b)
 
     def _hook(self, before: Callable[..., None], after: Callable[..., None]) -> None:
         """(Re-)register the pre/post forward hooks of every block."""
@@ -248,9 +278,14 @@ class BlockStreamer:
         once per block index). Called by `compile_blocks`; importing the compiler costs ~80 MiB, so only then."""
         self._hook(torch.compiler.disable(self._before), torch.compiler.disable(self._after))
 
-    def _before(self, i: int, module: nn.Module, args: tuple) -> None:
+    def acquire(self, i: int) -> None:
+        """Block i usable now, outside its forward (see `acquire`): loaded if it is not, and waited for. It stays
+        resident until it has run, as a prefetched block does."""
         self._load(i)
         self.blocks[i].wait()
+
+    def _before(self, i: int, module: nn.Module, args: tuple) -> None:
+        self.acquire(i)
         self.trace.append(("run", i))
         for j in range(i + 1, i + self.window):  # prefetch the next blocks while this one computes
             self._load(j % len(self.blocks))
@@ -265,6 +300,7 @@ class BlockStreamer:
             h.remove()
         for r in self.blocks:
             r.restore()
+            _unregister(r.module)
 
 
 def stream_dit_blocks(
@@ -287,21 +323,43 @@ def stream_dit_blocks(
 
 class ModelOffload:
     """Components on the device only while they run: the first forward of a component loads it and sends every
-    other component back to host memory. `trace` records ("load"/"evict", name)."""
+    other component back to host memory. `trace` records ("load"/"evict", name).
+
+    The load is hooked on the component's forward and on the forward of each of its direct children, so code that
+    drives a component through its parts loads it too: TeaCache and sequence parallelism call the DiT's embedders
+    and blocks without its forward, and every such path starts with an embedder. (Blocks inside a ModuleList are
+    not hooked: a hook there would break a compiled block loop into pieces.)"""
 
     def __init__(self, device: torch.device, pin: bool | None = None) -> None:
         self.device, self.pin = device, pin
         self.parts: dict[str, Resident] = {}
         self.trace: list[tuple[str, str]] = []
         self.handles = []
+        self.eager = False  # hooks excluded from torch.compile (`keep_eager`)
 
     def add(self, name: str, module: nn.Module) -> nn.Module:
         self.parts[name] = Resident(module, self.device, self.pin)
-        self.handles.append(module.register_forward_pre_hook(partial(self._before, name)))
+        self._hook(name, module)
+        _register(self, name, module)
         module._offload = self
         return module
 
-    def _before(self, name: str, module: nn.Module, args: tuple) -> None:
+    def _hook(self, name: str, module: nn.Module) -> None:
+        before = partial(self._before, name)
+        before = torch.compiler.disable(before) if self.eager else before
+        for m in (module, *module.children()):
+            self.handles.append(m.register_forward_pre_hook(before))
+
+    def keep_eager(self) -> None:
+        """Exclude the hooks from torch.compile (host-side memory management), as `BlockStreamer.keep_eager`."""
+        for h in self.handles:
+            h.remove()
+        self.handles, self.eager = [], True
+        for name, r in self.parts.items():
+            self._hook(name, r.module)
+
+    def acquire(self, name: str) -> None:
+        """Component `name` on the device now (see `acquire`); the others go back to host memory."""
         part = self.parts[name]
         if part.on_device:
             return
@@ -311,6 +369,9 @@ class ModelOffload:
                 self.trace.append(("evict", other))
         part.load()
         self.trace.append(("load", name))
+
+    def _before(self, name: str, module: nn.Module, args: tuple) -> None:
+        self.acquire(name)
 
     def offload(self) -> None:
         """Send every component back to host memory (e.g. at the end of a stage)."""
@@ -324,6 +385,7 @@ class ModelOffload:
             h.remove()
         for r in self.parts.values():
             r.restore()
+            _unregister(r.module)
 
 
 def apply_offload(

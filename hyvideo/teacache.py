@@ -11,11 +11,15 @@ last step of a run are always computed. The final layer always runs (it is modul
 Each conditioning gets its own state (real CFG calls the model with the prompt and the negative prompt every step):
 a state is keyed by the identity of the `text_states` tensor passed in, and holds a reference to it, so a new tensor
 can never be mistaken for an old one (at worst a stream starts fresh and computes).
+
+Host syncs: the skip decision is a branch on the host, so a step whose decision depends on d_i reads it once
+(`relative_l1`, one `.item()` per stream and step); the first and the last step of a run, which always compute,
+read nothing. Block 0's modulation weights are obtained through the offload that manages them (`offload.acquire`):
+loaded, and waited for when they were prefetched on a side stream.
 """
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 
 import torch
@@ -24,6 +28,7 @@ from torch import nn
 
 from hyvideo.modules.dit import HYVideoDiT
 from hyvideo.modules.layers import layer_norm, modulate
+from hyvideo.offload import acquire
 
 # p(d) = sum_k c_k d^(4-k), highest power first: the rescaling TeaCache fitted for HunyuanVideo.
 HUNYUAN_COEFFICIENTS: tuple[float, ...] = (7.33226126e02, -4.01131952e02, 6.75869174e01, -3.14987800e00, 9.61237896e-02)
@@ -52,6 +57,10 @@ class SkipPolicy:
     coefficients: tuple[float, ...] = HUNYUAN_COEFFICIENTS
     step: int = 0  # index of the next step within the current run
     accumulated: float = 0.0
+
+    def needs_distance(self) -> bool:
+        """Whether the decision for step `self.step` reads the distance (the first and last step always compute)."""
+        return 0 < self.step < self.steps - 1
 
     def compute(self, distance: float | None) -> bool:
         """Whether step `self.step` must run the blocks, given its relative change (None: no previous input)."""
@@ -83,18 +92,16 @@ class StreamState:
 def first_modulation(block: nn.Module, vec: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(shift1, scale1) of a double block's image modulation for vec (B, C), called outside the block's forward,
     so whatever normally makes its weights available there is done here: an FSDP-sharded block is all-gathered
-    (every rank calls this in step) and resharded; a block whose weights are streamed (offloaded) elsewhere is
-    computed from a temporary copy on vec's device."""
+    (every rank calls this in step) and resharded; an offloaded block is loaded (and on CUDA waited for) by its
+    offload (`offload.acquire`)."""
     if hasattr(block, "unshard") and hasattr(block, "reshard"):  # FSDP2 (fully_shard): collective, every rank
         block.unshard()
         try:
             return block.img_mod(vec)[:2]
         finally:
             block.reshard()
-    mod = block.img_mod
-    if any(p.device != vec.device for p in mod.parameters()):
-        mod = copy.deepcopy(mod).to(vec.device)
-    return mod(vec)[:2]
+    acquire(block)
+    return block.img_mod(vec)[:2]
 
 
 class TeaCache:
@@ -151,7 +158,8 @@ class TeaCache:
         shift, scale = first_modulation(block0, vec)
         modulated = modulate(layer_norm(img, block0.eps), shift, scale)  # (B, Li, C)
         same_shape = state.previous is not None and state.previous.shape == modulated.shape
-        distance = relative_l1(modulated, state.previous) if same_shape else None
+        # the one host sync of a step, and only when the decision depends on it
+        distance = relative_l1(modulated, state.previous) if same_shape and state.policy.needs_distance() else None
         step = state.policy.step
         if step == 0:
             state.computed, state.skipped = [], []

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
+from hyvideo import offload
 from hyvideo.modules.layers import layer_norm, modulate
+from hyvideo.offload import Resident, apply_offload, stream_dit_blocks
 from hyvideo.sampling import euler, flow_sigmas, with_cfg, with_cond
 from hyvideo.teacache import HUNYUAN_COEFFICIENTS, SkipPolicy, TeaCache, relative_l1, rescale
 from hyvideo.tiny import TINY_DIT, random_dit
@@ -108,7 +113,10 @@ def test_threshold_skips_some_steps_never_first_or_last(model):
     assert sorted(state.computed + state.skipped) == list(range(steps))
     assert 0 < len(state.skipped) < steps - 2
     ref = euler(bind(model, cond), noise(), flow_sigmas(steps, 7.0))
-    assert ((out - ref).norm() / ref.norm()).item() < 0.2  # an approximation, not a different video
+    # an approximation, not a different video: measured 0.033 (15 of 50 steps skipped); a residual never refreshed
+    # after step 0 gives 0.117, which the former bound of 0.2 let pass. 1.5x the measured value leaves room for
+    # another BLAS moving a decision near the threshold.
+    assert ((out - ref).norm() / ref.norm()).item() < 0.05
 
 
 def smooth_in_time(model, first_kept: int = 74) -> None:
@@ -159,3 +167,109 @@ def test_relative_l1_and_errors(model):
     assert relative_l1(torch.tensor([1.5, -2.0, 0.5]), prev) == pytest.approx(0.25)
     with pytest.raises(ValueError, match="threshold >= 0"):
         TeaCache(model, -0.1, 10)
+
+
+# --------------------------------------------------------------------------- with offload, and host syncs
+class NaNUntilWait(Resident):
+    """The CUDA contract of a prefetch on a CPU: a load is asynchronous, and until `wait()` its tensors hold NaN
+    (a copy still in flight on a side stream holds whatever the allocator gave it)."""
+
+    pending = False
+
+    def load(self, stream=None) -> None:
+        if self.on_device:
+            return
+        self._place([torch.full_like(h, float("nan"), dtype=dt) for h, dt in zip(self.host, self.dtypes, strict=True)])
+        self.on_device, self.pending = True, True
+
+    def wait(self) -> None:
+        if self.pending:
+            self._place([h.to(dtype=dt) for h, dt in zip(self.host, self.dtypes, strict=True)])
+            self.pending = False
+
+    def evict(self) -> None:
+        super().evict()
+        self.pending = False
+
+
+@pytest.mark.parametrize("window", [1, 2])
+def test_teacache_over_block_offload_never_reads_an_unwaited_block(monkeypatch, window):
+    """Block 0 is a placeholder at the first step and prefetched (NaN until waited for) at the next ones: TeaCache
+    gets it through the offload (`acquire`), so it equals TeaCache over the resident model, skipped steps included."""
+    monkeypatch.setattr(offload, "Resident", NaNUntilWait)
+    model = random_dit(TINY_DIT, seed=11)
+    resident = copy.deepcopy(model)
+    streamer = stream_dit_blocks(model, torch.device("cpu"), window)
+    cond, sigmas = conditioning(6), flow_sigmas(5, 7.0)
+    cache, ref = TeaCache(model, 1e9, 5), TeaCache(resident, 1e9, 5)
+    out = euler(bind(cache, cond), noise(), sigmas)
+    assert torch.equal(out, euler(bind(ref, cond), noise(), sigmas))
+    [state] = cache.streams
+    assert state.skipped == [1, 2, 3] and torch.isfinite(state.previous).all()
+    assert streamer.max_resident <= window
+
+
+@pytest.mark.parametrize("level", ["model", "block"])
+def test_teacache_over_offloaded_model_equals_resident(level):
+    """TeaCache drives the DiT through embed_image / run_blocks, not its forward: the offload still loads it."""
+    model = random_dit(TINY_DIT, seed=11)
+    resident = copy.deepcopy(model)
+    apply_offload(model, level, torch.device("cpu"))
+    cond, sigmas = conditioning(7), flow_sigmas(4, 7.0)
+    out = euler(bind(TeaCache(model, 1e9, 4), cond), noise(), sigmas)
+    assert torch.equal(out, euler(bind(TeaCache(resident, 1e9, 4), cond), noise(), sigmas))
+
+
+class SyncCounter(TorchDispatchMode):
+    """Counts the operations that read a tensor back to the host: `.item()` / `bool()` / `int()` (all one
+    `_local_scalar_dense`), `nonzero`, and indexing by a boolean mask (a hidden nonzero)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.__name__
+        masked = name.startswith("index.") and any(
+            isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in (args[1] if len(args) > 1 else ())
+        )
+        if name.startswith(("_local_scalar_dense", "nonzero", "masked_select")) or masked:
+            self.ops.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+def count_syncs_per_step(monkeypatch, forward, cond, steps: int) -> list[int]:
+    """Host reads during each of `steps` Euler steps of `forward`: the dispatcher's count, cross-checked with
+    counters on Tensor.__bool__ / Tensor.item (the Python entry points)."""
+    calls = []
+    for attr in ("__bool__", "item"):
+        original = getattr(torch.Tensor, attr)
+
+        def counted(self, *a, _original=original, _attr=attr, **k):
+            calls.append(_attr)
+            return _original(self, *a, **k)
+
+        monkeypatch.setattr(torch.Tensor, attr, counted)
+    per_step, python_per_step = [], []
+    fn = bind(forward, cond)
+    x, sigmas = noise(), flow_sigmas(steps, 7.0)
+    for i in range(steps):
+        calls.clear()
+        with SyncCounter() as counter, torch.no_grad():
+            x = x + (sigmas[i + 1] - sigmas[i]) * fn(x, sigmas[i] * 1000)
+        per_step.append(len(counter.ops))
+        python_per_step.append(len(calls))
+    assert all(p <= d for p, d in zip(python_per_step, per_step, strict=True)), (python_per_step, per_step)
+    return per_step
+
+
+def test_host_syncs_per_step(monkeypatch, model):
+    """The DiT forward reads nothing back after the first step of a video (the text layout is decided once per
+    mask); TeaCache reads one number per step, and none on the first and last step."""
+    states, mask, pooled = conditioning(8, length=9)
+    mask[:, 6:] = 0  # padding to drop
+    cond = (states, mask, pooled)
+    dit = count_syncs_per_step(monkeypatch, model, cond, 4)
+    assert dit[0] >= 1 and dit[1:] == [0, 0, 0], dit
+    cached = count_syncs_per_step(monkeypatch, TeaCache(model, 0.3, 5), cond, 5)
+    assert cached[1:] == [1, 1, 1, 0], cached

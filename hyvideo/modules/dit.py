@@ -7,6 +7,9 @@ Data flow (B batch, C hidden, Li image tokens, Lt text tokens):
     double_blocks: separate weights per stream, joint attention over cat(img, txt)
     single_blocks: one stream over cat(img, txt)
     final_layer on the image tokens -> unpatchify -> (B, out, T, H, W)
+
+The forward reads nothing back to the host: which text positions are padding is decided once per mask tensor
+(`TextLayout`, one read of the mask, cached like the RoPE tables), not every step.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from hyvideo.modules.layers import MLP, Modulation, RMSNorm, layer_norm, modulat
 from hyvideo.modules.token_refiner import TokenRefiner
 
 REFINER_MLP_RATIO = 4.0  # the release fixes the refiner MLP at 4x, whatever the blocks' mlp_ratio
+MAX_LAYOUTS = 8  # text layouts cached per DiT: the prompt and negative prompt of the current and recent videos
 
 
 @dataclass
@@ -144,6 +148,7 @@ class HYVideoDiT(nn.Module):
         self.final_layer = FinalLayer(cfg)
         self.attn_backend = "auto"
         self._rope_cache: dict[tuple, torch.Tensor] = {}
+        self._layouts: dict[int, tuple[torch.Tensor, TextLayout | None]] = {}  # id(mask) -> (mask, its layout)
 
     def rope(self, grid: tuple[int, int, int], device: torch.device) -> torch.Tensor:
         """RoPE table for a token grid, cached per (grid, device): shape-only work is never redone per step."""
@@ -151,6 +156,21 @@ class HYVideoDiT(nn.Module):
         if key not in self._rope_cache:
             self._rope_cache[key] = rope_table(grid, self.cfg.rope_axes, self.cfg.rope_theta, device)
         return self._rope_cache[key]
+
+    def text_layout(self, mask: torch.Tensor | None) -> TextLayout | None:
+        """The `TextLayout` of a text mask, read once per mask tensor (the one host sync it costs happens on the
+        first step of a video, not every step). Keyed by the tensor's identity, which the cache holds, so an id is
+        never reused while cached; a mask must not be modified in place after its first forward."""
+        if mask is None:
+            return None
+        hit = self._layouts.get(id(mask))
+        if hit is not None and hit[0] is mask:
+            return hit[1]
+        if len(self._layouts) >= MAX_LAYOUTS:  # oldest first: the masks of videos already done
+            del self._layouts[next(iter(self._layouts))]
+        layout = text_layout(mask)
+        self._layouts[id(mask)] = (mask, layout)
+        return layout
 
     def embed(
         self,
@@ -186,7 +206,7 @@ class HYVideoDiT(nn.Module):
     ) -> tuple[torch.Tensor, Context]:
         """Refined text tokens (B,Lt,C) with padding dropped, and the Context for latents x (B,in,T,H,W)."""
         grid = self.token_grid(x)
-        text_states, valid = drop_padding(text_states.to(self.img_in.proj.weight.dtype), text_mask)
+        text_states, valid = apply_layout(text_states.to(self.img_in.proj.weight.dtype), self.text_layout(text_mask))
         txt = self.txt_in(text_states, t, valid, self.attn_backend)
         Li = math.prod(grid)
         mask = None if valid is None else KeyMask(F.pad(valid, (Li, 0), value=True))  # (B, Li+Lt)
@@ -247,16 +267,41 @@ def linear_of_cat(linear: nn.Module, a: torch.Tensor, b: torch.Tensor) -> torch.
     return out.view(*a.shape[:-1], -1)
 
 
-def drop_padding(states: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Remove text positions that are padding in every sample; return (states (B, L', D), valid (B, L') or None).
+@dataclass(frozen=True)
+class TextLayout:
+    """Which text positions a forward keeps, decided on the host once per mask (a mask (B, L) of 1 = token)."""
 
-    For batch 1 this drops all padding (no mask needed, fused kernels apply). A mask is returned only when some
-    sample still has padding, i.e. batch > 1 with different prompt lengths.
-    """
+    keep: slice | torch.Tensor  # positions that are a token in some sample: a slice, or indices (L',) on the device
+    valid: torch.Tensor | None  # (B, L') bool where some kept sample still has padding (batch > 1); else None
+
+
+def text_layout(mask: torch.Tensor | None) -> TextLayout | None:
+    """Drop the text positions that are padding in every sample (for batch 1: all padding, so no mask is needed and
+    fused kernels apply); keep a mask only where samples of different lengths remain. Reads the mask on the host
+    (one sync); None when there is no mask."""
     if mask is None:
-        return states, None
+        return None
     valid = mask.bool()
-    keep = valid.any(0)  # (L,)
-    if not bool(keep.all()):
-        states, valid = states[:, keep], valid[:, keep]
-    return states, (None if bool(valid.all()) else valid)
+    host = valid.cpu()
+    keep = host.any(0)  # (L,)
+    n = int(keep.sum())
+    if bool(keep[:n].all()):  # the usual right padding: a prefix, sliced without an index
+        index: slice | torch.Tensor = slice(0, n)
+    else:
+        index = keep.nonzero().squeeze(1).to(mask.device)
+    return TextLayout(index, None if bool(host[:, keep].all()) else valid[:, index])
+
+
+def apply_layout(states: torch.Tensor, layout: TextLayout | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """states (B, L, D) -> (the kept positions (B, L', D), their validity (B, L') or None); no host sync."""
+    if layout is None:
+        return states, None
+    keep = layout.keep
+    kept = states[:, keep] if isinstance(keep, slice) else states.index_select(1, keep)
+    return kept, layout.valid
+
+
+def drop_padding(states: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Remove text positions that are padding in every sample: (states (B, L', D), valid (B, L') or None), as the
+    forward does (`text_layout` then `apply_layout`)."""
+    return apply_layout(states, text_layout(mask))

@@ -1,0 +1,243 @@
+"""The flags users combine, two at a time, on the tiny model, CPU, through the real command line.
+
+Features (the table `FEATURES`): offload model / block, `--use-cpu-offload`, TeaCache, `--compile`, `--use-fp8`,
+`--lora` merged and unmerged, real CFG, and torchrun Ulysses / ring / cfg-parallel (gloo). Every pair runs and
+its final latents (`--save-latents`) are checked against the run of its *numeric* features alone:
+- plumbing (offload, compile, the torchrun layouts) changes no number: rel. difference <= 1e-5 (compile 1e-4);
+- a run of numeric features only (TeaCache, fp8, LoRA, CFG) must differ from the run of each of them alone (both
+  took effect); each numeric feature alone must differ from the plain run.
+Pairs of two in-process features run in this process (`hyvideo.cli.main`). A torchrun launch costs a few seconds of
+process start-up per rank and the CLI runs one configuration per launch, so the torchrun pairs are covered by a
+few launches, each a layout with two or three other features (`TORCHRUN_ROWS`; `test_every_torchrun_pair_is_covered`
+checks the table), compared with the single-process run of the same numeric features.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from hyvideo import io
+from hyvideo.cli import main
+from hyvideo.tiny import write_tiny_model
+
+ROOT = Path(__file__).resolve().parents[1]
+TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+PLUMBING_TOL = 1e-5  # offload and sequence parallelism reorder no reduction that matters at fp32 (measured ~1e-7)
+COMPILE_TOL = 1e-4  # inductor fuses and reorders fp32 reductions (measured ~1e-6 on these runs)
+EFFECT = 1e-3  # a numeric feature that took effect moves the latents by far more than this (measured > 1e-2)
+
+pytestmark = pytest.mark.slow
+
+
+@dataclass(frozen=True)
+class Feature:
+    flags: tuple[str, ...]
+    numeric: bool  # changes the numbers; plumbing must not
+    group: str = ""  # features of one group are values of one flag: never combined
+    procs: int = 1  # torchrun processes it needs (1: runs in this process)
+    implies: tuple[str, ...] = ()  # features it needs (cfg-parallel splits real CFG)
+
+
+LORA = "{lora}"  # replaced by the LoRA file the fixture writes
+FEATURES: dict[str, Feature] = {
+    "offload-model": Feature(("--offload", "model"), False, "offload"),
+    "offload-block": Feature(("--offload", "block"), False, "offload"),
+    "cpu-offload": Feature(("--use-cpu-offload",), False),
+    "compile": Feature(("--compile",), False),
+    # a threshold no step of 3 reaches: step 1 is always skipped (steps 0 and 2 always compute), whatever the
+    # plumbing does to the last digits of the distance
+    "teacache": Feature(("--teacache-thresh", "1e9"), True),
+    "fp8": Feature(("--use-fp8",), True),
+    "lora-merge": Feature(("--lora", LORA), True, "lora"),
+    "lora-unmerged": Feature(("--lora", LORA, "--lora-mode", "unmerged"), True, "lora"),
+    "cfg": Feature(("--cfg-scale", "3", "--neg-prompt", "dog"), True),  # same token count as the prompt
+    "ulysses": Feature(("--ulysses-degree", "2"), False, procs=2),
+    "ring": Feature(("--ring-degree", "2"), False, procs=2),
+    "cfg-parallel": Feature(("--cfg-parallel",), False, procs=2, implies=("cfg",)),
+}
+LOCAL = [name for name, f in FEATURES.items() if f.procs == 1]
+TORCHRUN_MODES = [name for name, f in FEATURES.items() if f.procs > 1]
+
+# Each torchrun mode with every other feature at least once, in a few launches (see the module docstring).
+TORCHRUN_ROWS: list[tuple[str, ...]] = [
+    ("ulysses", "offload-block", "teacache", "lora-merge"),
+    ("ulysses", "offload-model", "compile", "fp8"),
+    ("ulysses", "cpu-offload", "lora-unmerged", "cfg"),
+    ("ring", "offload-block", "compile", "lora-unmerged"),
+    ("ring", "offload-model", "teacache", "cfg"),
+    ("ring", "cpu-offload", "fp8", "lora-merge"),
+    ("cfg-parallel", "offload-block", "fp8"),
+    ("cfg-parallel", "offload-model", "lora-unmerged", "teacache"),
+    ("cfg-parallel", "cpu-offload", "compile", "lora-merge"),
+    ("ulysses", "ring"),
+    ("ulysses", "cfg-parallel"),
+    ("ring", "cfg-parallel"),
+]
+
+
+def closure(features: tuple[str, ...]) -> frozenset[str]:
+    out = set(features)
+    for f in features:
+        out.update(FEATURES[f].implies)
+    return frozenset(out)
+
+
+def compatible(features: tuple[str, ...]) -> bool:
+    groups = [FEATURES[f].group for f in features if FEATURES[f].group]
+    return len(groups) == len(set(groups))
+
+
+LOCAL_PAIRS = [p for p in itertools.combinations(LOCAL, 2) if compatible(p)]
+
+# Pairs that fail in code another helper owns: (features) -> reason (xfail strict, for the lead to fix on merge).
+KNOWN_FAILURES: dict[frozenset[str], str] = {}
+
+
+def marks(features: tuple[str, ...]) -> list[pytest.MarkDecorator]:
+    reason = KNOWN_FAILURES.get(frozenset(features))
+    return [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Running a configuration
+# ---------------------------------------------------------------------------------------------------------------
+def base_args(model: Path, out: Path) -> list[str]:
+    return [
+        "--model-base", str(model), "--prompt", "cat", "--video-size", "16", "16", "--video-length", "5",
+        "--infer-steps", "3", "--seed", "7", "--save-path", str(out), "--precision", "fp32", "--vae-precision", "fp32",
+        "--text-encoder-precision", "fp32", "--text-encoder-precision-2", "fp32", "--device", "cpu", "--save-latents",
+    ]  # fmt: skip
+
+
+def write_lora(path: Path, hidden: int, mlp: int) -> Path:
+    """A kohya LoRA on a double block's fused qkv, a single block's linear1 and the final linear."""
+    g = torch.Generator().manual_seed(5)
+    layers = {"double_blocks_0_img_attn_qkv": (3 * hidden, hidden), "single_blocks_1_linear1": (3 * hidden + mlp,
+              hidden), "final_layer_linear": (64, hidden)}  # fmt: skip
+    sd = {}
+    for name, (out, inp) in layers.items():
+        sd[f"lora_unet_{name}.lora_down.weight"] = torch.randn(4, inp, generator=g) / inp**0.5
+        sd[f"lora_unet_{name}.lora_up.weight"] = torch.randn(out, 4, generator=g) / 2
+        sd[f"lora_unet_{name}.alpha"] = torch.tensor(4.0)
+    save_file(sd, path)
+    return path
+
+
+class Runner:
+    """Runs configurations once each (a session-wide cache keyed by the set of features) and returns latents."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.model = write_tiny_model(root / "model", "official", seed=3)
+        self.lora = write_lora(root / "lora.safetensors", 48, 192)
+        self.cache: dict[frozenset[str], torch.Tensor] = {}
+
+    def flags(self, features: frozenset[str]) -> list[str]:
+        out = []
+        for f in sorted(features):
+            out += [a.replace(LORA, str(self.lora)) for a in FEATURES[f].flags]
+        return out
+
+    def out_dir(self, features: frozenset[str]) -> Path:
+        return self.root / ("+".join(sorted(features)) or "plain")
+
+    def run(self, features: frozenset[str]) -> torch.Tensor:
+        if features not in self.cache:
+            procs = 1
+            for f in features:
+                procs *= FEATURES[f].procs
+            out = self.out_dir(features)
+            argv = base_args(self.model, out) + self.flags(features)
+            if procs == 1:
+                if "compile" in features:
+                    torch._dynamo.reset()  # a fresh model per run: no recompile-limit fallback to eager
+                code = main(argv)
+                assert code == 0, f"{sorted(features)}: exit {code}"
+            else:
+                torchrun(procs, [*argv, "--dist-timeout", "300"], out)
+            [path] = out.glob("*.latents.safetensors")
+            latents, _ = io.load_latents(path)
+            assert torch.isfinite(latents).all(), sorted(features)
+            self.cache[features] = latents
+        return self.cache[features]
+
+    def check(self, features: tuple[str, ...]) -> None:
+        """Run `features` and compare with the run of its numeric features alone (see the module docstring)."""
+        wanted = closure(features)
+        got = self.run(wanted)
+        numeric = frozenset(f for f in wanted if FEATURES[f].numeric)
+        if numeric == wanted:  # numeric features only: each must have taken effect
+            for f in numeric:
+                other = self.run(numeric - {f})
+                assert rel(got, other) > EFFECT, f"{sorted(wanted)}: {f} changed nothing"
+            return
+        tol = COMPILE_TOL if "compile" in wanted else PLUMBING_TOL
+        err = rel(got, self.run(numeric))
+        assert err <= tol, f"{sorted(wanted)} vs {sorted(numeric) or 'plain'}: rel. {err:.2e} > {tol:g}"
+
+
+def torchrun(nproc: int, argv: list[str], out: Path, timeout: float = 300) -> None:
+    """sample_video.py under torchrun (a free port: --standalone); each rank's log in its own file, and on failure
+    every rank's first error line in the assertion message."""
+    logs = out.parent / (out.name + ".logs")
+    env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_ENV}
+    env["PYTHONPATH"] = str(ROOT)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+           "--log-dir", str(logs), "--redirects", "3", "sample_video.py", *argv]  # fmt: skip
+    try:
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+        code = proc.returncode
+    except subprocess.TimeoutExpired:
+        code = f"timeout after {timeout:.0f} s"
+    if code != 0:
+        firsts = []
+        for rank_log in sorted(logs.rglob("stderr.log")):
+            text = rank_log.read_text(errors="replace")
+            lines = [ln for ln in text.splitlines() if re.search(r"error|Error|Traceback", ln)]
+            firsts.append(f"rank {rank_log.parent.name}: {lines[0] if lines else text[-300:]}")
+        pytest.fail(f"torchrun {nproc} x {' '.join(argv[-8:])}: exit {code}\n" + "\n".join(firsts))
+
+
+@pytest.fixture(scope="session")
+def runner(tmp_path_factory) -> Runner:
+    return Runner(tmp_path_factory.mktemp("combinations"))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The tests
+# ---------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "features", [pytest.param(p, id="+".join(p), marks=marks(p)) for p in [(f,) for f in LOCAL] + LOCAL_PAIRS]
+)
+def test_in_process(runner: Runner, features: tuple[str, ...]) -> None:
+    runner.check(features)
+
+
+@pytest.mark.parametrize("features", [pytest.param(r, id="+".join(r), marks=marks(r)) for r in TORCHRUN_ROWS])
+def test_torchrun(runner: Runner, features: tuple[str, ...]) -> None:
+    runner.check(features)
+
+
+def test_every_torchrun_pair_is_covered() -> None:
+    rows = [closure(r) for r in TORCHRUN_ROWS]
+    assert all(compatible(tuple(r)) for r in rows)
+    for mode in TORCHRUN_MODES:
+        for other in FEATURES:
+            if other != mode:
+                assert any({mode, other} <= r for r in rows), (mode, other)
+    every_local_pair = {frozenset(p) for p in itertools.combinations(LOCAL, 2) if compatible(p)}
+    assert {frozenset(p) for p in LOCAL_PAIRS} == every_local_pair

@@ -36,7 +36,7 @@ from functools import partial
 import torch
 from torch import nn
 
-from hyvideo.request import OFFLOAD_LEVELS
+from hyvideo.choices import OFFLOAD_LEVELS
 from hyvideo.utils.host_memory import trim
 
 DEFAULT_WINDOW = 2  # blocks resident at once under block offload: the running one + one prefetched

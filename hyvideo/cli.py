@@ -7,6 +7,7 @@ yet fail with exit code 2 (see `hyvideo.request.SUPPORTED_VALUES_ONLY`). Exit co
 
 from __future__ import annotations
 
+import argparse
 import errno
 import os
 import sys
@@ -21,23 +22,28 @@ from hyvideo.flags import PROG, build_parser
 from hyvideo.parallel.group import abort
 from hyvideo.request import SampleRequest, validate
 
-__all__ = ["PROG", "build_parser", "main", "parse_request"]
+__all__ = ["PROG", "build_parser", "main", "parse_batch", "parse_request"]
 
 
 def parse_request(argv: list[str] | None = None) -> SampleRequest:
     """Parse and validate `argv` into a `SampleRequest` (raises `UsageError`), logging the notes about resolved
     values; handy for tests and scripts."""
-    notes: list[str] = []
-    request = validate(build_parser().parse_args(argv), notes)
-    for note in notes:
-        logger.info(note)
-    return request
+    return _parse(argv)[1]
 
 
 def parse_batch(argv: list[str]) -> prompt_file.Batch:
     """Parse and validate `argv`, which names a --prompt-file, into the batch of its entries (raises `UsageError`)."""
+    args, request = _parse(argv)
+    return prompt_file.expand(args, request)
+
+
+def _parse(argv: list[str] | None) -> tuple[argparse.Namespace, SampleRequest]:
     args = build_parser().parse_args(argv)
-    return prompt_file.expand(args, parse_request(argv))
+    notes: list[str] = []
+    request = validate(args, notes)
+    for note in notes:
+        logger.info(note)
+    return args, request
 
 
 def _configure_logging(debug: bool) -> None:

@@ -595,8 +595,8 @@ def validate(flags: Namespace | Flags, notes: list[str] | None = None) -> Sample
     """
     f = {**flag_defaults(), **(vars(flags) if isinstance(flags, Namespace) else flags)}
     _check_choices(f)
-    out: list[str] = []
-    sampling = SamplingOptions.from_flags(f, out)
+    sampling_notes: list[str] = []
+    sampling = SamplingOptions.from_flags(f, sampling_notes)
     text_notes: list[str] = []
     text = TextOptions.from_flags(f, sampling.cfg_scale, text_notes)
     _check_sources(f)
@@ -607,9 +607,9 @@ def validate(flags: Namespace | Flags, notes: list[str] | None = None) -> Sample
     dit = DiTOptions.from_flags(f, runtime)
     decode = DecodeOptions.from_flags(f)
     if sampling.seed_was_random and output.decode_latents is None and output.prompt_file is None:
-        out.append(f"seed {sampling.seed} picked at random (pass --seed {sampling.seed} to repeat this run)")
+        sampling_notes.append(f"seed {sampling.seed} picked at random (pass --seed {sampling.seed} to repeat this run)")
     if notes is not None:
-        notes += text_notes + out
+        notes += text_notes + sampling_notes
     return SampleRequest(
         sampling=sampling, text=text, dit=dit, decode=decode, runtime=runtime, parallel=parallel, output=output
     )

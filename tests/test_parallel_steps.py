@@ -72,18 +72,28 @@ class Recording(steps.Local):
 def test_the_job_ends_after_the_last_collective_and_before_the_decode(
     model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, is_main: bool
 ) -> None:
+    """The order of a run: the runner starts (under torchrun: joins the job, sets this rank's device), the memory
+    preflight measures that device, then encode, denoise, finish; rank 0 alone decodes after the finish."""
     events: list[str] = []
-    monkeypatch.setattr(pipeline.dist_steps, "start", lambda req: Recording(torch.device("cpu"), is_main, events))
-    real_denoise, real_decode = pipeline.denoise, pipeline.decode
+
+    def start(req):
+        events.append("start")
+        return Recording(torch.device("cpu", 0), is_main, events)  # a device the request does not name
+
+    monkeypatch.setattr(pipeline.dist_steps, "start", start)
+    real_preflight, real_denoise, real_decode = pipeline.preflight, pipeline.denoise, pipeline.decode
+    monkeypatch.setattr(
+        pipeline, "preflight", lambda req, *a: events.append(f"preflight {req.device}") or real_preflight(req, *a)
+    )
     monkeypatch.setattr(pipeline, "denoise", lambda *a: events.append("denoise") or real_denoise(*a))
     monkeypatch.setattr(pipeline, "decode", lambda *a: events.append("decode") or real_decode(*a))
     out = tmp_path / "o"
     written = pipeline.run(parse_request(args(model, out, "--num-videos", "2")))
     if is_main:
-        assert events == ["encode", "denoise", "denoise", "finish", "decode", "decode"]
+        assert events == ["start", "preflight cpu:0", "encode", "denoise", "denoise", "finish", "decode", "decode"]
         assert len(written) == 2 and all(p.is_file() for p in written)
     else:  # another rank: leaves with the job, decodes and writes nothing
-        assert events == ["encode", "denoise", "denoise", "finish"]
+        assert events == ["start", "preflight cpu:0", "encode", "denoise", "denoise", "finish"]
         assert written == [] and not out.exists()
 
 

@@ -338,3 +338,10 @@ def test_random_arguments_never_crash(argv: list[str], base: Path, out: Path) ->
     except UsageError as e:
         assert "\n" not in str(e) and str(e)
     assert not out.exists()
+
+
+def test_disable_autocast_is_documented_as_without_effect(base: Path, out: Path) -> None:
+    """Parsed and recorded for the official scripts, but dtypes are explicit: --help says so."""
+    action = next(a for a in cli.build_parser()._actions if "--disable-autocast" in a.option_strings)
+    assert "accepted for compatibility" in action.help and "dtypes are explicit" in action.help
+    assert request(good(base, out, "--seed", "1", "--disable-autocast")).disable_autocast

@@ -69,13 +69,7 @@ class Generator:
         loras: Sequence[str | Path | tuple[str | Path, float]] = (),
         flags: Sequence[str] = (),
     ) -> None:
-        values: dict[str, Any] = {}
-        if flags:  # other command-line flags, given as such
-            try:
-                values = vars(build_parser().parse_args(list(flags)))
-            except UsageError as e:
-                raise ValueError(str(e)) from None
-        values.update(
+        values: dict[str, Any] = dict(
             model_base=str(model_base),
             precision=precision,
             vae_precision=vae_precision,
@@ -88,6 +82,12 @@ class Generator:
             values["dit_weight"] = str(dit_weight)
         if loras:  # --lora's PATH[:SCALE] form, read by the same check
             values["lora"] = [f"{x[0]}:{x[1]}" if isinstance(x, tuple) else str(x) for x in loras]
+        if flags:  # other command-line flags, given as such; like later flags on a command line, they win
+            try:
+                parsed = vars(build_parser().parse_args(list(flags)))
+            except UsageError as e:
+                raise ValueError(str(e)) from None
+            values.update({k: v for k, v in parsed.items() if v != flag_defaults()[k]})
         self._init(values)
 
     @classmethod

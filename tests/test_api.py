@@ -161,3 +161,7 @@ def test_generator_loads_once_and_saves_with_sidecar(model, tmp_path, monkeypatc
         gen.generate("x", infer_steps=0)
     with pytest.raises(ValueError, match="--precision"):
         Generator(model, precision="fp64")
+    with pytest.raises(ValueError, match="--video-length"):  # flags win over the keywords, as later flags would
+        Generator(model, device="cpu", flags=["--video-length", "6"])
+    with pytest.raises(ValueError, match="--precision: invalid choice: 'fp64'"):
+        Generator(model, device="cpu", precision="fp32", flags=["--precision", "fp64"])

@@ -1,7 +1,9 @@
 """The sampling pipeline: encode text -> noise -> sample -> decode -> write. It only orchestrates.
 
 Components load in the order they run and are freed when done (text encoders before the DiT loads, the DiT
-before the VAE loads), so host and device memory hold one large component at a time.
+before the VAE loads), so host and device memory hold one large component at a time. Which process runs which step
+is the runner's business (`hyvideo.parallel.steps`: one process, or one rank of a torchrun job), chosen once in
+`run`.
 """
 
 from __future__ import annotations

@@ -19,9 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file as _load_safetensors
 from torch import nn
 
-from hyvideo.errors import CheckpointError
-
-__all__ = ["CheckpointError"]  # raised here; defined with the other error types in hyvideo.errors
+from hyvideo.errors import CheckpointError  # raised here; defined with the other error types
 
 StateDict = dict[str, torch.Tensor]
 

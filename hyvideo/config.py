@@ -181,8 +181,7 @@ def parse_args(namespace: object | None = None, argv: list[str] | None = None):
 def tile_problem(size: int, stride: int, unit: int) -> str | None:
     """Why tiles of `size` taken every `stride` (in steps of `unit`) cannot cover an axis with blended overlaps, or
     None: both multiples of `unit`, 0 < stride <= size, and the blended overlap (size - stride) at most half a tile.
-    Shared by the VAE's TilingConfig and the CLI's --vae-tile-size/--vae-tile-stride check (which must not import
-    torch)."""
+    Shared by the VAE's TilingConfig and the request's --vae-tile-size/--vae-tile-stride check."""
     if size % unit or stride % unit or not 0 < stride <= size:
         return f"must be multiples of {unit} with 0 < stride <= size, got {size}/{stride}"
     if 2 * (size - stride) > size:

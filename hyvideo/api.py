@@ -8,25 +8,27 @@
     video.save("results/cat.mp4")                               # MP4 + JSON sidecar, atomically
 
 Every argument is checked exactly like the command line's flag of the same name (`ValueError` with the flag's
-message); `flags` passes any other command-line flag (e.g. `["--offload", "model"]`). `hyvideo.inference` wraps this
-class in the official `HunyuanVideoSampler` interface.
+message): the values go straight into `hyvideo.request.validate`, the command line's own checks. `flags` passes any
+other command-line flag (e.g. `["--offload", "model"]`). `hyvideo.inference` wraps this class in the official
+`HunyuanVideoSampler` interface.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
-from loguru import logger
 
 from hyvideo import pipeline, sidecar
 from hyvideo.checkpoints.layout import ModelPaths, locate
+from hyvideo.errors import UsageError
+from hyvideo.flags import build_parser
 from hyvideo.modules.text_encoders import TextEmbeddings, TextEncoders
-from hyvideo.request import SampleRequest, UsageError, validate
+from hyvideo.request import SampleRequest, flag_defaults, for_prompt, validate
 
 _PLACEHOLDER_PROMPT = "-"  # validation needs a prompt; each generate() call brings its own
 
@@ -46,15 +48,9 @@ class Video:
         """Write `path` (MP4, H.264) and its JSON sidecar beside it, atomically; returns the path."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        req = self.request if fps is None else _replace(self.request, fps=fps)
+        req = self.request if fps is None else self.request.replace(fps=fps)
         record = {**self.record, "fps": req.fps}
         return pipeline.write_video(req, path, self.latents, self.frames * 2 - 1, record)
-
-
-def _replace(req: SampleRequest, **changes: object) -> SampleRequest:
-    import dataclasses
-
-    return dataclasses.replace(req, **changes)
 
 
 class Generator:
@@ -73,38 +69,42 @@ class Generator:
         loras: Sequence[str | Path | tuple[str | Path, float]] = (),
         flags: Sequence[str] = (),
     ) -> None:
-        argv = ["--model-base", str(model_base), "--precision", precision, "--vae-precision", vae_precision]
-        argv += [
-            "--text-encoder-precision",
-            text_encoder_precision,
-            "--text-encoder-precision-2",
-            text_encoder_precision,
-        ]
-        argv += ["--device", device] if device else []
-        argv += ["--dit-weight", str(dit_weight)] if dit_weight else []
-        for lora in loras:
-            argv += ["--lora", f"{lora[0]}:{lora[1]}" if isinstance(lora, tuple) else str(lora)]
-        from hyvideo.cli import build_parser
-
-        try:
-            args = build_parser().parse_args([*argv, *flags])
-        except UsageError as e:
-            raise ValueError(str(e)) from None
-        self._init(args)
+        values: dict[str, Any] = dict(
+            model_base=str(model_base),
+            precision=precision,
+            vae_precision=vae_precision,
+            text_encoder_precision=text_encoder_precision,
+            text_encoder_precision_2=text_encoder_precision,
+        )
+        if device:
+            values["device"] = device
+        if dit_weight:
+            values["dit_weight"] = str(dit_weight)
+        if loras:  # --lora's PATH[:SCALE] form, read by the same check
+            values["lora"] = [f"{x[0]}:{x[1]}" if isinstance(x, tuple) else str(x) for x in loras]
+        if flags:  # other command-line flags, given as such; like later flags on a command line, they win
+            try:
+                parsed = vars(build_parser().parse_args(list(flags)))
+            except UsageError as e:
+                raise ValueError(str(e)) from None
+            values.update({k: v for k, v in parsed.items() if v != flag_defaults()[k]})
+        self._init(values)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Generator:
         """From a Namespace of the command-line parser (e.g. `hyvideo.config.parse_args()`)."""
         self = cls.__new__(cls)
-        self._init(copy.copy(args))
+        self._init(vars(args))
         return self
 
-    def _init(self, args: argparse.Namespace) -> None:
-        args.prompt_file = None
-        if not (args.prompt or "").strip():
-            args.prompt = _PLACEHOLDER_PROMPT
-        self.args = args
-        self.request = self._validate()
+    def _init(self, values: Mapping[str, Any]) -> None:
+        self.flags = {**flag_defaults(), **values, "prompt_file": None}
+        if not (self.flags.get("prompt") or "").strip():
+            self.flags["prompt"] = _PLACEHOLDER_PROMPT
+        try:
+            self.request = validate(self.flags)
+        except UsageError as e:
+            raise ValueError(str(e)) from None
         req = self.request
         self.device = torch.device(req.device)
         self.paths: ModelPaths = locate(req.model_base, req.dit_weight)
@@ -117,15 +117,13 @@ class Generator:
             self.vae = pipeline.load_decoder(req, self.paths, self.device)
         self._cache: dict[tuple[str, int], TextEmbeddings] = {}
 
-    def _validate(self, **values: object) -> SampleRequest:
-        ns = argparse.Namespace(**{**vars(self.args), **{k: v for k, v in values.items() if v is not None}})
-        logger.disable("hyvideo.request")
+    def _for_prompt(self, **values: object) -> SampleRequest:
+        """The loaded request for one `generate` call: None values keep the construction's."""
+        given = {k: v for k, v in values.items() if v is not None}
         try:
-            return validate(ns)
+            return for_prompt(self.request, {**self.flags, **given})
         except UsageError as e:
             raise ValueError(str(e)) from None
-        finally:
-            logger.enable("hyvideo.request")
 
     def _encode(self, text: str, frames: int) -> TextEmbeddings:
         key = (text, min(frames, 2))  # the 1-frame and the video template differ
@@ -156,9 +154,10 @@ class Generator:
         seeds = list(seed) if isinstance(seed, Sequence) else None
         if seeds is not None and not seeds:
             raise ValueError("seed: give at least one seed")
-        req = self._validate(
+        size = self.flags["video_size"]
+        req = self._for_prompt(
             prompt=prompt,
-            video_size=[height or self.args.video_size[0], width or self.args.video_size[1]],
+            video_size=[height or size[0], width or size[1]],
             video_length=video_length,
             seed=seeds[0] if seeds else seed,
             num_videos=len(seeds) if seeds else num_videos,
@@ -177,7 +176,7 @@ class Generator:
             latents, video = pipeline.generate_one(
                 self.model, self.vae, cond, uncond, req, int(s), self.device, timings
             )
-            one = _replace(req, seed=int(s), num_videos=1)
+            one = req.replace(seed=int(s), num_videos=1)
             record = sidecar.build(
                 one,
                 int(s),
@@ -193,4 +192,4 @@ class Generator:
         """Free the models (the object cannot generate afterwards)."""
         self.encoders.free()
         self.model = self.vae = None  # type: ignore[assignment]
-        pipeline._release_memory()
+        pipeline.release_memory()

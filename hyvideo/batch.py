@@ -17,27 +17,34 @@ torchrun ranks.
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import os
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
+import torch.distributed as dist
 from loguru import logger
 
-from hyvideo import io, sidecar
-from hyvideo.prompt_file import BatchItem
+from hyvideo import hardware, io, pipeline, sidecar
+from hyvideo.checkpoints.layout import ModelPaths, locate
+from hyvideo.checkpoints.verify import verify_vae
+from hyvideo.memory import (
+    ModelSizes,
+    check_fits,
+    current_rss,
+    device_capacity,
+    estimate,
+    model_sizes,
+    plan_from_request,
+)
+from hyvideo.modules.text_encoders import TextEmbeddings, TextEncoders
+from hyvideo.parallel.group import launched_by_torchrun
+from hyvideo.parallel.steps import Embeddings
+from hyvideo.prompt_file import Batch, BatchItem
 from hyvideo.request import SampleRequest
-
-if TYPE_CHECKING:  # the model code (transformers) is imported only when there is something to generate
-    from hyvideo.checkpoints.layout import ModelPaths
-    from hyvideo.modules.text_encoders import TextEmbeddings
-
-    Embeddings = tuple[TextEmbeddings, TextEmbeddings | None]  # (prompt, negative prompt or None)
 
 GATHER_TIMEOUT = timedelta(days=7)  # ranks wait for the slowest one at the end; its share may take a long time
 
@@ -115,7 +122,7 @@ def recorded_seed(req: SampleRequest, line: int) -> int | None:
 def plan(item: BatchItem) -> Job:
     req = item.request
     if item.seed_is_random and (seed := recorded_seed(req, item.line)) is not None:
-        req = dataclasses.replace(req, seed=seed)
+        req = req.replace(seed=seed)
     outputs = [(req.seed + k, output_path(req, item.line, req.seed + k)) for k in range(req.num_videos)]
     return Job(item, req, outputs)
 
@@ -136,8 +143,8 @@ class Ranks:
 def ranks() -> Ranks:
     """This process's place under torchrun. `validate` lets a prompt file run under torchrun only without
     sequence-parallel degrees, so every process works alone on its share."""
-    if not all(v in os.environ for v in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")):
-        return Ranks(0, 1)  # not started by torchrun (the same test as `validate`'s)
+    if not launched_by_torchrun():
+        return Ranks(0, 1)
     return Ranks(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]))
 
 
@@ -152,8 +159,6 @@ def _gather(results: list[ItemResult], where: Ranks) -> list[ItemResult]:
     """Every rank's results (on every rank), through a gloo group; this rank's alone without torchrun."""
     if where.world == 1:
         return results
-    import torch.distributed as dist
-
     if not dist.is_initialized():
         dist.init_process_group("gloo", timeout=GATHER_TIMEOUT)
     group = dist.new_group(backend="gloo", timeout=GATHER_TIMEOUT) if dist.get_backend() != "gloo" else None
@@ -167,15 +172,16 @@ def _gather(results: list[ItemResult], where: Ranks) -> list[ItemResult]:
 # ---------------------------------------------------------------------------------------------------------------
 # The run
 # ---------------------------------------------------------------------------------------------------------------
-def run_batch(req: SampleRequest) -> BatchResult:
-    """Generate every pending entry of `req.items` that belongs to this rank; returns all ranks' results."""
+def run_batch(batch: Batch) -> BatchResult:
+    """Generate every pending entry of the batch that belongs to this rank; returns all ranks' results."""
+    req = batch.request
     where = ranks()
     device = torch.device(rank_device(req.device))
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    if req.reproduce:
-        torch.use_deterministic_algorithms(True)
-    mine = [item for item in req.items if where.owns(item)]
+    if req.runtime.reproduce:
+        hardware.make_deterministic()
+    mine = [item for item in batch.items if where.owns(item)]
     jobs = [plan(item) for item in mine]
     results: list[ItemResult] = []
     todo = []
@@ -186,7 +192,7 @@ def run_batch(req: SampleRequest) -> BatchResult:
             results.append(_result(job, "skipped", where, files=[p.name for _, p in job.outputs]))
     share = f"rank {where.rank}/{where.world}: " if where.world > 1 else ""
     logger.info(
-        f"{share}{req.prompt_file}: {len(jobs)} entr{'y' if len(jobs) == 1 else 'ies'}, "
+        f"{share}{batch.path}: {len(jobs)} entr{'y' if len(jobs) == 1 else 'ies'}, "
         f"{len(jobs) - len(todo)} finished earlier, {len(todo)} to do"
     )
     try:
@@ -216,9 +222,6 @@ def _encode(
     req: SampleRequest, paths: ModelPaths, todo: list[Job], device: torch.device, failed: list[ItemResult], where: Ranks
 ) -> dict[int, Embeddings]:
     """Embeddings on the CPU per entry line, the encoders loaded once and freed; entries that fail are recorded."""
-    from hyvideo import pipeline
-    from hyvideo.modules.text_encoders import TextEncoders
-
     encoders = TextEncoders(pipeline.text_config(req, paths), device)
     cache: dict[tuple[str, int], TextEmbeddings] = {}  # (text, 1-frame or video template) -> embeddings
 
@@ -245,14 +248,14 @@ def _encode(
 
 
 def _generate(req: SampleRequest, todo: list[Job], device: torch.device, where: Ranks) -> list[ItemResult]:
-    from hyvideo import pipeline
-    from hyvideo.checkpoints.layout import locate
-    from hyvideo.checkpoints.verify import verify_vae
-
+    """The pending jobs: memory checked per entry, then text encoders, DiT and VAE loaded once for all of them."""
     results: list[ItemResult] = []
     paths = locate(req.model_base, req.dit_weight)
     verify_vae(paths.vae)  # names and shapes only: a bad VAE must fail before hours of sampling
-    todo = _fitting(req, todo, paths, device, where, results)  # entries that cannot fit fail now, before any loading
+    cfg = pipeline.denoiser_config(req, paths)  # the same model for every entry
+    todo = _fitting(
+        todo, model_sizes(cfg, paths), device, where, results
+    )  # entries that cannot fit fail now, before any loading
     if not todo:
         return results
     load = pipeline.Timings({})
@@ -262,7 +265,7 @@ def _generate(req: SampleRequest, todo: list[Job], device: torch.device, where: 
     if not todo:
         return results
     with load.stage("load DiT", device):
-        model = pipeline.load_denoiser(req, paths, device)
+        model = pipeline.load_denoiser(req, paths, device, cfg)
     with load.stage("load VAE", device):
         vae = pipeline.load_decoder(req, paths, device)
     for n, job in enumerate(todo, start=1):
@@ -281,7 +284,7 @@ def _generate(req: SampleRequest, todo: list[Job], device: torch.device, where: 
                     paths,
                     timings={**load.seconds, **timings.seconds},
                     peak_memory_mib={**load.peak_mib, **timings.peak_mib},
-                    extra={"batch": _batch_record(req, job, k)},
+                    extra={"batch": _batch_record(job, k)},
                 )
                 pipeline.write_video(r, path, latents, video, record)
                 written.append(path.name)
@@ -301,19 +304,10 @@ def _generate(req: SampleRequest, todo: list[Job], device: torch.device, where: 
 
 
 def _fitting(
-    req: SampleRequest,
-    todo: list[Job],
-    paths: ModelPaths,
-    device: torch.device,
-    where: Ranks,
-    failed: list[ItemResult],
+    todo: list[Job], sizes: ModelSizes, device: torch.device, where: Ranks, failed: list[ItemResult]
 ) -> list[Job]:
     """The memory preflight for every entry (from the configs, nothing loaded): entries whose estimated peak does not
     fit the device are recorded as failed with the reason; the largest estimate is logged once."""
-    from hyvideo import pipeline
-    from hyvideo.memory import check_fits, current_rss, device_capacity, estimate, model_sizes, plan_from_request
-
-    sizes = model_sizes(pipeline.denoiser_config(req, paths), paths)  # the models are the same for every entry
     baseline, capacity = current_rss(), device_capacity(str(device))
     fits, largest = [], None
     for job in todo:
@@ -336,16 +330,15 @@ def _fitting(
 
 def _failed(job: Job, where: Ranks, t0: float, written: list[str], e: Exception) -> ItemResult:
     """Log a failed entry and free what its attempt held (e.g. after a CUDA out-of-memory error)."""
-    from hyvideo import pipeline
-
     logger.error(f"line {job.item.line}: failed, going on with the next entry: {_one_line(e)}")
-    pipeline._release_memory()
+    pipeline.release_memory()
     return _result(job, "failed", where, seconds=time.perf_counter() - t0, files=written, error=_one_line(e))
 
 
-def _batch_record(req: SampleRequest, job: Job, video: int) -> dict[str, object]:
+def _batch_record(job: Job, video: int) -> dict[str, object]:
+    prompt_file = job.request.output.prompt_file
     return {
-        "prompt_file": str(Path(req.prompt_file).resolve()) if req.prompt_file else None,
+        "prompt_file": str(prompt_file.resolve()) if prompt_file else None,
         "line": job.item.line,
         "index": job.item.index,
         "video": video,

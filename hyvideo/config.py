@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-
-class ConfigError(ValueError):
-    """An invalid model configuration; the message names the field and what is valid."""
+from hyvideo.errors import ConfigError, UsageError
+from hyvideo.flags import build_parser
 
 
 @dataclass(frozen=True)
@@ -171,11 +171,6 @@ def parse_args(namespace: object | None = None, argv: list[str] | None = None):
     official flag (official names and defaults) plus ours, as the official `parse_args` does. A bad flag prints one
     `error:` line and exits with code 2. Values are checked in full when the Namespace is used
     (`hyvideo.inference.HunyuanVideoSampler.from_pretrained`)."""
-    import sys
-
-    from hyvideo.cli import build_parser
-    from hyvideo.request import UsageError
-
     try:
         return build_parser().parse_args(argv, namespace=namespace)
     except UsageError as e:
@@ -186,8 +181,7 @@ def parse_args(namespace: object | None = None, argv: list[str] | None = None):
 def tile_problem(size: int, stride: int, unit: int) -> str | None:
     """Why tiles of `size` taken every `stride` (in steps of `unit`) cannot cover an axis with blended overlaps, or
     None: both multiples of `unit`, 0 < stride <= size, and the blended overlap (size - stride) at most half a tile.
-    Shared by the VAE's TilingConfig and the CLI's --vae-tile-size/--vae-tile-stride check (which must not import
-    torch)."""
+    Shared by the VAE's TilingConfig and the request's --vae-tile-size/--vae-tile-stride check."""
     if size % unit or stride % unit or not 0 < stride <= size:
         return f"must be multiples of {unit} with 0 < stride <= size, got {size}/{stride}"
     if 2 * (size - stride) > size:

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from hyvideo.api import Generator
-from hyvideo.request import RANDOM_SEED_MAX
+from hyvideo.choices import RANDOM_SEED_MAX
 
 
 class HunyuanVideoSampler:

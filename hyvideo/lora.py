@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hyvideo.checkpoints.dit import DIFFUSERS_RULES, Rule
-from hyvideo.request import UsageError
+from hyvideo.errors import UsageError
 
 FLAG = "--lora"
 _PREFIXES = ("base_model.model.", "transformer.", "diffusion_model.", "model.diffusion_model.")

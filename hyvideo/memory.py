@@ -27,14 +27,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+from loguru import logger
 
+from hyvideo.checkpoints.dit import build_dit
+from hyvideo.config import DiTConfig
+from hyvideo.errors import UsageError
+from hyvideo.modules.vae import HYVideoVAE, TilingConfig, VAEConfig
 from hyvideo.pinned import pinned_bytes
+from hyvideo.quantization import fp8_layer_names
 from hyvideo.utils.host_memory import proc_kb
 
 if TYPE_CHECKING:
     from hyvideo.checkpoints.layout import ModelPaths
-    from hyvideo.config import DiTConfig
-    from hyvideo.modules.vae import VAEConfig
+    from hyvideo.request import SampleRequest
 
 GiB = 2**30
 DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
@@ -85,39 +90,37 @@ class MemoryPlan:
     processes: int = 1  # processes on this machine (torchrun's local world): each holds its own host copies
 
 
-def plan_from_request(req: object) -> MemoryPlan:
-    """A MemoryPlan from a `SampleRequest` (duck-typed to keep this module free of CLI imports)."""
-    from hyvideo.modules.vae import TilingConfig
-
-    get = lambda name, default=None: getattr(req, name, default)  # noqa: E731
+def plan_from_request(req: SampleRequest) -> MemoryPlan:
+    """The memory-relevant choices of a request."""
+    s, text, dit, decode, par = req.sampling, req.text, req.dit, req.decode, req.parallel
     tiling = TilingConfig()  # what the pipeline's enable_tiling() uses
     return MemoryPlan(
-        height=req.height,
-        width=req.width,
-        frames=req.video_length,
-        device=torch.device(req.device).type,
-        precision=req.precision,
-        vae_precision=req.vae_precision,
-        text_precision=req.text_encoder_precision,
-        text_precision_2=req.text_encoder_precision_2,
-        text_len=req.text_len,
-        llm_skip=int(get("hidden_state_skip_layer", 2)),
-        use_fp8=bool(get("use_fp8", False)),
-        offload=get("offload", "none") or "none",
-        vae_tiling=req.vae_tiling,
-        tile_size=int(get("vae_tile_size", tiling.tile_size)),
+        height=s.height,
+        width=s.width,
+        frames=s.video_length,
+        device=torch.device(req.runtime.device).type,
+        precision=dit.precision,
+        vae_precision=decode.vae_precision,
+        text_precision=text.text_encoder_precision,
+        text_precision_2=text.text_encoder_precision_2,
+        text_len=text.text_len,
+        llm_skip=text.hidden_state_skip_layer,
+        use_fp8=dit.use_fp8,
+        offload=req.runtime.offload,
+        vae_tiling=decode.vae_tiling,
+        tile_size=decode.vae_tile_size,
         chunk_frames=4 * tiling.chunk_latents + 1 if tiling.mode == "chunked" else tiling.tile_frames + 1,
-        parallel=int(get("ulysses_degree", 1)) * int(get("ring_degree", 1)),
+        parallel=par.ulysses_degree * par.ring_degree,
         shards=_weight_shards(req),
     )
 
 
-def _weight_shards(req: object) -> int:
+def _weight_shards(req: SampleRequest) -> int:
     """How many processes split the DiT block weights: the torchrun world with --shard-weights, unless fp8 or
     offloading (which load the weights replicated)."""
-    world = int(getattr(req, "world_size", 1) or 1)
-    plain = not getattr(req, "use_fp8", False) and getattr(req, "offload", "none") == "none"
-    return world if world > 1 and plain and getattr(req, "shard_weights", False) else 1
+    plain = not req.dit.use_fp8 and req.runtime.offload == "none"
+    world = req.parallel.world_size
+    return world if world > 1 and plain and req.parallel.shard_weights else 1
 
 
 @dataclass(frozen=True)
@@ -150,8 +153,6 @@ class ModelSizes:
 
 
 def dit_sizes(cfg: DiTConfig) -> dict[str, object]:
-    from hyvideo.checkpoints.dit import build_dit
-    from hyvideo.quantization import fp8_layer_names
 
     model = build_dit(cfg, "meta")
     linear = set(fp8_layer_names(model))
@@ -230,7 +231,6 @@ def clip_text_params(cfg: dict) -> int:
 
 
 def vae_params(vae_cfg: VAEConfig) -> int:
-    from hyvideo.modules.vae import HYVideoVAE
 
     with torch.device("meta"):
         return sum(p.numel() for p in HYVideoVAE(vae_cfg).parameters())
@@ -394,7 +394,6 @@ def _read_json(path: Path) -> dict:
 
 def model_sizes(dit_cfg: DiTConfig, paths: ModelPaths) -> ModelSizes:
     """Parameter counts of every component from the configs under the located model paths."""
-    from hyvideo.modules.vae import VAEConfig
 
     llm_cfg = _read_json(Path(paths.text_encoder) / "config.json")
     clip_cfg = _read_json(Path(paths.text_encoder_2) / "config.json")
@@ -488,10 +487,6 @@ def preflight(
     `req.device`; under torchrun call this after `torch.cuda.set_device`, so a bare "cuda" means this rank's card):
     its free memory is the limit; on CUDA the host RAM of all this machine's processes is checked too.
     Reads no weights."""
-    from loguru import logger
-
-    from hyvideo.request import UsageError
-
     plan = replace(plan_from_request(req), processes=local_processes())
     est = estimate(plan, model_sizes(dit_cfg, paths), baseline=current_rss())
     for line in est.lines():
@@ -645,9 +640,6 @@ FULL_SIZE_CLIP = {  # openai/clip-vit-large-patch14 text tower
 def full_size_sizes(dit_cfg: DiTConfig | None = None) -> ModelSizes:
     """ModelSizes of the released HYVideo-T/2-cfgdistill (or `dit_cfg`, e.g. another preset) + Llama-3-8B + CLIP-L +
     884-16c-hy VAE, with a bf16 DiT file."""
-    from hyvideo.config import DiTConfig
-    from hyvideo.modules.vae import VAEConfig
-
     dit = dit_sizes(dit_cfg or DiTConfig())
     n_dit = dit["dit_block_linear"] + dit["dit_block_other"] + dit["dit_other"]
     return ModelSizes(

@@ -41,8 +41,8 @@ from functools import partial
 import torch
 from torch import nn
 
+from hyvideo.choices import OFFLOAD_LEVELS
 from hyvideo.pinned import SlabPool, pack_pinned
-from hyvideo.request import OFFLOAD_LEVELS
 from hyvideo.utils.host_memory import trim
 
 DEFAULT_WINDOW = 2  # blocks resident at once under block offload: the running one + one prefetched

@@ -1,12 +1,13 @@
 """The sampling pipeline: encode text -> noise -> sample -> decode -> write. It only orchestrates.
 
 Components load in the order they run and are freed when done (text encoders before the DiT loads, the DiT
-before the VAE loads), so host and device memory hold one large component at a time.
+before the VAE loads), so host and device memory hold one large component at a time. Which process runs which step
+is the runner's business (`hyvideo.parallel.steps`: one process, or one rank of a torchrun job), chosen once in
+`run`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import gc
 import time
 from collections.abc import Callable, Iterator
@@ -19,22 +20,26 @@ import torch
 from loguru import logger
 from tqdm import tqdm
 
-from hyvideo import io, sidecar
+from hyvideo import hardware, io, sidecar
 from hyvideo.checkpoints.dit import load_dit
 from hyvideo.checkpoints.layout import ModelPaths, locate
 from hyvideo.checkpoints.vae import load_vae
 from hyvideo.checkpoints.verify import verify_vae
+from hyvideo.choices import PRECISIONS
 from hyvideo.compile import compile_blocks
 from hyvideo.config import DiTConfig, dit_config
+from hyvideo.errors import UsageError
+from hyvideo.lora import apply_loras
 from hyvideo.memory import preflight
 from hyvideo.modules.dit import HYVideoDiT
-from hyvideo.modules.text_encoders import PRECISIONS, TextEmbeddings, TextEncoderConfig, TextEncoders
+from hyvideo.modules.text_encoders import TextEmbeddings, TextEncoderConfig, TextEncoders
 from hyvideo.modules.vae import HYVideoVAE
 from hyvideo.offload import apply_offload, move_releasing
 from hyvideo.parallel import steps as dist_steps
+from hyvideo.parallel.steps import Local, WeightReader
 from hyvideo.quantization import enable_fp8_compute, is_fp8_file, load_dit_fp8, quantize_dit
-from hyvideo.request import SampleRequest, UsageError
-from hyvideo.sampling import euler, flow_sigmas, initial_noise, latent_shape, with_cfg, with_cond
+from hyvideo.request import SampleRequest
+from hyvideo.sampling import euler, flow_sigmas, initial_noise, latent_shape, with_cond
 from hyvideo.teacache import TeaCache
 from hyvideo.utils.host_memory import proc_kb
 
@@ -68,7 +73,7 @@ class Timings:
         logger.info(f"{name}: {dt:.2f} s ({mem})")
 
 
-def _release_memory() -> None:
+def release_memory() -> None:
     """Return freed memory to the system / CUDA allocator (call after dropping the last reference)."""
     gc.collect()
     if torch.cuda.is_available():
@@ -79,19 +84,20 @@ def _release_memory() -> None:
 # Steps
 # ---------------------------------------------------------------------------------------------------------------
 def text_config(req: SampleRequest, paths: ModelPaths) -> TextEncoderConfig:
+    text = req.text
     return TextEncoderConfig(
         llm_path=paths.text_encoder,
         clip_path=paths.text_encoder_2,
         llm_tokenizer_path=paths.tokenizer,
         clip_tokenizer_path=paths.tokenizer_2,
-        text_len=req.text_len,
-        text_len_2=req.text_len_2,
-        hidden_state_skip_layer=req.hidden_state_skip_layer,
-        apply_final_norm=req.apply_final_norm,
-        precision=req.text_encoder_precision,
-        precision_2=req.text_encoder_precision_2,
-        prompt_template=req.prompt_template,
-        prompt_template_video=req.prompt_template_video,
+        text_len=text.text_len,
+        text_len_2=text.text_len_2,
+        hidden_state_skip_layer=text.hidden_state_skip_layer,
+        apply_final_norm=text.apply_final_norm,
+        precision=text.text_encoder_precision,
+        precision_2=text.text_encoder_precision_2,
+        prompt_template=text.prompt_template,
+        prompt_template_video=text.prompt_template_video,
     )
 
 
@@ -114,8 +120,16 @@ def denoiser_config(req: SampleRequest, paths: ModelPaths) -> DiTConfig:
     return dit_config(req.model, folder / "config.json").replace(rope_theta=float(req.rope_theta))
 
 
-def load_denoiser(req: SampleRequest, paths: ModelPaths, device: torch.device) -> HYVideoDiT:
-    cfg = denoiser_config(req, paths)
+def load_denoiser(
+    req: SampleRequest,
+    paths: ModelPaths,
+    device: torch.device,
+    cfg: DiTConfig | None = None,
+    reader: WeightReader | None = None,
+) -> HYVideoDiT:
+    """The DiT ready to run: weights read (LoRAs merged, fp8 stored, offloaded as asked), compiled as asked.
+    `cfg`: `denoiser_config` when already computed; `reader`: reads a share of the block weights (a runner's)."""
+    cfg = denoiser_config(req, paths) if cfg is None else cfg
     if cfg.in_channels != req.latent_channels:
         raise UsageError(
             "--latent-channels", f"the DiT takes {cfg.in_channels} latent channels, not {req.latent_channels}"
@@ -126,15 +140,13 @@ def load_denoiser(req: SampleRequest, paths: ModelPaths, device: torch.device) -
         what = "merge --lora into the bf16 weights instead" if req.loras else "add --use-fp8"
         raise UsageError("--dit-weight", f"{paths.dit.name} holds fp8 weights (with a scale map); {what}")
     if req.loras:  # merged into the checkpoint's float weights on the CPU, before any cast or quantization
-        from hyvideo.lora import apply_loras
-
         model = load_dit(paths.dit, cfg, load_key=req.load_key)
         apply_loras(model, req.loras, merge=req.lora_merge)
         if req.use_fp8:
             quantize_dit(model)  # after the merge, so the fp8 weights hold the merged values
         move_releasing(model, home, dtype)  # per tensor, returning unmodified mapped pages as it goes
-    elif (sharded := dist_steps.load_sharded(req, paths.dit, cfg, dtype)) is not None:
-        model = sharded  # torchrun: this process holds 1/N of the block weights
+    elif reader is not None:
+        model = reader(paths.dit, cfg, dtype)  # torchrun: this process holds 1/N of the block weights
     elif req.use_fp8:
         model = load_dit_fp8(paths.dit, cfg, load_key=req.load_key, dtype=dtype, device=home)
     else:  # streamed blocks stay in the file's dtype on the host and are cast per block as they load
@@ -170,8 +182,11 @@ def denoise(
     req: SampleRequest,
     seed: int,
     device: torch.device,
+    runner: Local | None = None,
 ) -> torch.Tensor:
-    """Final latents (1, C, T, h, w) float32 for one video: Euler over the shifted flow schedule from seeded noise."""
+    """Final latents (1, C, T, h, w) float32 for one video: Euler over the shifted flow schedule from seeded noise.
+    `runner` (default: this process alone) applies real CFG, split over processes with --cfg-parallel."""
+    runner = Local(device) if runner is None else runner
     shape = latent_shape(1, req.video_length, req.height, req.width, req.latent_channels)
     x = initial_noise(shape, [seed], device)
     cond = cond.to(device)
@@ -180,9 +195,11 @@ def denoise(
     if uncond is None:
         model_fn = with_cond(fn, cond)
     else:
-        model_fn = dist_steps.guided(fn, cond, uncond, req.cfg_scale) or with_cfg(fn, cond, uncond, req.cfg_scale)
+        model_fn = runner.guided(fn, cond, uncond, req.cfg_scale)
     sigmas = flow_sigmas(req.infer_steps, req.flow_shift)
-    with tqdm(total=req.infer_steps, desc=f"denoise seed {seed}", leave=False, disable=not dist_steps.is_main()) as bar:
+    with tqdm(
+        total=req.infer_steps, desc=f"denoise seed {seed}", leave=False, disable=not dist_steps.is_main_process()
+    ) as bar:
 
         def step_done(state: dict) -> None:
             bar.update(1)
@@ -263,46 +280,67 @@ def write_video(
 # The whole run
 # ---------------------------------------------------------------------------------------------------------------
 def run(req: SampleRequest) -> list[Path]:
-    """Generate (or decode) per the request; returns the MP4 paths written."""
-    device = torch.device(req.device)
-    if req.reproduce:
-        torch.use_deterministic_algorithms(True)
+    """Generate (or decode) per the request; returns the MP4 paths written (none on ranks other than 0)."""
+    if req.runtime.reproduce:
+        hardware.make_deterministic()
     timings = Timings({})
-    if req.decode_latents is not None:
-        return [decode_only(req, device, timings)] if dist_steps.is_main() else []
-    paths = locate(req.model_base, req.dit_weight)
-    if req.ulysses_degree > 1:
-        dist_steps.check_heads(req, denoiser_config(req, paths))
+    if req.output.decode_latents is not None:
+        device = torch.device(req.runtime.device)
+        return [decode_only(req, device, timings)] if dist_steps.is_main_process() else []
+    paths = locate(req.dit.model_base, req.dit.dit_weight)
+    cfg = denoiser_config(req, paths)
+    dist_steps.check_degrees(req, cfg)
     verify_vae(paths.vae)  # names and shapes only: a bad VAE must fail now, not after sampling
-    preflight(req, paths, denoiser_config(req, paths))  # peak memory from the configs; exit 2 if it cannot fit
-    mesh = dist_steps.start(req)  # several torchrun processes: join the job (None otherwise)
-    device = device if mesh is None else mesh.device
-    logger.info(f"models: {paths.layout} layout at {req.model_base}; DiT {paths.dit}")
+    runner = dist_steps.start(req)  # joins the torchrun job and sets this rank's device when there is one
+    preflight(req.replace(device=str(runner.device)), paths, cfg)  # peak memory on this rank's device; exit 2
+    latents = sample(runner, req, paths, cfg, timings)
+    if not runner.is_main:
+        return []  # the job ended with the last collective; rank 0 decodes and writes alone
+    return decode_and_write(req, paths, latents, runner.device, timings)
+
+
+def seeds(req: SampleRequest) -> list[int]:
+    """Video i of a request uses seed + i."""
+    return [req.sampling.seed + i for i in range(req.sampling.num_videos)]
+
+
+def sample(
+    runner: Local, req: SampleRequest, paths: ModelPaths, cfg: DiTConfig, timings: Timings
+) -> list[torch.Tensor]:
+    """Final latents of every video of the request: the text encoded, the DiT loaded once, each seed denoised; the
+    DiT is freed and the runner finished (its last collective is behind it) before returning."""
+    device = runner.device
+    s = req.sampling
+    logger.info(f"models: {paths.layout} layout at {req.dit.model_base}; DiT {paths.dit}")
     logger.info(
-        f"request: {req.width}x{req.height}, {req.video_length} frames, {req.infer_steps} steps, shift "
-        f"{req.flow_shift}, embedded cfg {req.embedded_cfg_scale}, cfg {req.cfg_scale}, seed {req.seed}, "
-        f"{req.num_videos} video(s), DiT {req.precision}, VAE {req.vae_precision}, device {device}"
+        f"request: {s.width}x{s.height}, {s.video_length} frames, {s.infer_steps} steps, shift {s.flow_shift}, "
+        f"embedded cfg {s.embedded_cfg_scale}, cfg {s.cfg_scale}, seed {s.seed}, {s.num_videos} video(s), "
+        f"DiT {req.dit.precision}, VAE {req.decode.vae_precision}, device {device}"
     )
     with timings.stage("text encode", device):
-        cond, uncond = dist_steps.shared_text(lambda: encode_text(req, paths, device), req)  # rank 0 encodes
+        cond, uncond = runner.encode(lambda: encode_text(req, paths, device))  # rank 0 encodes under torchrun
     with timings.stage("load DiT", device):
-        model = dist_steps.wrap(load_denoiser(req, paths, device))  # sequence parallel under torchrun
-    seeds = [req.seed + i for i in range(req.num_videos)]
+        model = runner.wrap(load_denoiser(req, paths, device, cfg, runner.weight_reader(req)))
     all_latents = []
-    for seed in seeds:
+    for seed in seeds(req):
         with timings.stage(f"denoise seed {seed}", device):
-            all_latents.append(denoise(model, cond, uncond, req, seed, device))
+            all_latents.append(denoise(model, cond, uncond, req, seed, device, runner))
     del model
-    _release_memory()
-    if not dist_steps.is_main():  # rank 0 decodes and writes; wait for it, so its failure is ours too
-        dist_steps.finish()
-        return []
+    release_memory()
+    runner.finish()
+    return all_latents
+
+
+def decode_and_write(
+    req: SampleRequest, paths: ModelPaths, all_latents: list[torch.Tensor], device: torch.device, timings: Timings
+) -> list[Path]:
+    """Decode each video's latents with the VAE (loaded once) and write it with its sidecar."""
     with timings.stage("load VAE", device):
         vae = load_decoder(req, paths, device)
     req.save_dir.mkdir(parents=True, exist_ok=True)
     when = datetime.now()
     written = []
-    for seed, latents in zip(seeds, all_latents, strict=True):
+    for seed, latents in zip(seeds(req), all_latents, strict=True):
         with timings.stage(f"decode seed {seed}", device):
             video = decode(vae, latents)
         with timings.stage(f"write seed {seed}", device):
@@ -311,7 +349,6 @@ def run(req: SampleRequest) -> list[Path]:
             written.append(write_video(req, path, latents, video, record))
     total = sum(timings.seconds.values())
     logger.info(f"done in {total:.1f} s; peak host RSS {peak_host_mb():.0f} MiB")
-    dist_steps.finish()
     return written
 
 
@@ -348,6 +385,6 @@ def decode_only(req: SampleRequest, device: torch.device, timings: Timings) -> P
     req.save_dir.mkdir(parents=True, exist_ok=True)
     with timings.stage("write", device):
         record = sidecar.for_decoded(req, latents.shape, meta, timings.seconds, timings.peak_mib, paths.vae)
-        path = write_video(dataclasses.replace(req, save_latents=False), req.save_dir / name, None, video, record)
+        path = write_video(req.replace(save_latents=False), req.save_dir / name, None, video, record)
     logger.info(f"decoded {req.decode_latents} (prompt {record.get('prompt')!r}, seed {record.get('seed', '?')})")
     return path

@@ -7,27 +7,21 @@ Two formats, chosen by the file name:
 In both, blank lines and lines starting with `#` are skipped. Every problem is one `UsageError("--prompt-file", ...)`
 naming the file and the line, raised before anything loads.
 
-Each entry is resolved by running the command line's own `validate` on the flags with the line's values put in, so a
-line is checked exactly like the same values given as flags.
+`expand` runs after the command line was validated once: each entry's prompt and overrides rebuild only the
+request's text and sampling stages, with the same checks `validate` applies to the same values given as flags.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from argparse import Namespace
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from loguru import logger
-
-from hyvideo.request import SEED_MAX, UsageError
-
-if TYPE_CHECKING:
-    from hyvideo.lora import LoraSpec
-    from hyvideo.request import SampleRequest
+from hyvideo.choices import SEED_MAX
+from hyvideo.errors import UsageError
+from hyvideo.request import SampleRequest, for_prompt
 
 FLAG = "--prompt-file"
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
@@ -64,6 +58,15 @@ class BatchItem:
     line: int  # 1-based line number in the file
     request: SampleRequest  # the command line's request with this line's prompt and overrides
     seed_is_random: bool  # no seed on the line and no --seed: the seed was drawn here, a re-run reuses a recorded one
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A prompt file's run: the command line's request and one resolved request per entry."""
+
+    request: SampleRequest  # the command line's (prompt None); its stages other than text and sampling hold for all
+    path: Path  # the --prompt-file
+    items: tuple[BatchItem, ...]  # in file order
 
 
 def _error(path: Path, line: int | None, message: str) -> UsageError:
@@ -135,35 +138,28 @@ def _parse_json_line(path: Path, line: int, text: str) -> PromptEntry:
     return PromptEntry(line, prompt.strip(), overrides)
 
 
-def resolve(args: Namespace, path: str | Path, loras: tuple[LoraSpec, ...] = ()) -> tuple[BatchItem, ...]:
-    """Every entry of the file as a validated request: the flags in `args` with the line's prompt and overrides
-    (`loras`, already checked once, are shared by all entries).
+def expand(args: Namespace, request: SampleRequest) -> Batch:
+    """The prompt file named by `request` as one request per entry: the flags in `args` with the line's prompt and
+    overrides (LoRAs and every other stage are the validated `request`'s).
 
     Seeds: the line's `seed`; else `--seed` + the entry's index; else one drawn at random (the batch runner replaces
     it with the seed recorded beside earlier outputs of the same line, so a re-run resumes with the same seed).
     """
-    from hyvideo.request import validate  # circular at import time: validate calls this function
-
-    path = Path(path)
+    path = request.prompt_file
+    assert path is not None, "expand() needs a request with a prompt file"
     items = []
-    logger.disable("hyvideo.request")  # per-line notes (rounding, random seeds) would repeat for every line
-    try:
-        for index, entry in enumerate(parse_entries(path)):
-            values = {**vars(args), "prompt": entry.prompt, "prompt_file": None, "lora": None, **entry.overrides}
-            values["batch_entry"] = True  # validated as one entry of a prompt file (see request._check_parallel)
-            given_seed = "seed" in entry.overrides
-            if args.seed_type == "file" and not given_seed:
-                raise _error(path, entry.line, 'needs a "seed" (--seed-type file takes every seed from the file)')
-            if not given_seed and args.seed is not None:
-                values["seed"] = args.seed + index
-                if values["seed"] > SEED_MAX:
-                    raise _error(path, entry.line, f"--seed {args.seed} + entry index {index} exceeds {SEED_MAX}")
-            try:
-                request = validate(Namespace(**values))
-            except UsageError as e:
-                raise _error(path, entry.line, str(e)) from None
-            request = dataclasses.replace(request, loras=loras)
-            items.append(BatchItem(index, entry.line, request, seed_is_random=values["seed"] is None))
-    finally:
-        logger.enable("hyvideo.request")
-    return tuple(items)
+    for index, entry in enumerate(parse_entries(path)):
+        values = {**vars(args), "prompt": entry.prompt, **entry.overrides}
+        given_seed = "seed" in entry.overrides
+        if args.seed_type == "file" and not given_seed:
+            raise _error(path, entry.line, 'needs a "seed" (--seed-type file takes every seed from the file)')
+        if not given_seed and args.seed is not None:
+            values["seed"] = args.seed + index
+            if values["seed"] > SEED_MAX:
+                raise _error(path, entry.line, f"--seed {args.seed} + entry index {index} exceeds {SEED_MAX}")
+        try:
+            one = for_prompt(request, values)
+        except UsageError as e:
+            raise _error(path, entry.line, str(e)) from None
+        items.append(BatchItem(index, entry.line, one, seed_is_random=values["seed"] is None))
+    return Batch(request, Path(path), tuple(items))

@@ -30,8 +30,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from hyvideo import offload
-from hyvideo.checkpoints.common import CheckpointError, StateDict, as_state_dict, load_torch_file
+from hyvideo.checkpoints.common import CheckpointError, StateDict, as_state_dict, assign_state_dict, load_torch_file
+from hyvideo.checkpoints.dit import build_dit, load_dit
 from hyvideo.config import DiTConfig
+from hyvideo.hardware import scaled_mm_available  # noqa: F401  (importable from here too)
 from hyvideo.modules.dit import HYVideoDiT
 
 FP8 = torch.float8_e4m3fn
@@ -67,13 +69,6 @@ def quantize_weight(
 def dequantize_weight(w8: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """W8.to(dtype) * s (cast first, then scale in `dtype`, as the official forward does)."""
     return w8.to(dtype) * scale.to(dtype)
-
-
-def scaled_mm_available(device: torch.device) -> bool:
-    """fp8 matmul hardware: CUDA compute capability >= 8.9 (Ada, Hopper and later) with `torch._scaled_mm`."""
-    if device.type != "cuda" or not torch.cuda.is_available() or not hasattr(torch, "_scaled_mm"):
-        return False
-    return torch.cuda.get_device_capability(device) >= (8, 9)
 
 
 def fp8_matmul(
@@ -337,9 +332,6 @@ def load_dit_fp8(
     """A DiT whose block Linears hold fp8 weights: the official fp8 pair as stored, or any float checkpoint
     quantized while loading (layer by layer, so host RAM never holds a second float copy). Other weights are cast
     to `dtype`; everything moves to `device`."""
-    from hyvideo.checkpoints.common import assign_state_dict
-    from hyvideo.checkpoints.dit import build_dit, load_dit
-
     if is_fp8_file(path):
         sd, scales = read_fp8_official(path, load_key)
         model = fp8_structure(build_dit(cfg), scales)

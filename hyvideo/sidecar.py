@@ -22,6 +22,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from loguru import logger
+
 if TYPE_CHECKING:
     from hyvideo.checkpoints.layout import ModelPaths
     from hyvideo.request import SampleRequest
@@ -29,8 +31,8 @@ if TYPE_CHECKING:
 SCHEMA = 1
 FINGERPRINT_HEAD_BYTES = 2**20  # the first MiB of each weight file goes into its fingerprint
 _WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".json")
-# Request fields recorded under "runtime" when this build has them (speed, memory and parallel options)
-_OPTIONAL_RUNTIME = (
+# Request fields recorded under "runtime" after the ones above (speed, memory and parallel options)
+_RUNTIME_OPTIONS = (
     "offload",
     "fp8_compute",
     "teacache_thresh",
@@ -105,6 +107,35 @@ def parallel_settings(req: SampleRequest) -> dict[str, object]:
     }
 
 
+def _models(req: SampleRequest, paths: ModelPaths | None) -> dict[str, object]:
+    """The weights used: folder, layout and a fingerprint per component."""
+    return {
+        "name": req.model,
+        "base": str(Path(req.model_base).resolve()),
+        "layout": paths.layout if paths else None,
+        "dit": _model_entry(paths.dit) if paths else None,
+        "vae": _model_entry(paths.vae) if paths else None,
+        "text_encoder": _model_entry(paths.text_encoder) if paths else None,
+        "text_encoder_2": _model_entry(paths.text_encoder_2) if paths else None,
+        "load_key": req.load_key,
+    }
+
+
+def _runtime(req: SampleRequest) -> dict[str, object]:
+    """How it ran: device, kernels, memory and speed options, processes."""
+    return {
+        "device": req.device,
+        "attn_backend": req.attn_backend,
+        "vae_tiling": req.vae_tiling,
+        "use_cpu_offload": req.use_cpu_offload,
+        "use_fp8": req.use_fp8,
+        "disable_autocast": req.disable_autocast,
+        "reproduce": req.reproduce,
+        **{name: getattr(req, name) for name in _RUNTIME_OPTIONS},
+        "parallel": parallel_settings(req),
+    }
+
+
 def build(
     req: SampleRequest,
     seed: int,
@@ -131,16 +162,7 @@ def build(
         "cfg_scale": req.cfg_scale,
         "embedded_cfg_scale": req.embedded_cfg_scale,
         "sampler": {"solver": req.flow_solver, "denoise_type": req.denoise_type, "flow_reverse": req.flow_reverse},
-        "model": {
-            "name": req.model,
-            "base": str(Path(req.model_base).resolve()),
-            "layout": paths.layout if paths else None,
-            "dit": _model_entry(paths.dit) if paths else None,
-            "vae": _model_entry(paths.vae) if paths else None,
-            "text_encoder": _model_entry(paths.text_encoder) if paths else None,
-            "text_encoder_2": _model_entry(paths.text_encoder_2) if paths else None,
-            "load_key": req.load_key,
-        },
+        "model": _models(req, paths),
         "loras": [
             {"path": str(s.path.resolve()), "scale": s.scale, "fingerprint": fingerprint(s.path.resolve())}
             for s in req.loras
@@ -152,17 +174,7 @@ def build(
             "text_encoder": req.text_encoder_precision,
             "text_encoder_2": req.text_encoder_precision_2,
         },
-        "runtime": {
-            "device": req.device,
-            "attn_backend": req.attn_backend,
-            "vae_tiling": req.vae_tiling,
-            "use_cpu_offload": req.use_cpu_offload,
-            "use_fp8": req.use_fp8,
-            "disable_autocast": req.disable_autocast,
-            "reproduce": req.reproduce,
-            **{name: getattr(req, name) for name in _OPTIONAL_RUNTIME if hasattr(req, name)},
-            "parallel": parallel_settings(req),
-        },
+        "runtime": _runtime(req),
         "versions": package_versions(),
         "command": sys.argv,
         "timings_s": {k: round(v, 3) for k, v in (timings or {}).items()},
@@ -211,8 +223,6 @@ def for_decoded(
 ) -> dict[str, object]:
     """The sidecar of a `--decode-latents` video: the generating run's sidecar (when it sits beside the latents file
     and fits their shape), else what the latents file's own metadata says; plus how this decode was made."""
-    from loguru import logger
-
     source = for_latents(req.decode_latents)
     record = read(source)
     if record is not None and not matches_latents(record, shape):

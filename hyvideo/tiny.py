@@ -6,14 +6,19 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from hyvideo.checkpoints.dit import save_dit_diffusers, save_dit_official
+from hyvideo.checkpoints.layout import OFFICIAL_DIT_DIR
+from hyvideo.checkpoints.vae import random_vae, save_vae_diffusers, save_vae_official
 from hyvideo.config import DiTConfig
 from hyvideo.modules.dit import HYVideoDiT
+from hyvideo.modules.vae import VAEConfig
 
 TINY_DIT = DiTConfig(
     in_channels=16,
@@ -63,8 +68,6 @@ def random_dit(cfg: DiTConfig = TINY_DIT, seed: int = 0) -> HYVideoDiT:
 # A complete tiny model on disk: `python -m hyvideo.tiny OUT [--layout official|diffusers]`
 # ---------------------------------------------------------------------------------------------------------------
 def tiny_vae_config():
-    from hyvideo.modules.vae import VAEConfig
-
     return VAEConfig(block_out_channels=(16, 32, 32, 32), layers_per_block=1, norm_num_groups=8)
 
 
@@ -87,11 +90,7 @@ def write_tiny_model(root: str | Path, layout: str = "official", seed: int = 0, 
     diffusers: root/model_index.json, transformer/, vae/, text_encoder/, tokenizer/, text_encoder_2/, tokenizer_2/,
     scheduler/. The same seed gives the same weights in both layouts.
     """
-    import json
-
-    from hyvideo.checkpoints.dit import save_dit_diffusers, save_dit_official
-    from hyvideo.checkpoints.layout import OFFICIAL_DIT_DIR
-    from hyvideo.checkpoints.vae import random_vae, save_vae_diffusers, save_vae_official
+    # start-up: tiny_text imports transformers, which the DiT/VAE helpers of this module never need
     from hyvideo.tiny_text import write_text_encoders_diffusers, write_text_encoders_official
 
     if layout not in ("official", "diffusers"):

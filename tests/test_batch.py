@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from hyvideo import batch, cli, io, pipeline, sidecar
-from hyvideo.cli import parse_request
 from hyvideo.io import slugify
 from hyvideo.tiny import write_tiny_model
 
@@ -41,108 +40,6 @@ def write(path: Path, lines: list[str]) -> Path:
 
 def videos(out: Path) -> list[str]:
     return sorted(p.name for p in out.glob("*.mp4"))
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Parsing (no models)
-# ---------------------------------------------------------------------------------------------------------------
-def test_txt_entries_keep_line_numbers_unicode_and_slashes(tmp_path):
-    base = tmp_path / "ckpts"
-    base.mkdir()
-    pf = write(tmp_path / "p.txt", ["# header", "", "  a cat / a dog  ", "猫が歩く — ünïcödé", "#x", LONG])
-    req = parse_request(flags(base, tmp_path / "o", pf, "--seed", "10"))
-    assert req.prompt is None and req.prompt_file == pf
-    assert [(it.line, it.index) for it in req.items] == [(3, 0), (4, 1), (6, 2)]
-    assert [it.request.prompt for it in req.items] == ["a cat / a dog", "猫が歩く — ünïcödé", LONG]
-    assert [it.request.seed for it in req.items] == [10, 11, 12]  # --seed + entry index
-    assert not any(it.seed_is_random for it in req.items)
-    names = [batch.output_path(it.request, it.line, it.request.seed).name for it in req.items]
-    assert names[0] == "0003_seed10_a_cat_a_dog.mp4" and "/" not in "".join(names)
-    assert names[1].startswith("0004_seed11_猫が歩く")
-    assert len(names[2].encode()) < 255
-
-
-def test_jsonl_overrides_apply_per_line(tmp_path):
-    base = tmp_path / "ckpts"
-    base.mkdir()
-    pf = write(
-        tmp_path / "p.jsonl",
-        [
-            json.dumps({"prompt": "plain"}),
-            json.dumps(
-                {
-                    "prompt": "custom",
-                    "seed": 99,
-                    "video_size": [48, 64],
-                    "video_length": 9,
-                    "infer_steps": 2,
-                    "cfg_scale": 2.5,
-                    "neg_prompt": "blurry",
-                    "embedded_cfg_scale": 4,
-                    "flow_shift": 5.0,
-                    "num_videos": 3,
-                }
-            ),
-        ],
-    )
-    req = parse_request(flags(base, tmp_path / "o", pf))
-    plain, custom = (it.request for it in req.items)
-    assert (plain.height, plain.width, plain.video_length, plain.infer_steps) == (32, 32, 5, 1)
-    assert req.items[0].seed_is_random and not req.items[1].seed_is_random
-    assert (custom.seed, custom.height, custom.width, custom.video_length) == (99, 48, 64, 9)
-    assert (custom.infer_steps, custom.cfg_scale, custom.neg_prompt) == (2, 2.5, "blurry")
-    assert (custom.embedded_cfg_scale, custom.flow_shift, custom.num_videos) == (4.0, 5.0, 3)
-
-
-@pytest.mark.parametrize(
-    ("lines", "expect"),
-    [
-        ([], "has no prompts"),
-        (["# only a comment", ""], "has no prompts"),
-        (['{"prompt": "ok"}', "", '{"prompt": "x", seed: 1}'], "line 3: not valid JSON"),
-        (['{"prompt": "ok"}', '["a list"]'], "line 2: expected a JSON object"),
-        (['{"seed": 1}'], 'line 1: needs a non-empty string "prompt"'),
-        (['{"prompt": "a", "sede": 1}'], "line 1: unknown key(s) sede"),
-        (['{"prompt": "a", "seed": "7"}'], "line 1: seed must be an integer"),
-        (['{"prompt": "a", "video_size": [32]}'], "line 1: video_size must be [HEIGHT, WIDTH]"),
-        (['{"prompt": "a"}', '{"prompt": "b", "video_length": 6}'], "line 2: --video-length: must be 4n+1"),
-        (['{"prompt": "a", "infer_steps": 0}'], "line 1: --infer-steps"),
-    ],
-)
-def test_bad_prompt_files_exit_2_naming_the_line(tmp_path, capsys, lines, expect):
-    base = tmp_path / "ckpts"
-    base.mkdir()
-    pf = write(tmp_path / "p.jsonl", lines) if lines else tmp_path / "p.jsonl"
-    if not lines:
-        pf.write_text("")
-    out = tmp_path / "o"
-    assert cli.main(flags(base, out, pf)) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("error: --prompt-file: ") and str(pf) in err, err
-    assert expect in err, err
-    assert not out.exists()
-
-
-def test_prompt_file_usage_errors(tmp_path, capsys):
-    base = tmp_path / "ckpts"
-    base.mkdir()
-    good = write(tmp_path / "p.txt", ["a cat"])
-    cases = [
-        (flags(base, tmp_path / "o", tmp_path / "missing.txt"), "does not exist"),
-        (flags(base, tmp_path / "o", tmp_path), "is not a file"),
-        ([*flags(base, tmp_path / "o", good), "--prompt", "x"], "give either --prompt or --prompt-file"),
-    ]
-    bad = tmp_path / "latin1.txt"
-    bad.write_bytes(b"ok\n" + "caf\xe9\n".encode("latin-1"))
-    cases.append((flags(base, tmp_path / "o", bad), "line 2: is not UTF-8 text"))
-    if os.geteuid() != 0:  # root reads anything
-        locked = write(tmp_path / "locked.txt", ["a"])
-        locked.chmod(0)
-        cases.append((flags(base, tmp_path / "o", locked), "cannot be read"))
-    for argv, expect in cases:
-        assert cli.main(argv) == 2
-        err = capsys.readouterr().err
-        assert err.count("\n") == 1 and "--prompt-file" in err and expect in err, err
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -326,23 +223,6 @@ def test_disk_full_stops_the_batch(model, tmp_path, monkeypatch, capsys):
     assert cli.main(flags(model, out, pf, "--seed", "0")) == 1
     assert len(calls) == 1 and list(out.iterdir()) == []
     assert "stopping: free disk space" in capsys.readouterr().err
-
-
-def test_seed_type_file_takes_every_seed_from_the_file(tmp_path, capsys):
-    base = tmp_path / "ckpts"
-    base.mkdir()
-    pf = write(tmp_path / "p.jsonl", [json.dumps({"prompt": "a", "seed": 5}), json.dumps({"prompt": "b", "seed": 1})])
-    req = parse_request(flags(base, tmp_path / "o", pf, "--seed-type", "file"))
-    assert [it.request.seed for it in req.items] == [5, 1] and not any(it.seed_is_random for it in req.items)
-    missing = write(tmp_path / "m.jsonl", [json.dumps({"prompt": "a", "seed": 5}), json.dumps({"prompt": "b"})])
-    for argv, expect in [
-        (flags(base, tmp_path / "o", missing, "--seed-type", "file"), 'line 2: needs a "seed"'),
-        (flags(base, tmp_path / "o", pf, "--seed-type", "file", "--seed", "3"), "drop --seed N"),
-        (["--prompt", "a", "--model-base", str(base), "--seed-type", "file"], "takes each seed from --prompt-file"),
-    ]:
-        assert cli.main(argv) == 2
-        err = capsys.readouterr().err
-        assert err.count("\n") == 1 and expect in err, err
 
 
 def test_static_split_by_entry_index(monkeypatch):

@@ -21,15 +21,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from hyvideo import cli, io
 from hyvideo.checkpoints.layout import OFFICIAL_DIT_DIR, OFFICIAL_DIT_FILE
 from hyvideo.modules.dit import HYVideoDiT
 from hyvideo.modules.text_encoders import TextEncoders
 from hyvideo.modules.vae import HYVideoVAE
-from hyvideo.request import UsageError
 from hyvideo.tiny import TINY_DIT, random_dit, write_tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -149,8 +146,6 @@ def _write(rel: str, text: str) -> Callable[[Path], None]:
 
 def _bigger_dit(base: Path) -> None:
     """A DiT state dict of the same family but another size (hidden 64 instead of 48)."""
-    import json
-
     cfg = json.loads((base / DIT_DIR / "config.json").read_text())
     dims = {"text_states_dim": cfg["text_embed_dim"], "text_pool_dim": cfg["pooled_projection_dim"]}
     other = random_dit(TINY_DIT.replace(hidden_size=64, rope_axes=(4, 14, 14), **dims))
@@ -515,7 +510,6 @@ def test_ctrl_c_exit_130_no_partial_files(
 def test_ctrl_c_in_a_batch_keeps_finished_videos_and_resumes(
     models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    pytest.importorskip("hyvideo.batch")
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a cat\na dog\n")
     args = argv(models["official"], tmp_path / "out", "--prompt-file", str(prompts))
@@ -602,7 +596,6 @@ def test_lora_that_does_not_fit_exit_2(
     capsys: pytest.CaptureFixture,
     fast_text: None,
 ) -> None:
-    pytest.importorskip("hyvideo.lora")
     from safetensors.torch import save_file
 
     path = tmp_path / "style.safetensors"
@@ -675,53 +668,3 @@ def test_missing_environment_exit_2(
     line = error_line(err)
     assert code == 2 and text in line, line
     assert "models:" not in err and not out.exists()
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Property: a prompt file of any content is either resolved or refused with a one-line UsageError
-# ---------------------------------------------------------------------------------------------------------------
-_JSON_SCALARS = st.one_of(
-    st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=False), st.text(max_size=8)
-)
-_JSON = st.recursive(_JSON_SCALARS, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3), max_leaves=6)  # fmt: skip
-_PLAUSIBLE_VALUE = st.one_of(
-    st.integers(-5, 300), st.floats(-2, 20), st.lists(st.integers(-16, 600), min_size=0, max_size=3), _JSON
-)
-_KEYS = st.sampled_from(["prompt", "seed", "neg_prompt", "video_size", "video_length", "infer_steps", "cfg_scale",
-                         "embedded_cfg_scale", "flow_shift", "num_videos", "bogus"])  # fmt: skip
-_OBJECT_LINE = st.dictionaries(_KEYS, _PLAUSIBLE_VALUE | st.text(max_size=12), max_size=4).map(json.dumps)
-_LINE = st.one_of(
-    st.text(max_size=30),
-    st.sampled_from(["", "   ", "# comment", '{"prompt": "a cat"}', '{"prompt": "a cat", "seed": 3}', "{", "[]"]),
-    _OBJECT_LINE,
-    _JSON.map(json.dumps),
-)
-_CONTENT = st.one_of(
-    st.lists(_LINE, max_size=6).map(lambda lines: "\n".join(lines).encode()),
-    st.binary(max_size=64),
-    st.lists(_LINE, max_size=3).map(lambda lines: b"\xef\xbb\xbf" + "\r\n".join(lines).encode("utf-8")),
-)
-
-
-@pytest.fixture(scope="module")
-def scratch(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("prompt-files")
-    (d / "ckpts").mkdir()
-    return d
-
-
-@settings(max_examples=200, deadline=None)
-@given(content=_CONTENT, suffix=st.sampled_from([".txt", ".jsonl"]))
-def test_random_prompt_files_never_crash(content: bytes, suffix: str, scratch: Path) -> None:
-    pytest.importorskip("hyvideo.prompt_file")
-    path = scratch / f"prompts{suffix}"
-    path.write_bytes(content)
-    out = scratch / "results"
-    flags = ["--prompt-file", str(path), "--model-base", str(scratch / "ckpts"), "--save-path", str(out)]
-    try:
-        req = cli.parse_request([*flags, "--device", "cpu"])
-    except UsageError as e:
-        assert str(e) and "\n" not in str(e) and "\r" not in str(e), repr(str(e))
-    else:
-        assert req.items and all(item.request.prompt and item.request.prompt.strip() for item in req.items)
-    assert not out.exists()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -158,7 +157,10 @@ def test_vae_tile_flags_reach_the_decoder_and_the_estimate(models, tmp_path):
     whole = pipeline.decode(pipeline.load_decoder(default, paths, cpu), latents)  # one tile: exact
     tiled = pipeline.decode(vae, latents)
     assert tiled.shape == whole.shape == (3, 9, 64, 96)
-    assert 0 < (tiled - whole).abs().mean().item() < 0.3  # blended seams (random weights): tiled, not garbage
+    # Measured 0.112 with these seeds (fp32, CPU): a 64 px tile sees less context than the whole frame, so every
+    # pixel moves a little, most at the blended seam (columns 48-63). Decoding other latents differs by 0.53, so this
+    # band tells tiling from garbage, and the lower end from no tiling at all.
+    assert 0.05 < (tiled - whole).abs().mean().item() < 0.15
     big = dict(height=720, width=1280, video_length=129)
-    est = [plan_from_request(dataclasses.replace(r, **big)).tile_size for r in (default, small)]
+    est = [plan_from_request(r.replace(**big)).tile_size for r in (default, small)]
     assert est == [256, 64]

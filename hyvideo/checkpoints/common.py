@@ -19,13 +19,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file as _load_safetensors
 from torch import nn
 
+from hyvideo.errors import CheckpointError  # raised here; defined with the other error types
+
 StateDict = dict[str, torch.Tensor]
 
 SHOW = 5  # how many offending keys an error message lists
-
-
-class CheckpointError(Exception):
-    """A weight file or directory that cannot be used; the message is one line naming the file and the problem."""
 
 
 def _listing(keys: list[str]) -> str:

@@ -18,11 +18,13 @@ from hyvideo.checkpoints.common import (
     StateDict,
     as_state_dict,
     assign_state_dict,
+    load_safetensors,
     load_safetensors_dir,
     load_torch_file,
 )
 from hyvideo.config import DiTConfig, dit_config
 from hyvideo.modules.dit import HYVideoDiT
+from hyvideo.offload import move_releasing
 
 OFFICIAL_FILE = "mp_rank_00_model_states.pt"
 DIFFUSERS_STEM = "diffusion_pytorch_model"
@@ -222,8 +224,6 @@ def read_dit_state_dict(path: str | Path, cfg: DiTConfig, load_key: str = "modul
     if kind == "official":
         return as_state_dict(load_torch_file(where), where, load_key)
     if where.is_file():
-        from hyvideo.checkpoints.common import load_safetensors
-
         sd = load_safetensors(where)
     else:
         sd = load_safetensors_dir(where, DIFFUSERS_STEM)
@@ -255,8 +255,6 @@ def load_dit(
     assign_state_dict(model, sd, f"DiT {where}")
     del sd
     if dtype is not None or str(device) != "cpu":
-        from hyvideo.offload import move_releasing
-
         move_releasing(model, device, dtype)
     return model.eval().requires_grad_(False)
 

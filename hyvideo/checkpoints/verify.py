@@ -14,6 +14,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from hyvideo.checkpoints.common import CheckpointError, check_state_dict
+from hyvideo.checkpoints.vae import DIFFUSERS_STEM, OFFICIAL_WEIGHTS, official_state_dict, read_vae_config
+from hyvideo.modules.vae import build_vae
 
 Shapes = dict[str, torch.Size]
 
@@ -48,9 +50,6 @@ def safetensors_dir_shapes(directory: str | Path, stem: str) -> Shapes:
 
 def verify_vae(vae_dir: str | Path) -> None:
     """Raise `CheckpointError` unless `vae_dir` holds a readable config and weights that fit it (names, shapes)."""
-    from hyvideo.checkpoints.vae import DIFFUSERS_STEM, OFFICIAL_WEIGHTS, official_state_dict, read_vae_config
-    from hyvideo.modules.vae import build_vae
-
     vae_dir = Path(vae_dir)
     config = read_vae_config(vae_dir)
     official = vae_dir / OFFICIAL_WEIGHTS

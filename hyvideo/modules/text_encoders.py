@@ -29,11 +29,11 @@ from safetensors import SafetensorError
 from transformers import AutoConfig, AutoModel, AutoTokenizer, CLIPTextModel
 from transformers.utils import logging as hf_logging
 
-from hyvideo.checkpoints.common import CheckpointError
+from hyvideo.choices import PRECISIONS
+from hyvideo.errors import CheckpointError
 
 _LAYER_KEY = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 
-PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 # The two official prompt templates (docs/DESIGN.md §4.2), verbatim; "{}" is where the prompt goes.
 PROMPT_TEMPLATES: dict[str, str] = {

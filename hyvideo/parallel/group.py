@@ -9,6 +9,7 @@ sequence-parallel group (R * U ranks holding one image-token chunk each, chunk i
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -106,8 +107,20 @@ def init(ulysses: int, ring: int, cfg: int, device: torch.device, timeout_s: flo
 
 
 def shutdown() -> None:
+    """Leave the job: every rank calls this at the same point (destroying an NCCL group waits for the peers)."""
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def abort(code: int) -> None:
+    """After an error on this rank of a running job: exit now (no teardown that could wait on peers); the peers'
+    pending collectives then fail at once instead of timing out, and torchrun reports this rank's exit code. Does
+    nothing outside a job."""
+    if not dist.is_initialized():
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 # ---------------------------------------------------------------------------------------------------------------

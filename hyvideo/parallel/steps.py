@@ -1,126 +1,143 @@
-"""The pipeline's distributed steps. Every function is a no-op (or the single-process behaviour) when the run was
-not launched by torchrun with several processes, so `hyvideo.pipeline` calls them unconditionally.
+"""Who runs which step of a video: one runner chosen per run, applied from outside the pipeline.
 
-Roles: rank 0 loads the text encoders and broadcasts the embeddings, logs, decodes and writes; every rank holds
-1/N of the DiT blocks (FSDP2) and one chunk of the image tokens. Rank 0 finishes with a barrier that the other
-ranks wait on, so a failure on rank 0 while they wait ends them too (with an error instead of exit 0).
+`Local` is a single process: it runs every step. `Torchrun` is one rank of a job of U x R (x 2) processes sharing
+one video: rank 0 loads the text encoders and broadcasts the embeddings; every rank holds 1/N of the DiT blocks
+(FSDP2) and one chunk of the image tokens; rank 0 alone decodes and writes.
+
+The end of a job: every rank leaves the process group together right after the last collective (the end of
+denoising), so no rank ever waits for another's decode, however long it takes. Non-main ranks then exit 0; a failure
+of rank 0 while decoding or writing is reported by rank 0's own exit code (and so by torchrun's).
 """
 
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from loguru import logger
 
 from hyvideo.config import DiTConfig
+from hyvideo.errors import UsageError
 from hyvideo.modules.dit import HYVideoDiT
 from hyvideo.modules.text_encoders import TextEmbeddings
 from hyvideo.parallel import group
 from hyvideo.parallel.group import Mesh
 from hyvideo.parallel.sequence import SequenceParallelDiT, with_cfg_parallel
-from hyvideo.request import SampleRequest, UsageError
-from hyvideo.sampling import CondModelFn, ModelFn
+from hyvideo.parallel.shard import load_sharded_dit, weight_mesh
+from hyvideo.request import SampleRequest
+from hyvideo.sampling import CondModelFn, ModelFn, with_cfg
 
-_mesh: Mesh | None = None  # set by `start` for the lifetime of the run
+Embeddings = tuple[TextEmbeddings, TextEmbeddings | None]  # (prompt, negative prompt or None)
+# Reads the DiT straight into this process's share of the block weights: (path, config, dtype) -> model
+WeightReader = Callable[[Path, DiTConfig, torch.dtype], HYVideoDiT]
 
 
-def current() -> Mesh | None:
-    return _mesh
-
-
-def is_main() -> bool:
-    """True on rank 0 and in single-process runs (decided from torchrun's RANK, so usable before `start`)."""
+def is_main_process() -> bool:
+    """True on rank 0 and in single-process runs (from torchrun's RANK, so usable before a runner starts)."""
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def start(req: SampleRequest) -> Mesh | None:
-    """Join the job and build the rank grid when several processes run; None for a single process."""
-    global _mesh
-    if req.world_size <= 1:
-        return None
-    cfg = 2 if req.cfg_parallel else 1
-    _mesh = group.init(req.ulysses_degree, req.ring_degree, cfg, torch.device(req.device), req.dist_timeout)
-    logger.info(
-        f"{_mesh.world} processes: ulysses {_mesh.ulysses} x ring {_mesh.ring} x cfg {_mesh.cfg}, "
-        f"{'sharded' if req.shard_weights else 'replicated'} DiT weights, device {_mesh.device} on rank 0"
-    )
-    return _mesh
-
-
-def check_heads(req: SampleRequest, cfg: DiTConfig) -> None:
+def check_degrees(req: SampleRequest, cfg: DiTConfig) -> None:
     """Ulysses splits attention heads: --ulysses-degree must divide them (checked before anything loads)."""
-    if cfg.heads % req.ulysses_degree:
+    if cfg.heads % req.parallel.ulysses_degree:
         raise UsageError(
-            "--ulysses-degree", f"{req.ulysses_degree} does not divide the DiT's {cfg.heads} attention heads"
+            "--ulysses-degree", f"{req.parallel.ulysses_degree} does not divide the DiT's {cfg.heads} attention heads"
         )
 
 
-def shared_text(
-    encode: Callable[[], tuple[TextEmbeddings, TextEmbeddings | None]], req: SampleRequest
-) -> tuple[TextEmbeddings, TextEmbeddings | None]:
-    """Rank 0 runs `encode` (loading the text encoders); the others receive the embeddings by broadcast."""
-    if _mesh is None:
+class Local:
+    """A single process: every step runs here, on the request's device."""
+
+    is_main = True  # decodes and writes
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+
+    def encode(self, encode: Callable[[], Embeddings]) -> Embeddings:
+        """The embeddings of the prompt and the negative prompt: `encode` loads the text encoders and runs them."""
         return encode()
-    count = 6 if req.cfg_scale > 1 else 3
-    tensors = None
-    if _mesh.is_main:
-        cond, uncond = encode()
-        tensors = [cond.llm_states, cond.llm_mask, cond.clip_pooled]
-        if uncond is not None:
-            tensors += [uncond.llm_states, uncond.llm_mask, uncond.clip_pooled]
-    out = [t.cpu() for t in group.broadcast_tensors(tensors, count, _mesh.device)]
-    cond = TextEmbeddings(*out[:3])
-    return cond, (TextEmbeddings(*out[3:]) if count == 6 else None)
 
-
-def load_sharded(req: SampleRequest, path: Path, cfg: DiTConfig, dtype: torch.dtype) -> HYVideoDiT | None:
-    """The DiT with FSDP2-sharded blocks read straight from the checkpoint, or None when not sharding (also with
-    fp8 storage or offloading, which manage the block weights themselves: those load replicated)."""
-    if _mesh is None or not req.shard_weights:
+    def weight_reader(self, req: SampleRequest) -> WeightReader | None:
+        """How to read the DiT into a share of the block weights; None: the plain loaders (whole weights)."""
         return None
-    if req.use_fp8 or getattr(req, "offload", "none") != "none":
-        logger.info("DiT weights replicated on every process: --shard-weights does not combine with fp8 or offload")
-        return None
-    from hyvideo.parallel.shard import load_sharded_dit, weight_mesh
 
-    mesh = weight_mesh(_mesh.device, _mesh.world)
-    return load_sharded_dit(path, cfg, mesh, load_key=req.load_key, dtype=dtype, device=_mesh.device)
-
-
-def wrap(model: HYVideoDiT) -> HYVideoDiT:
-    """Sequence parallelism around a built DiT when the image tokens are split (U x R > 1)."""
-    if _mesh is None or _mesh.sp_size == 1:
+    def wrap(self, model: HYVideoDiT) -> HYVideoDiT:
+        """The DiT as this runner executes it (sequence parallel under torchrun)."""
         return model
-    return SequenceParallelDiT(model, _mesh)  # type: ignore[return-value]  # same call signature and attributes
+
+    def guided(self, fn: CondModelFn, cond: TextEmbeddings, uncond: TextEmbeddings, scale: float) -> ModelFn:
+        """Real classifier-free guidance around `fn`."""
+        return with_cfg(fn, cond, uncond, scale)
+
+    def finish(self) -> None:
+        """Called once, after the last denoising step of the run."""
 
 
-def guided(fn: CondModelFn, cond: TextEmbeddings, uncond: TextEmbeddings, scale: float) -> ModelFn | None:
-    """--cfg-parallel: cond and uncond on the two rank halves; None when not splitting CFG."""
-    if _mesh is None or _mesh.cfg == 1:
-        return None
-    return with_cfg_parallel(fn, cond, uncond, scale, _mesh)
+class Torchrun(Local):
+    """This rank of a torchrun job sharing one video."""
+
+    def __init__(self, req: SampleRequest, mesh: Mesh) -> None:
+        super().__init__(mesh.device)
+        self.mesh = mesh
+        self.is_main = mesh.is_main
+        self.cfg_pass = req.sampling.cfg_scale > 1
+
+    def encode(self, encode: Callable[[], Embeddings]) -> Embeddings:
+        """Rank 0 runs `encode` (loading the text encoders); the others receive the embeddings by broadcast."""
+        count = 6 if self.cfg_pass else 3
+        tensors = None
+        if self.mesh.is_main:
+            cond, uncond = encode()
+            tensors = [cond.llm_states, cond.llm_mask, cond.clip_pooled]
+            if uncond is not None:
+                tensors += [uncond.llm_states, uncond.llm_mask, uncond.clip_pooled]
+        out = [t.cpu() for t in group.broadcast_tensors(tensors, count, self.mesh.device)]
+        return TextEmbeddings(*out[:3]), (TextEmbeddings(*out[3:]) if count == 6 else None)
+
+    def weight_reader(self, req: SampleRequest) -> WeightReader | None:
+        """FSDP2-sharded blocks read straight from the checkpoint with --shard-weights; not with fp8 storage or
+        offloading, which manage the block weights themselves (those load replicated)."""
+        if not req.parallel.shard_weights:
+            return None
+        if req.dit.use_fp8 or req.runtime.offload != "none":
+            logger.info("DiT weights replicated on every process: --shard-weights does not combine with fp8 or offload")
+            return None
+        mesh, load_key = weight_mesh(self.mesh.device, self.mesh.world), req.dit.load_key
+
+        def read(path: Path, cfg: DiTConfig, dtype: torch.dtype) -> HYVideoDiT:
+            return load_sharded_dit(path, cfg, mesh, load_key=load_key, dtype=dtype, device=self.mesh.device)
+
+        return read
+
+    def wrap(self, model: HYVideoDiT) -> HYVideoDiT:
+        if self.mesh.sp_size == 1:
+            return model
+        return SequenceParallelDiT(model, self.mesh)  # type: ignore[return-value]  # same call signature and attributes
+
+    def guided(self, fn: CondModelFn, cond: TextEmbeddings, uncond: TextEmbeddings, scale: float) -> ModelFn:
+        """--cfg-parallel: cond and uncond on the two rank halves."""
+        if self.mesh.cfg == 1:
+            return super().guided(fn, cond, uncond, scale)
+        return with_cfg_parallel(fn, cond, uncond, scale, self.mesh)
+
+    def finish(self) -> None:
+        """Every rank leaves the process group here, together, right after the last collective: what follows (rank
+        0's decode and write) involves no other rank, so no one waits on it."""
+        group.shutdown()
 
 
-def finish() -> None:
-    """Every rank waits here for rank 0's outputs, then leaves the job."""
-    global _mesh
-    if _mesh is None:
-        return
-    dist.barrier()
-    group.shutdown()
-    _mesh = None
-
-
-def abort(code: int) -> None:
-    """After an error on this rank: exit now (no teardown that could wait on peers); the peers' pending
-    collectives then fail at once instead of timing out, and torchrun reports this rank's exit code."""
-    if not dist.is_initialized():
-        return
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+def start(req: SampleRequest) -> Local:
+    """The runner of this request: join the torchrun job and build the rank grid when several processes share the
+    video (the device becomes this rank's GPU), else a single process on the request's device."""
+    par = req.parallel
+    if par.world_size <= 1:
+        return Local(torch.device(req.runtime.device))
+    cfg = 2 if par.cfg_parallel else 1
+    mesh = group.init(par.ulysses_degree, par.ring_degree, cfg, torch.device(req.runtime.device), par.dist_timeout)
+    logger.info(
+        f"{mesh.world} processes: ulysses {mesh.ulysses} x ring {mesh.ring} x cfg {mesh.cfg}, "
+        f"{'sharded' if par.shard_weights else 'replicated'} DiT weights, device {mesh.device} on rank 0"
+    )
+    return Torchrun(req, mesh)

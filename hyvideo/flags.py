@@ -1,0 +1,213 @@
+"""The command line's flags: every flag of the official HunyuanVideo `sample_video.py` with its official default, plus
+ours. Parsing only; `hyvideo.request.validate` checks the values. A bad flag raises `UsageError` (one line, exit 2)
+instead of printing usage text.
+
+Adding a flag: one line here (in the group of its stage), one field in the options class of that stage in
+`hyvideo.request`, and its check there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from typing import NoReturn
+
+from hyvideo.choices import (
+    ATTN_BACKENDS,
+    COMPILE_MODES,
+    DIST_TIMEOUT_S,
+    LORA_MODES,
+    MODELS,
+    OFFLOAD_LEVELS,
+    PRECISIONS,
+    PROMPT_TEMPLATES,
+    RESOLUTIONS,
+    SEED_TYPES,
+    TEXT_ENCODERS,
+    VAES,
+)
+from hyvideo.errors import UsageError
+
+PROG = "sample_video.py"
+
+
+class _Parser(argparse.ArgumentParser):
+    """ArgumentParser whose errors become `UsageError` (one line, exit 2) instead of usage text plus exit."""
+
+    def error(self, message: str) -> NoReturn:
+        m = re.match(r"argument ([^:]+): (.*)", message, re.DOTALL)
+        if m:
+            flag = m.group(1).split("/")[0]
+            raise UsageError(flag, f"{m.group(2)} (see --help)")
+        m = re.match(r"unrecognized arguments: (.*)", message, re.DOTALL)
+        if m:
+            unknown = m.group(1) if m.group(1).strip() else repr(m.group(1))
+            raise UsageError(None, f"unknown argument(s): {unknown} (see --help)")
+        raise UsageError(None, f"{message} (see --help)")
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except the uninformative None/False ones."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default in (None, False, "", argparse.SUPPRESS):
+            return action.help or ""
+        return super()._get_help_string(action) or ""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """All flags with their official defaults, plus ours (--device, --fps, --save-latents, ...)."""
+    p = _Parser(
+        prog=PROG,
+        description="Generate videos from a text prompt with HunyuanVideo weights.",
+        allow_abbrev=False,
+        formatter_class=_HelpFormatter,
+    )
+    _output_flags(p)
+    _sampling_flags(p)
+    _model_flags(p)
+    _text_flags(p)
+    _runtime_flags(p)
+    return p
+
+
+def _output_flags(p: argparse.ArgumentParser) -> None:
+    """Text and output: prompts, size, seeds, where the files go."""
+    g = p.add_argument_group("input and output")
+    g.add_argument("--prompt", default=None, help="text describing the video (required unless --decode-latents)")
+    g.add_argument(
+        "--prompt-file",
+        default=None,
+        metavar="FILE",
+        help="many prompts: .txt (one per line) or .jsonl (per-line overrides); re-runs resume (docs/CLI.md)",
+    )
+    g.add_argument("--neg-prompt", default=None, help="negative prompt; the built-in one when --cfg-scale > 1")
+    g.add_argument("--video-size", type=int, nargs="+", default=[720, 1280], metavar="N", help="HEIGHT WIDTH in pixels")
+    g.add_argument("--video-length", type=int, default=129, help="number of frames, 4n+1 (1 gives an image)")
+    g.add_argument("--num-videos", type=int, default=1, help="videos to generate; video i uses seed + i")
+    g.add_argument("--seed", type=int, default=None, help="random seed; picked at random and logged when omitted")
+    g.add_argument("--seed-type", default="auto", choices=SEED_TYPES, help="auto: --seed or random; fixed needs --seed")
+    g.add_argument("--save-path", default="./results", help="output directory (created if missing)")
+    g.add_argument("--save-path-suffix", default="", help="if set, output goes to <save-path>_<suffix>")
+    g.add_argument("--name-suffix", default="", help="appended to every output file name")
+    g.add_argument("--fps", type=int, default=24, help="frames per second of the MP4")
+    g.add_argument("--save-latents", action="store_true", help="also write <video>.latents.safetensors")
+    g.add_argument("--decode-latents", default=None, metavar="FILE", help="decode this latents file, skip sampling")
+
+
+def _sampling_flags(p: argparse.ArgumentParser) -> None:
+    """The flow-matching sampler."""
+    g = p.add_argument_group("sampling")
+    g.add_argument("--infer-steps", type=int, default=50, help="denoising steps")
+    g.add_argument("--cfg-scale", type=float, default=1.0, help="real classifier-free guidance; > 1 doubles the cost")
+    g.add_argument("--embedded-cfg-scale", type=float, default=6.0, help="guidance given to the cfg-distilled model")
+    g.add_argument("--flow-shift", type=float, default=7.0, help="shift of the flow-matching sigma schedule (> 0)")
+    g.add_argument("--flow-reverse", action="store_true", help="accepted for compatibility; sampling runs 1 -> 0")
+    g.add_argument("--flow-solver", default="euler", help="ODE solver (euler only)")
+    g.add_argument("--denoise-type", default="flow", help="denoising formulation (flow only)")
+    g.add_argument("--use-linear-quadratic-schedule", action="store_true", help="MovieGen schedule (not supported yet)")
+    g.add_argument("--linear-schedule-end", type=int, default=25, help="linear steps of that schedule")
+    g.add_argument("--batch-size", type=int, default=1, help="videos per forward pass (1 only for now)")
+
+
+def _model_flags(p: argparse.ArgumentParser) -> None:
+    """Weights: DiT, VAE, LoRA."""
+    g = p.add_argument_group("model")
+    g.add_argument("--model-base", default="ckpts", help="folder with all weights: official ckpts/ tree or diffusers")
+    g.add_argument("--dit-weight", default=None, help="DiT weight file or folder (default: found under --model-base)")
+    g.add_argument("--model", default="HYVideo-T/2-cfgdistill", choices=MODELS, help="DiT preset")
+    g.add_argument("--model-resolution", default="540p", choices=RESOLUTIONS, help="resolution tag of the weights")
+    g.add_argument("--load-key", default="module", help="state-dict key inside the official .pt (module or ema)")
+    g.add_argument("--latent-channels", type=int, default=16, help="latent channels; must match the VAE")
+    g.add_argument("--precision", default="bf16", choices=PRECISIONS, help="DiT dtype")
+    g.add_argument("--rope-theta", type=int, default=256, help="RoPE base")
+    g.add_argument("--vae", default="884-16c-hy", choices=VAES, help="VAE name")
+    g.add_argument("--vae-precision", default="fp16", choices=PRECISIONS, help="VAE dtype")
+    g.add_argument("--vae-tiling", action=argparse.BooleanOptionalAction, default=True, help="decode in tiles")
+    g.add_argument(
+        "--vae-tile-size", type=int, default=256, metavar="PX", help="VAE spatial tile edge (smaller: less memory)"
+    )
+    g.add_argument(
+        "--vae-tile-stride", type=int, default=None, metavar="PX", help="VAE spatial tile stride (default 3/4 tile)"
+    )
+    g.add_argument(
+        "--lora",
+        action="append",
+        default=None,
+        metavar="PATH[:SCALE]",
+        help="DiT LoRA (.safetensors, diffusers or kohya names); repeatable; SCALE defaults to 1",
+    )
+    g.add_argument("--lora-mode", default="merge", choices=LORA_MODES, help="merge LoRAs into the weights or wrap")
+
+
+def _text_flags(p: argparse.ArgumentParser) -> None:
+    """The two text encoders."""
+    g = p.add_argument_group("text encoders")
+    g.add_argument("--text-encoder", default="llm", choices=TEXT_ENCODERS, help="first text encoder (LLM)")
+    g.add_argument("--text-encoder-precision", default="fp16", choices=PRECISIONS, help="LLM dtype")
+    g.add_argument("--text-states-dim", type=int, default=4096, help="LLM hidden size")
+    g.add_argument("--text-len", type=int, default=256, help="LLM prompt tokens after the template")
+    g.add_argument("--tokenizer", default="llm", choices=TEXT_ENCODERS, help="first tokenizer")
+    g.add_argument("--prompt-template", default="dit-llm-encode", choices=PROMPT_TEMPLATES, help="template, 1 frame")
+    g.add_argument(
+        "--prompt-template-video", default="dit-llm-encode-video", choices=PROMPT_TEMPLATES, help="template, video"
+    )
+    g.add_argument("--hidden-state-skip-layer", type=int, default=2, help="use LLM hidden_states[-(N + 1)]")
+    g.add_argument("--apply-final-norm", action="store_true", help="apply the LLM final norm to those states")
+    g.add_argument("--text-encoder-2", default="clipL", choices=TEXT_ENCODERS, help="second text encoder (CLIP)")
+    g.add_argument("--text-encoder-precision-2", default="fp16", choices=PRECISIONS, help="CLIP dtype")
+    g.add_argument("--text-states-dim-2", type=int, default=768, help="CLIP pooled size")
+    g.add_argument("--tokenizer-2", default="clipL", choices=TEXT_ENCODERS, help="second tokenizer")
+    g.add_argument("--text-len-2", type=int, default=77, help="CLIP prompt tokens")
+
+
+def _runtime_flags(p: argparse.ArgumentParser) -> None:
+    """Device, kernels, memory, speed and processes."""
+    g = p.add_argument_group("runtime")
+    g.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: cuda if available, else cpu)")
+    g.add_argument(
+        "--attn-backend", default="auto", choices=ATTN_BACKENDS, help="attention kernels (flash, sage: CUDA only)"
+    )
+    g.add_argument(
+        "--teacache-thresh",
+        type=float,
+        default=0.0,
+        help="TeaCache step caching threshold (0 off; 0.1 / 0.15 skip more)",
+    )
+    g.add_argument("--compile", action="store_true", help="torch.compile the transformer blocks (slow first step)")
+    g.add_argument(
+        "--compile-mode",
+        default="default",
+        metavar="MODE",
+        help=f"torch.compile mode, implies --compile ({', '.join(COMPILE_MODES)}; reduce-overhead = CUDA graphs)",
+    )
+    g.add_argument(
+        "--disable-autocast", action="store_true", help="accepted for compatibility: dtypes are explicit (no effect)"
+    )
+    g.add_argument("--use-cpu-offload", action="store_true", help="official flag: same as --offload model")
+    g.add_argument("--use-fp8", action="store_true", help="fp8 DiT block weights (official _fp8.pt, or quantized)")
+    g.add_argument(
+        "--offload",
+        default="none",
+        choices=OFFLOAD_LEVELS,
+        help="model: components on the device only while they run; block: stream the DiT blocks through it",
+    )
+    g.add_argument("--fp8-compute", action="store_true", help="fp8 matmuls with --use-fp8 (CUDA sm89+)")
+    g.add_argument(
+        "--memory-check",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="estimate peak memory first; refuse a request that cannot fit (exit 2)",
+    )
+    g.add_argument("--reproduce", action="store_true", help="deterministic algorithms")
+    g.add_argument("--ulysses-degree", type=int, default=1, help="Ulysses sequence parallelism (torchrun)")
+    g.add_argument("--ring-degree", type=int, default=1, help="ring attention parallelism (torchrun)")
+    g.add_argument("--cfg-parallel", action="store_true", help="cond/uncond on two halves of the processes")
+    g.add_argument(
+        "--shard-weights",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="with torchrun, each process holds 1/N of the DiT block weights (FSDP2)",
+    )
+    g.add_argument("--dist-timeout", type=float, default=DIST_TIMEOUT_S, help="seconds an inter-process wait may take")
+    g.add_argument("--debug", action="store_true", help="debug logs and full tracebacks on errors")

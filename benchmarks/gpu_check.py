@@ -17,11 +17,13 @@ line and exit 0. `--device cpu --preset tiny` runs the CPU-capable rows on the t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -350,9 +352,39 @@ def compare(result: Result, ref: Result | None, e_bf16: float | None) -> None:
 Runner = Callable[[list[str], Path, float], subprocess.CompletedProcess]
 
 
+def descendants(pid: int) -> list[int]:
+    """Every live process below `pid`, from /proc (torchrun's ranks run in sessions of their own)."""
+    parent: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    out, frontier = [], [pid]
+    while frontier:
+        frontier = [child for child, ppid in parent.items() if ppid in frontier]
+        out += frontier
+    return out
+
+
 def run_process(cmd: list[str], cwd: Path, timeout: float) -> subprocess.CompletedProcess:
+    """Run a row's process; past `timeout`, stop it and everything it started (a hung torchrun job's ranks would
+    otherwise keep their GPUs for the next rows) and raise TimeoutExpired."""
     env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_ENV}
-    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        tree = descendants(proc.pid)
+        proc.terminate()  # torchrun's agent terminates its ranks on SIGTERM
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(10)
+        for pid in [proc.pid, *tree]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def run_row(

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -176,6 +178,19 @@ def test_a_crash_and_a_mismatch_fail_their_rows_and_the_others_still_run(tmp_pat
         assert table[ok].rstrip().endswith("| ok |"), table[ok]
     assert "| 0.01 |" in table["bf16 sdpa"]  # E, the bf16 row's measured error
     assert "2 of 9 rows FAILED: bf16 --use-fp8, bf16 --offload model" in out
+
+
+def test_a_row_past_its_timeout_is_stopped_with_everything_it_started(tmp_path: Path) -> None:
+    """Like torchrun's ranks, the grandchild runs in a session of its own; it must not outlive the row."""
+    pid_file = tmp_path / "pid"
+    child = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(300)"
+    parent = f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {child!r}], start_new_session=True); time.sleep(300)"
+    with pytest.raises(subprocess.TimeoutExpired):
+        gc.run_process([sys.executable, "-c", parent], tmp_path, timeout=15)
+    grandchild = int(pid_file.read_text())
+    time.sleep(0.5)
+    state = Path(f"/proc/{grandchild}/stat")
+    assert not state.exists() or state.read_text().rsplit(")", 1)[1].split()[0] == "Z"
 
 
 def test_without_cuda_one_line_and_exit_0(capsys, monkeypatch) -> None:

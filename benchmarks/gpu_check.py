@@ -60,8 +60,8 @@ class Capabilities:
 
     @property
     def sage_kernels(self) -> bool:
-        """SageAttention ships kernels for sm80, sm86, sm89 and sm90 (it raises on others, e.g. sm100)."""
-        return self.sage and self.capability in ((8, 0), (8, 6), (8, 9), (9, 0))
+        """`sageattn` dispatches on sm80, sm86, sm89, sm90 and (2.2+) sm120 and raises on others, e.g. sm100."""
+        return self.sage and self.capability in ((8, 0), (8, 6), (8, 9), (9, 0), (12, 0))
 
 
 def _imports(module: str) -> bool:
@@ -228,6 +228,7 @@ class Preset:
     """The model and request every row shares."""
 
     name: str
+    model: str  # "mid" or "tiny" (`write_model`)
     size: tuple[int, int]  # H, W
     frames: int
     steps: int
@@ -235,16 +236,11 @@ class Preset:
     extra: tuple[str, ...] = ()  # flags for every row (e.g. fp32 text encoders on the CPU)
 
 
+CPU_PRECISIONS = ("--text-encoder-precision", "fp32", "--text-encoder-precision-2", "fp32", "--vae-precision", "fp32")
 PRESETS = {
-    "mid": Preset("mid", (320, 512), 33, 6, 2),  # 9 x 20 x 32 = 5760 image tokens
-    "tiny": Preset(
-        "tiny",
-        (64, 64),
-        5,
-        2,
-        1,
-        ("--text-encoder-precision", "fp32", "--text-encoder-precision-2", "fp32", "--vae-precision", "fp32"),
-    ),
+    "mid": Preset("mid", "mid", (320, 512), 33, 6, 2),  # 9 x 20 x 32 = 5760 image tokens
+    "tiny": Preset("tiny", "tiny", (64, 64), 5, 2, 1, CPU_PRECISIONS),  # the harness's CPU test
+    "mid-small": Preset("mid-small", "mid", (64, 64), 5, 2, 2, CPU_PRECISIONS),  # the mid model, a CPU-sized request
 }
 
 
@@ -474,12 +470,15 @@ def write_model(root: Path, preset: Preset) -> Path:
     from hyvideo.modules.vae import VAEConfig
     from hyvideo.tiny import mid_dit_config, write_tiny_model
 
-    if preset.name == "tiny":
+    if preset.model == "tiny":
         return write_tiny_model(root, "official", seed=0)
     write_tiny_model(root, "official", seed=0, dit=mid_dit_config(1536, 12, 2, 4, refiner=1))
     dit_file = root / OFFICIAL_DIT_DIR / "transformers" / "mp_rank_00_model_states.pt"
     state = torch.load(dit_file, weights_only=True, mmap=True)
-    torch.save({k: {n: t.to(torch.bfloat16) for n, t in v.items()} for k, v in state.items()}, dit_file)
+    tmp = dit_file.with_suffix(".bf16.tmp")  # not over the file the mapping reads from
+    torch.save({k: {n: t.to(torch.bfloat16) for n, t in v.items()} for k, v in state.items()}, tmp)
+    del state
+    tmp.replace(dit_file)
     vae_cfg = VAEConfig(block_out_channels=(32, 64, 64, 64), layers_per_block=2, norm_num_groups=32)
     vae_dir = root / OFFICIAL_DIT_DIR / "vae"
     shutil.rmtree(vae_dir)

@@ -35,6 +35,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PROMPT = "A cat walks on the grass, realistic style."
 SEED = 7
+# The DiT takes the embedded guidance as 1000 x scale in its own dtype. The default 6.0 gives 6000, which bf16 rounds
+# to 6016 (fp32 keeps 6000): on random weights that moves the guidance sinusoid's fast components and alone made a
+# tiny DiT forward differ by 0.53 relative between bf16 and fp32 (0.0088 with 1000). 1.0 -> 1000 is exact in bf16
+# and fp16, so E below measures rounding in the paths, not a different input.
+EMBEDDED_CFG = "1.0"
 TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
@@ -100,10 +105,9 @@ def detect(device: str = "cuda") -> Capabilities | None:
 EXACT = "exact"  # bitwise equal: same kernels on the same weights, only where the weights live differs
 BF16 = "bf16"  # <= 3 E
 FP16_VS_FP32 = "fp16"  # <= E: fp16 has 3 more mantissa bits than bf16, so it must not be less accurate
-# bf16 vs fp32 itself (E): not known in advance for a random model after several steps (0.009-0.010 per DiT forward
-# of the tiny model, docs/BENCHMARKS.md, but 0.47 for the final latents of the tiny model's 2-step 64x64x5 CPU run
-# of `--device cpu --preset tiny`). Below 1 means the bf16 latents are closer to fp32 than zeros (1.0) or an
-# unrelated sample (~1.41) are: it catches a broken bf16 path; the row's value is E.
+# bf16 vs fp32 itself (E): the DiT's bf16 output error is 0.009-0.010 per forward (tiny model, docs/BENCHMARKS.md);
+# after several Euler steps of a random model it is not known in advance. Below 1 means the bf16 latents are closer
+# to fp32 than zeros (1.0) or an unrelated sample (~1.41) are: it catches a broken bf16 path; the row's value is E.
 SANITY_BF16 = 1.0
 # fp8 e4m3 weights round to 3 mantissa bits (every weight within 2^-4 relative); measured DiT output error vs float:
 # 0.033-0.049 per forward for tiny and hidden-512 (4+8 blocks) models (docs/BENCHMARKS.md); 3x that for the deeper
@@ -268,7 +272,8 @@ def base_argv(model: Path, preset: Preset, device: str) -> list[str]:
     return [
         "--model-base", str(model), "--prompt", PROMPT, "--video-size", str(h), str(w),
         "--video-length", str(preset.frames), "--infer-steps", str(preset.steps), "--seed", str(SEED),
-        "--num-videos", str(preset.videos), "--device", device, "--save-latents", *preset.extra,
+        "--num-videos", str(preset.videos), "--embedded-cfg-scale", EMBEDDED_CFG, "--device", device,
+        "--save-latents", *preset.extra,
     ]  # fmt: skip
 
 

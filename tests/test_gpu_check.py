@@ -136,6 +136,17 @@ def test_parse_estimate() -> None:
     assert gc.parse_estimate("nothing") is None
 
 
+def test_table_flags_an_estimate_below_the_peak_beyond_the_log_rounding() -> None:
+    row = gc.Row("bf16 sdpa", ref="fp32 sdpa", rule=gc.SANITY_BF16)
+    close = gc.Result(row, seconds_per_step=0.25, peak_mib=1060.0, estimate_mib=1024.0, rel=0.006, bound=1.0)
+    under = gc.Result(row, seconds_per_step=0.25, peak_mib=1200.0, estimate_mib=1024.0, rel=0.006, bound=1.0)
+    crashed = gc.Result(gc.Row("bf16 --compile", ref="bf16 sdpa", rule=gc.BF16), error="exit 1: error: boom")
+    lines = gc.table([close, under, crashed]).splitlines()
+    assert lines[2] == "| bf16 sdpa | 0.250 | 1060 | 1024 | fp32 sdpa | 0.006 | 1 | ok |"
+    assert lines[3].endswith("| ok (estimate below peak) |")
+    assert lines[4] == "| bf16 --compile | - | - | - | bf16 sdpa | - | - | FAIL: exit 1: error: boom |"
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The whole harness: a fake command line that writes what the real one writes, with one crash and one mismatch
 # ---------------------------------------------------------------------------------------------------------------
@@ -186,7 +197,7 @@ def test_a_row_past_its_timeout_is_stopped_with_everything_it_started(tmp_path: 
     child = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(300)"
     parent = f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {child!r}], start_new_session=True); time.sleep(300)"
     with pytest.raises(subprocess.TimeoutExpired):
-        gc.run_process([sys.executable, "-c", parent], tmp_path, timeout=15)
+        gc.run_process([sys.executable, "-c", parent], tmp_path, timeout=10)
     grandchild = int(pid_file.read_text())
     time.sleep(0.5)
     state = Path(f"/proc/{grandchild}/stat")

@@ -225,4 +225,4 @@ def test_real_rows_on_the_cpu(tmp_path: Path, capsys) -> None:
     s_step, peak, estimate, vs, rel, bound, status = (c.strip() for c in rows["bf16 --offload block"])
     assert float(s_step) > 0 and float(peak) > 100 and float(estimate) > 100  # MiB of a whole CPU process
     assert (vs, rel, bound, status) == ("bf16 sdpa", "0", "exact", "ok")
-    assert 0 < float(rows["bf16 sdpa"][4]) < gc.SANITY_BF16
+    assert 0 < float(rows["bf16 sdpa"][4]) < 0.03  # E: measured 0.0059 (bf16 rounding only, see EMBEDDED_CFG)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from torchrun_launch import ROOT, TORCHRUN_ENV, Launch, launch, start
+from torchrun_launch import ROOT, TORCHRUN_ENV, Launch, first_error, launch, start
 
 from hyvideo import io, pipeline
 from hyvideo.checkpoints.layout import locate
@@ -217,6 +217,14 @@ def main():
 
 main()
 """
+
+
+def test_first_error_starts_at_the_traceback_or_error_line() -> None:
+    noise = "rank 1 layout 2,2: config.json existed: True\n" + "progress\n" * 500
+    c10d = '[rank1]: Traceback (most recent call last):\n[rank1]:   File "w.py", line 74, in main\n[rank1]: Runtime'
+    assert first_error(noise + c10d + "\n" + "later noise\n" * 500).startswith("[rank1]: Traceback")
+    assert first_error(noise + "error: rank 0: FileNotFoundError: x\n").startswith("error: rank 0: FileNotFoundError")
+    assert first_error("x" * 5000, limit=100) == "x" * 100  # no error line: the end
 
 
 def test_launcher_reports_the_failing_rank_first_error_despite_noise(tmp_path: Path) -> None:

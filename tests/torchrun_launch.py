@@ -37,7 +37,10 @@ ROOT = Path(__file__).resolve().parents[1]
 TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "MASTER_ADDR", "MASTER_PORT")
 DEFAULT_TIMEOUT_S = 600.0  # one launch on a loaded 2-core machine: torch import x N ranks, then the work
 FIRST_ERROR_CHARS = 2500  # per rank, in the failure message
-_ERROR_START = re.compile(r"^(Traceback \(most recent call last\)|error: |\S*Error: |RuntimeError|Exception)", re.M)
+# the first line of an error in a rank's stderr; c10d prefixes an uncaught exception's lines with "[rankN]: "
+_ERROR_START = re.compile(
+    r"^(\[rank\d+\]:\s*)?(Traceback \(most recent call last\)|error: |\S*Error: |\S*Exception: )", re.M
+)
 
 
 def descendants(pid: int) -> list[int]:

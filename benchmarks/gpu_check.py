@@ -77,22 +77,40 @@ def _imports(module: str) -> bool:
     return True
 
 
-def detect(device: str = "cuda") -> Capabilities | None:
-    """The capabilities of this machine for `device`; None when `device` is cuda and there is no CUDA."""
+def probe_here() -> dict | None:
+    """This process's CUDA devices and optional kernels (initialises CUDA: see `probe`); None without CUDA."""
     import torch
 
-    if device == "cpu":
-        return Capabilities("cpu")
     if not torch.cuda.is_available():
         return None
-    return Capabilities(
-        "cuda",
-        gpus=torch.cuda.device_count(),
-        capability=torch.cuda.get_device_capability(0),
-        name=torch.cuda.get_device_name(0),
-        flash=_imports("flash_attn"),
-        sage=_imports("sageattention"),
+    return {
+        "gpus": torch.cuda.device_count(),
+        "capability": list(torch.cuda.get_device_capability(0)),
+        "name": torch.cuda.get_device_name(0),
+        "flash": _imports("flash_attn"),
+        "sage": _imports("sageattention"),
+    }
+
+
+def probe() -> dict | None:
+    """`probe_here` in a child process, so that this process never creates a CUDA context: one held during every
+    row would take device 0's memory from the rows (the preflight counts free memory)."""
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.gpu_check", "--probe"], cwd=ROOT, capture_output=True, text=True
     )
+    if out.returncode != 0:
+        raise RuntimeError(f"probing the GPUs failed: {out.stderr.strip()[-500:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def detect(device: str = "cuda") -> Capabilities | None:
+    """The capabilities of this machine for `device`; None when `device` is cuda and there is no CUDA."""
+    if device == "cpu":
+        return Capabilities("cpu")
+    found = probe()
+    if found is None:
+        return None
+    return Capabilities("cuda", found["gpus"], tuple(found["capability"]), found["name"], found["flash"], found["sage"])
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -519,7 +537,11 @@ def main(argv: list[str] | None = None, runner: Runner = run_process) -> int:
     ap.add_argument("--only", nargs="+", metavar="NAME", help="run only these rows (and their references)")
     ap.add_argument("--workdir", type=Path, help="where the model and the outputs go (default: a temporary dir)")
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds per row")
+    ap.add_argument("--probe", action="store_true", help=argparse.SUPPRESS)  # used by probe(): JSON, then exit
     args = ap.parse_args(argv)
+    if args.probe:
+        print(json.dumps(probe_here()))
+        return 0
 
     cap = detect(args.device)
     if cap is None:

@@ -204,11 +204,19 @@ def test_a_row_past_its_timeout_is_stopped_with_everything_it_started(tmp_path: 
     assert not state.exists() or state.read_text().rsplit(")", 1)[1].split()[0] == "Z"
 
 
-def test_without_cuda_one_line_and_exit_0(capsys, monkeypatch) -> None:
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+def test_without_cuda_one_line_and_exit_0(capsys) -> None:
+    assert not torch.cuda.is_available()  # this machine: the real probe (a child process) finds no CUDA
     assert gc.main([]) == 0
     out = capsys.readouterr().out
     assert out.count("\n") == 1 and "no CUDA" in out
+
+
+def test_capabilities_come_from_a_child_process(monkeypatch) -> None:
+    found = {"gpus": 2, "capability": [9, 0], "name": "H100", "flash": True, "sage": False}
+    monkeypatch.setattr(gc, "probe", lambda: found)
+    assert gc.detect() == gc.Capabilities("cuda", 2, (9, 0), "H100", flash=True, sage=False)
+    monkeypatch.setattr(gc, "probe", lambda: None)
+    assert gc.detect() is None and gc.detect("cpu") == CPU
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -520,8 +520,11 @@ def run_all(
     e_bf16 = None
     for i, row in enumerate(rows):
         t0 = time.perf_counter()
-        result = run_row(row, model, preset, device, work / f"row{i:02d}", done, timeout, runner)
-        compare(result, done.get(row.ref) if row.ref else None, e_bf16)
+        try:
+            result = run_row(row, model, preset, device, work / f"row{i:02d}", done, timeout, runner)
+            compare(result, done.get(row.ref) if row.ref else None, e_bf16)
+        except Exception as e:  # unreadable outputs, a corrupt latents file: this row fails, the others still run
+            result = Result(row, error=f"{type(e).__name__}: {e}"[:400])
         if row.name == "bf16 sdpa" and result.rel is not None:
             e_bf16 = result.rel
         done[row.name] = result

@@ -161,6 +161,9 @@ def fake_cli(crash: str, drift: str):
             )
         out = Path(cmd[cmd.index("--save-path") + 1])
         out.mkdir(parents=True, exist_ok=True)
+        if "--teacache-thresh" in cmd:  # exit 0 but a sidecar that is not JSON
+            (out / "v.json").write_text("{not json")
+            return subprocess.CompletedProcess(cmd, 0, "", "")
         x = torch.ones(1, 16, 2, 4, 4)
         if "bf16" in cmd:
             x = x * 1.01
@@ -185,10 +188,11 @@ def test_a_crash_and_a_mismatch_fail_their_rows_and_the_others_still_run(tmp_pat
     table = {line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| ")}
     assert "FAIL: exit 1: error: RuntimeError: CUDA error" in table["bf16 --use-fp8"]
     assert "FAIL: mismatch vs bf16 sdpa: not bitwise equal" in table["bf16 --offload model"]
-    for ok in ("fp32 sdpa", "bf16 --offload block", "bf16 --teacache-thresh 0.1", "VAE decode, untiled"):
+    assert "FAIL: JSONDecodeError" in table["bf16 --teacache-thresh 0.1"]
+    for ok in ("fp32 sdpa", "bf16 --offload block", "VAE decode, untiled"):
         assert table[ok].rstrip().endswith("| ok |"), table[ok]
     assert "| 0.01 |" in table["bf16 sdpa"]  # E, the bf16 row's measured error
-    assert "2 of 9 rows FAILED: bf16 --use-fp8, bf16 --offload model" in out
+    assert "3 of 9 rows FAILED: bf16 --use-fp8, bf16 --offload model, bf16 --teacache-thresh 0.1" in out
 
 
 def test_a_row_past_its_timeout_is_stopped_with_everything_it_started(tmp_path: Path) -> None:

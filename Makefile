@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint format bench clean
+.PHONY: install demo test lint format bench gpu-check clean
 
 install: $(STAMP)
 
@@ -48,3 +48,8 @@ demo: $(TINY)/.done
 
 bench: install
 	$(PY) -m benchmarks
+
+# Every GPU path once on random mid-size weights (no downloads), one table; exit 1 on a crash or mismatch.
+# Without CUDA it says so and exits 0.
+gpu-check: install
+	$(PY) -m benchmarks.gpu_check

@@ -11,14 +11,12 @@ import os
 import re
 import shutil
 import signal
-import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 import torch
+from torchrun_launch import ROOT, TORCHRUN_ENV, Launch, first_error, launch, start
 
 from hyvideo import io, pipeline
 from hyvideo.checkpoints.layout import locate
@@ -27,25 +25,21 @@ from hyvideo.modules.attention import attention
 from hyvideo.parallel.attention import attention_lse, merge_lse
 from hyvideo.tiny import write_tiny_model
 
-ROOT = Path(__file__).resolve().parents[1]
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
 WORKER = ROOT / "tests" / "parallel_worker.py"
 TOL = 1e-5
-TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 pytestmark = pytest.mark.slow
 
 
-def torchrun(nproc: int, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_ENV}
-    cmd = [*TORCHRUN, "--nproc_per_node", str(nproc), *args]
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+def torchrun(tmp_path: Path, nproc: int, *args: str, timeout: float = 900) -> Launch:
+    """A torchrun job with per-rank logs under tmp_path; the timeout is per launch (4 ranks on 2 busy cores)."""
+    return launch(nproc, list(args), timeout=timeout, log_dir=tmp_path / "torchrun-logs")
 
 
 def run_worker(tmp_path: Path, nproc: int, *layouts: str) -> dict[str, float]:
     out = tmp_path / "errors.json"
-    proc = torchrun(nproc, str(WORKER), str(out), str(tmp_path / "weights"), *layouts)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = torchrun(tmp_path, nproc, str(WORKER), str(out), str(tmp_path / "weights"), *layouts)
+    assert run.ok, run.failure_message()
     return json.loads(out.read_text())
 
 
@@ -117,11 +111,13 @@ def cli_args(base: Path, out: Path, *extra: str) -> list[str]:
 def test_cli_under_torchrun_writes_one_mp4_with_single_process_latents(model_base: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     args = cli_args(model_base, out, "--ring-degree", "2", "--cfg-scale", "2.5", "--save-latents")
-    proc = torchrun(2, "sample_video.py", *args)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = torchrun(tmp_path, 2, "sample_video.py", *args)
+    assert run.ok, run.failure_message()
     videos = list(out.glob("*.mp4"))
     assert len(videos) == 1 and len(list(out.glob("*.latents.safetensors"))) == 1
-    assert proc.stderr.count("text encode:") == 1 and proc.stderr.count("wrote ") == 1  # rank 0 alone logs
+    rank0, rank1 = run.rank_stderr(0), run.rank_stderr(1)  # rank 0 alone logs
+    assert rank0.count("text encode:") == 1 and rank0.count("wrote ") == 1, rank0[-2000:]
+    assert "text encode:" not in rank1 and "wrote " not in rank1, rank1[-2000:]
     got, _ = io.load_latents(next(out.glob("*.latents.safetensors")))
 
     req = parse_request(cli_args(model_base, tmp_path / "ref", "--cfg-scale", "2.5"))
@@ -163,35 +159,29 @@ def _alive(pid: int) -> bool:
 def test_a_killed_rank_ends_every_process_nonzero_within_60s(model_base: Path, tmp_path: Path) -> None:
     args = cli_args(model_base, tmp_path / "out", "--ulysses-degree", "2")
     args[args.index("--infer-steps") + 1] = "100000"
-    env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_ENV}
-    cmd = [*TORCHRUN, "--nproc_per_node", "2", "sample_video.py", *args]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)
-    reader.start()
+    job = start(2, ["sample_video.py", *args], log_dir=tmp_path / "torchrun-logs")
     try:
-        deadline = time.monotonic() + 180
-        while not any("load DiT:" in line for line in lines):  # rank 0 logs this just before denoising starts
-            assert proc.poll() is None and time.monotonic() < deadline, "".join(lines)[-3000:]
+        deadline = time.monotonic() + 600  # start-up of two ranks on a loaded 2-core machine
+        while "load DiT:" not in job.rank_stderr(0):  # rank 0 logs this just before denoising starts
+            assert job.proc.poll() is None and time.monotonic() < deadline, job.wait(1).failure_message()
             time.sleep(0.2)
         time.sleep(1.0)
-        workers = {rank: pid for pid in _children(proc.pid) if (rank := _rank_of(pid)) is not None}
+        workers = {rank: pid for pid in _children(job.proc.pid) if (rank := _rank_of(pid)) is not None}
         assert set(workers) == {0, 1}, workers
         os.kill(workers[1], signal.SIGKILL)
         killed_at = time.monotonic()
-        code = proc.wait(timeout=60)
-        assert time.monotonic() - killed_at < 60
-        assert code != 0
+        job.wait(60)
+        assert not job.timed_out and time.monotonic() - killed_at < 60, job.failure_message()
+        assert job.returncode != 0
         while any(_alive(pid) for pid in workers.values()) and time.monotonic() - killed_at < 60:
             time.sleep(0.2)
         assert not any(_alive(pid) for pid in workers.values())
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    reader.join(timeout=5)
-    text = "".join(lines)
-    assert re.search(r"rank\s*:\s*1 \(local_rank: 1\)", text) or "rank 1" in text, text[-3000:]
+        if job.proc.poll() is None:
+            job.kill()
+            job.wait()
+    text = job.stderr  # torchrun's summary names the failed rank
+    assert re.search(r"rank\s*:\s*1 \(local_rank: 1\)", text) or "rank 1" in text, job.failure_message()
     assert not list((tmp_path / "out").glob("*.mp4"))
 
 
@@ -202,10 +192,65 @@ def test_a_failure_on_rank_0_alone_ends_the_ranks_waiting_for_it(model_base: Pat
     shutil.copytree(model_base, base)
     (base / "text_encoder_2" / "model.safetensors").write_bytes(b"not a safetensors file")
     started = time.monotonic()
-    proc = torchrun(2, "sample_video.py", *cli_args(base, tmp_path / "out", "--ulysses-degree", "2"), timeout=240)
-    assert proc.returncode != 0 and time.monotonic() - started < 200
-    assert "error: rank 0:" in proc.stderr and "text_encoder_2" in proc.stderr, proc.stderr[-3000:]
+    run = torchrun(tmp_path, 2, "sample_video.py", *cli_args(base, tmp_path / "out", "--ulysses-degree", "2"))
+    assert run.returncode != 0 and not run.timed_out, run.failure_message()
+    assert time.monotonic() - started < 450, run.failure_message()  # half the 900 s --dist-timeout: it did not wait
+    rank0 = run.rank_stderr(0)
+    assert "error: rank 0:" in rank0 and "text_encoder_2" in rank0, run.failure_message()
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The launcher itself (tests/torchrun_launch.py): the failing rank's first error, and a hard timeout
+# ---------------------------------------------------------------------------------------------------------------
+FAILING_RANK = """
+import sys, time
+from torch.distributed.elastic.multiprocessing.errors import record
+
+@record
+def main():
+    import os
+    if os.environ["RANK"] == "1":
+        print("noise " * 2000, file=sys.stderr)
+        raise ValueError("boom on rank 1")
+    time.sleep(120)  # rank 0 would wait for rank 1; torchrun stops it when rank 1 fails
+
+main()
+"""
+
+
+def test_first_error_starts_at_the_traceback_or_error_line() -> None:
+    noise = "rank 1 layout 2,2: config.json existed: True\n" + "progress\n" * 500
+    c10d = '[rank1]: Traceback (most recent call last):\n[rank1]:   File "w.py", line 74, in main\n[rank1]: Runtime'
+    assert first_error(noise + c10d + "\n" + "later noise\n" * 500).startswith("[rank1]: Traceback")
+    assert first_error(noise + "error: rank 0: FileNotFoundError: x\n").startswith("error: rank 0: FileNotFoundError")
+    assert first_error("x" * 5000, limit=100) == "x" * 100  # no error line: the end
+
+
+def test_launcher_reports_the_failing_rank_first_error_despite_noise(tmp_path: Path) -> None:
+    script = tmp_path / "fail.py"
+    script.write_text(FAILING_RANK)
+    run = launch(2, [str(script)], timeout=300, log_dir=tmp_path / "logs")
+    assert not run.ok and not run.timed_out
+    message = run.failure_message()
+    assert "ValueError: boom on rank 1" in message and "first failure by error-file time: rank 1" in message, message
+    assert "boom" not in run.rank_stderr(0)  # per-rank files: rank 1's output is not mixed into rank 0's
+
+
+def test_launcher_kills_every_rank_after_its_timeout(tmp_path: Path) -> None:
+    script = tmp_path / "hang.py"
+    script.write_text("import os, time\nprint(os.getpid(), flush=True)\ntime.sleep(600)\n")
+    job = start(2, [str(script)], log_dir=tmp_path / "logs")
+    deadline = time.monotonic() + 300  # the agent and both ranks start (slow on a loaded machine)
+    while not all(job.rank_stdout(r).strip() for r in range(2)):
+        assert job.proc.poll() is None and time.monotonic() < deadline, job.wait(1).failure_message()
+        time.sleep(0.2)
+    pids = [int(job.rank_stdout(r).split()[0]) for r in range(2)]
+    job.wait(timeout=2)  # both ranks sleep for 600 s: this times out
+    assert job.timed_out and not job.ok and "timed out" in job.failure_message()
+    time.sleep(1.0)
+    assert not any(_alive(pid) for pid in pids), pids
+    assert not _alive(job.proc.pid)
 
 
 # ---------------------------------------------------------------------------------------------------------------

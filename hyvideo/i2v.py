@@ -34,6 +34,16 @@ def image_latent(vae: HYVideoVAE, pixels: torch.Tensor, generator: torch.Generat
     return vae.encode_latents(pixels, generator).float()
 
 
+def sampled_image_and_noise(
+    vae: HYVideoVAE, pixels: torch.Tensor, shape: tuple[int, ...], seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """diffusers' SkyReels order of draws for one video: a CPU generator seeded `seed` first draws the image's
+    posterior sample, then the noise of `shape` (1, C, T, h, w). Returns (image latent (1, C, 1, h, w), noise)."""
+    generator = torch.Generator("cpu").manual_seed(seed)
+    image = image_latent(vae, pixels, generator)
+    return image, torch.randn(tuple(shape), generator=generator, dtype=torch.float32)
+
+
 def start_latents(condition: str, noise: torch.Tensor, image: torch.Tensor, stability: bool) -> torch.Tensor:
     """The sampler's start: noise, or with `stability` 0.999 noise + 0.001 image on every frame; token_replace then
     holds the clean image latent in frame 0. noise (B, C, T, h, w), image (B or 1, C, 1, h, w)."""

@@ -172,6 +172,18 @@ def condition_channels_problem(condition: str, c_in: int, c_out: int) -> str | N
     return None
 
 
+def with_image_condition(cfg: DiTConfig, condition: str) -> DiTConfig:
+    """`cfg` (e.g. a text-to-video preset) made into the DiT of `condition` as released: input width out, 2 out + 1
+    or 2 out (16 / 33 / 32 for 16 latent channels), and no guidance input for latent_concat (the 33-channel release
+    has none). For the released official I2V tree, which keeps no config beside its weights."""
+    c = cfg.out_channels
+    widths = {"none": cfg.in_channels, "token_replace": c, "latent_concat": 2 * c + 1, "concat": 2 * c}
+    if condition not in widths:
+        raise ConfigError(f"image_condition must be one of {', '.join(IMAGE_CONDITIONS)}, got {condition!r}")
+    guidance = cfg.guidance_embed and condition != "latent_concat"
+    return cfg.replace(image_condition=condition, in_channels=widths[condition], guidance_embed=guidance)
+
+
 def condition_from_diffusers(condition_type: object, c_in: int, c_out: int) -> str:
     """Our `image_condition` from diffusers' `image_condition_type` and the channel counts; a contradiction between
     them is a ConfigError naming both."""

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from hyvideo.config import DiTConfig
+from hyvideo.config import DiTConfig, with_image_condition
 from hyvideo.modules.dit import HYVideoDiT
 
 TINY_DIT = DiTConfig(
@@ -120,12 +120,11 @@ def write_tiny_model(root: str | Path, layout: str = "official", seed: int = 0, 
 # ---------------------------------------------------------------------------------------------------------------
 # Image-to-video: `python -m hyvideo.tiny OUT --task i2v [--layout diffusers] [--condition ...]`
 # ---------------------------------------------------------------------------------------------------------------
-# --condition -> (DiTConfig.image_condition, guidance embedding) as released: token_replace keeps the cfg-distilled
-# guidance input, the 33-channel latent_concat has none, SkyReels-V1 has one
-I2V_CONDITIONS: dict[str, tuple[str, bool]] = {
-    "token_replace": ("token_replace", True),
-    "latent_concat": ("latent_concat", False),
-    "skyreels": ("concat", True),
+# --condition -> DiTConfig.image_condition
+I2V_CONDITIONS: dict[str, str] = {
+    "token_replace": "token_replace",
+    "latent_concat": "latent_concat",
+    "skyreels": "concat",
 }
 I2V_MODEL_INDEX = {
     **MODEL_INDEX,
@@ -140,10 +139,7 @@ def i2v_dit_config(condition: str, dit: DiTConfig = TINY_DIT) -> DiTConfig:
     """`dit` made into the image-to-video DiT of a `--condition` (token_replace, latent_concat, skyreels)."""
     if condition not in I2V_CONDITIONS:
         raise ValueError(f"condition must be one of {', '.join(I2V_CONDITIONS)}, got {condition!r}")
-    kind, guidance = I2V_CONDITIONS[condition]
-    c = dit.out_channels  # input widths for 16 latent channels: 16, 33, 32
-    c_in = {"token_replace": c, "latent_concat": 2 * c + 1, "concat": 2 * c}[kind]
-    return dit.replace(image_condition=kind, in_channels=c_in, guidance_embed=guidance)
+    return with_image_condition(dit, I2V_CONDITIONS[condition])  # widths and guidance input as released
 
 
 def write_tiny_i2v_model(

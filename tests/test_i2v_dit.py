@@ -8,7 +8,7 @@ import torch
 from diffusers import HunyuanVideoTransformer3DModel
 
 from hyvideo.checkpoints.dit import load_dit, official_to_diffusers, save_dit_diffusers, save_dit_official
-from hyvideo.config import ConfigError, DiTConfig
+from hyvideo.config import DIT_PRESETS, ConfigError, DiTConfig, with_image_condition
 from hyvideo.modules.dit import FirstFrame, StreamModulation
 from hyvideo.modules.layers import Modulation
 from hyvideo.tiny import random_dit
@@ -171,3 +171,17 @@ def test_saved_folders_keep_the_condition(tmp_path, name):
         )
     ref = HunyuanVideoTransformer3DModel.from_pretrained(tmp_path / "diffusers")
     assert ref.config.in_channels == model.cfg.in_channels
+
+
+def test_released_configs_from_the_text_to_video_preset():
+    """The released official I2V tree has no config: the preset plus the condition gives the released DiTs."""
+    base = DIT_PRESETS["HYVideo-T/2-cfgdistill"]
+    got = {c: with_image_condition(base, c) for c in ("token_replace", "latent_concat", "concat")}
+    assert {c: (g.in_channels, g.out_channels, g.guidance_embed) for c, g in got.items()} == {
+        "token_replace": (16, 16, True),
+        "latent_concat": (33, 16, False),
+        "concat": (32, 16, True),
+    }
+    assert with_image_condition(base, "none") == base
+    with pytest.raises(ConfigError, match="image_condition must be one of"):
+        with_image_condition(base, "mask")

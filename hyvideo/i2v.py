@@ -49,7 +49,7 @@ def start_latents(condition: str, noise: torch.Tensor, image: torch.Tensor, stab
     holds the clean image latent in frame 0. noise (B, C, T, h, w), image (B or 1, C, 1, h, w)."""
     _check(condition)
     x = stability_start(noise, image) if stability else noise.float()
-    return replace_first_frame(x, image.expand(x.shape[0], -1, -1, -1, -1)) if condition == "token_replace" else x
+    return replace_first_frame(x, image) if condition == "token_replace" else x
 
 
 def condition_model(model_fn: ModelFn, condition: str, image: torch.Tensor, frames: int) -> ModelFn:

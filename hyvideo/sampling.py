@@ -197,8 +197,8 @@ def stability_start(noise: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
 
 
 def replace_first_frame(x: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
-    """x (B, C, T, H, W) with latent frame 0 replaced by the clean image latent (B, C, 1, H, W)."""
-    return torch.cat([image.to(x.dtype), x[:, :, 1:]], 2)
+    """x (B, C, T, H, W) with latent frame 0 replaced by the clean image latent (B or 1, C, 1, H, W)."""
+    return torch.cat([image.to(x.dtype).expand(x.shape[0], -1, -1, -1, -1), x[:, :, 1:]], 2)
 
 
 def hold_first_frame(model_fn: ModelFn, image: torch.Tensor) -> ModelFn:
@@ -227,9 +227,10 @@ def image_condition(image: torch.Tensor, frames: int, mask: bool) -> torch.Tenso
 
 
 def concat_condition(model_fn: ModelFn, cond: torch.Tensor) -> ModelFn:
-    """latent_concat / SkyReels: the model sees cat_C[x, cond] (`image_condition`); every frame is stepped."""
+    """latent_concat / SkyReels: the model sees cat_C[x, cond] (`image_condition`, batch B or 1); every frame is
+    stepped."""
 
     def fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return model_fn(torch.cat([x, cond.to(x.dtype)], 1), t)
+        return model_fn(torch.cat([x, cond.to(x.dtype).expand(x.shape[0], -1, -1, -1, -1)], 1), t)
 
     return fn

@@ -107,3 +107,17 @@ def test_image_condition_layout():
     assert torch.equal(cond[:, :C, 0:1], image) and not cond[:, :C, 1:].any()
     assert cond[:, C, 0].eq(1).all() and not cond[:, C, 1:].any()
     assert torch.equal(image_condition(image, 3, mask=False), cond[:, :C])
+
+
+def test_one_image_for_a_batch():
+    """One image latent (batch 1) conditions every video of a batch: the same as the image repeated."""
+    noise, image = data(4)
+    one = image[:1]
+    fn, _ = toy_model()
+    for wrap in (
+        lambda f, im: hold_first_frame(f, im),
+        lambda f, im: concat_condition(f, image_condition(im, T, True)),
+    ):
+        a = euler(wrap(fn, one), replace_first_frame(noise, one), flow_sigmas(3, 7.0))
+        b = euler(wrap(fn, one.expand(B, -1, -1, -1, -1)), replace_first_frame(noise, one), flow_sigmas(3, 7.0))
+        assert torch.equal(a, b)

@@ -36,6 +36,11 @@ class DiTConfig:
     text_pool_dim: int = 768  # CLIP-L pooled size
     qk_norm: str = "rms_norm"  # the release uses RMS qk-norm; "none" disables it
     norm_eps: float = 1e-6
+    # how an image conditions the video (docs/DESIGN.md §17.1): "none" (text-to-video), "token_replace"
+    # (HunyuanVideo-I2V: clean image latent as frame 0, its tokens modulated at t = 0; in = out),
+    # "latent_concat" (HunyuanVideo-I2V 33ch: cat[latents, image latent, mask]; in = 2 out + 1) or "concat"
+    # (SkyReels-V1: cat[latents, image latent], no mask; in = 2 out)
+    image_condition: str = "none"
 
     def __post_init__(self) -> None:
         def need(ok: bool, msg: str) -> None:
@@ -64,6 +69,12 @@ class DiTConfig:
         need(self.mlp_ratio > 0 and self.mlp_hidden == self.hidden_size * self.mlp_ratio, "mlp_ratio must give an int")
         need(self.qk_norm in ("rms_norm", "none"), f"qk_norm must be 'rms_norm' or 'none', got {self.qk_norm!r}")
         need(self.rope_theta > 0, f"rope_theta must be > 0, got {self.rope_theta}")
+        need(
+            self.image_condition in IMAGE_CONDITIONS,
+            f"image_condition must be one of {', '.join(IMAGE_CONDITIONS)}, got {self.image_condition!r}",
+        )
+        problem = condition_channels_problem(self.image_condition, self.in_channels, self.out_channels)
+        need(problem is None, str(problem))
 
     @property
     def head_dim(self) -> int:
@@ -108,11 +119,11 @@ class DiTConfig:
             kw["patch_size"] = (int(cfg.get("patch_size_t", base.patch_size[0])), p, p)
         if "rope_axes_dim" in cfg:
             kw["rope_axes"] = tuple(int(a) for a in cfg["rope_axes_dim"])
-        if cfg.get("image_condition_type") is not None:
-            raise ConfigError(f"DiT config: image_condition_type {cfg['image_condition_type']!r} is not supported")
         for ints in ("in_channels", "out_channels", "depth_double", "depth_single", "depth_refiner"):
             if ints in kw:
                 kw[ints] = int(kw[ints])  # type: ignore[arg-type]
+        c_in, c_out = int(kw.get("in_channels", base.in_channels)), int(kw.get("out_channels", base.out_channels))
+        kw["image_condition"] = condition_from_diffusers(cfg.get("image_condition_type"), c_in, c_out)
         return dataclasses.replace(base, **kw)
 
     def to_diffusers(self) -> dict:
@@ -134,7 +145,65 @@ class DiTConfig:
             "pooled_projection_dim": self.text_pool_dim,
             "rope_theta": self.rope_theta,
             "rope_axes_dim": list(self.rope_axes),
+            # diffusers names the two HunyuanVideo-I2V types; SkyReels' concat is in_channels = 2 out alone
+            **(
+                {"image_condition_type": self.image_condition}
+                if self.image_condition in ("token_replace", "latent_concat")
+                else {}
+            ),
         }
+
+
+IMAGE_CONDITIONS = ("none", "token_replace", "latent_concat", "concat")
+
+
+def condition_channels_problem(condition: str, c_in: int, c_out: int) -> str | None:
+    """Why `condition` cannot go with in_channels `c_in` and out_channels `c_out` (both named), or None.
+    "none" refuses the two concatenated widths so that a config's condition is always recoverable from diffusers'
+    keys (SkyReels' 2 out carries no image_condition_type)."""
+    need = {"token_replace": c_out, "latent_concat": 2 * c_out + 1, "concat": 2 * c_out}.get(condition)
+    if need is not None and c_in != need:
+        return (
+            f"image_condition {condition!r} needs in_channels = {need} for out_channels {c_out}, got in_channels {c_in}"
+        )
+    if condition == "none" and c_in in (2 * c_out, 2 * c_out + 1):
+        kind = "concat (SkyReels)" if c_in == 2 * c_out else "latent_concat"
+        return f"in_channels {c_in} with out_channels {c_out} is the {kind} image input, but image_condition is 'none'"
+    return None
+
+
+def with_image_condition(cfg: DiTConfig, condition: str) -> DiTConfig:
+    """`cfg` (e.g. a text-to-video preset) made into the DiT of `condition` as released: input width out, 2 out + 1
+    or 2 out (16 / 33 / 32 for 16 latent channels), and no guidance input for latent_concat (the 33-channel release
+    has none). For the released official I2V tree, which keeps no config beside its weights."""
+    c = cfg.out_channels
+    widths = {"none": cfg.in_channels, "token_replace": c, "latent_concat": 2 * c + 1, "concat": 2 * c}
+    if condition not in widths:
+        raise ConfigError(f"image_condition must be one of {', '.join(IMAGE_CONDITIONS)}, got {condition!r}")
+    guidance = cfg.guidance_embed and condition != "latent_concat"
+    return cfg.replace(image_condition=condition, in_channels=widths[condition], guidance_embed=guidance)
+
+
+def condition_from_diffusers(condition_type: object, c_in: int, c_out: int) -> str:
+    """Our `image_condition` from diffusers' `image_condition_type` and the channel counts; a contradiction between
+    them is a ConfigError naming both."""
+    if condition_type is None:
+        if c_in == 2 * c_out:
+            return "concat"  # SkyReels-V1 writes no type: 32 channels = 16 noisy + 16 image
+        if c_in == 2 * c_out + 1:
+            raise ConfigError(
+                f"DiT config: in_channels {c_in} (= 2 x {c_out} + 1, the latent_concat input) "
+                "but image_condition_type is null"
+            )
+        return "none"
+    if condition_type not in ("token_replace", "latent_concat"):
+        raise ConfigError(
+            f"DiT config: image_condition_type {condition_type!r} is not supported (token_replace, latent_concat)"
+        )
+    problem = condition_channels_problem(str(condition_type), c_in, c_out)
+    if problem is not None:
+        raise ConfigError(f"DiT config: image_condition_type {problem.removeprefix('image_condition ')}")
+    return str(condition_type)
 
 
 DIT_PRESETS: dict[str, DiTConfig] = {

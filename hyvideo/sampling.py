@@ -7,6 +7,12 @@ around the network by `with_cond` / `with_cfg`; the sampler never knows the arch
 Conventions: sigma runs 1 (pure noise) -> 0 (data); x_sigma = (1 - sigma) * x_0 + sigma * noise, so
 v = dx/dsigma = noise - x_0 and an Euler step is x <- x + v * (sigma_next - sigma).
 
+Image-to-video (docs/DESIGN.md §17.3) is more closures and starts, never a change to the sampler:
+    token_replace:  `hold_first_frame(model_fn, image)`, start `replace_first_frame(x, image)`
+    latent_concat:  `concat_condition(model_fn, image_condition(image, frames, mask=True))`   (33 channels)
+    SkyReels:       `concat_condition(model_fn, image_condition(image, frames, mask=False))`  (32 channels)
+    --i2v-stability: start from `stability_start(noise, image)`
+
 Not implemented: the official `--use-linear-quadratic-schedule` / `--linear-schedule-end` flags. The official
 release only declares them (hyvideo/config.py); no code reads them, so there is no reference behaviour to match.
 """
@@ -173,3 +179,58 @@ def official_noise(
         for s in seeds
     ]  # each (1, C, T, H, W)
     return torch.cat(noise).float()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Image-to-video: image latents (B, C, 1, H, W), i.e. VAE mean (or sample) x scaling_factor of the prepared image
+# ---------------------------------------------------------------------------------------------------------------
+STABILITY_NOISE = 0.999  # --i2v-stability: the start keeps this much noise and adds the image on every frame
+
+
+def stability_start(noise: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+    """--i2v-stability: noise * 0.999 + image * (1 - 0.999), the image latent repeated on every latent frame.
+    The weight is a float32 tensor and its complement is computed in float32, as both references do, so the
+    image's weight is 1 - float32(0.999) = 0.00099998713. noise (B, C, T, H, W), image (B, C, 1, H, W) ->
+    (B, C, T, H, W) float32."""
+    w = torch.tensor([STABILITY_NOISE], dtype=torch.float32, device=noise.device)
+    return noise.float() * w + image.float().expand_as(noise) * (1 - w)
+
+
+def replace_first_frame(x: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+    """x (B, C, T, H, W) with latent frame 0 replaced by the clean image latent (B or 1, C, 1, H, W)."""
+    return torch.cat([image.to(x.dtype).expand(x.shape[0], -1, -1, -1, -1), x[:, :, 1:]], 2)
+
+
+def hold_first_frame(model_fn: ModelFn, image: torch.Tensor) -> ModelFn:
+    """token_replace: the model sees the clean image latent as frame 0 at every step, and the velocity of frame 0
+    is returned as zero, so a solver leaves that frame where it is: only frames 1.. are stepped, as in both
+    references. Start the solver from `replace_first_frame(x, image)` so the final frame 0 is the image latent
+    exactly (x + 0 * dsigma = x)."""
+
+    def fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        v = model_fn(replace_first_frame(x, image), t)
+        return torch.cat([torch.zeros_like(v[:, :, :1]), v[:, :, 1:]], 2)
+
+    return fn
+
+
+def image_condition(image: torch.Tensor, frames: int, mask: bool) -> torch.Tensor:
+    """The channels appended to the latents for latent_concat (mask=True) and SkyReels (mask=False): the image
+    latent at frame 0 and zeros on the `frames` - 1 others, then (mask) one channel that is 1 at frame 0, 0 after.
+    image (B, C, 1, H, W) -> (B, C + mask, frames, H, W) float32."""
+    B, C, _, H, W = image.shape
+    cond = image.new_zeros(B, C + int(mask), frames, H, W, dtype=torch.float32)
+    cond[:, :C, :1] = image
+    if mask:
+        cond[:, C, 0] = 1.0
+    return cond
+
+
+def concat_condition(model_fn: ModelFn, cond: torch.Tensor) -> ModelFn:
+    """latent_concat / SkyReels: the model sees cat_C[x, cond] (`image_condition`, batch B or 1); every frame is
+    stepped."""
+
+    def fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return model_fn(torch.cat([x, cond.to(x.dtype).expand(x.shape[0], -1, -1, -1, -1)], 1), t)
+
+    return fn

@@ -14,9 +14,9 @@ import torch
 from torch import nn
 
 from hyvideo.checkpoints.dit import save_dit_diffusers, save_dit_official
-from hyvideo.checkpoints.layout import OFFICIAL_DIT_DIR
+from hyvideo.checkpoints.layout import OFFICIAL_DIT_DIR, OFFICIAL_I2V_DIT_DIR
 from hyvideo.checkpoints.vae import random_vae, save_vae_diffusers, save_vae_official
-from hyvideo.config import DiTConfig
+from hyvideo.config import DiTConfig, with_image_condition
 from hyvideo.modules.dit import HYVideoDiT
 from hyvideo.modules.vae import VAEConfig
 
@@ -116,16 +116,103 @@ def write_tiny_model(root: str | Path, layout: str = "official", seed: int = 0, 
     return root
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Image-to-video: `python -m hyvideo.tiny OUT --task i2v [--layout diffusers] [--condition ...]`
+# ---------------------------------------------------------------------------------------------------------------
+# --condition -> DiTConfig.image_condition
+I2V_CONDITIONS: dict[str, str] = {
+    "token_replace": "token_replace",
+    "latent_concat": "latent_concat",
+    "skyreels": "concat",
+}
+I2V_MODEL_INDEX = {
+    **MODEL_INDEX,
+    "_class_name": "HunyuanVideoImageToVideoPipeline",
+    "text_encoder": ["transformers", "LlavaForConditionalGeneration"],
+    "image_processor": ["transformers", "CLIPImageProcessor"],
+}
+SKYREELS_MODEL_INDEX = {**MODEL_INDEX, "_class_name": "HunyuanSkyreelsImageToVideoPipeline"}
+
+
+def i2v_dit_config(condition: str, dit: DiTConfig = TINY_DIT) -> DiTConfig:
+    """`dit` made into the image-to-video DiT of a `--condition` (token_replace, latent_concat, skyreels)."""
+    if condition not in I2V_CONDITIONS:
+        raise ValueError(f"condition must be one of {', '.join(I2V_CONDITIONS)}, got {condition!r}")
+    return with_image_condition(dit, I2V_CONDITIONS[condition])  # widths and guidance input as released
+
+
+def write_tiny_i2v_model(
+    root: str | Path,
+    layout: str = "official",
+    condition: str = "token_replace",
+    seed: int = 0,
+    dit: DiTConfig = TINY_DIT,
+) -> Path:
+    """Write a complete random-weight image-to-video model.
+
+    official (HunyuanVideo-I2V `ckpts/`): root/hunyuan-video-i2v-720p/{transformers,vae}/, root/text_encoder_i2v/
+    (the whole tiny LLaVA), root/text_encoder_2/. diffusers: a `HunyuanVideoImageToVideoPipeline` folder (LLaVA
+    `text_encoder/`, `image_processor/`), or with condition "skyreels" a `HunyuanSkyreelsImageToVideoPipeline`
+    folder (text-only Llama, as for text-to-video); SkyReels-V1 is published in diffusers format only. The same
+    seed gives the same weights in both layouts."""
+    # start-up: tiny_llava and tiny_text import transformers, which the DiT/VAE helpers of this module never need
+    from hyvideo.tiny_llava import write_llava
+    from hyvideo.tiny_text import write_text_encoders_diffusers
+
+    if layout not in ("official", "diffusers"):
+        raise ValueError(f"layout must be 'official' or 'diffusers', got {layout!r}")
+    cfg = i2v_dit_config(condition, dit)
+    if condition == "skyreels" and layout == "official":
+        raise ValueError("SkyReels-V1 is published in diffusers format only: use layout 'diffusers'")
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    if condition == "skyreels":
+        dims = write_text_encoders_diffusers(root, seed)
+    else:
+        dims = write_llava(root, layout, seed)
+    model = random_dit(cfg.replace(text_states_dim=dims.llm_hidden, text_pool_dim=dims.clip_hidden), seed)
+    vae_cfg = tiny_vae_config()
+    vae = random_vae(vae_cfg, seed)
+    if layout == "official":
+        save_dit_official(model, root / OFFICIAL_I2V_DIT_DIR / "transformers")
+        save_vae_official(vae, vae_cfg, root / OFFICIAL_I2V_DIT_DIR / "vae")
+        return root
+    save_dit_diffusers(model, root / "transformer")
+    save_vae_diffusers(vae, vae_cfg, root / "vae")
+    (root / "scheduler").mkdir(exist_ok=True)
+    sched = {"_class_name": "FlowMatchEulerDiscreteScheduler", "shift": 7.0, "num_train_timesteps": 1000}
+    (root / "scheduler" / "scheduler_config.json").write_text(json.dumps(sched, indent=2))
+    index = SKYREELS_MODEL_INDEX if condition == "skyreels" else I2V_MODEL_INDEX
+    (root / "model_index.json").write_text(json.dumps(index, indent=2))
+    return root
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
     ap = argparse.ArgumentParser(prog="python -m hyvideo.tiny", description="Write a tiny random-weight model.")
     ap.add_argument("out", type=Path, help="output folder (used as --model-base)")
     ap.add_argument("--layout", choices=("official", "diffusers"), default="official")
+    ap.add_argument("--task", choices=("t2v", "i2v"), default="t2v", help="text-to-video (default) or image-to-video")
+    ap.add_argument(
+        "--condition",
+        choices=tuple(I2V_CONDITIONS),
+        default=None,
+        help="with --task i2v: the image condition (default token_replace; skyreels needs --layout diffusers)",
+    )
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    write_tiny_model(args.out, args.layout, args.seed)
-    print(f"wrote a tiny {args.layout}-layout model to {args.out}")
+    if args.task == "t2v":
+        if args.condition is not None:
+            ap.error("--condition needs --task i2v")
+        write_tiny_model(args.out, args.layout, args.seed)
+        print(f"wrote a tiny {args.layout}-layout model to {args.out}")
+        return 0
+    condition = args.condition or "token_replace"
+    if condition == "skyreels" and args.layout == "official":
+        ap.error("--condition skyreels: SkyReels-V1 is published in diffusers format only; add --layout diffusers")
+    write_tiny_i2v_model(args.out, args.layout, condition, args.seed)
+    print(f"wrote a tiny {args.layout}-layout image-to-video model ({condition}) to {args.out}")
     return 0
 
 

@@ -251,12 +251,28 @@ def load_dit(
         folder = where if where.is_dir() else where.parent
         cfg = dit_config(preset, folder / "config.json")
     sd = read_dit_state_dict(path, cfg, load_key)
+    check_input_width(sd, cfg, where)
     model = build_dit(cfg)
     assign_state_dict(model, sd, f"DiT {where}")
     del sd
     if dtype is not None or str(device) != "cpu":
         move_releasing(model, device, dtype)
     return model.eval().requires_grad_(False)
+
+
+def check_input_width(sd: Mapping[str, torch.Tensor], cfg: DiTConfig, where: str | Path) -> None:
+    """The weights' input width must be the one the configured image condition needs: 16 (text-to-video,
+    token_replace), 33 (latent_concat) or 32 (SkyReels concat) for 16 latent channels. A mismatch (e.g.
+    --i2v-condition-type token_replace with the 33-channel weights) is one error naming both."""
+    w = sd.get("img_in.proj.weight")  # (C, in, pt, ph, pw)
+    if w is None or w.ndim != 5 or w.shape[1] == cfg.in_channels:
+        return  # a missing or odd tensor is reported by the strict load, by name
+    c_in, c_out = int(w.shape[1]), cfg.out_channels
+    fits = {c_out: "text-to-video or token_replace", 2 * c_out + 1: "latent_concat", 2 * c_out: "concat (SkyReels)"}
+    raise CheckpointError(
+        f"DiT {where}: the weights take {c_in} input channels ({fits.get(c_in, 'no known image condition')}), "
+        f"but image_condition {cfg.image_condition!r} needs {cfg.in_channels}"
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -8,6 +8,10 @@ Data flow (B batch, C hidden, Li image tokens, Lt text tokens):
     single_blocks: one stream over cat(img, txt)
     final_layer on the image tokens -> unpatchify -> (B, out, T, H, W)
 
+Image-to-video with token_replace (docs/DESIGN.md §17.2): the first th*tw image tokens (latent frame 0, the clean
+image) take their shift/scale/gate from a second vector, time_in(0) + vector_in(clip), through the same modulation
+weights; everything else (text stream, other image tokens, final layer) uses vec. `Context.first` carries it.
+
 The forward reads nothing back to the host: which text positions are padding is decided once per mask tensor
 (`TextLayout`, one read of the mask, cached like the RoPE tables), not every step.
 """
@@ -43,6 +47,48 @@ class Context:
     # the joint-attention function the blocks call, (q, k, v, mask, backend) -> (B, L, H*D); a wrapper (e.g.
     # sequence parallelism) swaps it to change how attention is computed without touching the blocks
     attn: Callable[..., torch.Tensor] = attention
+    first: FirstFrame | None = None  # token_replace only: the clean first frame's own modulation
+
+
+@dataclass(frozen=True)
+class FirstFrame:
+    """token_replace conditioning: the leading `tokens` image tokens are latent frame 0 (the clean image latent)
+    and are modulated by `vec` instead of the forward's vec."""
+
+    vec: torch.Tensor  # (B, C) time_in(0) + vector_in(clip): timestep 0, no guidance term
+    tokens: int  # image tokens of frame 0 in this sequence: th * tw (a sequence-parallel chunk holds fewer, or 0)
+
+
+class StreamModulation:
+    """One block's modulation vectors for one stream, each (B, C), in chunk order (shift, scale, gate per branch).
+    With a `FirstFrame`, the first `first.tokens` tokens use the vectors its vec gives through the same Linear."""
+
+    def __init__(self, mod: Modulation, vec: torch.Tensor, first: FirstFrame | None = None) -> None:
+        self.v = mod(vec)
+        self.n = 0 if first is None else first.tokens
+        self.tr = mod(first.vec) if self.n else None
+
+    def modulate(self, x: torch.Tensor, branch: int) -> torch.Tensor:
+        """x (B, L, C) * (1 + scale) + shift of `branch` (0: attention, 1: MLP)."""
+        i, n = 3 * branch, self.n
+        if self.tr is None:
+            return modulate(x, self.v[i], self.v[i + 1])
+        return torch.cat(
+            [modulate(x[:, :n], self.tr[i], self.tr[i + 1]), modulate(x[:, n:], self.v[i], self.v[i + 1])], 1
+        )
+
+    def gated_add(self, x: torch.Tensor, y: torch.Tensor, branch: int) -> torch.Tensor:
+        """x + gate * y for `branch`; x, y (B, L, C)."""
+        i, n = 3 * branch + 2, self.n
+        if self.tr is None:
+            return torch.addcmul(x, self.v[i][:, None], y)  # one pass
+        return torch.cat(
+            [
+                torch.addcmul(x[:, :n], self.tr[i][:, None], y[:, :n]),
+                torch.addcmul(x[:, n:], self.v[i][:, None], y[:, n:]),
+            ],
+            1,
+        )
 
 
 def _qk_norm(cfg: DiTConfig) -> nn.Module:
@@ -63,26 +109,25 @@ class DoubleStreamBlock(nn.Module):
             setattr(self, f"{s}_attn_proj", nn.Linear(C, C))
             setattr(self, f"{s}_mlp", MLP(C, cfg.mlp_hidden))
 
-    def _qkv(self, s: str, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor):
-        qkv = getattr(self, f"{s}_attn_qkv")(modulate(layer_norm(x, self.eps), shift, scale))
+    def _qkv(self, s: str, x: torch.Tensor, mod: StreamModulation):
+        qkv = getattr(self, f"{s}_attn_qkv")(mod.modulate(layer_norm(x, self.eps), 0))
         q, k, v = rearrange(qkv, "B L (K H D) -> K B L H D", K=3, H=self.heads)  # layout K, H, D
         return getattr(self, f"{s}_attn_q_norm")(q), getattr(self, f"{s}_attn_k_norm")(k), v
 
     def forward(self, img: torch.Tensor, txt: torch.Tensor, vec: torch.Tensor, ctx: Context):
-        # img (B, Li, C), txt (B, Lt, C), vec (B, C)
-        i_sh1, i_sc1, i_g1, i_sh2, i_sc2, i_g2 = self.img_mod(vec)
-        t_sh1, t_sc1, t_g1, t_sh2, t_sc2, t_g2 = self.txt_mod(vec)
-        iq, ik, iv = self._qkv("img", img, i_sh1, i_sc1)
-        tq, tk, tv = self._qkv("txt", txt, t_sh1, t_sc1)
+        # img (B, Li, C), txt (B, Lt, C), vec (B, C); the text stream never takes the first-frame modulation
+        i_mod, t_mod = StreamModulation(self.img_mod, vec, ctx.first), StreamModulation(self.txt_mod, vec)
+        iq, ik, iv = self._qkv("img", img, i_mod)
+        tq, tk, tv = self._qkv("txt", txt, t_mod)
         iq, ik = apply_rope(iq, ctx.rope), apply_rope(ik, ctx.rope)
         out = ctx.attn(
             torch.cat([iq, tq], 1), torch.cat([ik, tk], 1), torch.cat([iv, tv], 1), ctx.mask, ctx.backend
         )  # (B, Li+Lt, C)
         i_out, t_out = out.split([img.shape[1], txt.shape[1]], dim=1)
-        img = torch.addcmul(img, i_g1[:, None], self.img_attn_proj(i_out))  # x + gate * f(x), one pass
-        img = torch.addcmul(img, i_g2[:, None], self.img_mlp(modulate(layer_norm(img, self.eps), i_sh2, i_sc2)))
-        txt = torch.addcmul(txt, t_g1[:, None], self.txt_attn_proj(t_out))
-        txt = torch.addcmul(txt, t_g2[:, None], self.txt_mlp(modulate(layer_norm(txt, self.eps), t_sh2, t_sc2)))
+        img = i_mod.gated_add(img, self.img_attn_proj(i_out), 0)  # x + gate * f(x)
+        img = i_mod.gated_add(img, self.img_mlp(i_mod.modulate(layer_norm(img, self.eps), 1)), 1)
+        txt = t_mod.gated_add(txt, self.txt_attn_proj(t_out), 0)
+        txt = t_mod.gated_add(txt, self.txt_mlp(t_mod.modulate(layer_norm(txt, self.eps), 1)), 1)
         return img, txt
 
 
@@ -102,8 +147,8 @@ class SingleStreamBlock(nn.Module):
     def forward(self, x: torch.Tensor, vec: torch.Tensor, ctx: Context, keep: int | None = None) -> torch.Tensor:
         """x (B, Li+Lt, C), image tokens first -> (B, Li+Lt, C), or (B, keep, C): only the first `keep` tokens'
         outputs (the last block's text outputs are never used; attention still sees every token)."""
-        shift, scale, gate = self.modulation(vec)
-        qkv, mlp = self.linear1(modulate(layer_norm(x, self.eps), shift, scale)).split(
+        mod = StreamModulation(self.modulation, vec, ctx.first)  # image tokens first: frame 0 leads
+        qkv, mlp = self.linear1(mod.modulate(layer_norm(x, self.eps), 0)).split(
             [3 * x.shape[-1], self.mlp_hidden], dim=-1
         )
         q, k, v = rearrange(qkv, "B L (K H D) -> K B L H D", K=3, H=self.heads)
@@ -113,7 +158,7 @@ class SingleStreamBlock(nn.Module):
         out = ctx.attn(q, k, v, ctx.mask, ctx.backend)  # (B, L, C)
         if keep is not None:
             x, out, mlp = x[:, :keep], out[:, :keep], mlp[:, :keep]
-        return torch.addcmul(x, gate[:, None], linear_of_cat(self.linear2, out, F.gelu(mlp, approximate="tanh")))
+        return mod.gated_add(x, linear_of_cat(self.linear2, out, F.gelu(mlp, approximate="tanh")), 0)
 
 
 class FinalLayer(nn.Module):
@@ -183,7 +228,7 @@ class HYVideoDiT(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Context]:
         """Everything before the blocks: (img (B,Li,C), txt (B,Lt,C), vec (B,C), Context)."""
         img, vec, t = self.embed_image(x, t, text_pooled, guidance)
-        txt, ctx = self.embed_text(text_states, text_mask, t, x)
+        txt, ctx = self.embed_text(text_states, text_mask, t, x, text_pooled)
         return img, txt, vec, ctx
 
     def embed_image(
@@ -202,15 +247,34 @@ class HYVideoDiT(nn.Module):
         return self.img_in(x.to(dtype)), vec, t
 
     def embed_text(
-        self, text_states: torch.Tensor, text_mask: torch.Tensor | None, t: torch.Tensor, x: torch.Tensor
+        self,
+        text_states: torch.Tensor,
+        text_mask: torch.Tensor | None,
+        t: torch.Tensor,
+        x: torch.Tensor,
+        text_pooled: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, Context]:
-        """Refined text tokens (B,Lt,C) with padding dropped, and the Context for latents x (B,in,T,H,W)."""
+        """Refined text tokens (B,Lt,C) with padding dropped, and the Context for latents x (B,in,T,H,W), t (B,).
+        A token_replace DiT needs `text_pooled` (B, pool) for the first frame's modulation vector."""
         grid = self.token_grid(x)
         text_states, valid = apply_layout(text_states.to(self.img_in.proj.weight.dtype), self.text_layout(text_mask))
         txt = self.txt_in(text_states, t, valid, self.attn_backend)
         Li = math.prod(grid)
         mask = None if valid is None else KeyMask(F.pad(valid, (Li, 0), value=True))  # (B, Li+Lt)
-        return txt, Context(self.rope(grid, x.device), mask, self.attn_backend)
+        first = self.first_frame(t, text_pooled, grid)
+        return txt, Context(self.rope(grid, x.device), mask, self.attn_backend, first=first)
+
+    def first_frame(
+        self, t: torch.Tensor, text_pooled: torch.Tensor | None, grid: tuple[int, int, int]
+    ) -> FirstFrame | None:
+        """token_replace: FirstFrame(time_in(0) + vector_in(clip), th * tw) for t (B,), clip (B, pool); the guidance
+        embedding is not added (the image frame is clean, whatever the guidance). None for other DiTs."""
+        if self.cfg.image_condition != "token_replace":
+            return None
+        if text_pooled is None:
+            raise ValueError("a token_replace DiT needs text_pooled for the first frame's modulation")
+        vec = self.time_in(torch.zeros_like(t)) + self.vector_in(text_pooled.to(self.img_in.proj.weight.dtype))
+        return FirstFrame(vec, grid[1] * grid[2])
 
     def token_grid(self, x: torch.Tensor) -> tuple[int, int, int]:
         """The (T, H, W) token grid of latents x (B, in, T, H, W): each axis divided by the patch size."""

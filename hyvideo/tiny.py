@@ -156,8 +156,8 @@ def write_tiny_i2v_model(
     folder (text-only Llama, as for text-to-video); SkyReels-V1 is published in diffusers format only. The same
     seed gives the same weights in both layouts."""
     # start-up: tiny_llava and tiny_text import transformers, which the DiT/VAE helpers of this module never need
-    from hyvideo.tiny_llava import write_llava
-    from hyvideo.tiny_text import write_text_encoders_diffusers
+    from hyvideo.tiny_llava import write_llava  # start-up (transformers)
+    from hyvideo.tiny_text import write_text_encoders_diffusers  # start-up (transformers)
 
     if layout not in ("official", "diffusers"):
         raise ValueError(f"layout must be 'official' or 'diffusers', got {layout!r}")

@@ -161,10 +161,16 @@ class Runner:
             if procs == 1:
                 if "compile" in features:
                     torch._dynamo.reset()  # a fresh model per run: no recompile-limit fallback to eager
+                    torch._dynamo.utils.counters.clear()
                 code = main(argv)
                 assert code == 0, f"{sorted(features)}: exit {code}"
+                if "compile" in features:  # the blocks did run compiled (an eager fallback would pass any tolerance)
+                    assert torch._dynamo.utils.counters["frames"]["ok"] > 0, sorted(features)
             else:
-                torchrun(procs, [*argv, "--dist-timeout", "300"], out)
+                logs = torchrun(procs, [*argv, "--dist-timeout", "300"], out)
+                if "compile" in features:
+                    rank0 = "".join(p.read_text() for p in logs.rglob("stderr.log") if p.parent.name == "0")
+                    assert "torch.compile (" in rank0, sorted(features)
             [path] = out.glob("*.latents.safetensors")
             latents, _ = io.load_latents(path)
             assert torch.isfinite(latents).all(), sorted(features)
@@ -186,9 +192,9 @@ class Runner:
         assert err <= tol, f"{sorted(wanted)} vs {sorted(numeric) or 'plain'}: rel. {err:.2e} > {tol:g}"
 
 
-def torchrun(nproc: int, argv: list[str], out: Path, timeout: float = 300) -> None:
-    """sample_video.py under torchrun (a free port: --standalone); each rank's log in its own file, and on failure
-    every rank's first error line in the assertion message."""
+def torchrun(nproc: int, argv: list[str], out: Path, timeout: float = 300) -> Path:
+    """sample_video.py under torchrun (a free port: --standalone); each rank's log in its own file (the folder is
+    returned), and on failure every rank's first error line in the assertion message."""
     logs = out.parent / (out.name + ".logs")
     env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_ENV}
     env["PYTHONPATH"] = str(ROOT)
@@ -206,6 +212,7 @@ def torchrun(nproc: int, argv: list[str], out: Path, timeout: float = 300) -> No
             lines = [ln for ln in text.splitlines() if re.search(r"error|Error|Traceback", ln)]
             firsts.append(f"rank {rank_log.parent.name}: {lines[0] if lines else text[-300:]}")
         pytest.fail(f"torchrun {nproc} x {' '.join(argv[-8:])}: exit {code}\n" + "\n".join(firsts))
+    return logs
 
 
 @pytest.fixture(scope="session")

@@ -280,7 +280,8 @@ class BlockStreamer:
 
     def acquire(self, i: int) -> None:
         """Block i usable now, outside its forward (see `acquire`): loaded if it is not, and waited for. It stays
-        resident until it has run, as a prefetched block does."""
+        resident until it has run, as a prefetched block does: acquiring the block that runs next (TeaCache: block 0
+        before a step) keeps the window; any other block is one more resident until its turn."""
         self._load(i)
         self.blocks[i].wait()
 

@@ -14,6 +14,7 @@ from hyvideo.checkpoints.layout import locate
 from hyvideo.cli import main, parse_request
 from hyvideo.compile import compile_blocks, compile_region, uses_cuda_graphs
 from hyvideo.offload import apply_offload
+from hyvideo.request import UsageError, _check_compile_mode
 from hyvideo.teacache import TeaCache
 from hyvideo.tiny import TINY_DIT, random_dit, write_tiny_model
 
@@ -128,8 +129,6 @@ def test_compile_mode_errors_are_one_line_exit_2(tmp_path, capsys, extra, messag
 
 
 def test_cuda_graphs_refused_with_block_offload():
-    from hyvideo.request import UsageError, _check_compile_mode
-
     with pytest.raises(UsageError, match="not with --offload block"):
         _check_compile_mode("reduce-overhead", "cuda:0", "block")
     assert _check_compile_mode("reduce-overhead", "cuda:0", "model") == "reduce-overhead"

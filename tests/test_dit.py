@@ -279,3 +279,17 @@ def test_guidance_required_for_cfgdistill(tiny):
     x, t, txt, mask, pooled, _ = inputs(tiny.cfg, 1)
     with pytest.raises(ValueError, match="guidance"):
         tiny(x, t, txt, mask, pooled, None)
+
+
+def test_text_layout_with_a_hole_equals_boolean_indexing_and_is_read_once_per_mask():
+    """Positions padded in every sample need not be a suffix: indices on the device then, same result as the
+    boolean indexing it replaces; the DiT reads a mask once and reuses its layout while it holds the same tensor."""
+    states = torch.randn(2, 5, 3)
+    mask = torch.tensor([[1, 0, 1, 1, 0], [1, 0, 1, 0, 0]])
+    keep = mask.bool().any(0)
+    s, v = drop_padding(states, mask)
+    assert torch.equal(s, states[:, keep]) and torch.equal(v, mask.bool()[:, keep])
+    model = random_dit(seed=0)
+    assert model.text_layout(torch.tensor([[1, 1, 0]])).keep == slice(0, 2)  # right padding: a slice, no index
+    first = model.text_layout(mask)
+    assert model.text_layout(mask) is first and model.text_layout(mask.clone()) is not first

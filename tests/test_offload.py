@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from hyvideo.offload import BlockStreamer, ModelOffload, Resident, apply_offload, stream_dit_blocks
+from hyvideo.offload import BlockStreamer, ModelOffload, Resident, acquire, apply_offload, stream_dit_blocks
 from hyvideo.quantization import FP8, fp8_layer_names, quantize_dit
 from hyvideo.tiny import TINY_DIT, random_dit
 
@@ -255,3 +255,37 @@ def test_bf16_file_cast_at_load_holds_one_copy(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     growth = int(out.stdout.split()[-1])
     assert growth < 1.2 * fp32, (growth / fp32, fp32)  # holding the file too would be 1.5x
+
+
+def test_model_offload_loads_from_any_entry_point():
+    """TeaCache and sequence parallelism drive the DiT through embed / run_blocks, never its forward: the first
+    embedder that runs loads the component; `acquire` loads it for a reader of one submodule; `remove` forgets it."""
+    model = random_dit(TINY_DIT, 2)
+    ref = copy.deepcopy(model)
+    off = ModelOffload(CPU)
+    off.add("dit", model)
+    inp = dit_inputs()
+    img, txt, vec, ctx = model.embed(*inp)
+    assert off.trace == [("load", "dit")]
+    assert torch.equal(model.run_blocks(img, txt, vec, ctx), ref.run_blocks(*ref.embed(*inp)))
+    off.offload()
+    acquire(model.double_blocks[0].img_mod)
+    assert off.trace[-1] == ("load", "dit") and not is_meta(model)
+    off.remove()
+    acquire(model.double_blocks[0])  # no longer managed: nothing happens
+    assert off.trace[-1] == ("load", "dit") and len(off.trace) == 3
+
+
+def test_block_streamer_acquire_loads_one_block_within_the_window():
+    """acquire(block 0's modulation), as TeaCache does before the blocks run: block 0 loads once, runs first, and
+    the window still holds."""
+    model = random_dit(DEEP, 0)
+    ref = copy.deepcopy(model)(*dit_inputs(DEEP))
+    streamer = stream_dit_blocks(model, CPU, window=2)
+    block = model.double_blocks[0]
+    acquire(block.img_mod)  # a submodule of a streamed block: its whole block loads
+    assert streamer.trace == [("load", 0)] and not is_meta(block) and streamer.resident() == 1
+    acquire(block)
+    assert streamer.trace == [("load", 0)]  # already resident
+    assert torch.equal(model(*dit_inputs(DEEP)), ref)
+    assert streamer.trace[:3] == [("load", 0), ("run", 0), ("load", 1)] and streamer.max_resident == 2

@@ -164,7 +164,7 @@ class TeaCache:
         if step == 0:
             state.computed, state.skipped = [], []
         if state.policy.compute(distance) or state.residual is None or state.residual.shape != img.shape:
-            txt, ctx = model.embed_text(text_states, text_mask, t, x)
+            txt, ctx = model.embed_text(text_states, text_mask, t, x, text_pooled)  # token_replace: first-frame vector
             out = model.run_blocks(img, txt, vec, ctx)
             state.residual = out - img
             state.computed.append(step)

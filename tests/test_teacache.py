@@ -14,6 +14,7 @@ from hyvideo.modules.layers import layer_norm, modulate
 from hyvideo.offload import Resident, apply_offload, stream_dit_blocks
 from hyvideo.sampling import euler, flow_sigmas, with_cfg, with_cond
 from hyvideo.teacache import HUNYUAN_COEFFICIENTS, SkipPolicy, TeaCache, relative_l1, rescale
+from hyvideo.config import with_image_condition
 from hyvideo.tiny import TINY_DIT, random_dit
 
 IDENTITY = (1.0, 0.0)  # p(d) = d: decisions checkable by hand
@@ -273,3 +274,14 @@ def test_host_syncs_per_step(monkeypatch, model):
     assert dit[0] >= 1 and dit[1:] == [0, 0, 0], dit
     cached = count_syncs_per_step(monkeypatch, TeaCache(model, 0.3, 5), cond, 5)
     assert cached[1:] == [1, 1, 1, 0], cached
+
+
+def test_threshold_zero_equals_a_token_replace_model_exactly():
+    """A token_replace (I2V) DiT needs the pooled vector for its first frame's modulation: TeaCache must pass it to
+    the blocks when it computes a step (it used to call embed_text without it and raise)."""
+    tr = random_dit(with_image_condition(TINY_DIT, "token_replace"), seed=12)
+    cond = conditioning(2)
+    sigmas = flow_sigmas(4, 7.0)
+    ref = euler(bind(tr, cond), noise(), sigmas)
+    cache = TeaCache(tr, 0.0, 4)
+    assert torch.equal(euler(bind(cache, cond), noise(), sigmas), ref)

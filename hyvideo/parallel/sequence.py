@@ -78,7 +78,10 @@ class SequenceParallelDiT(nn.Module):
             img_valid = (torch.arange(N * c, device=img.device) < Li)[mine].expand(B, c)
             mask = KeyMask(torch.cat([img_valid, ctx.mask.valid[:, Li:]], 1))
         attn = SequenceParallelAttention(m, Li, c)
-        return chunk, dataclasses.replace(ctx, rope=rope, mask=mask, attn=attn)
+        first = ctx.first  # token_replace: frame 0 leads the full sequence, so this chunk holds its share of it
+        if first is not None:
+            first = dataclasses.replace(first, tokens=max(0, min(c, first.tokens - m.sp_rank * c)))
+        return chunk, dataclasses.replace(ctx, rope=rope, mask=mask, attn=attn, first=first)
 
     def _gather(self, out: torch.Tensor, Li: int) -> torch.Tensor:
         """Every rank's (B, c, D) chunk -> (B, Li, D), the padding dropped."""

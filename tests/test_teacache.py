@@ -10,11 +10,11 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from hyvideo import offload
+from hyvideo.config import with_image_condition
 from hyvideo.modules.layers import layer_norm, modulate
 from hyvideo.offload import Resident, apply_offload, stream_dit_blocks
 from hyvideo.sampling import euler, flow_sigmas, with_cfg, with_cond
 from hyvideo.teacache import HUNYUAN_COEFFICIENTS, SkipPolicy, TeaCache, relative_l1, rescale
-from hyvideo.config import with_image_condition
 from hyvideo.tiny import TINY_DIT, random_dit
 
 IDENTITY = (1.0, 0.0)  # p(d) = d: decisions checkable by hand

@@ -33,7 +33,7 @@ from hyvideo.checkpoints.dit import build_dit
 from hyvideo.config import DiTConfig
 from hyvideo.errors import UsageError
 from hyvideo.modules.vae import HYVideoVAE, TilingConfig, VAEConfig
-from hyvideo.pinned import pinned_bytes
+from hyvideo.pinned import SlabPool, pinned_bytes, pooled_bytes
 from hyvideo.quantization import fp8_layer_names
 from hyvideo.utils.host_memory import proc_kb
 
@@ -298,7 +298,7 @@ class MemoryEstimate:
 
 def dit_pinned(plan: MemoryPlan, sizes: ModelSizes) -> int:
     """Bytes of pinned host copies of the DiT on CUDA: offload "model" keeps one for the whole model, "block" one per
-    block (`offload.Resident`); each is in the compute dtype (fp8-able weights 1 byte + a float32 scale with fp8)
+    block (`offload.Resident`) in slabs shared by all blocks; each is in the compute dtype (fp8-able weights 1 byte + a float32 scale with fp8)
     and packed into power-of-two slabs (`pinned.plan_slabs`)."""
     e = DTYPE_BYTES[plan.precision]
 
@@ -308,8 +308,10 @@ def dit_pinned(plan: MemoryPlan, sizes: ModelSizes) -> int:
             out += [numel, FP8_SCALE_BYTES] if fp8_able and plan.use_fp8 else [numel * e]
         return out
 
-    if plan.offload == "block":
-        return sum(pinned_bytes(block_bytes(b)) for b in sizes.dit_block_tensors)
+    if plan.offload == "block":  # every block's copies in one shared pool (`offload.BlockStreamer`)
+        groups = [block_bytes(b) for b in sizes.dit_block_tensors]
+        largest = max((n for g in groups for n in g), default=0)
+        return pooled_bytes(groups, SlabPool.for_largest(largest, pin=False).slab)
     if plan.offload == "model":
         blocks = [n for b in sizes.dit_block_tensors for n in block_bytes(b)]
         return pinned_bytes([n * e for n in sizes.dit_other_tensors] + blocks)

@@ -245,7 +245,10 @@ class BlockStreamer:
         if window < 1:
             raise ValueError(f"window must be >= 1, got {window}")
         self.device, self.window = device, window
-        self.blocks = [Resident(b, device, pin, dtype) for b in blocks]
+        pinned = device.type == "cuda" if pin is None else pin
+        # one slab pool for every block: slabs fill across blocks (23.9 GiB of bf16 blocks pin 24.0, not 25.6)
+        pool = SlabPool.for_largest(largest_host_bytes(blocks, dtype)) if pinned else None
+        self.blocks = [Resident(b, device, pin, dtype, pool=pool) for b in blocks]
         self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
         self.trace: list[tuple[str, int]] = []
         self.max_resident = 0
@@ -428,3 +431,14 @@ def host_copies(
     if pool is not None:
         return pool.copies(tensors, dtypes, after_copy=drop_pages)
     return pack_pinned(tensors, dtypes, after_copy=drop_pages)
+
+
+def largest_host_bytes(modules: Iterable[nn.Module], dtype: torch.dtype | None) -> int:
+    """Bytes of the largest tensor of `modules` once cast to `dtype` as `Resident` casts it (floating-point tensors
+    wider than one byte take `dtype`; fp8 weights keep theirs): what sizes a shared `SlabPool`'s slabs."""
+    largest = 0
+    for m in modules:
+        for t in [*m.parameters(), *m.buffers()]:
+            wide_float = dtype is not None and t.is_floating_point() and t.element_size() > 1
+            largest = max(largest, t.numel() * (dtype.itemsize if wide_float else t.element_size()))
+    return largest

@@ -25,6 +25,7 @@ from hyvideo.memory import (
     llm_params,
     vae_params,
 )
+from hyvideo.pinned import pooled_bytes
 from hyvideo.tiny import write_tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -292,7 +293,9 @@ def test_estimate_terms_exact_for_the_released_model(device, offload, fp8, hw):
         want_dit = memory.Stage("DiT denoise", resident if streamed else stored, act)
     else:
         if offload == "block":
-            pinned = sum(memory.pinned_bytes(block_bytes(b)) for b in per_block)
+            groups = [block_bytes(b) for b in per_block]  # one pool of slabs of 8x the largest tensor, <= 1 GiB
+            slab = min(2**30, 1 << (8 * max(n for g in groups for n in g) - 1).bit_length())
+            pinned = pooled_bytes(groups, slab)
         elif offload == "model":
             pinned = memory.pinned_bytes([2 * v for k, v in dit.items() if k not in in_blocks] + block_bytes(in_blocks))
         else:
@@ -310,12 +313,13 @@ def test_estimate_terms_exact_for_the_released_model(device, offload, fp8, hw):
 
 def test_estimate_pinned_term_uses_slabs():
     """On CUDA the pinned DiT copies are counted as pinned (slabs in the compute dtype), not as the weights' sum:
-    bf16 blocks 23.2 GiB -> 25.6 GiB pinned; one power-of-two allocation per tensor would pin 31.3."""
+    bf16 blocks 23.2 GiB -> 24.0 GiB pinned in one pool shared by the blocks (one slab set per block: 25.6; one
+    power-of-two allocation per tensor: 31.3)."""
     sizes = full_size()
     est = estimate(MemoryPlan(720, 1280, 129, offload="block"), sizes)
     pinned = memory.dit_pinned(est.plan, sizes)
     assert est.stages[1].host == pinned
-    assert 25.5 * GiB < pinned < 25.7 * GiB
+    assert pinned == 24 * GiB
     fp16 = memory.dit_pinned(MemoryPlan(720, 1280, 129, offload="block", precision="fp16"), sizes)
     assert fp16 == pinned  # same bytes per element: the host copy is in the compute dtype, not the file's
     fp32 = memory.dit_pinned(MemoryPlan(720, 1280, 129, offload="block", precision="fp32"), sizes)

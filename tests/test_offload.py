@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from hyvideo import offload
 from hyvideo.offload import BlockStreamer, ModelOffload, Resident, acquire, apply_offload, stream_dit_blocks
 from hyvideo.quantization import FP8, fp8_layer_names, quantize_dit
 from hyvideo.tiny import TINY_DIT, random_dit
@@ -289,3 +290,24 @@ def test_block_streamer_acquire_loads_one_block_within_the_window():
     assert streamer.trace == [("load", 0)]  # already resident
     assert torch.equal(model(*dit_inputs(DEEP)), ref)
     assert streamer.trace[:3] == [("load", 0), ("run", 0), ("load", 1)] and streamer.max_resident == 2
+
+
+def test_pinned_block_streaming_shares_one_slab_pool(monkeypatch):
+    """Pinned block copies go into one SlabPool shared by every block (slabs fill across blocks), sized for the
+    largest tensor in the compute dtype; unpinned streaming (the CPU) uses no pool."""
+    seen = []
+
+    class Recorder:
+        def __init__(self, module, device, pin=None, dtype=None, release=None, pool=None):
+            seen.append(pool)
+
+    monkeypatch.setattr(offload, "Resident", Recorder)
+    model = random_dit(TINY_DIT, seed=1)
+    blocks = [*model.double_blocks, *model.single_blocks]
+    offload.BlockStreamer(blocks, torch.device("cpu"), pin=True, dtype=torch.float16)
+    assert len(seen) == len(blocks) and seen[0] is not None and all(p is seen[0] for p in seen)
+    largest = max(p.numel() for b in blocks for p in b.parameters()) * 2  # fp16 bytes
+    assert seen[0].slab == min(2**30, 1 << (8 * largest - 1).bit_length())
+    seen.clear()
+    offload.BlockStreamer(blocks, torch.device("cpu"))
+    assert seen == [None] * len(blocks)

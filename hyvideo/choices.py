@@ -26,6 +26,9 @@ OFFLOAD_LEVELS: tuple[str, ...] = ("none", "model", "block")  # hyvideo/offload.
 COMPILE_MODES: tuple[str, ...] = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 CUDA_GRAPH_COMPILE_MODES: tuple[str, ...] = ("reduce-overhead", "max-autotune")
 LORA_MODES: tuple[str, ...] = ("merge", "unmerged")
+# --noise: "ours" draws the start noise on a CPU generator in float32 (the same video on every device); "official"
+# draws it as the official sampler does (a generator on the run's device, in the text encoder's dtype)
+NOISE_KINDS: tuple[str, ...] = ("ours", "official")
 
 # Used only when cfg_scale > 1 and no --neg-prompt is given (the official tool's negative prompt; docs/DESIGN.md §4.6).
 DEFAULT_NEGATIVE_PROMPT = (

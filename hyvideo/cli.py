@@ -93,6 +93,11 @@ def main(argv: list[str] | None = None) -> int:
         logger.info(note)
     logger.debug(f"request: {request}")
     try:
+        if request.runtime.dry_run:
+            from hyvideo.pipeline import dry_run  # start-up: imports transformers; bad flags fail before that cost
+
+            print("\n".join(dry_run(request)))  # the plan is what the command produces: stdout
+            return 0
         if batch is not None:
             from hyvideo.batch import run_batch  # start-up: imports transformers; bad flags fail before that cost
 

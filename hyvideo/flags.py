@@ -18,6 +18,7 @@ from hyvideo.choices import (
     DIST_TIMEOUT_S,
     LORA_MODES,
     MODELS,
+    NOISE_KINDS,
     OFFLOAD_LEVELS,
     PRECISIONS,
     PROMPT_TEMPLATES,
@@ -108,6 +109,13 @@ def _sampling_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--use-linear-quadratic-schedule", action="store_true", help="MovieGen schedule (not supported yet)")
     g.add_argument("--linear-schedule-end", type=int, default=25, help="linear steps of that schedule")
     g.add_argument("--batch-size", type=int, default=1, help="videos per forward pass (1 only for now)")
+    g.add_argument(
+        "--noise",
+        default="ours",
+        choices=NOISE_KINDS,
+        help="start noise: ours (CPU generator, same video on every device) or official (as the official tool draws "
+        "it: on the run's device, in the text encoder's dtype)",
+    )
 
 
 def _model_flags(p: argparse.ArgumentParser) -> None:
@@ -198,6 +206,19 @@ def _runtime_flags(p: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="estimate peak memory first; refuse a request that cannot fit (exit 2)",
+    )
+    g.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the memory plan per stage and the cheapest flags that fit; load nothing, write nothing, exit 0 "
+        "(no weights needed: the released model's sizes are used when --model-base has none)",
+    )
+    g.add_argument(
+        "--gpu-memory",
+        type=float,
+        default=None,
+        metavar="GB",
+        help="with --dry-run: plan for a CUDA card of GB GB (e.g. 24) instead of the device present",
     )
     g.add_argument("--reproduce", action="store_true", help="deterministic algorithms")
     g.add_argument("--ulysses-degree", type=int, default=1, help="Ulysses sequence parallelism (torchrun)")

@@ -26,9 +26,9 @@ from hyvideo.checkpoints.dit import load_dit
 from hyvideo.checkpoints.layout import ModelPaths, locate
 from hyvideo.checkpoints.vae import load_vae
 from hyvideo.checkpoints.verify import verify_vae
-from hyvideo.choices import PRECISIONS
 from hyvideo.compile import compile_blocks
 from hyvideo.config import DiTConfig, dit_config
+from hyvideo.dtypes import PRECISIONS
 from hyvideo.errors import CheckpointError, UsageError
 from hyvideo.lora import apply_loras
 from hyvideo.memory import (

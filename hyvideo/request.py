@@ -37,7 +37,7 @@ from hyvideo.choices import (
 )
 from hyvideo.config import tile_problem
 from hyvideo.errors import UsageError
-from hyvideo.flags import build_parser
+from hyvideo.flags import build_parser, check_size
 from hyvideo.lora import LoraSpec, check_lora_flags
 from hyvideo.parallel.group import env_world_size, launched_by_torchrun
 
@@ -138,7 +138,7 @@ class SamplingOptions:
 
     @classmethod
     def from_flags(cls, f: Flags, notes: list[str]) -> SamplingOptions:
-        height, width = _check_size(f["video_size"])
+        height, width = check_size(f["video_size"])
         video_length = _int(f, "video_length", 1)
         if (video_length - 1) % 4:
             lo = (video_length - 1) // 4 * 4 + 1
@@ -176,15 +176,6 @@ class SamplingOptions:
             denoise_type=f["denoise_type"],
             noise=f["noise"],
         )
-
-
-def _check_size(size: list[int] | tuple[int, ...]) -> tuple[int, int]:
-    size = list(size)
-    if len(size) != 2:
-        raise UsageError("--video-size", f"give two integers, HEIGHT WIDTH (e.g. 720 1280), got {len(size)} value(s)")
-    if min(size) < 1:
-        raise UsageError("--video-size", f"HEIGHT and WIDTH must be positive integers, got {size[0]} {size[1]}")
-    return int(size[0]), int(size[1])
 
 
 @dataclass(frozen=True, kw_only=True)

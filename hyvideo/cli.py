@@ -125,7 +125,9 @@ def _run(args: argparse.Namespace) -> int:
         if request.runtime.dry_run:
             from hyvideo.pipeline import dry_run  # start-up: imports transformers; bad flags fail before that cost
 
-            print("\n".join(dry_run(request)))  # the plan is what the command produces: stdout
+            lines = dry_run(request)
+            if _rank() in (None, "0"):  # under torchrun, one copy of the plan
+                print("\n".join(lines))  # the plan is what the command produces: stdout
             return 0
         if batch is not None:
             from hyvideo.batch import run_batch  # start-up: imports transformers; bad flags fail before that cost

@@ -47,6 +47,7 @@ from hyvideo.modules.text_encoders import TextEmbeddings, TextEncoderConfig, Tex
 from hyvideo.modules.vae import HYVideoVAE
 from hyvideo.offload import apply_offload, move_releasing
 from hyvideo.parallel import steps as dist_steps
+from hyvideo.parallel.group import launched_by_torchrun
 from hyvideo.parallel.steps import Local, WeightReader
 from hyvideo.quantization import enable_fp8_compute, is_fp8_file, load_dit_fp8, quantize_dit
 from hyvideo.request import SampleRequest
@@ -366,7 +367,8 @@ def run(req: SampleRequest) -> list[Path]:
 def dry_run(req: SampleRequest) -> list[str]:
     """--dry-run: the request's memory plan per stage (device and host) and the cheapest flag set that fits, as
     lines to print. Loads nothing and needs no weights: the sizes come from the configs under --model-base when the
-    weights are there, else from the released model (the --model preset). The capacity: a card of --gpu-memory GB
+    weights are there, else from the released model (the --model preset); --ulysses-degree / --ring-degree /
+    --cfg-parallel plan a job of that many processes on one machine. The capacity: a card of --gpu-memory GB
     (host RAM not checked: that machine's is not known here), else the free memory of the device present and this
     machine's RAM; without CUDA, the device is this machine's RAM (--gpu-memory plans for a GPU)."""
     try:
@@ -376,7 +378,9 @@ def dry_run(req: SampleRequest) -> list[str]:
     except CheckpointError:
         paths, cfg = None, dit_config(req.dit.model)
         source = f"the released {req.dit.model} (no weights under {req.dit.model_base})"
-    plan = replace(plan_from_request(req), processes=local_processes())
+    # the processes on this machine: torchrun's local ones, or (planning a job not started) all of them on one machine
+    processes = local_processes() if launched_by_torchrun() else req.parallel.world_size
+    plan = replace(plan_from_request(req), processes=processes)
     gb = req.runtime.gpu_memory
     if gb is not None:
         plan = replace(plan, device="cuda")

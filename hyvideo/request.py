@@ -448,7 +448,8 @@ class ParallelOptions:
     @classmethod
     def from_flags(cls, f: Flags, cfg_scale: float) -> ParallelOptions:
         """The degrees must tile the torchrun job exactly: U x R (x 2 with --cfg-parallel) == WORLD_SIZE (1 without
-        torchrun). A prompt file under torchrun runs data parallel: every process alone on its share."""
+        torchrun). A prompt file under torchrun runs data parallel: every process alone on its share. A dry run
+        outside torchrun plans for the job of U x R (x 2) processes."""
         ulysses, ring = _int(f, "ulysses_degree", 1), _int(f, "ring_degree", 1)
         cfg_parallel = bool(f["cfg_parallel"])
         if cfg_parallel and cfg_scale <= 1:
@@ -459,7 +460,10 @@ class ParallelOptions:
         if not math.isfinite(timeout) or timeout <= 0:
             raise UsageError("--dist-timeout", f"must be a number of seconds > 0, got {timeout}")
         needed = ulysses * ring * (2 if cfg_parallel else 1)
-        world = _check_world(needed, ulysses, ring, cfg_parallel, batch=f["prompt_file"] is not None)
+        if f["dry_run"] and not launched_by_torchrun():
+            world = needed  # a dry run plans the job these degrees describe, without starting it
+        else:
+            world = _check_world(needed, ulysses, ring, cfg_parallel, batch=f["prompt_file"] is not None)
         return cls(
             ulysses_degree=ulysses,
             ring_degree=ring,

@@ -64,6 +64,15 @@ def test_small_cards(tmp_path: Path, capsys, no_loading) -> None:
     assert code == 0 and lines[-2] == "fits as requested"
 
 
+def test_plan_for_a_sequence_parallel_job_without_torchrun(tmp_path: Path, capsys, no_loading) -> None:
+    """The degrees plan the job they describe (not started: no torchrun needed): 720p x 129 on 16 GB cards fits with
+    4-way Ulysses (DiT weights sharded 1/4, activations 1/4 per card), and 4 processes' host RAM is counted."""
+    argv = [*PLAN_720P, "--gpu-memory", "16", "--ulysses-degree", "4", "--model-base", str(tmp_path / "none")]
+    code, lines, err = dry(argv, capsys)
+    assert code == 0, err
+    assert "parallel 4" in lines[1] and "4 processes" in lines[1] and lines[-2] == "fits as requested", lines
+
+
 def test_plan_with_weights_present_uses_their_configs(tmp_path: Path, capsys, no_loading) -> None:
     """With weights under --model-base the sizes come from their configs (here the tiny model: a few MiB)."""
     base = write_tiny_model(tmp_path / "tiny", "official", seed=0)

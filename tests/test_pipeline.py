@@ -271,3 +271,14 @@ def test_vae_decode_progress_bar_reaches_its_total(models, tmp_path, monkeypatch
     monkeypatch.setenv("RANK", "1")  # only the main process draws bars, as for denoising
     pipeline.decode(vae, latents)
     assert len(bars) == 2 and bars[1].n == 0  # a disabled bar counts nothing
+
+
+def test_official_noise_goes_to_the_dit_device_even_with_offload(models, tmp_path, monkeypatch):
+    """The device given to `start_noise` is the one the DiT runs on (the runner's: cuda:<local rank> under torchrun),
+    never the offloaded weights' home; the dtype is --text-encoder-precision's (fp16 by default)."""
+    official, _ = models
+    seen = []
+    monkeypatch.setattr(pipeline, "official_noise", lambda shape, seeds, device, dtype: seen.append((device, dtype)))
+    req = request(official, tmp_path, "--noise", "official", "--offload", "block", "--text-encoder-precision", "fp16")
+    pipeline.start_noise(req, 7, torch.device("cuda:1"))
+    assert seen == [(torch.device("cuda:1"), torch.float16)]

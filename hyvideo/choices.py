@@ -1,14 +1,13 @@
 """The flag vocabulary: the values a request may name, and the defaults and limits shared by several modules.
 
-At the bottom of the package with `hyvideo.errors`: it imports nothing of ours, so every layer can use it.
+At the bottom of the package with `hyvideo.errors`: it imports nothing of ours, so every layer can use it. It does
+not import torch either (nor does `hyvideo.flags`), so a mistyped flag fails before torch loads; the names' dtypes
+are in `hyvideo.dtypes`.
 """
 
 from __future__ import annotations
 
-import torch
-
-# Precision names of the flags -> the dtype every stage (text encoders, DiT, VAE) computes in
-PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+PRECISION_NAMES: tuple[str, ...] = ("fp32", "fp16", "bf16")  # the dtypes: hyvideo.dtypes.PRECISIONS
 MODELS: tuple[str, ...] = ("HYVideo-T/2-cfgdistill", "HYVideo-T/2")
 VAES: tuple[str, ...] = ("884-16c-hy",)
 TEXT_ENCODERS: tuple[str, ...] = ("llm", "clipL")
@@ -26,6 +25,9 @@ OFFLOAD_LEVELS: tuple[str, ...] = ("none", "model", "block")  # hyvideo/offload.
 COMPILE_MODES: tuple[str, ...] = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 CUDA_GRAPH_COMPILE_MODES: tuple[str, ...] = ("reduce-overhead", "max-autotune")
 LORA_MODES: tuple[str, ...] = ("merge", "unmerged")
+# --noise: "ours" draws the start noise on a CPU generator in float32 (the same video on every device); "official"
+# draws it as the official sampler does (a generator on the run's device, in the text encoder's dtype)
+NOISE_KINDS: tuple[str, ...] = ("ours", "official")
 
 # Used only when cfg_scale > 1 and no --neg-prompt is given (the official tool's negative prompt; docs/DESIGN.md §4.6).
 DEFAULT_NEGATIVE_PROMPT = (

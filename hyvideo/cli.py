@@ -13,14 +13,16 @@ import os
 import sys
 import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from loguru import logger
 
-from hyvideo import prompt_file
 from hyvideo.errors import CheckpointError, ConfigError, UsageError
 from hyvideo.flags import PROG, build_parser
-from hyvideo.parallel.group import abort
-from hyvideo.request import SampleRequest, validate
+
+if TYPE_CHECKING:
+    from hyvideo.prompt_file import Batch
+    from hyvideo.request import SampleRequest
 
 __all__ = ["PROG", "build_parser", "main", "parse_batch", "parse_request"]
 
@@ -31,13 +33,17 @@ def parse_request(argv: list[str] | None = None) -> SampleRequest:
     return _parse(argv)[1]
 
 
-def parse_batch(argv: list[str]) -> prompt_file.Batch:
+def parse_batch(argv: list[str]) -> Batch:
     """Parse and validate `argv`, which names a --prompt-file, into the batch of its entries (raises `UsageError`)."""
+    from hyvideo import prompt_file  # start-up: validation imports torch; the parser alone does not
+
     args, request = _parse(argv)
     return prompt_file.expand(args, request)
 
 
 def _parse(argv: list[str] | None) -> tuple[argparse.Namespace, SampleRequest]:
+    from hyvideo.request import validate  # start-up: validation imports torch; the parser alone does not
+
     args = build_parser().parse_args(argv)
     notes: list[str] = []
     request = validate(args, notes)
@@ -58,9 +64,16 @@ def _rank() -> str | None:
     return os.environ.get("RANK") if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None
 
 
-def _fail(code: int, text: str) -> int:
+def _report(code: int, text: str) -> int:
     rank = _rank()
     print(" ".join(f"error: {'' if rank is None else f'rank {rank}: '}{text}".split()), file=sys.stderr)
+    return code
+
+
+def _fail(code: int, text: str) -> int:
+    from hyvideo.parallel.group import abort  # start-up: torch.distributed; loaded by then (validation imports it)
+
+    _report(code, text)
     abort(code)  # in a running torchrun job: leave now so no peer waits on us
     return code
 
@@ -74,11 +87,29 @@ def _one_line(e: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the sampler; returns the process exit code (0 done, 1 fault, 2 bad input, 130 interrupted)."""
+    """Run the sampler; returns the process exit code (0 done, 1 fault, 2 bad input, 130 interrupted).
+
+    The flags are parsed before torch is imported (`hyvideo.flags` and `hyvideo.choices` do not import it), so a
+    mistyped flag or value is reported at once; no process group exists yet, so nothing is aborted then."""
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         args = build_parser().parse_args(argv)
-        _configure_logging(args.debug)
+    except UsageError as e:
+        return _report(2, str(e))
+    except KeyboardInterrupt:
+        return _report(130, "interrupted")
+    except SystemExit as e:  # --help
+        return e.code if isinstance(e.code, int) else 0
+    _configure_logging(args.debug)
+    return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Validate the parsed flags, then plan (--dry-run), run a prompt file or generate."""
+    from hyvideo import prompt_file  # start-up: validation imports torch, after the flags parsed
+    from hyvideo.request import validate  # start-up: as above
+
+    try:
         notes: list[str] = []
         request = validate(args, notes)
         batch = prompt_file.expand(args, request) if request.prompt_file is not None else None
@@ -86,13 +117,18 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(2, str(e))
     except KeyboardInterrupt:
         return _fail(130, "interrupted")
-    except SystemExit as e:  # --help
-        return e.code if isinstance(e.code, int) else 0
 
     for note in notes:  # shown only now that everything is valid, so a failing run prints exactly one line
         logger.info(note)
     logger.debug(f"request: {request}")
     try:
+        if request.runtime.dry_run:
+            from hyvideo.pipeline import dry_run  # start-up: imports transformers; bad flags fail before that cost
+
+            lines = dry_run(request)
+            if _rank() in (None, "0"):  # under torchrun, one copy of the plan
+                print("\n".join(lines))  # the plan is what the command produces: stdout
+            return 0
         if batch is not None:
             from hyvideo.batch import run_batch  # start-up: imports transformers; bad flags fail before that cost
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import argparse
 import re
-from typing import NoReturn
+from collections.abc import Sequence
+from typing import Any, NoReturn
 
 from hyvideo.choices import (
     ATTN_BACKENDS,
@@ -18,8 +19,9 @@ from hyvideo.choices import (
     DIST_TIMEOUT_S,
     LORA_MODES,
     MODELS,
+    NOISE_KINDS,
     OFFLOAD_LEVELS,
-    PRECISIONS,
+    PRECISION_NAMES,
     PROMPT_TEMPLATES,
     RESOLUTIONS,
     SEED_TYPES,
@@ -44,6 +46,32 @@ class _Parser(argparse.ArgumentParser):
             unknown = m.group(1) if m.group(1).strip() else repr(m.group(1))
             raise UsageError(None, f"unknown argument(s): {unknown} (see --help)")
         raise UsageError(None, f"{message} (see --help)")
+
+
+def check_size(size: list[int] | tuple[int, ...]) -> tuple[int, int]:
+    """--video-size: exactly two positive integers, HEIGHT WIDTH. Checked while parsing (before torch loads) and
+    again by `hyvideo.request.validate` for values that did not come through the parser."""
+    size = list(size)
+    if len(size) != 2:
+        raise UsageError("--video-size", f"give two integers, HEIGHT WIDTH (e.g. 720 1280), got {len(size)} value(s)")
+    if min(size) < 1:
+        raise UsageError("--video-size", f"HEIGHT and WIDTH must be positive integers, got {size[0]} {size[1]}")
+    return int(size[0]), int(size[1])
+
+
+class _Size(argparse.Action):
+    """--video-size H W, checked as it is parsed."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
+        assert isinstance(values, list)  # nargs="+" gives a list
+        check_size(values)
+        setattr(namespace, self.dest, values)
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -82,7 +110,15 @@ def _output_flags(p: argparse.ArgumentParser) -> None:
         help="many prompts: .txt (one per line) or .jsonl (per-line overrides); re-runs resume (docs/CLI.md)",
     )
     g.add_argument("--neg-prompt", default=None, help="negative prompt; the built-in one when --cfg-scale > 1")
-    g.add_argument("--video-size", type=int, nargs="+", default=[720, 1280], metavar="N", help="HEIGHT WIDTH in pixels")
+    g.add_argument(
+        "--video-size",
+        type=int,
+        nargs="+",
+        default=[720, 1280],
+        action=_Size,
+        metavar="N",
+        help="HEIGHT WIDTH in pixels",
+    )
     g.add_argument("--video-length", type=int, default=129, help="number of frames, 4n+1 (1 gives an image)")
     g.add_argument("--num-videos", type=int, default=1, help="videos to generate; video i uses seed + i")
     g.add_argument("--seed", type=int, default=None, help="random seed; picked at random and logged when omitted")
@@ -108,6 +144,13 @@ def _sampling_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--use-linear-quadratic-schedule", action="store_true", help="MovieGen schedule (not supported yet)")
     g.add_argument("--linear-schedule-end", type=int, default=25, help="linear steps of that schedule")
     g.add_argument("--batch-size", type=int, default=1, help="videos per forward pass (1 only for now)")
+    g.add_argument(
+        "--noise",
+        default="ours",
+        choices=NOISE_KINDS,
+        help="start noise: ours (CPU generator, same video on every device) or official (as the official tool draws "
+        "it: on the run's device, in the text encoder's dtype)",
+    )
 
 
 def _model_flags(p: argparse.ArgumentParser) -> None:
@@ -119,10 +162,10 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model-resolution", default="540p", choices=RESOLUTIONS, help="resolution tag of the weights")
     g.add_argument("--load-key", default="module", help="state-dict key inside the official .pt (module or ema)")
     g.add_argument("--latent-channels", type=int, default=16, help="latent channels; must match the VAE")
-    g.add_argument("--precision", default="bf16", choices=PRECISIONS, help="DiT dtype")
+    g.add_argument("--precision", default="bf16", choices=PRECISION_NAMES, help="DiT dtype")
     g.add_argument("--rope-theta", type=int, default=256, help="RoPE base")
     g.add_argument("--vae", default="884-16c-hy", choices=VAES, help="VAE name")
-    g.add_argument("--vae-precision", default="fp16", choices=PRECISIONS, help="VAE dtype")
+    g.add_argument("--vae-precision", default="fp16", choices=PRECISION_NAMES, help="VAE dtype")
     g.add_argument("--vae-tiling", action=argparse.BooleanOptionalAction, default=True, help="decode in tiles")
     g.add_argument(
         "--vae-tile-size", type=int, default=256, metavar="PX", help="VAE spatial tile edge (smaller: less memory)"
@@ -144,7 +187,7 @@ def _text_flags(p: argparse.ArgumentParser) -> None:
     """The two text encoders."""
     g = p.add_argument_group("text encoders")
     g.add_argument("--text-encoder", default="llm", choices=TEXT_ENCODERS, help="first text encoder (LLM)")
-    g.add_argument("--text-encoder-precision", default="fp16", choices=PRECISIONS, help="LLM dtype")
+    g.add_argument("--text-encoder-precision", default="fp16", choices=PRECISION_NAMES, help="LLM dtype")
     g.add_argument("--text-states-dim", type=int, default=4096, help="LLM hidden size")
     g.add_argument("--text-len", type=int, default=256, help="LLM prompt tokens after the template")
     g.add_argument("--tokenizer", default="llm", choices=TEXT_ENCODERS, help="first tokenizer")
@@ -155,7 +198,7 @@ def _text_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--hidden-state-skip-layer", type=int, default=2, help="use LLM hidden_states[-(N + 1)]")
     g.add_argument("--apply-final-norm", action="store_true", help="apply the LLM final norm to those states")
     g.add_argument("--text-encoder-2", default="clipL", choices=TEXT_ENCODERS, help="second text encoder (CLIP)")
-    g.add_argument("--text-encoder-precision-2", default="fp16", choices=PRECISIONS, help="CLIP dtype")
+    g.add_argument("--text-encoder-precision-2", default="fp16", choices=PRECISION_NAMES, help="CLIP dtype")
     g.add_argument("--text-states-dim-2", type=int, default=768, help="CLIP pooled size")
     g.add_argument("--tokenizer-2", default="clipL", choices=TEXT_ENCODERS, help="second tokenizer")
     g.add_argument("--text-len-2", type=int, default=77, help="CLIP prompt tokens")
@@ -198,6 +241,19 @@ def _runtime_flags(p: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="estimate peak memory first; refuse a request that cannot fit (exit 2)",
+    )
+    g.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the memory plan per stage and the cheapest flags that fit; load nothing, write nothing, exit 0 "
+        "(no weights needed: the released model's sizes are used when --model-base has none)",
+    )
+    g.add_argument(
+        "--gpu-memory",
+        type=float,
+        default=None,
+        metavar="GB",
+        help="with --dry-run: plan for a CUDA card of GB GB (e.g. 24) instead of the device present",
     )
     g.add_argument("--reproduce", action="store_true", help="deterministic algorithms")
     g.add_argument("--ulysses-degree", type=int, default=1, help="Ulysses sequence parallelism (torchrun)")

@@ -9,10 +9,11 @@ is the runner's business (`hyvideo.parallel.steps`: one process, or one rank of 
 from __future__ import annotations
 
 import gc
+import shlex
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -25,21 +26,32 @@ from hyvideo.checkpoints.dit import load_dit
 from hyvideo.checkpoints.layout import ModelPaths, locate
 from hyvideo.checkpoints.vae import load_vae
 from hyvideo.checkpoints.verify import verify_vae
-from hyvideo.choices import PRECISIONS
 from hyvideo.compile import compile_blocks
 from hyvideo.config import DiTConfig, dit_config
-from hyvideo.errors import UsageError
+from hyvideo.dtypes import PRECISIONS
+from hyvideo.errors import CheckpointError, UsageError
 from hyvideo.lora import apply_loras
-from hyvideo.memory import preflight
+from hyvideo.memory import (
+    CUDA_CONTEXT,
+    card_capacity,
+    current_rss,
+    dry_run_lines,
+    host_capacity,
+    local_processes,
+    plan_from_request,
+    planning_sizes,
+    preflight,
+)
 from hyvideo.modules.dit import HYVideoDiT
 from hyvideo.modules.text_encoders import TextEmbeddings, TextEncoderConfig, TextEncoders
 from hyvideo.modules.vae import HYVideoVAE
 from hyvideo.offload import apply_offload, move_releasing
 from hyvideo.parallel import steps as dist_steps
+from hyvideo.parallel.group import launched_by_torchrun
 from hyvideo.parallel.steps import Local, WeightReader
 from hyvideo.quantization import enable_fp8_compute, is_fp8_file, load_dit_fp8, quantize_dit
 from hyvideo.request import SampleRequest
-from hyvideo.sampling import euler, flow_sigmas, initial_noise, latent_shape, with_cond
+from hyvideo.sampling import euler, flow_sigmas, initial_noise, latent_shape, official_noise, with_cond
 from hyvideo.teacache import TeaCache
 from hyvideo.utils.host_memory import proc_kb
 
@@ -187,8 +199,7 @@ def denoise(
     """Final latents (1, C, T, h, w) float32 for one video: Euler over the shifted flow schedule from seeded noise.
     `runner` (default: this process alone) applies real CFG, split over processes with --cfg-parallel."""
     runner = Local(device) if runner is None else runner
-    shape = latent_shape(1, req.video_length, req.height, req.width, req.latent_channels)
-    x = initial_noise(shape, [seed], device)
+    x = start_noise(req, seed, device)
     cond = cond.to(device)
     uncond = None if uncond is None else uncond.to(device)
     fn = dit_fn(model, req.embedded_cfg_scale, step_cache(model, req, cond, uncond))
@@ -206,6 +217,16 @@ def denoise(
             check_finite(state["x"], state["i"], req, seed)
 
         return euler(model_fn, x, sigmas, callback=step_done)
+
+
+def start_noise(req: SampleRequest, seed: int, device: torch.device) -> torch.Tensor:
+    """The start latents (1, C, T, h, w) float32 of video `seed`: ours (a CPU generator, the same on every device), or
+    with --noise official as the official sampler draws them: on `device`, the device the DiT runs on (this rank's
+    cuda:<local rank> under torchrun, the card even when weights are offloaded), in the LLM text encoder's dtype."""
+    shape = latent_shape(1, req.video_length, req.height, req.width, req.latent_channels)
+    if req.sampling.noise == "official":
+        return official_noise(shape, [seed], device, PRECISIONS[req.text.text_encoder_precision])
+    return initial_noise(shape, [seed], device)
 
 
 def check_finite(x: torch.Tensor, i: int, req: SampleRequest, seed: int) -> None:
@@ -232,8 +253,15 @@ def step_cache(
 
 
 def decode(vae: HYVideoVAE, latents: torch.Tensor) -> torch.Tensor:
-    """DiT latents (1, C, T, h, w) -> video (3, F, H, W) in [-1, 1], float32 on the CPU."""
-    return vae.decode_latents(latents).float().cpu()[0]
+    """DiT latents (1, C, T, h, w) -> video (3, F, H, W) in [-1, 1], float32 on the CPU. A progress bar counts the
+    decoder passes (tiles / chunks) with an ETA, on the main process only, like the denoising loop's."""
+    total = vae.decode_steps(latents.shape)
+    with tqdm(total=total, desc="VAE decode", leave=False, disable=not dist_steps.is_main_process()) as bar:
+
+        def progress(done: int, total: int) -> None:
+            bar.update(done - bar.n)
+
+        return vae.decode_latents(latents, progress=progress).float().cpu()[0]
 
 
 def load_decoder(req: SampleRequest, paths: ModelPaths, device: torch.device) -> HYVideoVAE:
@@ -267,13 +295,50 @@ def write_video(
 ) -> Path:
     """The latents file (with --save-latents), then the MP4 and its JSON sidecar `record`, each atomic. The
     sidecar is renamed into place right after the MP4, so a video with a sidecar is complete (batch re-runs skip
-    exactly those)."""
-    if req.save_latents and latents is not None:
-        io.save_latents(latents, io.latents_filename(path), _latents_meta(req, int(record["seed"])))
-    with io.atomic_path(sidecar.sidecar_path(path)) as tmp:
-        tmp.write_text(sidecar.dumps(record), encoding="utf-8")
-        io.write_mp4(video, path, fps=req.fps, signed=True)
+    exactly those). When writing fails (disk full, the folder removed meanwhile), the latents are kept first
+    (`keep_latents`), then the error propagates."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if req.save_latents and latents is not None:
+            io.save_latents(latents, io.latents_filename(path), _latents_meta(req, int(record["seed"])))
+        with io.atomic_path(sidecar.sidecar_path(path)) as tmp:
+            tmp.write_text(sidecar.dumps(record), encoding="utf-8")
+            io.write_mp4(video, path, fps=req.fps, signed=True)
+    except OSError:
+        if latents is not None:
+            keep_latents(req, path, latents, int(record["seed"]))
+        raise
     return path
+
+
+def keep_latents(req: SampleRequest, path: Path, latents: torch.Tensor, seed: int) -> Path | None:
+    """After a failed write of video `path`: make sure its latents are on disk (the --save-latents file when it was
+    written, else `io.save_latents_fallback`: beside the video, else in the temp or home folder) and log one line
+    with where they are and the --decode-latents command that finishes the job. None when they cannot be kept."""
+    kept = io.latents_filename(path)
+    if not (req.save_latents and kept.is_file()):
+        try:
+            kept = io.save_latents_fallback(latents, kept, _latents_meta(req, seed))
+        except OSError as e:
+            logger.error(f"seed {seed}: the latents could not be kept: {e.strerror or e}")
+            return None
+    logger.error(
+        f"seed {seed}: writing the video failed; its latents are kept in {kept}; finish with: {finish_command(req, kept)}"
+    )
+    return kept
+
+
+def finish_command(req: SampleRequest, latents: Path) -> str:
+    """The command that decodes `latents` into the video this request would have written (same name, decode flags
+    kept; another --save-path works as well)."""
+    argv = ["python", "sample_video.py", "--decode-latents", str(latents), "--model-base", str(req.dit.model_base)]
+    argv += ["--save-path", str(req.output.save_dir), "--vae-precision", req.decode.vae_precision]
+    if not req.decode.vae_tiling:
+        argv.append("--no-vae-tiling")
+    else:
+        argv += ["--vae-tile-size", str(req.decode.vae_tile_size), "--vae-tile-stride", str(req.decode.vae_tile_stride)]
+    argv += ["--fps", str(req.output.fps), "--device", req.runtime.device]
+    return shlex.join(argv)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -297,6 +362,41 @@ def run(req: SampleRequest) -> list[Path]:
     if not runner.is_main:
         return []  # the job ended with the last collective; rank 0 decodes and writes alone
     return decode_and_write(req, paths, latents, runner.device, timings)
+
+
+def dry_run(req: SampleRequest) -> list[str]:
+    """--dry-run: the request's memory plan per stage (device and host) and the cheapest flag set that fits, as
+    lines to print. Loads nothing and needs no weights: the sizes come from the configs under --model-base when the
+    weights are there, else from the released model (the --model preset); --ulysses-degree / --ring-degree /
+    --cfg-parallel plan a job of that many processes on one machine. The capacity: a card of --gpu-memory GB
+    (host RAM not checked: that machine's is not known here), else the free memory of the device present and this
+    machine's RAM; without CUDA, the device is this machine's RAM (--gpu-memory plans for a GPU)."""
+    try:
+        paths: ModelPaths | None = locate(req.dit.model_base, req.dit.dit_weight)
+        cfg = denoiser_config(req, paths)
+        source = f"the configs under {req.dit.model_base}"
+    except CheckpointError:
+        paths, cfg = None, dit_config(req.dit.model)
+        source = f"the released {req.dit.model} (no weights under {req.dit.model_base})"
+    # the processes on this machine: torchrun's local ones, or (planning a job not started) all of them on one machine
+    processes = local_processes() if launched_by_torchrun() else req.parallel.world_size
+    plan = replace(plan_from_request(req), processes=processes)
+    gb = req.runtime.gpu_memory
+    if gb is not None:
+        plan = replace(plan, device="cuda")
+        capacity, host = card_capacity(gb), None
+    else:
+        capacity, host = None, host_capacity(plan.processes)
+    lines = [f"dry run, nothing loaded; sizes from {source}"]
+    lines += dry_run_lines(plan, planning_sizes(cfg, paths), capacity, host, baseline=current_rss())
+    if gb is None and plan.device == "cpu":
+        lines.append("planned for this machine's RAM (the device is the CPU); pass --gpu-memory GB to plan for a GPU")
+    elif gb is not None:
+        lines.append(
+            f"planned for a {gb:g} GB card ({CUDA_CONTEXT // 2**20} MiB kept for the CUDA context); host RAM "
+            "not checked: give the machine at least the host figure above"
+        )
+    return lines
 
 
 def seeds(req: SampleRequest) -> list[int]:
@@ -337,7 +437,6 @@ def decode_and_write(
     """Decode each video's latents with the VAE (loaded once) and write it with its sidecar."""
     with timings.stage("load VAE", device):
         vae = load_decoder(req, paths, device)
-    req.save_dir.mkdir(parents=True, exist_ok=True)
     when = datetime.now()
     written = []
     for seed, latents in zip(seeds(req), all_latents, strict=True):
@@ -363,6 +462,7 @@ def _latents_meta(req: SampleRequest, seed: int) -> dict[str, object]:
         "flow_shift": req.flow_shift,
         "embedded_cfg_scale": req.embedded_cfg_scale,
         "cfg_scale": req.cfg_scale,
+        "noise": req.noise,
     }
 
 
@@ -382,7 +482,6 @@ def decode_only(req: SampleRequest, device: torch.device, timings: Timings) -> P
     with timings.stage("decode", device):
         video = decode(vae, latents.to(device))
     name = Path(req.decode_latents).name.removesuffix(".latents.safetensors").removesuffix(".safetensors") + ".mp4"
-    req.save_dir.mkdir(parents=True, exist_ok=True)
     with timings.stage("write", device):
         record = sidecar.for_decoded(req, latents.shape, meta, timings.seconds, timings.peak_mib, paths.vae)
         path = write_video(req.replace(save_latents=False), req.save_dir / name, None, video, record)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import random
 import re
 from argparse import Namespace
@@ -26,7 +25,7 @@ from typing import Any, Literal
 
 import torch
 
-from hyvideo import hardware
+from hyvideo import hardware, io
 from hyvideo.choices import (
     ATTN_PACKAGES,
     COMPILE_MODES,
@@ -38,7 +37,7 @@ from hyvideo.choices import (
 )
 from hyvideo.config import tile_problem
 from hyvideo.errors import UsageError
-from hyvideo.flags import build_parser
+from hyvideo.flags import build_parser, check_size
 from hyvideo.lora import LoraSpec, check_lora_flags
 from hyvideo.parallel.group import env_world_size, launched_by_torchrun
 
@@ -135,10 +134,11 @@ class SamplingOptions:
     flow_reverse: bool  # accepted for compatibility; sampling always runs sigma 1 -> 0
     flow_solver: str  # "euler" (the only one supported)
     denoise_type: str  # "flow" (the only one supported)
+    noise: str  # start noise: "ours" (CPU generator, float32) or "official" (the run's device, text encoder dtype)
 
     @classmethod
     def from_flags(cls, f: Flags, notes: list[str]) -> SamplingOptions:
-        height, width = _check_size(f["video_size"])
+        height, width = check_size(f["video_size"])
         video_length = _int(f, "video_length", 1)
         if (video_length - 1) % 4:
             lo = (video_length - 1) // 4 * 4 + 1
@@ -174,23 +174,15 @@ class SamplingOptions:
             flow_reverse=bool(f["flow_reverse"]),
             flow_solver=f["flow_solver"],
             denoise_type=f["denoise_type"],
+            noise=f["noise"],
         )
-
-
-def _check_size(size: list[int] | tuple[int, ...]) -> tuple[int, int]:
-    size = list(size)
-    if len(size) != 2:
-        raise UsageError("--video-size", f"give two integers, HEIGHT WIDTH (e.g. 720 1280), got {len(size)} value(s)")
-    if min(size) < 1:
-        raise UsageError("--video-size", f"HEIGHT and WIDTH must be positive integers, got {size[0]} {size[1]}")
-    return int(size[0]), int(size[1])
 
 
 @dataclass(frozen=True, kw_only=True)
 class TextOptions:
     """The prompts and the two text encoders (Llama-3 with a template, CLIP-L pooled)."""
 
-    prompt: str | None  # stripped, non-empty text prompt; None when decoding latents or reading a prompt file
+    prompt: str | None  # stripped, non-empty text prompt; None when decoding latents, reading a prompt file or planning
     neg_prompt: str | None  # negative prompt for real CFG; None exactly when cfg_scale <= 1 (no unconditional pass)
     text_len: int  # LLM tokens kept after cropping the template (256)
     text_len_2: int  # CLIP tokens (77)
@@ -210,7 +202,7 @@ class TextOptions:
         skip = _int(f, "hidden_state_skip_layer", 0)
         prompt = f["prompt"].strip() if f["prompt"] is not None else None
         if not prompt:
-            if f["decode_latents"] is None and f["prompt_file"] is None:
+            if f["decode_latents"] is None and f["prompt_file"] is None and not f["dry_run"]:
                 raise UsageError("--prompt", "give a non-empty text prompt, e.g. --prompt 'a cat walks on the grass'")
             prompt = None
         neg = f["neg_prompt"].strip() if f["neg_prompt"] is not None else ""
@@ -241,9 +233,12 @@ class RuntimeOptions:
     reproduce: bool  # deterministic algorithms (CUBLAS_WORKSPACE_CONFIG set while validating, before CUDA runs)
     disable_autocast: bool  # accepted for compatibility and recorded; dtypes are explicit, so it changes nothing
     debug: bool  # show full tracebacks and debug logs
+    dry_run: bool  # print the memory plan and the cheapest flags that fit, load nothing (weights need not exist)
+    gpu_memory: float | None  # --dry-run only: plan for a CUDA card of this many GB (2^30 bytes); None: the device here
 
     @classmethod
     def from_flags(cls, f: Flags) -> RuntimeOptions:
+        gpu_memory = _check_gpu_memory(f)
         if f["reproduce"]:
             hardware.prepare_deterministic()  # cuBLAS reads its workspace setting once, before its first GEMM
         offload = f["offload"]
@@ -257,7 +252,26 @@ class RuntimeOptions:
             reproduce=bool(f["reproduce"]),
             disable_autocast=bool(f["disable_autocast"]),
             debug=bool(f["debug"]),
+            dry_run=bool(f["dry_run"]),
+            gpu_memory=gpu_memory,
         )
+
+
+def _check_gpu_memory(f: Flags) -> float | None:
+    """--gpu-memory GB plans a card that is not here: only for --dry-run (a real run measures the free memory of the
+    card it runs on), and only for a CUDA card."""
+    gb = f["gpu_memory"]
+    if gb is None:
+        return None
+    if not f["dry_run"]:
+        raise UsageError(
+            "--gpu-memory", "plans for another card: add --dry-run (a real run checks the card it runs on)"
+        )
+    if not math.isfinite(gb) or gb <= 0:
+        raise UsageError("--gpu-memory", f"must be a number of GB > 0 (e.g. 24), got {gb}")
+    if f["device"] == "cpu":
+        raise UsageError("--gpu-memory", "plans for a CUDA card; drop --device cpu")
+    return float(gb)
 
 
 def _resolve_device(name: str | None) -> str:
@@ -307,7 +321,7 @@ class DiTOptions:
             raise UsageError("--latent-channels", f"must equal the channels of --vae {f['vae']} ({vae_channels})")
         if not f["load_key"].strip():
             raise UsageError("--load-key", "must not be empty (e.g. module or ema)")
-        model_base, dit_weight = _check_weights(f)
+        model_base, dit_weight = _check_weights(f, must_exist=not runtime.dry_run)
         loras = check_lora_flags(f["lora"]) if f["lora"] else ()  # reads only the files' headers
         _check_attn_backend(f["attn_backend"], runtime.device)
         teacache_thresh = _float(f, "teacache_thresh", 0.0, what=" (0 turns step caching off)")
@@ -335,8 +349,11 @@ class DiTOptions:
         )
 
 
-def _check_weights(f: Flags) -> tuple[Path, Path | None]:
+def _check_weights(f: Flags, must_exist: bool = True) -> tuple[Path, Path | None]:
+    """--model-base and --dit-weight; a dry run plans before the download, so there they need not exist yet."""
     model_base = Path(f["model_base"])
+    if not must_exist:
+        return model_base, Path(f["dit_weight"]) if f["dit_weight"] else None
     if not _exists(model_base) or not model_base.is_dir():
         raise UsageError(
             "--model-base",
@@ -431,7 +448,8 @@ class ParallelOptions:
     @classmethod
     def from_flags(cls, f: Flags, cfg_scale: float) -> ParallelOptions:
         """The degrees must tile the torchrun job exactly: U x R (x 2 with --cfg-parallel) == WORLD_SIZE (1 without
-        torchrun). A prompt file under torchrun runs data parallel: every process alone on its share."""
+        torchrun). A prompt file under torchrun runs data parallel: every process alone on its share. A dry run
+        outside torchrun plans for the job of U x R (x 2) processes."""
         ulysses, ring = _int(f, "ulysses_degree", 1), _int(f, "ring_degree", 1)
         cfg_parallel = bool(f["cfg_parallel"])
         if cfg_parallel and cfg_scale <= 1:
@@ -442,7 +460,10 @@ class ParallelOptions:
         if not math.isfinite(timeout) or timeout <= 0:
             raise UsageError("--dist-timeout", f"must be a number of seconds > 0, got {timeout}")
         needed = ulysses * ring * (2 if cfg_parallel else 1)
-        world = _check_world(needed, ulysses, ring, cfg_parallel, batch=f["prompt_file"] is not None)
+        if f["dry_run"] and not launched_by_torchrun():
+            world = needed  # a dry run plans the job these degrees describe, without starting it
+        else:
+            world = _check_world(needed, ulysses, ring, cfg_parallel, batch=f["prompt_file"] is not None)
         return cls(
             ulysses_degree=ulysses,
             ring_degree=ring,
@@ -501,7 +522,8 @@ class OutputOptions:
             )
         suffix = f["save_path_suffix"]
         save_dir = Path(f"{f['save_path']}_{suffix}" if suffix else f["save_path"])
-        _check_save_dir(save_dir)
+        if not f["dry_run"]:  # a dry run writes nothing
+            _check_save_dir(save_dir)
         return cls(
             save_dir=save_dir,
             name_suffix=f["name_suffix"],
@@ -513,26 +535,14 @@ class OutputOptions:
 
 
 def _check_save_dir(save_dir: Path) -> None:
-    """The output directory must be a writable directory, or creatable under one; nothing is created here."""
-    flag = "--save-path"
-    if "\0" in str(save_dir) or any(len(part.encode()) > 255 for part in save_dir.parts):
-        raise UsageError(flag, f"{save_dir!s:.200} is not a valid path")
-    if _exists(save_dir):
-        if not save_dir.is_dir():
-            raise UsageError(flag, f"{save_dir} exists and is not a directory; give a directory")
-        if not os.access(save_dir, os.W_OK | os.X_OK):
-            raise UsageError(flag, f"{save_dir} is not writable; give a directory you can write to")
-        return
-    try:
-        parent = save_dir.absolute().parent
-        while not _exists(parent) and parent != parent.parent:
-            parent = parent.parent
-    except (OSError, ValueError) as e:
-        raise UsageError(flag, f"{save_dir!s:.200} is not a usable path ({e})") from None
-    if not parent.is_dir():
-        raise UsageError(flag, f"cannot create {save_dir}: {parent} is not a directory")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise UsageError(flag, f"cannot create {save_dir}: {parent} is not writable")
+    """Files must be writable into the output directory (or into it once created): tried for real by
+    `io.output_dir_problem` (which leaves nothing behind), so a read-only mount, /proc or a file in the way is
+    refused now rather than after the whole computation."""
+    if "\0" in str(save_dir):
+        raise UsageError("--save-path", f"{save_dir!s:.200} is not a valid path (NUL character)")
+    problem = io.output_dir_problem(save_dir)
+    if problem is not None:
+        raise UsageError("--save-path", f"{problem}; give a folder you can write to")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -606,7 +616,12 @@ def validate(flags: Namespace | Flags, notes: list[str] | None = None) -> Sample
     runtime = RuntimeOptions.from_flags(f)
     dit = DiTOptions.from_flags(f, runtime)
     decode = DecodeOptions.from_flags(f)
-    if sampling.seed_was_random and output.decode_latents is None and output.prompt_file is None:
+    if (
+        sampling.seed_was_random
+        and output.decode_latents is None
+        and output.prompt_file is None
+        and not runtime.dry_run
+    ):
         sampling_notes.append(f"seed {sampling.seed} picked at random (pass --seed {sampling.seed} to repeat this run)")
     if notes is not None:
         notes += text_notes + sampling_notes
@@ -617,7 +632,10 @@ def validate(flags: Namespace | Flags, notes: list[str] | None = None) -> Sample
 
 def _check_sources(f: Flags) -> None:
     """Where prompts and seeds come from: one of --prompt / --prompt-file / --decode-latents, and a --seed-type
-    that fits them."""
+    that fits them. A dry run plans one sampling request (the command line's size and frames)."""
+    if f["dry_run"] and (f["decode_latents"] is not None or f["prompt_file"] is not None):
+        other = "--decode-latents" if f["decode_latents"] is not None else "--prompt-file"
+        raise UsageError("--dry-run", f"plans one sampling request (its --video-size and --video-length); drop {other}")
     if f["prompt_file"] is not None and (f["prompt"] is not None or f["decode_latents"] is not None):
         other = "--prompt" if f["prompt"] is not None else "--decode-latents"
         raise UsageError("--prompt-file", f"give either {other} or --prompt-file, not both")

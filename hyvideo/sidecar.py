@@ -161,7 +161,12 @@ def build(
         "flow_shift": req.flow_shift,
         "cfg_scale": req.cfg_scale,
         "embedded_cfg_scale": req.embedded_cfg_scale,
-        "sampler": {"solver": req.flow_solver, "denoise_type": req.denoise_type, "flow_reverse": req.flow_reverse},
+        "sampler": {
+            "solver": req.flow_solver,
+            "denoise_type": req.denoise_type,
+            "flow_reverse": req.flow_reverse,
+            "noise": req.noise,
+        },
         "model": _models(req, paths),
         "loras": [
             {"path": str(s.path.resolve()), "scale": s.scale, "fingerprint": fingerprint(s.path.resolve())}

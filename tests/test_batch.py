@@ -209,7 +209,8 @@ def test_data_parallel_two_processes_resume_and_write_each_entry_once(model, tmp
 
 
 def test_disk_full_stops_the_batch(model, tmp_path, monkeypatch, capsys):
-    """A full disk would fail every later entry too: the batch stops (exit 1) and leaves no partial files."""
+    """A full disk would fail every later entry too: the batch stops (exit 1) and leaves no partial files; the
+    computed latents of the entry that failed are kept (complete, atomic) for --decode-latents."""
     pf = write(tmp_path / "p.txt", ["one", "two", "three"])
     out = tmp_path / "out"
     calls = []
@@ -221,8 +222,9 @@ def test_disk_full_stops_the_batch(model, tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(io, "write_mp4", full)
     assert cli.main(flags(model, out, pf, "--seed", "0")) == 1
-    assert len(calls) == 1 and list(out.iterdir()) == []
-    assert "stopping: free disk space" in capsys.readouterr().err
+    assert len(calls) == 1 and [p.name for p in out.iterdir()] == ["0001_seed0_one.latents.safetensors"]
+    err = capsys.readouterr().err
+    assert "stopping: free disk space" in err and "latents are kept in" in err
 
 
 def test_static_split_by_entry_index(monkeypatch):

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import sys
+import tempfile
 import types
 from pathlib import Path
 
@@ -200,16 +202,51 @@ def test_unwritable_save_path(tmp_path: Path, base: Path, capsys: pytest.Capture
 def test_unwritable_save_path_via_access(
     tmp_path: Path, base: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
-    """Same as above for any user (root included): os.access says the directory is not writable."""
-    locked = tmp_path / "locked"
-    locked.mkdir()
-    real_access = os.access
-    monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == locked else real_access(p, mode))
-    for save in (locked, locked / "new"):
-        assert cli.main(["--prompt", "x", "--model-base", str(base), "--save-path", str(save), "--device", "cpu"]) == 2
+    """A folder whose permission bits allow writing but where writing fails all the same (a read-only mount: root
+    cannot bypass it, EROFS simulated on file creation there): found by trying, not by reading permissions."""
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    real_mkstemp = tempfile.mkstemp
+
+    def mkstemp(*args: object, dir: str | None = None, **kw: object) -> tuple[int, str]:
+        if dir is not None and Path(dir) == ro:
+            raise OSError(errno.EROFS, "Read-only file system")
+        return real_mkstemp(*args, dir=dir, **kw)
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    assert os.access(ro, os.W_OK)
+    assert cli.main(["--prompt", "x", "--model-base", str(base), "--save-path", str(ro), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: --save-path:") and "Read-only" in err, err
+    assert list(ro.iterdir()) == []
+
+
+@pytest.mark.parametrize("where", ["proc", "under-a-file"])
+def test_unwritable_save_path_refused_before_anything_loads(
+    tmp_path: Path, base: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, where: str
+) -> None:
+    """/proc/x/out (a kernel file system root cannot write either) and a path under a regular file: exit 2, one
+    line naming --save-path, for a prompt, a prompt file and --decode-latents alike; no loader is ever called."""
+    from hyvideo import pipeline  # the real one: its loaders must never run
+
+    def boom(*a: object, **k: object) -> None:
+        raise AssertionError("a model was loaded")
+
+    for name in ("load_dit", "load_vae", "TextEncoders", "run"):
+        monkeypatch.setattr(pipeline, name, boom)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    save = Path("/proc/x/out") if where == "proc" else blocker / "sub"
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a cat\n")
+    latents = tmp_path / "v.latents.safetensors"
+    latents.write_bytes(b"not read before the check")
+    common = ["--model-base", str(base), "--save-path", str(save), "--device", "cpu"]
+    for source in (["--prompt", "x"], ["--prompt-file", str(prompts)], ["--decode-latents", str(latents)]):
+        assert cli.main([*source, *common]) == 2, source
         err = capsys.readouterr().err
-        assert err.startswith("error: --save-path:") and "not writable" in err
-    assert list(locked.iterdir()) == []
+        assert err.count("\n") == 1 and err.startswith("error: --save-path:"), err
+    assert blocker.read_text() == "x"
 
 
 def test_cuda_requested_without_cuda(base: Path, out: Path, capsys: pytest.CaptureFixture) -> None:
@@ -291,3 +328,27 @@ def test_subprocess_bad_input_no_traceback(extra: list[str], start: str, tmp_pat
     assert p.stderr.count("\n") == 1 and p.stderr.startswith(start), p.stderr
     assert "Traceback" not in p.stderr and p.stdout == ""
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--vidoe-size", "1", "2"],
+        ["--video-size", "1"],
+        ["--video-size", "0", "5"],
+        ["--precision", "fp64"],
+        ["--help"],
+    ],
+)
+def test_flag_mistakes_are_reported_before_torch_loads(argv: list[str]) -> None:
+    """Parsing (hyvideo.flags, hyvideo.choices) does not import torch, so a mistyped flag or a malformed size is
+    reported in a fraction of a second (measured 0.2 s, against 3-14 s with torch's import on this machine)."""
+    code = (
+        "import sys\nfrom hyvideo.cli import main\n"
+        f"rc = main({argv!r})\n"
+        "print('torch loaded' if 'torch' in sys.modules else 'torch not loaded', rc)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.stdout.splitlines()[-1] == f"torch not loaded {0 if argv == ['--help'] else 2}", (
+        proc.stdout + proc.stderr
+    )

@@ -34,7 +34,9 @@ DIT_DIR = f"{OFFICIAL_DIT_DIR}/transformers"  # official layout, relative to --m
 DIT = f"{DIT_DIR}/{OFFICIAL_DIT_FILE}"
 VAE = f"{OFFICIAL_DIT_DIR}/vae"
 LOG_LINE = re.compile(r"^\d\d:\d\d:\d\d \| ")  # cli's loguru format
-PROGRESS_BAR = re.compile(r"\d+/\d+ \[[^\]]*it/s\]\s*$")  # tqdm, redrawn with \r (left behind when stderr is a pipe)
+PROGRESS_BAR = re.compile(
+    r"\d+/\d+ \[[^\]]*(it/s|s/it)\]\s*$"
+)  # tqdm, redrawn with \r (left behind when stderr is a pipe)
 
 
 @pytest.fixture(scope="module")

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import errno
+import json
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import imageio.v3 as iio
+import numpy as np
 import pytest
 import torch
 from diffusers import HunyuanVideoPipeline
@@ -164,3 +168,117 @@ def test_vae_tile_flags_reach_the_decoder_and_the_estimate(models, tmp_path):
     big = dict(height=720, width=1280, video_length=129)
     est = [plan_from_request(r.replace(**big)).tile_size for r in (default, small)]
     assert est == [256, 64]
+
+
+def test_noise_official_draws_on_the_run_device_in_the_text_encoder_dtype(models, tmp_path, monkeypatch):
+    """--noise official: the start noise comes from `official_noise` on the run's device in the LLM's dtype (bf16
+    here), and is what the run then samples from; --noise ours never calls it. Both are recorded."""
+    official, _ = models
+    drawn = []
+    real = pipeline.official_noise
+
+    def spy(shape, seeds, device, dtype):
+        drawn.append((tuple(shape), list(seeds), torch.device(device), dtype, real(shape, seeds, device, dtype)))
+        return drawn[-1][-1]
+
+    monkeypatch.setattr(pipeline, "official_noise", spy)
+    bf16 = ["--text-encoder-precision", "bf16", "--save-latents"]
+    assert main([*_args(official, tmp_path / "ours"), *bf16]) == 0
+    assert drawn == []
+    assert main([*_args(official, tmp_path / "off"), *bf16, "--noise", "official"]) == 0
+    [(shape, seeds, device, dtype, noise)] = drawn
+    assert (shape, seeds, device, dtype) == ((1, 16, 3, 8, 12), [7], torch.device("cpu"), torch.bfloat16)
+    assert torch.equal(noise, noise.bfloat16().float())  # drawn in bf16, then upcast exactly
+    assert not torch.equal(noise, pipeline.initial_noise(shape, [7], "cpu"))
+    [a], [b] = (list((tmp_path / d).glob("*.latents.safetensors")) for d in ("ours", "off"))
+    (lat_a, meta_a), (lat_b, meta_b) = io.load_latents(a), io.load_latents(b)
+    assert (meta_a["noise"], meta_b["noise"]) == ("ours", "official")
+    # On the CPU both generators are the CPU's, so the two noises differ only by the bf16 rounding of the draw (a CUDA
+    # generator gives other numbers altogether); the latents differ accordingly (measured 0.011).
+    assert (lat_a - lat_b).abs().max() > 1e-3
+    [side] = (tmp_path / "off").glob("*.json")
+    assert json.loads(side.read_text())["sampler"]["noise"] == "official"
+
+
+def test_failed_video_write_keeps_the_latents_for_decode_latents(models, tmp_path, monkeypatch, capsys):
+    """A write failure at the end (disk full in the MP4 writer): exit 1, the latents are kept beside the video, the
+    log names them with the command that finishes the job, and that command gives the same video as a good run."""
+    official, _ = models
+    good = tmp_path / "good"
+    assert main(_args(official, good)) == 0
+    [want] = good.glob("*.mp4")
+    real_write = io.write_mp4
+
+    def disk_full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(io, "write_mp4", disk_full)
+    out = tmp_path / "full"
+    capsys.readouterr()
+    assert main(_args(official, out)) == 1
+    err = capsys.readouterr().err
+    assert not list(out.glob("*.mp4")) and not list(out.glob("*.json"))  # nothing half-written
+    [kept] = out.glob("*.latents.safetensors")
+    stem = want.name.removesuffix(".mp4")[len("YYYY-mm-dd-HH-MM-SS") :]  # the name after its time stamp
+    assert kept.name.endswith(stem + ".latents.safetensors")
+    [line] = [m for m in err.splitlines() if "latents are kept in" in m]
+    assert str(kept) in line and f"--decode-latents {kept}" in line
+    assert err.strip().splitlines()[-1].startswith("error: OSError: [Errno 28]")
+    monkeypatch.setattr(io, "write_mp4", real_write)
+    assert main(["--model-base", str(official), "--decode-latents", str(kept), "--save-path", str(out),
+                 "--vae-precision", "fp32"]) == 0  # fmt: skip
+    [got] = out.glob("*.mp4")
+    assert got.name == kept.name.removesuffix(".latents.safetensors") + ".mp4"
+    assert np.array_equal(iio.imread(got), iio.imread(want))
+
+
+def test_failed_write_in_a_removed_folder_keeps_the_latents_in_the_temp_folder(models, tmp_path, monkeypatch):
+    """The output folder removed while sampling: the latents go to the temp folder (`io.save_latents_fallback`)."""
+    official, _ = models
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    out = tmp_path / "gone"
+    real_decode = pipeline.decode
+
+    def decode_then_block(vae, latents):
+        video = real_decode(vae, latents)
+        out.write_text("x")  # a file where the output folder should be: creating it and writing there fail
+        return video
+
+    monkeypatch.setattr(pipeline, "decode", decode_then_block)
+    assert main(_args(official, out)) == 1
+    [kept] = (tmp_path / "tmp").glob("*.latents.safetensors")
+    latents, meta = io.load_latents(kept)
+    assert latents.shape == (1, 16, 3, 8, 12) and meta["seed"] == "7"
+
+
+def test_vae_decode_progress_bar_reaches_its_total(models, tmp_path, monkeypatch):
+    """The decode shows a bar like the denoising loop's: one tick per decoder pass, ending at `decode_steps`."""
+    official, _ = models
+    bars = []
+
+    class Recording(pipeline.tqdm):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            bars.append(self)
+
+    monkeypatch.setattr(pipeline, "tqdm", Recording)
+    vae = pipeline.load_decoder(request(official, tmp_path, "--vae-tile-size", "64"), locate(official), "cpu")
+    latents = torch.randn(1, 16, 3, 8, 12, generator=torch.Generator().manual_seed(0))
+    pipeline.decode(vae, latents)
+    [bar] = bars
+    assert "decode" in bar.desc and bar.n == bar.total == vae.decode_steps(latents.shape) > 1
+    monkeypatch.setenv("RANK", "1")  # only the main process draws bars, as for denoising
+    pipeline.decode(vae, latents)
+    assert len(bars) == 2 and bars[1].n == 0  # a disabled bar counts nothing
+
+
+def test_official_noise_goes_to_the_dit_device_even_with_offload(models, tmp_path, monkeypatch):
+    """The device given to `start_noise` is the one the DiT runs on (the runner's: cuda:<local rank> under torchrun),
+    never the offloaded weights' home; the dtype is --text-encoder-precision's (fp16 by default)."""
+    official, _ = models
+    seen = []
+    monkeypatch.setattr(pipeline, "official_noise", lambda shape, seeds, device, dtype: seen.append((device, dtype)))
+    req = request(official, tmp_path, "--noise", "official", "--offload", "block", "--text-encoder-precision", "fp16")
+    pipeline.start_noise(req, 7, torch.device("cuda:1"))
+    assert seen == [(torch.device("cuda:1"), torch.float16)]

@@ -29,7 +29,7 @@ from safetensors import SafetensorError
 from transformers import AutoConfig, AutoModel, AutoTokenizer, CLIPTextModel
 from transformers.utils import logging as hf_logging
 
-from hyvideo.choices import PRECISIONS
+from hyvideo.dtypes import PRECISIONS
 from hyvideo.errors import CheckpointError
 
 _LAYER_KEY = re.compile(r"(?:^|\.)layers\.(\d+)\.")

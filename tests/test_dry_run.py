@@ -1,0 +1,121 @@
+"""--dry-run and --gpu-memory: the memory plan of a request printed before any download, nothing loaded or written."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hyvideo import cli, pipeline
+from hyvideo.tiny import write_tiny_model
+
+ROOT = Path(__file__).resolve().parents[1]
+PLAN_720P = ["--dry-run", "--video-size", "720", "1280", "--video-length", "129"]
+
+
+@pytest.fixture
+def no_loading(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every loader and the run itself fail the test if called: a dry run loads nothing."""
+
+    def boom(*a: object, **k: object) -> None:
+        raise AssertionError("a dry run loaded a model")
+
+    for name in ("load_dit", "load_vae", "TextEncoders", "load_denoiser", "load_decoder", "run", "preflight"):
+        monkeypatch.setattr(pipeline, name, boom)
+
+
+def dry(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, list[str], str]:
+    code = cli.main(argv)
+    got = capsys.readouterr()
+    return code, got.out.splitlines(), got.err
+
+
+def test_plan_for_a_24_gb_card_without_weights(tmp_path: Path, capsys, no_loading) -> None:
+    """The released model's sizes (no --model-base yet), a 24 GB card: the per-stage plan, and the estimator's answer
+    for 720p x 129 (DiT weights 23.9 + activations 18.5 GiB as requested), block offload (20.4 GiB)."""
+    out = tmp_path / "results"
+    argv = [*PLAN_720P, "--gpu-memory", "24", "--model-base", str(tmp_path / "ckpts"), "--save-path", str(out)]
+    code, lines, err = dry(argv, capsys)
+    assert code == 0, err
+    text = "\n".join(lines)
+    assert lines[0].startswith("dry run, nothing loaded; sizes from the released HYVideo-T/2-cfgdistill")
+    assert "peak cuda 42.4 GiB" in lines[1]
+    for stage in ("text encoders: weights 13.40", "DiT denoise: weights 23.88 + activations 18.51", "VAE decode"):
+        assert stage in text, text
+    assert "capacity: cuda 23.5 GiB" in text  # 24 GiB less the CUDA context
+    assert "cheapest flags that fit: --offload block (peak cuda 20.4 GiB" in text, text
+    assert list(tmp_path.iterdir()) == []  # nothing written, not even the output folder
+
+
+def test_small_cards(tmp_path: Path, capsys, no_loading) -> None:
+    """What the plan says where nothing fits: the stage that blocks it and what to do."""
+    base = ["--model-base", str(tmp_path / "none"), "--video-length", "129", "--dry-run", "--gpu-memory"]
+    code, lines, _ = dry([*base, "16", "--video-size", "720", "1280"], capsys)
+    assert (
+        code == 0 and "no flag set fits" in lines[-2] and "DiT denoise" in lines[-2] and "--ulysses-degree" in lines[-2]
+    )
+    code, lines, _ = dry([*base, "16", "--video-size", "544", "960"], capsys)
+    assert code == 0 and "cheapest flags that fit: --offload block (peak cuda 13.4 GiB" in lines[-2]
+    code, lines, _ = dry([*base, "12", "--video-size", "544", "960"], capsys)
+    assert code == 0 and "text encoders stage needs 13.4 GiB" in lines[-2]
+    code, lines, _ = dry([*base, "80", "--video-size", "720", "1280"], capsys)
+    assert code == 0 and lines[-2] == "fits as requested"
+
+
+def test_plan_for_a_sequence_parallel_job_without_torchrun(tmp_path: Path, capsys, no_loading) -> None:
+    """The degrees plan the job they describe (not started: no torchrun needed): 720p x 129 on 16 GB cards fits with
+    4-way Ulysses (DiT weights sharded 1/4, activations 1/4 per card), and 4 processes' host RAM is counted."""
+    argv = [*PLAN_720P, "--gpu-memory", "16", "--ulysses-degree", "4", "--model-base", str(tmp_path / "none")]
+    code, lines, err = dry(argv, capsys)
+    assert code == 0, err
+    assert "parallel 4" in lines[1] and "4 processes" in lines[1] and lines[-2] == "fits as requested", lines
+
+
+def test_plan_with_weights_present_uses_their_configs(tmp_path: Path, capsys, no_loading) -> None:
+    """With weights under --model-base the sizes come from their configs (here the tiny model: a few MiB)."""
+    base = write_tiny_model(tmp_path / "tiny", "official", seed=0)
+    small = ["--video-size", "64", "96", "--video-length", "9"]
+    code, lines, err = dry(["--dry-run", "--gpu-memory", "1", "--model-base", str(base), *small], capsys)
+    assert code == 0, err
+    assert lines[0] == f"dry run, nothing loaded; sizes from the configs under {base}"
+    assert lines[-2] == "fits as requested" and "DiT denoise: weights 0.00" in lines[3], lines
+
+
+def test_without_gpu_memory_on_a_cpu_machine_plans_for_ram(tmp_path: Path, capsys, no_loading) -> None:
+    code, lines, err = dry([*PLAN_720P, "--device", "cpu", "--model-base", str(tmp_path / "none")], capsys)
+    assert code == 0, err
+    assert "peak cpu" in lines[1] and lines[-1].startswith("planned for this machine's RAM")
+
+
+@pytest.mark.parametrize(
+    ("extra", "flag"),
+    [
+        (["--gpu-memory", "24"], "--gpu-memory"),  # without --dry-run: a real run checks its own card
+        (["--dry-run", "--gpu-memory", "0"], "--gpu-memory"),
+        (["--dry-run", "--gpu-memory", "nan"], "--gpu-memory"),
+        (["--dry-run", "--gpu-memory", "24", "--device", "cpu"], "--gpu-memory"),
+        (["--dry-run", "--decode-latents", "x.latents.safetensors"], "--dry-run"),
+    ],
+)
+def test_bad_dry_run_flags(tmp_path: Path, capsys, no_loading, extra: list[str], flag: str) -> None:
+    (tmp_path / "x.latents.safetensors").write_bytes(b"x")
+    extra = [str(tmp_path / e) if e.endswith(".safetensors") else e for e in extra]
+    code, lines, err = dry(["--prompt", "a cat", "--model-base", str(tmp_path), *extra], capsys)
+    assert code == 2 and lines == [] and err.count("\n") == 1 and err.startswith(f"error: {flag}:"), err
+
+
+def test_real_entry_point(tmp_path: Path) -> None:
+    """As a user runs it: the plan on stdout, exit 0, nothing on stderr but log lines, nothing written."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "sample_video.py"), *PLAN_720P, "--gpu-memory", "24"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "cheapest flags that fit: --offload block" in proc.stdout
+    assert "Traceback" not in proc.stderr and "error" not in proc.stderr
+    assert list(tmp_path.iterdir()) == []

@@ -29,6 +29,26 @@ from hyvideo.choices import (
 from hyvideo.errors import UsageError
 
 PROG = "sample_video.py"
+I2V_RESOLUTIONS = ("720p", "540p", "360p")  # --i2v-resolution: the bucket sizes of hyvideo.image
+I2V_CONDITION_TYPES = ("token_replace", "latent_concat")  # --i2v-condition-type (HunyuanVideo-I2V's two releases)
+I2V_RESIZE_MODES = ("crop", "stretch")  # --i2v-resize: keep the aspect and center-crop, or stretch (diffusers)
+RIFLEX_MODES = ("auto", "on", "off")  # --riflex
+
+
+class DefaultFloat(float):
+    """The default of a float flag that the model may replace (image-to-video's flow shift, SkyReels' guidance).
+    argparse stores the default object itself when the flag is absent, and a plain float when it is given, so
+    `given` tells an explicit `--flow-shift 7` from the default 7 while help, sidecars and arithmetic see 7.0."""
+
+
+class DefaultSize(list):
+    """The default `--video-size`, told apart from an explicit one as `DefaultFloat` is (image-to-video takes its
+    size from the image unless --video-size is given)."""
+
+
+def given(value: object) -> bool:
+    """Whether a flag value was set by the user (or a prompt-file line / API call), not left at its default."""
+    return not isinstance(value, DefaultFloat | DefaultSize)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -68,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     _model_flags(p)
     _text_flags(p)
     _runtime_flags(p)
+    _i2v_flags(p)
     return p
 
 
@@ -82,7 +103,14 @@ def _output_flags(p: argparse.ArgumentParser) -> None:
         help="many prompts: .txt (one per line) or .jsonl (per-line overrides); re-runs resume (docs/CLI.md)",
     )
     g.add_argument("--neg-prompt", default=None, help="negative prompt; the built-in one when --cfg-scale > 1")
-    g.add_argument("--video-size", type=int, nargs="+", default=[720, 1280], metavar="N", help="HEIGHT WIDTH in pixels")
+    g.add_argument(
+        "--video-size",
+        type=int,
+        nargs="+",
+        default=DefaultSize([720, 1280]),
+        metavar="N",
+        help="HEIGHT WIDTH in pixels",
+    )
     g.add_argument("--video-length", type=int, default=129, help="number of frames, 4n+1 (1 gives an image)")
     g.add_argument("--num-videos", type=int, default=1, help="videos to generate; video i uses seed + i")
     g.add_argument("--seed", type=int, default=None, help="random seed; picked at random and logged when omitted")
@@ -99,9 +127,24 @@ def _sampling_flags(p: argparse.ArgumentParser) -> None:
     """The flow-matching sampler."""
     g = p.add_argument_group("sampling")
     g.add_argument("--infer-steps", type=int, default=50, help="denoising steps")
-    g.add_argument("--cfg-scale", type=float, default=1.0, help="real classifier-free guidance; > 1 doubles the cost")
-    g.add_argument("--embedded-cfg-scale", type=float, default=6.0, help="guidance given to the cfg-distilled model")
-    g.add_argument("--flow-shift", type=float, default=7.0, help="shift of the flow-matching sigma schedule (> 0)")
+    g.add_argument(
+        "--cfg-scale",
+        type=float,
+        default=DefaultFloat(1.0),
+        help="real classifier-free guidance; > 1 doubles the cost (SkyReels-V1 weights: 6)",
+    )
+    g.add_argument(
+        "--embedded-cfg-scale",
+        type=float,
+        default=DefaultFloat(6.0),
+        help="guidance given to the cfg-distilled model (SkyReels-V1 weights: 1)",
+    )
+    g.add_argument(
+        "--flow-shift",
+        type=float,
+        default=DefaultFloat(7.0),
+        help="shift of the flow-matching sigma schedule (> 0); --i2v-mode: 17, or 7 with --i2v-stability",
+    )
     g.add_argument("--flow-reverse", action="store_true", help="accepted for compatibility; sampling runs 1 -> 0")
     g.add_argument("--flow-solver", default="euler", help="ODE solver (euler only)")
     g.add_argument("--denoise-type", default="flow", help="denoising formulation (flow only)")
@@ -121,6 +164,13 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--latent-channels", type=int, default=16, help="latent channels; must match the VAE")
     g.add_argument("--precision", default="bf16", choices=PRECISIONS, help="DiT dtype")
     g.add_argument("--rope-theta", type=int, default=256, help="RoPE base")
+    g.add_argument(
+        "--riflex",
+        default="auto",
+        choices=RIFLEX_MODES,
+        help="RIFLEx for long videos: auto = on above the 129 trained frames when it lowers the 4th temporal RoPE "
+        "frequency (181+ frames; for 133-177 it would raise it, so auto stays off); on: always",
+    )
     g.add_argument("--vae", default="884-16c-hy", choices=VAES, help="VAE name")
     g.add_argument("--vae-precision", default="fp16", choices=PRECISIONS, help="VAE dtype")
     g.add_argument("--vae-tiling", action=argparse.BooleanOptionalAction, default=True, help="decode in tiles")
@@ -211,3 +261,33 @@ def _runtime_flags(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--dist-timeout", type=float, default=DIST_TIMEOUT_S, help="seconds an inter-process wait may take")
     g.add_argument("--debug", action="store_true", help="debug logs and full tracebacks on errors")
+
+
+def _i2v_flags(p: argparse.ArgumentParser) -> None:
+    """Image-to-video (HunyuanVideo-I2V, SkyReels-V1): the official flags and defaults, plus --i2v-resize."""
+    g = p.add_argument_group("image-to-video")
+    g.add_argument("--i2v-mode", action="store_true", help="animate --i2v-image-path (needs image-to-video weights)")
+    g.add_argument("--i2v-image-path", default=None, metavar="IMG", help="the first frame (PNG, JPEG, WebP, ...)")
+    g.add_argument(
+        "--i2v-resolution",
+        default="720p",
+        choices=I2V_RESOLUTIONS,
+        help="video size bucket from the image's aspect unless --video-size is given (16:9: 704x1248, 544x928, "
+        "352x608)",
+    )
+    g.add_argument(
+        "--i2v-condition-type",
+        default=None,
+        choices=I2V_CONDITION_TYPES,
+        help="how the image enters the DiT (default: what the weights say; needed only when they do not)",
+    )
+    g.add_argument(
+        "--i2v-stability", action="store_true", help="start from 0.999 noise + 0.001 image (default flow shift 7)"
+    )
+    g.add_argument(
+        "--i2v-resize",
+        default="crop",
+        choices=I2V_RESIZE_MODES,
+        help="crop: keep the aspect and center-crop to the video size (official); stretch: resize to it (diffusers)",
+    )
+    g.add_argument("--i2v-dit-weight", default=None, help="image-to-video DiT weights (replaces --dit-weight)")

@@ -13,6 +13,7 @@ import pytest
 import torch
 from diffusers import HunyuanSkyreelsImageToVideoPipeline, HunyuanVideoImageToVideoPipeline
 from PIL import Image
+from safetensors.torch import save_file
 
 from hyvideo import cli, io, pipeline
 from hyvideo.config import DiTConfig
@@ -241,3 +242,43 @@ def test_riflex_cli(models, tmp_path):
     assert record_auto["riflex"] == {"mode": "auto", "applied": False}
     assert record_on["riflex"] == {"mode": "on", "applied": True}
     assert record_off["riflex"] == {"mode": "off", "applied": False} and record_off["i2v"] is None
+
+
+# --------------------------------------------------------------------------- the run's options with an image
+def tiny_lora(path: Path, hidden: int) -> Path:
+    """A kohya-named LoRA on one double block's image qkv of the tiny DiT."""
+    g = torch.Generator().manual_seed(5)
+    name = "lora_unet_double_blocks_0_img_attn_qkv"
+    save_file(
+        {
+            f"{name}.lora_down.weight": torch.randn(2, hidden, generator=g),
+            f"{name}.lora_up.weight": torch.randn(3 * hidden, 2, generator=g),
+        },
+        path,
+    )
+    return path
+
+
+@pytest.mark.parametrize(
+    ("condition", "extra"),
+    [
+        ("token_replace", ["--offload", "block"]),
+        ("latent_concat", ["--teacache-thresh", "10"]),  # skips every step it may: the cache is used
+        ("token_replace", ["--use-fp8"]),
+        ("token_replace", ["--lora", "LORA"]),
+    ],
+    ids=["offload-block", "teacache", "fp8", "lora"],
+)
+def test_run_options_with_an_image(models, image_path, tmp_path, condition, extra):
+    """Each runs to the end with an image; offload changes nothing, the others change the latents (each is
+    tested for its own numerics elsewhere)."""
+    shared = ["--video-size", str(HEIGHT), str(WIDTH), "--infer-steps", "6"]
+    extra = [str(tiny_lora(tmp_path / "l.safetensors", 48)) if e == "LORA" else e for e in extra]
+    plain, _, _ = run(models[condition], tmp_path / "plain", *shared, image=image_path)
+    latents, record, _ = run(models[condition], tmp_path / "opt", *shared, *extra, image=image_path)
+    assert torch.isfinite(latents).all() and latents.shape == plain.shape
+    if extra[0] == "--offload":
+        assert torch.equal(latents, plain)
+    else:
+        assert not torch.equal(latents, plain)
+    assert record["i2v"]["condition_type"] == condition

@@ -571,6 +571,8 @@ class ImageOptions:
                 raise UsageError(_flag(dest), f"{why} with --i2v-mode: not supported yet; drop one of the two")
         if f["i2v_image_path"] is None:
             raise UsageError("--i2v-mode", "needs --i2v-image-path IMG (the first frame)")
+        if f["video_length"] == 1:  # the official I2V encoder refuses it too: the video would be the image
+            raise UsageError("--video-length", "1 frame with --i2v-mode would be the image itself; give 4n+1 >= 5")
         kind = _i2v_kind(f)
         condition = _i2v_condition(kind, f["i2v_condition_type"])
         if f["i2v_stability"] and condition == "concat":

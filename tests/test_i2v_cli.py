@@ -149,6 +149,11 @@ def test_official_layout_gives_the_same_latents(models, image_path, tmp_path):
     a, record, _ = run(models["token_replace"], tmp_path / "a", *size, image=image_path)
     b, _, _ = run(models["official_token_replace"], tmp_path / "b", *size, image=image_path)
     assert torch.equal(a, b)
+    dit = models["token_replace"] / "transformer"  # --i2v-dit-weight: the same weights from the other folder
+    c, _, _ = run(
+        models["official_token_replace"], tmp_path / "c", *size, "--i2v-dit-weight", str(dit), image=image_path
+    )
+    assert torch.equal(a, c)
     assert record["flow_shift"] == 17.0 and record["i2v"]["resize"] == "crop" and record["i2v"]["resolution"] is None
     assert record["i2v"]["image_sha256"] == hashlib.sha256(image_path.read_bytes()).hexdigest()
 
@@ -213,6 +218,8 @@ def bad_cases(models: dict[str, Path], image: Path, tmp_path: Path) -> list[tupl
             "--i2v-stability: SkyReels",
         ),
         ([*i2v, "--teacache-thresh", "0.1"], "--teacache-thresh: token_replace"),
+        ([*i2v, "--video-length", "1"], "--video-length: 1 frame with --i2v-mode"),
+        ([*i2v, "--prompt-file", str(image)], "--prompt-file: prompt files with --i2v-mode"),
         ([*i2v, "--i2v-dit-weight", str(tmp_path / "none.pt")], "--i2v-dit-weight: "),
         (["--model-base", str(models["t2v"]), "--riflex", "on"], "--riflex: on: the DiT's temporal RoPE has 2"),
     ]

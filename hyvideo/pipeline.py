@@ -191,7 +191,7 @@ def denoise(
     `runner` (default: this process alone) applies real CFG, split over processes with --cfg-parallel; `image`:
     the image-to-video start and model wrapper of this seed."""
     runner = Local(device) if runner is None else runner
-    model.riflex_k = riflex_choice(req, model.cfg)
+    set_riflex(model, riflex_choice(req, model.cfg))
     shape = latent_shape(1, req.video_length, req.height, req.width, req.latent_channels)
     x = initial_noise(shape, [seed], device)
     cond = cond.to(device)
@@ -222,6 +222,14 @@ def riflex_choice(req: SampleRequest, cfg: DiTConfig) -> int | None:
         return riflex_k(req.riflex, req.video_length, cfg)
     except ValueError as e:
         raise UsageError("--riflex", f"on: {e}; use auto or off") from None
+
+
+def set_riflex(model: torch.nn.Module, k: int | None) -> None:
+    """Set `riflex_k` on the DiT inside `model`, which may be a wrapper (sequence parallelism) whose own attribute
+    the DiT would never read."""
+    for m in model.modules():
+        if isinstance(m, HYVideoDiT):
+            m.riflex_k = k
 
 
 def check_finite(x: torch.Tensor, i: int, req: SampleRequest, seed: int) -> None:

@@ -20,6 +20,7 @@ from hyvideo.modules.embeddings import (
     rope_freqs,
     rope_table,
 )
+from hyvideo.pipeline import set_riflex
 from hyvideo.tiny import random_dit
 
 AXES, THETA = (16, 56, 56), 256.0  # the release's RoPE split and base
@@ -170,3 +171,18 @@ def test_on_needs_the_component():
     with pytest.raises(ValueError, match="2 frequency pair"):
         riflex_k("on", 261, tiny)
     assert riflex_k("auto", 261, tiny) is None  # auto never applies what the DiT cannot take
+
+
+def test_the_pipeline_sets_the_dit_inside_a_wrapper():
+    """Under sequence parallelism the pipeline holds a wrapper module; the choice must reach the DiT it wraps."""
+
+    class Wrapper(torch.nn.Module):
+        def __init__(self, dit):
+            super().__init__()
+            self.dit = dit
+
+    dit = random_dit(CFG, seed=1)
+    set_riflex(Wrapper(dit), RIFLEX_K)
+    assert dit.riflex_k == RIFLEX_K
+    set_riflex(dit, None)
+    assert dit.riflex_k is None

@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 
 from hyvideo import cli, io, pipeline
 from hyvideo.config import DiTConfig
-from hyvideo.modules.llava_encoder import I2V_TEMPLATE, I2VTextEncoders, LlavaEncoderConfig
+from hyvideo.modules.llava_encoder import I2V_TEMPLATE, NEGATIVE_PROMPT_I2V, I2VTextEncoders, LlavaEncoderConfig
 from hyvideo.modules.text_encoders import NEGATIVE_PROMPT, TextEncoderConfig, TextEncoders
 from hyvideo.request import validate
 from hyvideo.tiny import write_tiny_i2v_model, write_tiny_model
@@ -273,8 +273,9 @@ def tiny_lora(path: Path, hidden: int) -> Path:
         ("latent_concat", ["--teacache-thresh", "10"]),  # skips every step it may: the cache is used
         ("token_replace", ["--use-fp8"]),
         ("token_replace", ["--lora", "LORA"]),
+        ("latent_concat", ["--cfg-scale", "2"]),  # real CFG: HunyuanVideo-I2V's negative prompt, a black image
     ],
-    ids=["offload-block", "teacache", "fp8", "lora"],
+    ids=["offload-block", "teacache", "fp8", "lora", "real-cfg"],
 )
 def test_run_options_with_an_image(models, image_path, tmp_path, condition, extra):
     """Each runs to the end with an image; offload changes nothing, the others change the latents (each is
@@ -289,3 +290,4 @@ def test_run_options_with_an_image(models, image_path, tmp_path, condition, extr
     else:
         assert not torch.equal(latents, plain)
     assert record["i2v"]["condition_type"] == condition
+    assert record["negative_prompt"] == (NEGATIVE_PROMPT_I2V if "--cfg-scale" in extra else None)

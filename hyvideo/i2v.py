@@ -20,8 +20,9 @@ from hyvideo.checkpoints.layout import ModelPaths, locate
 from hyvideo.checkpoints.vae import load_vae
 from hyvideo.choices import DEFAULT_NEGATIVE_PROMPT, PRECISIONS
 from hyvideo.config import DiTConfig, with_image_condition
+from hyvideo.errors import UsageError
 from hyvideo.image import prepare_image
-from hyvideo.modules.llava_encoder import NEGATIVE_PROMPT_I2V, I2VTextEncoders, LlavaEncoderConfig
+from hyvideo.modules.llava_encoder import NEGATIVE_PROMPT_I2V, I2VTextEncoders, LlavaEncoderConfig, check_prompt
 from hyvideo.modules.text_encoders import TextEmbeddings
 from hyvideo.modules.vae import HYVideoVAE
 from hyvideo.request import SampleRequest
@@ -88,11 +89,17 @@ def uses_llava(req: SampleRequest) -> bool:
 
 
 def resolve(req: SampleRequest) -> SampleRequest:
-    """HunyuanVideo-I2V's own default negative prompt (shorter than text-to-video's) when real CFG is on and none
-    was given."""
-    if uses_llava(req) and req.neg_prompt == DEFAULT_NEGATIVE_PROMPT:
-        return req.replace(neg_prompt=NEGATIVE_PROMPT_I2V)
-    return req
+    """Before anything loads: prompts the LLaVA template can take (no `<image>` of their own), and
+    HunyuanVideo-I2V's own default negative prompt (shorter than text-to-video's) when real CFG is on and none was
+    given."""
+    if not uses_llava(req):
+        return req
+    for flag, text in (("--prompt", req.prompt), ("--neg-prompt", req.neg_prompt)):
+        try:
+            check_prompt(text or "")
+        except ValueError as e:
+            raise UsageError(flag, str(e)) from None
+    return req.replace(neg_prompt=NEGATIVE_PROMPT_I2V) if req.neg_prompt == DEFAULT_NEGATIVE_PROMPT else req
 
 
 def model_paths(req: SampleRequest) -> ModelPaths:

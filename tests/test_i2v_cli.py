@@ -301,13 +301,13 @@ def test_run_options_with_an_image(models, image_path, tmp_path, condition, extr
 
 # --------------------------------------------------------------------------- two processes (torchrun, gloo)
 @pytest.mark.slow
-@pytest.mark.parametrize("case", ["latent_concat", "riflex"])
+@pytest.mark.parametrize("case", ["latent_concat", "skyreels", "riflex"])
 def test_ulysses_matches_one_process(models, image_path, tmp_path, case):
-    """latent_concat image-to-video, and --riflex on (the choice must reach the DiT inside the sequence-parallel
-    wrapper), under --ulysses-degree 2 give the single process's latents."""
+    """latent_concat and SkyReels image-to-video, and --riflex on (the choice must reach the DiT inside the
+    sequence-parallel wrapper), under --ulysses-degree 2 give the single process's latents."""
     size = ["--video-size", str(HEIGHT), str(WIDTH)]
-    if case == "latent_concat":
-        root, extra = models["latent_concat"], [*size, "--i2v-mode", "--i2v-image-path", str(image_path)]
+    if case != "riflex":  # SkyReels: real CFG 6 by default; every rank draws the same image sample and noise
+        root, extra = models[case], [*size, "--i2v-mode", "--i2v-image-path", str(image_path)]
     else:
         root, extra = models["t2v_riflex"], [*size, "--riflex", "on"]
     want, _, _ = run(root, tmp_path / "one", *extra)

@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint format bench gpu-check clean
+.PHONY: install demo demo-i2v test lint format bench gpu-check clean
 
 install: $(STAMP)
 
@@ -44,6 +44,22 @@ $(TINY)/.done: $(STAMP) hyvideo/tiny.py hyvideo/tiny_text.py
 demo: $(TINY)/.done
 	$(PY) sample_video.py --model-base $(TINY) --prompt "A cat walks on the grass, realistic style." \
 		--video-size 128 128 --video-length 17 --infer-steps 8 --seed 42 --save-path results \
+		--precision fp32 --vae-precision fp32 --text-encoder-precision fp32 --text-encoder-precision-2 fp32
+
+# Image-to-video: a tiny random-weight HunyuanVideo-I2V model (LLaVA + CLIP-L, token_replace), a generated test
+# image (a colour gradient with a disc), one MP4 that starts from it.
+TINY_I2V := results/tiny-i2v-model
+$(TINY_I2V)/.done: $(STAMP) hyvideo/tiny.py hyvideo/tiny_llava.py
+	$(PY) -m hyvideo.tiny $(TINY_I2V) --task i2v
+	$(PY) -c "import numpy as n; from PIL import Image; y, x = n.mgrid[0:96, 0:160]; \
+		a = n.stack([x * 255 // 159, y * 255 // 95, 255 * ((x - 80) ** 2 + (y - 48) ** 2 < 900)], -1); \
+		Image.fromarray(a.astype(n.uint8)).save('$(TINY_I2V)/first_frame.png')"
+	touch $@
+
+demo-i2v: $(TINY_I2V)/.done
+	$(PY) sample_video.py --model-base $(TINY_I2V) --i2v-mode --i2v-image-path $(TINY_I2V)/first_frame.png \
+		--prompt "A ball rolls across a colourful wall." --video-size 96 160 --video-length 17 --infer-steps 8 \
+		--seed 42 --save-path results \
 		--precision fp32 --vae-precision fp32 --text-encoder-precision fp32 --text-encoder-precision-2 fp32
 
 bench: install

@@ -39,3 +39,8 @@ SIZE_MULTIPLE = 16  # H and W must be multiples of this (VAE 8x8 times patch 2x2
 RANDOM_SEED_MAX = 1_000_000  # a missing --seed is drawn from [0, RANDOM_SEED_MAX], as the official tool does
 SEED_MAX = 2**63 - 1  # seed + i (video i) must fit a torch generator seed
 DIST_TIMEOUT_S = 900.0  # --dist-timeout default: seconds any inter-process wait may take before the run fails
+
+I2V_RESOLUTIONS = ("720p", "540p", "360p")  # --i2v-resolution: the bucket sizes of hyvideo.image
+I2V_CONDITION_TYPES = ("token_replace", "latent_concat")  # --i2v-condition-type (HunyuanVideo-I2V's two releases)
+I2V_RESIZE_MODES = ("crop", "stretch")  # --i2v-resize: keep the aspect and center-crop, or stretch (diffusers)
+RIFLEX_MODES = ("auto", "on", "off")  # --riflex (docs/DESIGN.md §15.3)

@@ -17,6 +17,9 @@ from hyvideo.choices import (
     ATTN_BACKENDS,
     COMPILE_MODES,
     DIST_TIMEOUT_S,
+    I2V_CONDITION_TYPES,
+    I2V_RESIZE_MODES,
+    I2V_RESOLUTIONS,
     LORA_MODES,
     MODELS,
     NOISE_KINDS,
@@ -24,6 +27,7 @@ from hyvideo.choices import (
     PRECISION_NAMES,
     PROMPT_TEMPLATES,
     RESOLUTIONS,
+    RIFLEX_MODES,
     SEED_TYPES,
     TEXT_ENCODERS,
     VAES,
@@ -31,6 +35,22 @@ from hyvideo.choices import (
 from hyvideo.errors import UsageError
 
 PROG = "sample_video.py"
+
+
+class DefaultFloat(float):
+    """The default of a float flag that the model may replace (image-to-video's flow shift, SkyReels' guidance).
+    argparse stores the default object itself when the flag is absent, and a plain float when it is given, so
+    `given` tells an explicit `--flow-shift 7` from the default 7 while help, sidecars and arithmetic see 7.0."""
+
+
+class DefaultSize(list):
+    """The default `--video-size`, told apart from an explicit one as `DefaultFloat` is (image-to-video takes its
+    size from the image unless --video-size is given)."""
+
+
+def given(value: object) -> bool:
+    """Whether a flag value was set by the user (or a prompt-file line / API call), not left at its default."""
+    return not isinstance(value, DefaultFloat | DefaultSize)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -96,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     _model_flags(p)
     _text_flags(p)
     _runtime_flags(p)
+    _i2v_flags(p)
     return p
 
 
@@ -114,7 +135,7 @@ def _output_flags(p: argparse.ArgumentParser) -> None:
         "--video-size",
         type=int,
         nargs="+",
-        default=[720, 1280],
+        default=DefaultSize([720, 1280]),
         action=_Size,
         metavar="N",
         help="HEIGHT WIDTH in pixels",
@@ -135,9 +156,24 @@ def _sampling_flags(p: argparse.ArgumentParser) -> None:
     """The flow-matching sampler."""
     g = p.add_argument_group("sampling")
     g.add_argument("--infer-steps", type=int, default=50, help="denoising steps")
-    g.add_argument("--cfg-scale", type=float, default=1.0, help="real classifier-free guidance; > 1 doubles the cost")
-    g.add_argument("--embedded-cfg-scale", type=float, default=6.0, help="guidance given to the cfg-distilled model")
-    g.add_argument("--flow-shift", type=float, default=7.0, help="shift of the flow-matching sigma schedule (> 0)")
+    g.add_argument(
+        "--cfg-scale",
+        type=float,
+        default=DefaultFloat(1.0),
+        help="real classifier-free guidance; > 1 doubles the cost (SkyReels-V1 weights: 6)",
+    )
+    g.add_argument(
+        "--embedded-cfg-scale",
+        type=float,
+        default=DefaultFloat(6.0),
+        help="guidance given to the cfg-distilled model (SkyReels-V1 weights: 1)",
+    )
+    g.add_argument(
+        "--flow-shift",
+        type=float,
+        default=DefaultFloat(7.0),
+        help="shift of the flow-matching sigma schedule (> 0); --i2v-mode: 17, or 7 with --i2v-stability",
+    )
     g.add_argument("--flow-reverse", action="store_true", help="accepted for compatibility; sampling runs 1 -> 0")
     g.add_argument("--flow-solver", default="euler", help="ODE solver (euler only)")
     g.add_argument("--denoise-type", default="flow", help="denoising formulation (flow only)")
@@ -164,6 +200,13 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--latent-channels", type=int, default=16, help="latent channels; must match the VAE")
     g.add_argument("--precision", default="bf16", choices=PRECISION_NAMES, help="DiT dtype")
     g.add_argument("--rope-theta", type=int, default=256, help="RoPE base")
+    g.add_argument(
+        "--riflex",
+        default="auto",
+        choices=RIFLEX_MODES,
+        help="RIFLEx for long videos: auto = on above the 129 trained frames when it lowers the 4th temporal RoPE "
+        "frequency (181+ frames; for 133-177 it would raise it, so auto stays off); on: always",
+    )
     g.add_argument("--vae", default="884-16c-hy", choices=VAES, help="VAE name")
     g.add_argument("--vae-precision", default="fp16", choices=PRECISION_NAMES, help="VAE dtype")
     g.add_argument("--vae-tiling", action=argparse.BooleanOptionalAction, default=True, help="decode in tiles")
@@ -267,3 +310,33 @@ def _runtime_flags(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--dist-timeout", type=float, default=DIST_TIMEOUT_S, help="seconds an inter-process wait may take")
     g.add_argument("--debug", action="store_true", help="debug logs and full tracebacks on errors")
+
+
+def _i2v_flags(p: argparse.ArgumentParser) -> None:
+    """Image-to-video (HunyuanVideo-I2V, SkyReels-V1): the official flags and defaults, plus --i2v-resize."""
+    g = p.add_argument_group("image-to-video")
+    g.add_argument("--i2v-mode", action="store_true", help="animate --i2v-image-path (needs image-to-video weights)")
+    g.add_argument("--i2v-image-path", default=None, metavar="IMG", help="the first frame (PNG, JPEG, WebP, ...)")
+    g.add_argument(
+        "--i2v-resolution",
+        default="720p",
+        choices=I2V_RESOLUTIONS,
+        help="video size bucket from the image's aspect unless --video-size is given (16:9: 704x1248, 544x928, "
+        "352x608)",
+    )
+    g.add_argument(
+        "--i2v-condition-type",
+        default=None,
+        choices=I2V_CONDITION_TYPES,
+        help="how the image enters the DiT (default: what the weights say; needed only when they do not)",
+    )
+    g.add_argument(
+        "--i2v-stability", action="store_true", help="start from 0.999 noise + 0.001 image (default flow shift 7)"
+    )
+    g.add_argument(
+        "--i2v-resize",
+        default="crop",
+        choices=I2V_RESIZE_MODES,
+        help="crop: keep the aspect and center-crop to the video size (official); stretch: resize to it (diffusers)",
+    )
+    g.add_argument("--i2v-dit-weight", default=None, help="image-to-video DiT weights (replaces --dit-weight)")

@@ -12,14 +12,27 @@ Nothing here knows the architecture: the DiT sees the concatenated channels or t
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
+from hyvideo.checkpoints.layout import ModelPaths, locate
+from hyvideo.checkpoints.vae import load_vae
+from hyvideo.choices import DEFAULT_NEGATIVE_PROMPT
+from hyvideo.config import DiTConfig, with_image_condition
+from hyvideo.dtypes import PRECISIONS
+from hyvideo.errors import UsageError
+from hyvideo.image import prepare_image
+from hyvideo.modules.llava_encoder import NEGATIVE_PROMPT_I2V, I2VTextEncoders, LlavaEncoderConfig, check_prompt
+from hyvideo.modules.text_encoders import TextEmbeddings
 from hyvideo.modules.vae import HYVideoVAE
+from hyvideo.request import SampleRequest
 from hyvideo.sampling import (
     ModelFn,
     concat_condition,
     hold_first_frame,
     image_condition,
+    latent_shape,
     replace_first_frame,
     stability_start,
 )
@@ -66,6 +79,110 @@ def decoded_frames_dropped(condition: str) -> int:
     """Decoded video frames both references drop: the first 4 with latent_concat (129 requested frames give
     125), none otherwise. The saved latents keep every frame, so decoding them later gives the same video."""
     return 4 if condition == "latent_concat" else 0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The command line's run (hyvideo.pipeline calls these where image-to-video differs from text-to-video)
+# ---------------------------------------------------------------------------------------------------------------
+def uses_llava(req: SampleRequest) -> bool:
+    """HunyuanVideo-I2V encodes the prompt with the image (LLaVA); SkyReels-V1 with the text-to-video encoders."""
+    return req.i2v_condition != "concat"
+
+
+def resolve(req: SampleRequest) -> SampleRequest:
+    """Before anything loads: prompts the LLaVA template can take (no `<image>` of their own), and
+    HunyuanVideo-I2V's own default negative prompt (shorter than text-to-video's) when real CFG is on and none was
+    given."""
+    if not uses_llava(req):
+        return req
+    for flag, text in (("--prompt", req.prompt), ("--neg-prompt", req.neg_prompt)):
+        try:
+            check_prompt(text or "")
+        except ValueError as e:
+            raise UsageError(flag, str(e)) from None
+    return req.replace(neg_prompt=NEGATIVE_PROMPT_I2V) if req.neg_prompt == DEFAULT_NEGATIVE_PROMPT else req
+
+
+def model_paths(req: SampleRequest) -> ModelPaths:
+    """The image-to-video components: the official I2V tree or the diffusers folder (LLaVA unless SkyReels)."""
+    return locate(req.model_base, req.dit_weight, i2v=True, llava=uses_llava(req))
+
+
+def dit_config(cfg: DiTConfig, req: SampleRequest) -> DiTConfig:
+    """`cfg` (the preset, or the config beside the weights) as the request's image-to-video DiT: the released
+    official tree has no config, so the preset becomes the DiT of the condition (`with_image_condition`); loading
+    then checks the weights' input width against it."""
+    return with_image_condition(cfg, req.i2v_condition) if cfg.image_condition == "none" else cfg
+
+
+def encode_prompts(
+    req: SampleRequest, paths: ModelPaths, device: torch.device
+) -> tuple[TextEmbeddings, TextEmbeddings | None]:
+    """(prompt with the whole image, negative prompt with a black image or None) through the LLaVA and CLIP-L; the
+    encoders are freed before returning."""
+    text = req.text
+    config = LlavaEncoderConfig(
+        llava_path=paths.text_encoder,
+        clip_path=paths.text_encoder_2,
+        tokenizer_path=paths.tokenizer,
+        image_processor_path=paths.image_processor,
+        clip_tokenizer_path=paths.tokenizer_2,
+        condition_type=req.i2v_condition,
+        text_len=text.text_len,
+        text_len_2=text.text_len_2,
+        hidden_state_skip_layer=text.hidden_state_skip_layer,
+        apply_final_norm=text.apply_final_norm,
+        precision=text.text_encoder_precision,
+        precision_2=text.text_encoder_precision_2,
+    )
+    encoders = I2VTextEncoders(config, device)
+    try:
+        cond = encoders.encode(req.prompt, req.i2v_image.image)
+        uncond = encoders.encode_negative(req.neg_prompt, (req.width, req.height)) if req.cfg_scale > 1 else None
+    finally:
+        encoders.free()
+    return cond, uncond
+
+
+@dataclass(frozen=True)
+class ImageStart:
+    """One video's image condition: the start latents and the wrapper of the sampler's model function."""
+
+    condition: str  # token_replace, latent_concat or concat
+    image: torch.Tensor  # (1, C, 1, h, w) float32: the image latent
+    noise: torch.Tensor | None  # SkyReels: the noise drawn after the image's posterior sample; None: the usual noise
+    stability: bool  # --i2v-stability
+
+    def start(self, noise: torch.Tensor) -> torch.Tensor:
+        noise = noise if self.noise is None else self.noise.to(noise.device)
+        return start_latents(self.condition, noise, self.image.to(noise.device), self.stability)
+
+    def wrap(self, model_fn: ModelFn, frames: int, device: torch.device) -> ModelFn:
+        return condition_model(model_fn, self.condition, self.image.to(device), frames)
+
+
+def encode_image(
+    req: SampleRequest, paths: ModelPaths, device: torch.device, seeds: list[int]
+) -> dict[int, ImageStart]:
+    """Each seed's `ImageStart`, the VAE loaded and freed here (before the DiT loads). The frame is the image
+    resized to the video size (bucket, or --video-size) as --i2v-resize says. HunyuanVideo-I2V: the posterior mean,
+    one latent for every seed. SkyReels-V1: diffusers' order of draws, a posterior sample then the noise from one
+    generator seeded with the video's seed."""
+    pixels = prepare_image(req.i2v_image.image, size=(req.height, req.width), resize=req.i2v_resize).pixels
+    vae = load_vae(paths.vae, dtype=PRECISIONS[req.vae_precision], device=device)
+    try:
+        with torch.no_grad():
+            if req.i2v_condition != "concat":
+                image = image_latent(vae, pixels.to(device)).cpu()
+                return {s: ImageStart(req.i2v_condition, image, None, req.i2v_stability) for s in seeds}
+            shape = latent_shape(1, req.video_length, req.height, req.width, req.latent_channels)
+            out = {}
+            for s in seeds:
+                image, noise = sampled_image_and_noise(vae, pixels.to(device), shape, s)
+                out[s] = ImageStart("concat", image.cpu(), noise, False)
+            return out
+    finally:
+        del vae
 
 
 def _check(condition: str) -> None:

@@ -25,7 +25,7 @@ import torch
 from loguru import logger
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from hyvideo.request import UsageError
+from hyvideo.errors import UsageError
 
 IMAGE_FLAG = "--i2v-image-path"
 # Refused from the header, before any pixel is decoded: 8192 x 8192 = 67,108,864 pixels (~200 MB as 8-bit RGB).

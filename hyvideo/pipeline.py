@@ -21,7 +21,7 @@ import torch
 from loguru import logger
 from tqdm import tqdm
 
-from hyvideo import hardware, io, sidecar
+from hyvideo import hardware, i2v, io, sidecar
 from hyvideo.checkpoints.dit import load_dit
 from hyvideo.checkpoints.layout import ModelPaths, locate
 from hyvideo.checkpoints.vae import load_vae
@@ -42,7 +42,7 @@ from hyvideo.memory import (
     planning_sizes,
     preflight,
 )
-from hyvideo.modules.dit import HYVideoDiT
+from hyvideo.modules.dit import HYVideoDiT, riflex_k
 from hyvideo.modules.text_encoders import TextEmbeddings, TextEncoderConfig, TextEncoders
 from hyvideo.modules.vae import HYVideoVAE
 from hyvideo.offload import apply_offload, move_releasing
@@ -117,6 +117,8 @@ def encode_text(
     req: SampleRequest, paths: ModelPaths, device: torch.device
 ) -> tuple[TextEmbeddings, TextEmbeddings | None]:
     """(prompt embeddings, negative-prompt embeddings or None); the encoders are freed before returning."""
+    if req.i2v_mode and i2v.uses_llava(req):
+        return i2v.encode_prompts(req, paths, device)  # the prompt with the image, through the LLaVA
     encoders = TextEncoders(text_config(req, paths), device)
     try:
         cond = encoders.encode([req.prompt], req.video_length)
@@ -142,9 +144,9 @@ def load_denoiser(
     """The DiT ready to run: weights read (LoRAs merged, fp8 stored, offloaded as asked), compiled as asked.
     `cfg`: `denoiser_config` when already computed; `reader`: reads a share of the block weights (a runner's)."""
     cfg = denoiser_config(req, paths) if cfg is None else cfg
-    if cfg.in_channels != req.latent_channels:
+    if cfg.out_channels != req.latent_channels:
         raise UsageError(
-            "--latent-channels", f"the DiT takes {cfg.in_channels} latent channels, not {req.latent_channels}"
+            "--latent-channels", f"the DiT makes {cfg.out_channels} latent channels, not {req.latent_channels}"
         )
     dtype = PRECISIONS[req.precision]
     home = device if req.offload == "none" else torch.device("cpu")  # offloaded weights stay in host memory
@@ -195,10 +197,13 @@ def denoise(
     seed: int,
     device: torch.device,
     runner: Local | None = None,
+    image: i2v.ImageStart | None = None,
 ) -> torch.Tensor:
     """Final latents (1, C, T, h, w) float32 for one video: Euler over the shifted flow schedule from seeded noise.
-    `runner` (default: this process alone) applies real CFG, split over processes with --cfg-parallel."""
+    `runner` (default: this process alone) applies real CFG, split over processes with --cfg-parallel; `image`:
+    the image-to-video start and model wrapper of this seed."""
     runner = Local(device) if runner is None else runner
+    set_riflex(model, riflex_choice(req, model.cfg))
     x = start_noise(req, seed, device)
     cond = cond.to(device)
     uncond = None if uncond is None else uncond.to(device)
@@ -207,6 +212,8 @@ def denoise(
         model_fn = with_cond(fn, cond)
     else:
         model_fn = runner.guided(fn, cond, uncond, req.cfg_scale)
+    if image is not None:
+        x, model_fn = image.start(x), image.wrap(model_fn, x.shape[2], device)
     sigmas = flow_sigmas(req.infer_steps, req.flow_shift)
     with tqdm(
         total=req.infer_steps, desc=f"denoise seed {seed}", leave=False, disable=not dist_steps.is_main_process()
@@ -227,6 +234,23 @@ def start_noise(req: SampleRequest, seed: int, device: torch.device) -> torch.Te
     if req.sampling.noise == "official":
         return official_noise(shape, [seed], device, PRECISIONS[req.text.text_encoder_precision])
     return initial_noise(shape, [seed], device)
+
+
+def riflex_choice(req: SampleRequest, cfg: DiTConfig) -> int | None:
+    """The DiT's `riflex_k` for this request (`--riflex`); `on` with a DiT whose temporal RoPE lacks the component
+    is exit 2."""
+    try:
+        return riflex_k(req.riflex, req.video_length, cfg)
+    except ValueError as e:
+        raise UsageError("--riflex", f"on: {e}; use auto or off") from None
+
+
+def set_riflex(model: torch.nn.Module, k: int | None) -> None:
+    """Set `riflex_k` on the DiT inside `model`, which may be a wrapper (sequence parallelism) whose own attribute
+    the DiT would never read."""
+    for m in model.modules():
+        if isinstance(m, HYVideoDiT):
+            m.riflex_k = k
 
 
 def check_finite(x: torch.Tensor, i: int, req: SampleRequest, seed: int) -> None:
@@ -252,16 +276,17 @@ def step_cache(
     return cache
 
 
-def decode(vae: HYVideoVAE, latents: torch.Tensor) -> torch.Tensor:
-    """DiT latents (1, C, T, h, w) -> video (3, F, H, W) in [-1, 1], float32 on the CPU. A progress bar counts the
-    decoder passes (tiles / chunks) with an ETA, on the main process only, like the denoising loop's."""
+def decode(vae: HYVideoVAE, latents: torch.Tensor, drop: int = 0) -> torch.Tensor:
+    """DiT latents (1, C, T, h, w) -> video (3, F - drop, H, W) in [-1, 1], float32 on the CPU; `drop`: leading
+    decoded frames to leave out (4 for latent_concat image-to-video). A progress bar counts the decoder passes
+    (tiles / chunks) with an ETA, on the main process only, like the denoising loop's."""
     total = vae.decode_steps(latents.shape)
     with tqdm(total=total, desc="VAE decode", leave=False, disable=not dist_steps.is_main_process()) as bar:
 
         def progress(done: int, total: int) -> None:
             bar.update(done - bar.n)
 
-        return vae.decode_latents(latents, progress=progress).float().cpu()[0]
+        return vae.decode_latents(latents, progress=progress).float().cpu()[0, :, drop:]
 
 
 def load_decoder(req: SampleRequest, paths: ModelPaths, device: torch.device) -> HYVideoVAE:
@@ -352,8 +377,14 @@ def run(req: SampleRequest) -> list[Path]:
     if req.output.decode_latents is not None:
         device = torch.device(req.runtime.device)
         return [decode_only(req, device, timings)] if dist_steps.is_main_process() else []
-    paths = locate(req.dit.model_base, req.dit.dit_weight)
-    cfg = denoiser_config(req, paths)
+    if req.i2v_mode:
+        req = i2v.resolve(req)
+        paths = i2v.model_paths(req)
+        cfg = i2v.dit_config(denoiser_config(req, paths), req)
+    else:
+        paths = locate(req.dit.model_base, req.dit.dit_weight)
+        cfg = denoiser_config(req, paths)
+    riflex_applied = riflex_choice(req, cfg) is not None  # `on` that cannot apply fails now
     dist_steps.check_degrees(req, cfg)
     verify_vae(paths.vae)  # names and shapes only: a bad VAE must fail now, not after sampling
     runner = dist_steps.start(req)  # joins the torchrun job and sets this rank's device when there is one
@@ -361,7 +392,7 @@ def run(req: SampleRequest) -> list[Path]:
     latents = sample(runner, req, paths, cfg, timings)
     if not runner.is_main:
         return []  # the job ended with the last collective; rank 0 decodes and writes alone
-    return decode_and_write(req, paths, latents, runner.device, timings)
+    return decode_and_write(req, paths, latents, runner.device, timings, riflex_applied=riflex_applied)
 
 
 def dry_run(req: SampleRequest) -> list[str]:
@@ -419,12 +450,17 @@ def sample(
     )
     with timings.stage("text encode", device):
         cond, uncond = runner.encode(lambda: encode_text(req, paths, device))  # rank 0 encodes under torchrun
+    images: dict[int, i2v.ImageStart] = {}
+    if req.i2v_mode:
+        with timings.stage("image encode", device):
+            images = i2v.encode_image(req, paths, device, seeds(req))
+        release_memory()
     with timings.stage("load DiT", device):
         model = runner.wrap(load_denoiser(req, paths, device, cfg, runner.weight_reader(req)))
     all_latents = []
     for seed in seeds(req):
         with timings.stage(f"denoise seed {seed}", device):
-            all_latents.append(denoise(model, cond, uncond, req, seed, device, runner))
+            all_latents.append(denoise(model, cond, uncond, req, seed, device, runner, images.get(seed)))
     del model
     release_memory()
     runner.finish()
@@ -432,19 +468,33 @@ def sample(
 
 
 def decode_and_write(
-    req: SampleRequest, paths: ModelPaths, all_latents: list[torch.Tensor], device: torch.device, timings: Timings
+    req: SampleRequest,
+    paths: ModelPaths,
+    all_latents: list[torch.Tensor],
+    device: torch.device,
+    timings: Timings,
+    riflex_applied: bool | None = None,
 ) -> list[Path]:
-    """Decode each video's latents with the VAE (loaded once) and write it with its sidecar."""
+    """Decode each video's latents with the VAE (loaded once) and write it with its sidecar (`riflex_applied`:
+    whether the DiT ran with RIFLEx, for the record)."""
     with timings.stage("load VAE", device):
         vae = load_decoder(req, paths, device)
     when = datetime.now()
     written = []
+    drop = i2v.decoded_frames_dropped(req.i2v_condition) if req.i2v_mode else 0
     for seed, latents in zip(seeds(req), all_latents, strict=True):
         with timings.stage(f"decode seed {seed}", device):
-            video = decode(vae, latents)
+            video = decode(vae, latents, drop)
         with timings.stage(f"write seed {seed}", device):
             path = io.video_filename(req.save_dir, seed, req.prompt or "", when, req.name_suffix)
-            record = sidecar.build(req, seed, paths, timings=timings.seconds, peak_memory_mib=timings.peak_mib)
+            record = sidecar.build(
+                req,
+                seed,
+                paths,
+                timings=timings.seconds,
+                peak_memory_mib=timings.peak_mib,
+                riflex_applied=riflex_applied,
+            )
             written.append(write_video(req, path, latents, video, record))
     total = sum(timings.seconds.values())
     logger.info(f"done in {total:.1f} s; peak host RSS {peak_host_mb():.0f} MiB")
@@ -452,7 +502,9 @@ def decode_and_write(
 
 
 def _latents_meta(req: SampleRequest, seed: int) -> dict[str, object]:
+    drop = i2v.decoded_frames_dropped(req.i2v_condition) if req.i2v_mode else 0
     return {
+        "decoded_frames_dropped": drop,  # leading decoded frames the video leaves out (latent_concat: 4)
         "prompt": req.prompt,
         "seed": seed,
         "height": req.height,
@@ -479,8 +531,11 @@ def decode_only(req: SampleRequest, device: torch.device, timings: Timings) -> P
     paths = locate(req.model_base, req.dit_weight, need_text=False, need_dit=False)
     with timings.stage("load VAE", device):
         vae = load_decoder(req, paths, device)
+    drop = meta.get("decoded_frames_dropped", "0")
+    if not drop.isdigit():
+        raise UsageError("--decode-latents", f"{req.decode_latents}: bad decoded_frames_dropped {drop!r}")
     with timings.stage("decode", device):
-        video = decode(vae, latents.to(device))
+        video = decode(vae, latents.to(device), int(drop))
     name = Path(req.decode_latents).name.removesuffix(".latents.safetensors").removesuffix(".safetensors") + ".mp4"
     with timings.stage("write", device):
         record = sidecar.for_decoded(req, latents.shape, meta, timings.seconds, timings.peak_mib, paths.vae)

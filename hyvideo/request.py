@@ -26,6 +26,7 @@ from typing import Any, Literal
 import torch
 
 from hyvideo import hardware, io
+from hyvideo.checkpoints.layout import ModelKind, model_kind
 from hyvideo.choices import (
     ATTN_PACKAGES,
     COMPILE_MODES,
@@ -36,8 +37,9 @@ from hyvideo.choices import (
     SIZE_MULTIPLE,
 )
 from hyvideo.config import tile_problem
-from hyvideo.errors import UsageError
-from hyvideo.flags import build_parser, check_size
+from hyvideo.errors import CheckpointError, UsageError
+from hyvideo.flags import build_parser, check_size, given
+from hyvideo.image import SourceImage, i2v_bucket, load_image
 from hyvideo.lora import LoraSpec, check_lora_flags
 from hyvideo.parallel.group import env_world_size, launched_by_torchrun
 
@@ -76,7 +78,7 @@ def _flag_choices() -> dict[str, tuple[str, tuple[object, ...]]]:
 def _check_choices(f: Flags) -> None:
     """The parser's own choice check, for values that did not come through it (the Python API)."""
     for dest, (flag, allowed) in _flag_choices().items():
-        if f[dest] not in allowed:
+        if f[dest] not in allowed and not (f[dest] is None and flag_defaults()[dest] is None):  # None = unset
             raise UsageError(flag, f"invalid choice: {f[dest]!r} (choose from {', '.join(map(str, allowed))})")
 
 
@@ -303,6 +305,7 @@ class DiTOptions:
     latent_channels: int  # DiT/VAE latent channels; equals the VAE's (16)
     precision: Precision  # DiT compute dtype
     rope_theta: int  # RoPE base (256)
+    riflex: str  # --riflex: "auto" (long videos, when it lowers the frequency), "on" or "off" (modules.dit.riflex_k)
     use_fp8: bool  # block Linear weights stored as fp8 e4m3 (official _fp8.pt pair, or quantized while loading)
     fp8_compute: bool  # fp8 matmuls via torch._scaled_mm (needs use_fp8 and CUDA compute capability >= 8.9)
     loras: tuple[LoraSpec, ...]  # --lora PATH[:SCALE] in the order given (file keys already checked)
@@ -338,6 +341,7 @@ class DiTOptions:
             latent_channels=int(f["latent_channels"]),
             precision=f["precision"],
             rope_theta=rope_theta,
+            riflex=f["riflex"],
             use_fp8=bool(f["use_fp8"]),
             fp8_compute=bool(f["fp8_compute"]),
             loras=loras,
@@ -545,10 +549,131 @@ def _check_save_dir(save_dir: Path) -> None:
         raise UsageError("--save-path", f"{problem}; give a folder you can write to")
 
 
+@dataclass(frozen=True, kw_only=True)
+class ImageOptions:
+    """Image-to-video (`--i2v-mode`): the conditioning image and how it enters the DiT. Checked before the other
+    stages because some of their defaults follow the weights (`model_defaults`)."""
+
+    i2v_mode: bool  # image-to-video; every other field below is None/False/default without it
+    i2v_image: SourceImage | None  # the checked, decoded image (whole, RGB, EXIF applied), its path and sha256
+    i2v_resolution: str  # "720p", "540p" or "360p": the size bucket when --video-size is not given
+    i2v_condition: str | None  # the DiT's image condition: token_replace, latent_concat or concat (SkyReels-V1)
+    i2v_stability: bool  # start from 0.999 noise + 0.001 image latent
+    i2v_resize: str  # "crop" (keep the aspect, center crop) or "stretch" (diffusers)
+    i2v_size_given: bool  # --video-size given: the video has exactly that size (else the image's bucket)
+
+    @classmethod
+    def from_flags(cls, f: Flags) -> ImageOptions:
+        """Flags, weights (small JSON files only) and the image file, in that order; each problem is one line."""
+        if not f["i2v_mode"]:
+            _check_no_image_flags(f)
+            return cls(
+                i2v_mode=False,
+                i2v_image=None,
+                i2v_resolution=f["i2v_resolution"],
+                i2v_condition=None,
+                i2v_stability=False,
+                i2v_resize=f["i2v_resize"],
+                i2v_size_given=given(f["video_size"]),
+            )
+        for dest, why in (("prompt_file", "prompt files"), ("decode_latents", "decoding latents")):
+            if f[dest] is not None:
+                raise UsageError(_flag(dest), f"{why} with --i2v-mode: not supported yet; drop one of the two")
+        if f["i2v_image_path"] is None:
+            raise UsageError("--i2v-mode", "needs --i2v-image-path IMG (the first frame)")
+        if f["video_length"] == 1:  # the official I2V encoder refuses it too: the video would be the image
+            raise UsageError("--video-length", "1 frame with --i2v-mode would be the image itself; give 4n+1 >= 5")
+        kind = _i2v_kind(f)
+        condition = _i2v_condition(kind, f["i2v_condition_type"])
+        if f["i2v_stability"] and condition == "concat":
+            raise UsageError("--i2v-stability", "SkyReels-V1 weights start from pure noise; drop --i2v-stability")
+        return cls(
+            i2v_mode=True,
+            i2v_image=load_image(f["i2v_image_path"]),  # refuses missing, truncated, huge, ... files (one line)
+            i2v_resolution=f["i2v_resolution"],
+            i2v_condition=condition,
+            i2v_stability=bool(f["i2v_stability"]),
+            i2v_resize=f["i2v_resize"],
+            i2v_size_given=given(f["video_size"]),
+        )
+
+    def model_defaults(self, f: Flags) -> dict[str, Any]:
+        """`f` with the defaults that follow the weights, where the flag was not given: the video size from the
+        image's bucket; flow shift 17 (7 with --i2v-stability) for HunyuanVideo-I2V; SkyReels-V1's embedded guidance
+        1 and real CFG 6; --i2v-dit-weight as the DiT weights."""
+        if not self.i2v_mode:
+            return dict(f)
+        out = {**f, "dit_weight": f["i2v_dit_weight"] or f["dit_weight"]}
+        if not self.i2v_size_given:
+            image = self.i2v_image.image
+            out["video_size"] = list(i2v_bucket(self.i2v_resolution, image.height, image.width))
+        if self.i2v_condition == "concat":
+            out["embedded_cfg_scale"] = f["embedded_cfg_scale"] if given(f["embedded_cfg_scale"]) else 1.0
+            out["cfg_scale"] = f["cfg_scale"] if given(f["cfg_scale"]) else 6.0
+        elif not given(f["flow_shift"]):
+            out["flow_shift"] = 7.0 if self.i2v_stability else 17.0
+        return out
+
+
+_IMAGE_FLAGS = ("i2v_image_path", "i2v_condition_type", "i2v_stability", "i2v_dit_weight")
+
+
+def _check_no_image_flags(f: Flags) -> None:
+    """Without --i2v-mode: no image flag, and weights that can run text-to-video (when the folder says)."""
+    defaults = flag_defaults()
+    for dest in (*_IMAGE_FLAGS, "i2v_resolution", "i2v_resize"):
+        if f[dest] != defaults[dest]:
+            raise UsageError(_flag(dest), "needs --i2v-mode (image-to-video)")
+    if f["decode_latents"] is not None or not _exists(Path(f["model_base"])):
+        return
+    try:
+        kind = model_kind(f["model_base"])
+    except CheckpointError:
+        return  # the pipeline names the bad file when it locates the components
+    if kind.i2v and not kind.t2v:
+        raise UsageError(
+            "--model-base",
+            f"{f['model_base']} holds image-to-video weights ({kind.condition or 'HunyuanVideo-I2V'}); add "
+            "--i2v-mode --i2v-image-path IMG, or give text-to-video weights",
+        )
+
+
+def _i2v_kind(f: Flags) -> ModelKind:
+    """What --model-base holds; it must serve image-to-video. --i2v-dit-weight replaces --dit-weight."""
+    model_base, _ = _check_weights(f)
+    if f["i2v_dit_weight"] is not None:
+        if f["dit_weight"] is not None:
+            raise UsageError("--i2v-dit-weight", "replaces --dit-weight with --i2v-mode; give only one of the two")
+        if not _exists(Path(f["i2v_dit_weight"])):
+            raise UsageError("--i2v-dit-weight", f"{f['i2v_dit_weight']!s:.200} does not exist")
+    try:
+        kind = model_kind(model_base)
+    except CheckpointError as e:
+        raise UsageError("--model-base", str(e)) from None
+    if not kind.i2v:
+        raise UsageError(
+            "--i2v-mode",
+            f"--model-base {model_base} holds text-to-video weights; give image-to-video weights "
+            "(HunyuanVideo-I2V or SkyReels-V1) or drop --i2v-mode",
+        )
+    return kind
+
+
+def _i2v_condition(kind: ModelKind, flag: str | None) -> str:
+    """The condition the weights describe; the flag must agree (the released official tree describes none: then
+    the flag, default token_replace, and loading checks it against the weights' input width)."""
+    if kind.condition is None:
+        return flag or "token_replace"
+    if flag is not None and flag != kind.condition:
+        weights = "SkyReels-V1 (concat)" if kind.condition == "concat" else kind.condition
+        raise UsageError("--i2v-condition-type", f"{flag}, but the weights under --model-base are {weights}")
+    return kind.condition
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The request
 # ---------------------------------------------------------------------------------------------------------------
-STAGES = ("sampling", "text", "dit", "decode", "runtime", "parallel", "output")
+STAGES = ("sampling", "text", "dit", "decode", "runtime", "parallel", "output", "image")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -564,6 +689,7 @@ class SampleRequest:
     runtime: RuntimeOptions
     parallel: ParallelOptions
     output: OutputOptions
+    image: ImageOptions
 
     def __getattr__(self, name: str) -> Any:
         stage = _STAGE_OF.get(name)
@@ -590,6 +716,7 @@ _STAGE_CLASSES = (
     RuntimeOptions,
     ParallelOptions,
     OutputOptions,
+    ImageOptions,
 )
 _STAGE_OF: dict[str, str] = {
     field.name: stage for stage, cls in zip(STAGES, _STAGE_CLASSES, strict=True) for field in dataclasses.fields(cls)
@@ -605,6 +732,8 @@ def validate(flags: Namespace | Flags, notes: list[str] | None = None) -> Sample
     """
     f = {**flag_defaults(), **(vars(flags) if isinstance(flags, Namespace) else flags)}
     _check_choices(f)
+    image = ImageOptions.from_flags(f)
+    f = image.model_defaults(f)
     sampling_notes: list[str] = []
     sampling = SamplingOptions.from_flags(f, sampling_notes)
     text_notes: list[str] = []
@@ -626,7 +755,14 @@ def validate(flags: Namespace | Flags, notes: list[str] | None = None) -> Sample
     if notes is not None:
         notes += text_notes + sampling_notes
     return SampleRequest(
-        sampling=sampling, text=text, dit=dit, decode=decode, runtime=runtime, parallel=parallel, output=output
+        sampling=sampling,
+        text=text,
+        dit=dit,
+        decode=decode,
+        runtime=runtime,
+        parallel=parallel,
+        output=output,
+        image=image,
     )
 
 

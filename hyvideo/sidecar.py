@@ -136,6 +136,20 @@ def _runtime(req: SampleRequest) -> dict[str, object]:
     }
 
 
+def _image(req: SampleRequest) -> dict[str, object] | None:
+    """Image-to-video: the image file and how it conditioned the video; None for text-to-video."""
+    if not req.i2v_mode:
+        return None
+    return {
+        "image": str(req.i2v_image.path.resolve()),
+        "image_sha256": req.i2v_image.sha256,
+        "condition_type": req.i2v_condition,
+        "stability": req.i2v_stability,
+        "resize": req.i2v_resize,
+        "resolution": None if req.i2v_size_given else req.i2v_resolution,
+    }
+
+
 def build(
     req: SampleRequest,
     seed: int,
@@ -144,9 +158,11 @@ def build(
     timings: Mapping[str, float] | None = None,
     peak_memory_mib: Mapping[str, float] | None = None,
     extra: Mapping[str, object] | None = None,
+    riflex_applied: bool | None = None,
 ) -> dict[str, object]:
     """The sidecar record of one video made from `req` with `seed` (`paths`: the components used; None for a
-    decode-only run, which records the VAE folder under `extra`)."""
+    decode-only run, which records the VAE folder under `extra`; `riflex_applied`: whether the DiT ran with RIFLEx,
+    None when the caller did not say)."""
     record: dict[str, object] = {
         "schema": SCHEMA,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -167,6 +183,8 @@ def build(
             "flow_reverse": req.flow_reverse,
             "noise": req.noise,
         },
+        "riflex": {"mode": req.riflex, "applied": riflex_applied},
+        "i2v": _image(req),
         "model": _models(req, paths),
         "loras": [
             {"path": str(s.path.resolve()), "scale": s.scale, "fingerprint": fingerprint(s.path.resolve())}

@@ -3,7 +3,6 @@ axis set to 0.9 * 2*pi / latent frames), the --riflex policy, and the tiny DiT f
 
 from __future__ import annotations
 
-import functools
 import math
 
 import numpy as np
@@ -12,6 +11,7 @@ import torch
 
 import hyvideo.modules.dit as dit_module
 from hyvideo.config import DiTConfig
+from hyvideo.modules.dit import riflex_k
 from hyvideo.modules.embeddings import (
     RIFLEX_K,
     TRAINED_FRAMES,
@@ -20,6 +20,7 @@ from hyvideo.modules.embeddings import (
     rope_freqs,
     rope_table,
 )
+from hyvideo.pipeline import set_riflex
 from hyvideo.tiny import random_dit
 
 AXES, THETA = (16, 56, 56), 256.0  # the release's RoPE split and base
@@ -114,12 +115,11 @@ CFG = DiTConfig(hidden_size=64, heads=2, depth_double=1, depth_single=1, depth_r
 
 
 def forward(monkeypatch, video_length: int, mode: str, table_fn=None) -> torch.Tensor:
-    """One DiT forward for a video of video_length frames; the RoPE table chosen as the wiring will choose it: with
-    riflex_k = RIFLEX_K when `riflex_applies(mode, video_length)` (or built by table_fn, a stand-in)."""
-    riflex_k = RIFLEX_K if riflex_applies(mode, video_length) else None
-    build = table_fn or functools.partial(rope_table, riflex_k=riflex_k)
-    monkeypatch.setattr(dit_module, "rope_table", build)
+    """One DiT forward for a video of video_length frames, with the DiT's RIFLEx choice set as the pipeline sets it
+    (`riflex_k(mode, video_length, cfg)`); table_fn: a stand-in for the RoPE table builder."""
+    monkeypatch.setattr(dit_module, "rope_table", table_fn or rope_table)
     model = random_dit(CFG, seed=7)
+    model.riflex_k = riflex_k(mode, video_length, CFG)
     g = torch.Generator().manual_seed(0)
     T = latent_frames(video_length)
     x = torch.randn(1, 16, T, 4, 4, generator=g)
@@ -138,14 +138,51 @@ def test_dit_with_riflex_sees_only_the_temporal_component_k(monkeypatch):
     n = 261  # 66 latent frames
     ours = forward(monkeypatch, n, "auto")
 
-    def published(grid, axes, theta, device=None):
+    def published(grid, axes, theta, device=None, riflex_k=None):
         return published_riflex_table(grid, axes, theta, RIFLEX_K).to(device)
 
     assert torch.equal(ours, forward(monkeypatch, n, "off", table_fn=published))
     plain = forward(monkeypatch, n, "off")
     assert not torch.allclose(ours, plain, atol=1e-4)  # and that one frequency does matter
 
-    def other_k(grid, axes, theta, device=None):  # the same length rule on a neighbouring pair is another output
+    # the same length rule on a neighbouring pair is another output
+    def other_k(grid, axes, theta, device=None, riflex_k=None):
         return published_riflex_table(grid, axes, theta, RIFLEX_K + 1).to(device)
 
     assert not torch.allclose(ours, forward(monkeypatch, n, "off", table_fn=other_k), atol=1e-4)
+
+
+def test_auto_only_where_the_rule_lowers_the_frequency():
+    """From 133 to 177 frames (34..45 latent frames) 0.9 * 2 pi / L is above pair 4's 1/8: the rule would shorten its
+    period, so auto leaves the table alone; from 181 frames (46 latent frames) on it lowers it."""
+    cfg = DiTConfig()  # the release's (16, 56, 56) axes, base 256
+    assert rope_freqs(16, 256.0)[RIFLEX_K - 1].item() == 0.125
+    for n in range(133, 178, 4):
+        assert riflex_applies("auto", n) and riflex_k("auto", n, cfg) is None, n
+        assert 0.9 * 2 * math.pi / latent_frames(n) > 0.125
+    for n in (181, 201, 261, 513):
+        assert riflex_k("auto", n, cfg) == RIFLEX_K, n
+    assert riflex_k("auto", 129, cfg) is None and riflex_k("off", 261, cfg) is None
+    assert riflex_k("on", 5, cfg) == RIFLEX_K
+
+
+def test_on_needs_the_component():
+    tiny = DiTConfig(hidden_size=64, heads=2, depth_double=1, depth_single=1, depth_refiner=1, rope_axes=(4, 14, 14))
+    with pytest.raises(ValueError, match="2 frequency pair"):
+        riflex_k("on", 261, tiny)
+    assert riflex_k("auto", 261, tiny) is None  # auto never applies what the DiT cannot take
+
+
+def test_the_pipeline_sets_the_dit_inside_a_wrapper():
+    """Under sequence parallelism the pipeline holds a wrapper module; the choice must reach the DiT it wraps."""
+
+    class Wrapper(torch.nn.Module):
+        def __init__(self, dit):
+            super().__init__()
+            self.dit = dit
+
+    dit = random_dit(CFG, seed=1)
+    set_riflex(Wrapper(dit), RIFLEX_K)
+    assert dit.riflex_k == RIFLEX_K
+    set_riflex(dit, None)
+    assert dit.riflex_k is None

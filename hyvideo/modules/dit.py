@@ -29,7 +29,17 @@ from torch import nn
 
 from hyvideo.config import DiTConfig
 from hyvideo.modules.attention import KeyMask, attention
-from hyvideo.modules.embeddings import MLPEmbedder, PatchEmbed, TimestepEmbedder, apply_rope, rope_table
+from hyvideo.modules.embeddings import (
+    RIFLEX_K,
+    RIFLEX_MARGIN,
+    MLPEmbedder,
+    PatchEmbed,
+    TimestepEmbedder,
+    apply_rope,
+    riflex_applies,
+    rope_freqs,
+    rope_table,
+)
 from hyvideo.modules.layers import MLP, Modulation, RMSNorm, layer_norm, modulate
 from hyvideo.modules.token_refiner import TokenRefiner
 
@@ -192,14 +202,17 @@ class HYVideoDiT(nn.Module):
         self.single_blocks = nn.ModuleList([SingleStreamBlock(cfg) for _ in range(cfg.depth_single)])
         self.final_layer = FinalLayer(cfg)
         self.attn_backend = "auto"
+        self.riflex_k: int | None = None  # RIFLEx: the temporal RoPE component lowered for long videos (`riflex_k`)
         self._rope_cache: dict[tuple, torch.Tensor] = {}
         self._layouts: dict[int, tuple[torch.Tensor, TextLayout | None]] = {}  # id(mask) -> (mask, its layout)
 
     def rope(self, grid: tuple[int, int, int], device: torch.device) -> torch.Tensor:
-        """RoPE table for a token grid, cached per (grid, device): shape-only work is never redone per step."""
-        key = (grid, str(device))
+        """RoPE table for a token grid, cached per (grid, device, RIFLEx choice): shape-only work is never redone per
+        step."""
+        key = (grid, str(device), self.riflex_k)
         if key not in self._rope_cache:
-            self._rope_cache[key] = rope_table(grid, self.cfg.rope_axes, self.cfg.rope_theta, device)
+            table = rope_table(grid, self.cfg.rope_axes, self.cfg.rope_theta, device, riflex_k=self.riflex_k)
+            self._rope_cache[key] = table
         return self._rope_cache[key]
 
     def text_layout(self, mask: torch.Tensor | None) -> TextLayout | None:
@@ -316,6 +329,27 @@ class HYVideoDiT(nn.Module):
         for i, block in enumerate(self.single_blocks):
             h = block(h, vec, ctx, keep=Li if i == last else None)
         return h[:, :Li]
+
+
+def riflex_k(mode: str, video_length: int, cfg: DiTConfig) -> int | None:
+    """The temporal RoPE component RIFLEx lowers for a video of `video_length` frames, or None (`--riflex`).
+
+    off: None. on: RIFLEX_K, which the temporal axis must have (ValueError otherwise). auto: RIFLEX_K when the video is
+    longer than the trained 129 frames AND the rule lowers that component's frequency; from 133 to 177 frames
+    0.9 * 2 pi / L is above the original 1/8 (L latent frames), so the rule would shorten the period it means to
+    lengthen, and auto leaves the table alone."""
+    if mode == "on":
+        pairs = cfg.rope_axes[0] // 2
+        if pairs < RIFLEX_K:
+            raise ValueError(f"the DiT's temporal RoPE has {pairs} frequency pair(s); RIFLEx lowers pair {RIFLEX_K}")
+        return RIFLEX_K
+    if not riflex_applies(mode, video_length):
+        return None
+    latent_frames = ((video_length - 1) // 4 + 1) // cfg.patch_size[0]  # temporal token positions
+    if cfg.rope_axes[0] // 2 < RIFLEX_K:
+        return None
+    original = float(rope_freqs(cfg.rope_axes[0], cfg.rope_theta)[RIFLEX_K - 1])
+    return RIFLEX_K if RIFLEX_MARGIN * 2 * math.pi / latent_frames < original else None
 
 
 def linear_of_cat(linear: nn.Module, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hyvideo.choices import RIFLEX_MODES
+
 FREQ_DIM = 256  # width of the timestep / guidance sinusoid
 
 
@@ -72,7 +74,6 @@ class PatchEmbed(nn.Module):
 RIFLEX_K = 4
 RIFLEX_MARGIN = 0.9  # one period = length / 0.9: the video stays within 90 % of a turn
 TRAINED_FRAMES = 129  # video frames the released model was trained on (33 latent frames)
-RIFLEX_MODES = ("auto", "on", "off")
 
 
 def rope_freqs(d: int, theta: float, device=None) -> torch.Tensor:

@@ -9,7 +9,7 @@ import importlib
 import sys
 import time
 
-BENCHMARKS = ["bench_load", "bench_vae", "bench_pipeline", "bench_parallel", "bench_memory", "bench_batch"]
+BENCHMARKS = ["bench_load", "bench_vae", "bench_pipeline", "bench_i2v", "bench_parallel", "bench_memory", "bench_batch"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+# block_out_channels, resnets per block, norm groups of the benchmarks' mid-size VAE
+MID_VAE_LAYOUT = ((32, 64, 64, 64), 2, 32)
 
 
 def add_dit_size_args(ap: argparse.ArgumentParser, double: int = 6, single: int = 12) -> None:
@@ -11,3 +15,16 @@ def add_dit_size_args(ap: argparse.ArgumentParser, double: int = 6, single: int 
     ap.add_argument("--heads", type=int, default=16)
     ap.add_argument("--double", type=int, default=double)
     ap.add_argument("--single", type=int, default=single)
+
+
+def write_mid_vae(vae_dir: Path, seed: int) -> Path:
+    """The mid-size random VAE (MID_VAE_LAYOUT), fp32, in the diffusers layout."""
+    # start-up: torch and the model code load only for the benchmarks that write a model
+    import torch
+
+    from hyvideo.checkpoints.vae import random_vae, save_vae_diffusers
+    from hyvideo.modules.vae import VAEConfig
+
+    channels, layers, groups = MID_VAE_LAYOUT
+    cfg = VAEConfig(block_out_channels=channels, layers_per_block=layers, norm_num_groups=groups)
+    return save_vae_diffusers(random_vae(cfg, seed, torch.float32), cfg, vae_dir)

@@ -40,7 +40,7 @@ from hyvideo.config import tile_problem
 from hyvideo.errors import CheckpointError, UsageError
 from hyvideo.flags import build_parser, check_size, given
 from hyvideo.image import SourceImage, i2v_bucket, load_image
-from hyvideo.lora import LoraSpec, check_lora_flags
+from hyvideo.lora import LoraSpec, check_lora_specs, parse_lora_flag
 from hyvideo.parallel.group import env_world_size, launched_by_torchrun
 
 __all__ = ["SUPPORTED_VALUES_ONLY", "SampleRequest", "UsageError", "flag_defaults", "for_prompt", "validate"]
@@ -325,7 +325,7 @@ class DiTOptions:
         if not f["load_key"].strip():
             raise UsageError("--load-key", "must not be empty (e.g. module or ema)")
         model_base, dit_weight = _check_weights(f, must_exist=not runtime.dry_run)
-        loras = check_lora_flags(f["lora"]) if f["lora"] else ()  # reads only the files' headers
+        loras = _lora_specs(f)  # reads only the files' headers
         _check_attn_backend(f["attn_backend"], runtime.device)
         teacache_thresh = _float(f, "teacache_thresh", 0.0, what=" (0 turns step caching off)")
         compile_mode = _check_compile_mode(f["compile_mode"], runtime.device, runtime.offload)
@@ -351,6 +351,22 @@ class DiTOptions:
             compile=bool(f["compile"]) or compile_mode != "default",
             compile_mode=compile_mode,
         )
+
+
+def _lora_specs(f: Flags) -> tuple[LoraSpec, ...]:
+    """--lora PATH[:SCALE] values, then the official `--use-lora --lora-path P --lora-scale S` as one more entry."""
+    official: tuple[LoraSpec, ...] = ()
+    if f["use_lora"]:
+        if not f["lora_path"]:
+            raise UsageError("--use-lora", "needs --lora-path PATH (a LoRA .safetensors file)")
+        if not math.isfinite(scale := float(f["lora_scale"])):
+            raise UsageError("--lora-scale", f"must be a finite number, got {scale}")
+        official = (LoraSpec(Path(f["lora_path"]), scale, flag="--lora-path"),)
+    elif f["lora_path"]:
+        raise UsageError("--lora-path", "needs --use-lora (official flags), or give it as --lora PATH[:SCALE]")
+    elif f["lora_scale"] != 1.0:
+        raise UsageError("--lora-scale", "needs --use-lora --lora-path PATH; for --lora use PATH:SCALE")
+    return check_lora_specs([*(parse_lora_flag(v) for v in f["lora"] or ()), *official])
 
 
 def _check_weights(f: Flags, must_exist: bool = True) -> tuple[Path, Path | None]:

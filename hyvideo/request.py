@@ -32,6 +32,7 @@ from hyvideo.choices import (
     COMPILE_MODES,
     CUDA_GRAPH_COMPILE_MODES,
     DEFAULT_NEGATIVE_PROMPT,
+    I2V_RESIZE_MODES,
     RANDOM_SEED_MAX,
     SEED_MAX,
     SIZE_MULTIPLE,
@@ -592,10 +593,9 @@ class ImageOptions:
                 i2v_resize=f["i2v_resize"],
                 i2v_size_given=given(f["video_size"]),
             )
-        for dest, why in (("prompt_file", "prompt files"), ("decode_latents", "decoding latents")):
-            if f[dest] is not None:
-                raise UsageError(_flag(dest), f"{why} with --i2v-mode: not supported yet; drop one of the two")
-        if f["i2v_image_path"] is None:
+        if f["decode_latents"] is not None:
+            raise UsageError("--decode-latents", "decoding latents with --i2v-mode: not supported yet; drop one")
+        if f["i2v_image_path"] is None and f["prompt_file"] is None:  # a prompt file's lines may bring theirs
             raise UsageError("--i2v-mode", "needs --i2v-image-path IMG (the first frame)")
         if f["video_length"] == 1:  # the official I2V encoder refuses it too: the video would be the image
             raise UsageError("--video-length", "1 frame with --i2v-mode would be the image itself; give 4n+1 >= 5")
@@ -603,11 +603,30 @@ class ImageOptions:
         condition = _i2v_condition(kind, f["i2v_condition_type"])
         if f["i2v_stability"] and condition == "concat":
             raise UsageError("--i2v-stability", "SkyReels-V1 weights start from pure noise; drop --i2v-stability")
+        path = f["i2v_image_path"]
         return cls(
             i2v_mode=True,
-            i2v_image=load_image(f["i2v_image_path"]),  # refuses missing, truncated, huge, ... files (one line)
+            i2v_image=load_image(path) if path is not None else None,  # refuses missing, truncated, ... (one line)
             i2v_resolution=f["i2v_resolution"],
             i2v_condition=condition,
+            i2v_stability=bool(f["i2v_stability"]),
+            i2v_resize=f["i2v_resize"],
+            i2v_size_given=given(f["video_size"]),
+        )
+
+    def for_prompt(self, f: Flags, image: SourceImage | None) -> ImageOptions:
+        """This run's options for one prompt of a prompt file or the Python API: its own image (None: the run's),
+        stability, resize and size (the condition and the weights are the run's, checked once)."""
+        image = image or self.i2v_image
+        if image is None:
+            raise UsageError("--i2v-image-path", "no image for this prompt; give one (or --i2v-image-path IMG)")
+        if f["video_length"] == 1:
+            raise UsageError("--video-length", "1 frame with --i2v-mode would be the image itself; give 4n+1 >= 5")
+        if f["i2v_stability"] and self.i2v_condition == "concat":
+            raise UsageError("--i2v-stability", "SkyReels-V1 weights start from pure noise; drop --i2v-stability")
+        return dataclasses.replace(
+            self,
+            i2v_image=image,
             i2v_stability=bool(f["i2v_stability"]),
             i2v_resize=f["i2v_resize"],
             i2v_size_given=given(f["video_size"]),
@@ -620,7 +639,7 @@ class ImageOptions:
         if not self.i2v_mode:
             return dict(f)
         out = {**f, "dit_weight": f["i2v_dit_weight"] or f["dit_weight"]}
-        if not self.i2v_size_given:
+        if not self.i2v_size_given and self.i2v_image is not None:  # None: a prompt file's lines bring the images
             image = self.i2v_image.image
             out["video_size"] = list(i2v_bucket(self.i2v_resolution, image.height, image.width))
         if self.i2v_condition == "concat":
@@ -815,11 +834,19 @@ def _check_unsupported(f: Flags) -> None:
             raise UsageError(flag, f"{value} is not supported yet (supported: {ok})")
 
 
-def for_prompt(base: SampleRequest, flags: Flags) -> SampleRequest:
+def for_prompt(base: SampleRequest, flags: Flags, image: SourceImage | None = None) -> SampleRequest:
     """`base` (a validated request) for another prompt: its sampling and text stages built again from `flags` (the
     command line's values with the prompt's own put in), checked exactly as `validate` checks them; the other stages
-    were checked once. Used by prompt-file entries and the Python API's `generate`."""
+    were checked once. With --i2v-mode also the image stage: `image` (decoded and checked by the caller; None: the
+    run's --i2v-image-path), and the defaults that follow it (size bucket, flow shift). Used by prompt-file entries
+    and the Python API's `generate`."""
     f = {**flag_defaults(), **flags}
+    stage = base.image
+    if base.i2v_mode:
+        if f["i2v_resize"] not in I2V_RESIZE_MODES:
+            raise UsageError("--i2v-resize", f"{f['i2v_resize']!r}: choose from {', '.join(I2V_RESIZE_MODES)}")
+        stage = base.image.for_prompt(f, image)
+        f = stage.model_defaults(f)
     sampling = SamplingOptions.from_flags(f, [])
     text = TextOptions.from_flags(f, sampling.cfg_scale, [])
-    return dataclasses.replace(base, sampling=sampling, text=text)
+    return dataclasses.replace(base, sampling=sampling, text=text, image=stage)

@@ -220,7 +220,6 @@ def bad_cases(models: dict[str, Path], image: Path, tmp_path: Path) -> list[tupl
         ),
         ([*i2v, "--video-length", "1"], "--video-length: 1 frame with --i2v-mode"),
         ([*i2v, "--prompt", "an <image> of a cat"], "--prompt: a prompt may not contain '<image>'"),
-        ([*i2v, "--prompt-file", str(image)], "--prompt-file: prompt files with --i2v-mode"),
         ([*i2v, "--i2v-dit-weight", str(tmp_path / "none.pt")], "--i2v-dit-weight: "),
         (["--model-base", str(models["t2v"]), "--riflex", "on"], "--riflex: on: the DiT's temporal RoPE has 2"),
         ([*i2v, "--use-lora"], "--use-lora: needs --lora-path"),

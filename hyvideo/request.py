@@ -33,6 +33,7 @@ from hyvideo.choices import (
     CUDA_GRAPH_COMPILE_MODES,
     DEFAULT_NEGATIVE_PROMPT,
     I2V_RESIZE_MODES,
+    I2V_RESOLUTIONS,
     RANDOM_SEED_MAX,
     SEED_MAX,
     SIZE_MULTIPLE,
@@ -580,8 +581,9 @@ class ImageOptions:
     i2v_size_given: bool  # --video-size given: the video has exactly that size (else the image's bucket)
 
     @classmethod
-    def from_flags(cls, f: Flags) -> ImageOptions:
-        """Flags, weights (small JSON files only) and the image file, in that order; each problem is one line."""
+    def from_flags(cls, f: Flags, image_later: bool = False) -> ImageOptions:
+        """Flags, weights (small JSON files only) and the image file, in that order; each problem is one line.
+        `image_later`: the images come with each prompt (the Python API), --i2v-image-path is optional."""
         if not f["i2v_mode"]:
             _check_no_image_flags(f)
             return cls(
@@ -595,7 +597,7 @@ class ImageOptions:
             )
         if f["decode_latents"] is not None:
             raise UsageError("--decode-latents", "decoding latents with --i2v-mode: not supported yet; drop one")
-        if f["i2v_image_path"] is None and f["prompt_file"] is None:  # a prompt file's lines may bring theirs
+        if f["i2v_image_path"] is None and f["prompt_file"] is None and not image_later:  # lines may bring theirs
             raise UsageError("--i2v-mode", "needs --i2v-image-path IMG (the first frame)")
         if f["video_length"] == 1:  # the official I2V encoder refuses it too: the video would be the image
             raise UsageError("--video-length", "1 frame with --i2v-mode would be the image itself; give 4n+1 >= 5")
@@ -629,6 +631,7 @@ class ImageOptions:
             i2v_image=image,
             i2v_stability=bool(f["i2v_stability"]),
             i2v_resize=f["i2v_resize"],
+            i2v_resolution=f["i2v_resolution"],
             i2v_size_given=given(f["video_size"]),
         )
 
@@ -758,16 +761,17 @@ _STAGE_OF: dict[str, str] = {
 }
 
 
-def validate(flags: Namespace | Flags, notes: list[str] | None = None) -> SampleRequest:
+def validate(flags: Namespace | Flags, notes: list[str] | None = None, *, image_later: bool = False) -> SampleRequest:
     """Check flag values and resolve them into a `SampleRequest`; raise `UsageError` on the first problem.
 
     `flags`: the parser's Namespace, or values by dest (missing ones take their defaults). Notes about resolved
     values (rounding, the seed drawn) are appended to `notes` for the caller to show once everything is valid.
     A prompt file is only checked for conflicts here; `hyvideo.prompt_file.expand` turns it into requests.
+    `image_later`: with --i2v-mode, each prompt brings its image (`for_prompt`); the Python API's construction.
     """
     f = {**flag_defaults(), **(vars(flags) if isinstance(flags, Namespace) else flags)}
     _check_choices(f)
-    image = ImageOptions.from_flags(f)
+    image = ImageOptions.from_flags(f, image_later)
     f = image.model_defaults(f)
     sampling_notes: list[str] = []
     sampling = SamplingOptions.from_flags(f, sampling_notes)
@@ -843,8 +847,9 @@ def for_prompt(base: SampleRequest, flags: Flags, image: SourceImage | None = No
     f = {**flag_defaults(), **flags}
     stage = base.image
     if base.i2v_mode:
-        if f["i2v_resize"] not in I2V_RESIZE_MODES:
-            raise UsageError("--i2v-resize", f"{f['i2v_resize']!r}: choose from {', '.join(I2V_RESIZE_MODES)}")
+        for dest, allowed in (("i2v_resize", I2V_RESIZE_MODES), ("i2v_resolution", I2V_RESOLUTIONS)):
+            if f[dest] not in allowed:
+                raise UsageError(_flag(dest), f"{f[dest]!r}: choose from {', '.join(allowed)}")
         stage = base.image.for_prompt(f, image)
         f = stage.model_defaults(f)
     sampling = SamplingOptions.from_flags(f, [])

@@ -28,9 +28,11 @@ import torch
 import torch.distributed as dist
 from loguru import logger
 
-from hyvideo import hardware, io, pipeline, sidecar
+from hyvideo import hardware, i2v, io, pipeline, sidecar
 from hyvideo.checkpoints.layout import ModelPaths, locate
 from hyvideo.checkpoints.verify import verify_vae
+from hyvideo.config import DiTConfig
+from hyvideo.errors import UsageError
 from hyvideo.memory import (
     ModelSizes,
     check_fits,
@@ -40,6 +42,7 @@ from hyvideo.memory import (
     model_sizes,
     plan_from_request,
 )
+from hyvideo.modules.llava_encoder import I2VTextEncoders
 from hyvideo.modules.text_encoders import TextEmbeddings, TextEncoders
 from hyvideo.parallel.group import launched_by_torchrun
 from hyvideo.parallel.steps import Embeddings
@@ -121,6 +124,11 @@ def recorded_seed(req: SampleRequest, line: int) -> int | None:
 
 def plan(item: BatchItem) -> Job:
     req = item.request
+    if req.i2v_mode:  # the prompt checks and negative-prompt default of a single image-to-video run
+        try:
+            req = i2v.resolve(req)
+        except UsageError as e:
+            raise UsageError("--prompt-file", f"{req.output.prompt_file} line {item.line}: {e}") from None
     if item.seed_is_random and (seed := recorded_seed(req, item.line)) is not None:
         req = req.replace(seed=seed)
     outputs = [(req.seed + k, output_path(req, item.line, req.seed + k)) for k in range(req.num_videos)]
@@ -221,38 +229,71 @@ def _one_line(e: BaseException) -> str:
 def _encode(
     req: SampleRequest, paths: ModelPaths, todo: list[Job], device: torch.device, failed: list[ItemResult], where: Ranks
 ) -> dict[int, Embeddings]:
-    """Embeddings on the CPU per entry line, the encoders loaded once and freed; entries that fail are recorded."""
-    encoders = TextEncoders(pipeline.text_config(req, paths), device)
+    """Embeddings on the CPU per entry line, the encoders loaded once and freed; entries that fail are recorded.
+    HunyuanVideo-I2V encodes each entry's prompt with its image through the LLaVA (no cache: the image differs)."""
+    llava = req.i2v_mode and i2v.uses_llava(req)
+    encoders = I2VTextEncoders(i2v.llava_config(req, paths), device) if llava else None
+    text_encoders = None if llava else TextEncoders(pipeline.text_config(req, paths), device)
     cache: dict[tuple[str, int], TextEmbeddings] = {}  # (text, 1-frame or video template) -> embeddings
 
     def encode(text: str, frames: int) -> TextEmbeddings:
         key = (text, min(frames, 2))
         if key not in cache:
-            cache[key] = encoders.encode([text], frames).to("cpu")
+            cache[key] = text_encoders.encode([text], frames).to("cpu")
         return cache[key]
+
+    def encode_job(r: SampleRequest) -> Embeddings:
+        if encoders is not None:
+            cond, uncond = i2v.encode_with(encoders, r)
+            return cond.to("cpu"), None if uncond is None else uncond.to("cpu")
+        cond = encode(r.prompt or "", r.video_length)
+        return cond, encode(r.neg_prompt, r.video_length) if r.cfg_scale > 1 and r.neg_prompt else None
 
     out: dict[int, Embeddings] = {}
     try:
         for job in todo:
-            r = job.request
             try:
-                cond = encode(r.prompt or "", r.video_length)
-                uncond = encode(r.neg_prompt, r.video_length) if r.cfg_scale > 1 and r.neg_prompt else None
-                out[job.item.line] = (cond, uncond)
+                out[job.item.line] = encode_job(job.request)
             except Exception as e:
                 logger.error(f"line {job.item.line}: text encoding failed: {_one_line(e)}")
                 failed.append(_result(job, "failed", where, error=f"text encoding: {_one_line(e)}"))
     finally:
-        encoders.free()
+        (encoders or text_encoders).free()
     return out
+
+
+def _encode_images(
+    req: SampleRequest, paths: ModelPaths, todo: list[Job], device: torch.device, failed: list[ItemResult], where: Ranks
+) -> dict[int, dict[int, i2v.ImageStart]]:
+    """Image-to-video: each entry's image starts by seed (CPU), the VAE encoder loaded once and freed."""
+    vae = i2v.load_encoder(req, paths, device)
+    out: dict[int, dict[int, i2v.ImageStart]] = {}
+    try:
+        for job in todo:
+            try:
+                out[job.item.line] = i2v.encode_image(job.request, paths, device, [s for _, s, _ in job.pending], vae)
+            except Exception as e:
+                logger.error(f"line {job.item.line}: image encoding failed: {_one_line(e)}")
+                failed.append(_result(job, "failed", where, error=f"image encoding: {_one_line(e)}"))
+    finally:
+        del vae
+    return out
+
+
+def _models(req: SampleRequest) -> tuple[ModelPaths, DiTConfig]:
+    """The components and the DiT config, as a single run of the same request finds them."""
+    if req.i2v_mode:
+        paths = i2v.model_paths(req)
+        return paths, i2v.dit_config(pipeline.denoiser_config(req, paths), req)
+    paths = locate(req.model_base, req.dit_weight)
+    return paths, pipeline.denoiser_config(req, paths)
 
 
 def _generate(req: SampleRequest, todo: list[Job], device: torch.device, where: Ranks) -> list[ItemResult]:
     """The pending jobs: memory checked per entry, then text encoders, DiT and VAE loaded once for all of them."""
     results: list[ItemResult] = []
-    paths = locate(req.model_base, req.dit_weight)
+    paths, cfg = _models(req)  # the same model for every entry
     verify_vae(paths.vae)  # names and shapes only: a bad VAE must fail before hours of sampling
-    cfg = pipeline.denoiser_config(req, paths)  # the same model for every entry
     todo = _fitting(
         todo, model_sizes(cfg, paths), device, where, results
     )  # entries that cannot fit fail now, before any loading
@@ -262,6 +303,12 @@ def _generate(req: SampleRequest, todo: list[Job], device: torch.device, where: 
     with load.stage("text encode", device):
         embeddings = _encode(req, paths, todo, device, results, where)
     todo = [job for job in todo if job.item.line in embeddings]
+    images: dict[int, dict[int, i2v.ImageStart]] = {}
+    if req.i2v_mode:
+        with load.stage("image encode", device):
+            images = _encode_images(req, paths, todo, device, results, where)
+        todo = [job for job in todo if job.item.line in images]
+        pipeline.release_memory()
     if not todo:
         return results
     with load.stage("load DiT", device):
@@ -274,10 +321,13 @@ def _generate(req: SampleRequest, todo: list[Job], device: torch.device, where: 
         t0 = time.perf_counter()
         written = [p.name for _, p in job.outputs if is_finished(p)]
         cond, uncond = embeddings.pop(line)
+        starts = images.pop(line, {})
         try:
             for k, seed, path in job.pending:
                 timings = pipeline.Timings({})
-                latents, video = pipeline.generate_one(model, vae, cond, uncond, r, seed, device, timings)
+                latents, video = pipeline.generate_one(
+                    model, vae, cond, uncond, r, seed, device, timings, starts.get(seed)
+                )
                 record = sidecar.build(
                     r,
                     seed,

@@ -224,6 +224,11 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
         help="DiT LoRA (.safetensors, diffusers or kohya names); repeatable; SCALE defaults to 1",
     )
     g.add_argument("--lora-mode", default="merge", choices=LORA_MODES, help="merge LoRAs into the weights or wrap")
+    # the official image-to-video tool's LoRA flags: one more entry in the same LoRA list as --lora PATH:SCALE
+    g.add_argument("--use-lora", action="store_true", help="apply --lora-path (official I2V flag; same as --lora)")
+    g.add_argument("--lora-path", default=None, metavar="PATH", help="LoRA .safetensors for --use-lora")
+    g.add_argument("--lora-scale", type=float, default=1.0, help="scale of --lora-path (kohya alpha of "
+                   "Hunyuan_video_I2V_lora files ignored, as the official tool does)")  # fmt: skip
 
 
 def _text_flags(p: argparse.ArgumentParser) -> None:

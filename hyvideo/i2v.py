@@ -115,13 +115,10 @@ def dit_config(cfg: DiTConfig, req: SampleRequest) -> DiTConfig:
     return with_image_condition(cfg, req.i2v_condition) if cfg.image_condition == "none" else cfg
 
 
-def encode_prompts(
-    req: SampleRequest, paths: ModelPaths, device: torch.device
-) -> tuple[TextEmbeddings, TextEmbeddings | None]:
-    """(prompt with the whole image, negative prompt with a black image or None) through the LLaVA and CLIP-L; the
-    encoders are freed before returning."""
+def llava_config(req: SampleRequest, paths: ModelPaths) -> LlavaEncoderConfig:
+    """The LLaVA + CLIP-L encoders of HunyuanVideo-I2V for the request's condition and text settings."""
     text = req.text
-    config = LlavaEncoderConfig(
+    return LlavaEncoderConfig(
         llava_path=paths.text_encoder,
         clip_path=paths.text_encoder_2,
         tokenizer_path=paths.tokenizer,
@@ -135,13 +132,24 @@ def encode_prompts(
         precision=text.text_encoder_precision,
         precision_2=text.text_encoder_precision_2,
     )
-    encoders = I2VTextEncoders(config, device)
+
+
+def encode_with(encoders: I2VTextEncoders, req: SampleRequest) -> tuple[TextEmbeddings, TextEmbeddings | None]:
+    """(prompt with the request's whole image, negative prompt with a black image of the video size or None)."""
+    cond = encoders.encode(req.prompt, req.i2v_image.image)
+    uncond = encoders.encode_negative(req.neg_prompt, (req.width, req.height)) if req.cfg_scale > 1 else None
+    return cond, uncond
+
+
+def encode_prompts(
+    req: SampleRequest, paths: ModelPaths, device: torch.device
+) -> tuple[TextEmbeddings, TextEmbeddings | None]:
+    """`encode_with` on encoders loaded here and freed before returning."""
+    encoders = I2VTextEncoders(llava_config(req, paths), device)
     try:
-        cond = encoders.encode(req.prompt, req.i2v_image.image)
-        uncond = encoders.encode_negative(req.neg_prompt, (req.width, req.height)) if req.cfg_scale > 1 else None
+        return encode_with(encoders, req)
     finally:
         encoders.free()
-    return cond, uncond
 
 
 @dataclass(frozen=True)
@@ -162,14 +170,16 @@ class ImageStart:
 
 
 def encode_image(
-    req: SampleRequest, paths: ModelPaths, device: torch.device, seeds: list[int]
+    req: SampleRequest, paths: ModelPaths, device: torch.device, seeds: list[int], vae: HYVideoVAE | None = None
 ) -> dict[int, ImageStart]:
-    """Each seed's `ImageStart`, the VAE loaded and freed here (before the DiT loads). The frame is the image
+    """Each seed's `ImageStart`, with `vae` (`load_encoder`), or one loaded and freed here (before the DiT loads).
+    The frame is the image
     resized to the video size (bucket, or --video-size) as --i2v-resize says. HunyuanVideo-I2V: the posterior mean,
     one latent for every seed. SkyReels-V1: diffusers' order of draws, a posterior sample then the noise from one
     generator seeded with the video's seed."""
     pixels = prepare_image(req.i2v_image.image, size=(req.height, req.width), resize=req.i2v_resize).pixels
-    vae = load_vae(paths.vae, dtype=PRECISIONS[req.vae_precision], device=device)
+    own = vae is None
+    vae = load_encoder(req, paths, device) if vae is None else vae
     try:
         with torch.no_grad():
             if req.i2v_condition != "concat":
@@ -182,7 +192,13 @@ def encode_image(
                 out[s] = ImageStart("concat", image.cpu(), noise, False)
             return out
     finally:
-        del vae
+        if own:
+            del vae
+
+
+def load_encoder(req: SampleRequest, paths: ModelPaths, device: torch.device) -> HYVideoVAE:
+    """The VAE that encodes the image (untiled, as both references encode the one frame)."""
+    return load_vae(paths.vae, dtype=PRECISIONS[req.vae_precision], device=device)
 
 
 def _check(condition: str) -> None:

@@ -13,6 +13,11 @@
 `predict` returns {"samples": (B, 3, T, H, W) float32 in [0, 1] on the CPU, "seeds": [B ints], "prompts": [B str],
 "size": (H, W, T)}, B = num_videos_per_prompt. One difference: "prompts" holds one entry per sample (the official
 code returns one per prompt, which breaks its own save loop for several videos). It is built on `hyvideo.api`.
+
+Image-to-video as the official HunyuanVideo-I2V sampler: load with `args.i2v_mode` (`--i2v-mode`), then
+`predict(..., i2v_mode=True, i2v_image_path="cat.png", i2v_resolution="720p", i2v_stability=...)` (or
+`i2v_image=` a PIL image). As in the official code, the size is the image's bucket (height and width are not used)
+and `i2v_stability` defaults to True; the official scripts pass `args.i2v_stability`.
 """
 
 from __future__ import annotations
@@ -63,6 +68,12 @@ class HunyuanVideoSampler:
         embedded_guidance_scale: float | None = None,
         batch_size: int = 1,
         num_videos_per_prompt: int = 1,
+        i2v_mode: bool = False,
+        i2v_resolution: str = "720p",
+        i2v_image_path: str | Path | None = None,
+        i2v_condition_type: str | None = None,
+        i2v_stability: bool = True,
+        i2v_image: object | None = None,
         **kwargs: object,
     ) -> dict[str, object]:
         """Generate `num_videos_per_prompt` videos (official defaults and seed rules: an int gives seed + i, a list
@@ -72,10 +83,22 @@ class HunyuanVideoSampler:
             raise TypeError(f"`prompt` must be a string, but got {type(prompt)}")
         n = batch_size * num_videos_per_prompt
         seeds = self._seeds(seed, batch_size, num_videos_per_prompt)
+        loaded = self.generator.request
+        if i2v_mode != loaded.i2v_mode:
+            how = "--i2v-mode (args.i2v_mode)" if i2v_mode else "text-to-video arguments"
+            raise ValueError(f"i2v_mode={i2v_mode}: the sampler was loaded for the other mode; load it with {how}")
+        if i2v_mode and i2v_condition_type not in (None, loaded.i2v_condition):
+            raise ValueError(
+                f"i2v_condition_type: {i2v_condition_type}, but the loaded weights are {loaded.i2v_condition}"
+            )
+        image_args: dict[str, object] = {}
+        if i2v_mode:  # the official sampler sizes the video from the image's bucket
+            image_args = dict(i2v_image_path=i2v_image_path, i2v_image=i2v_image, i2v_resolution=i2v_resolution,
+                              i2v_stability=i2v_stability)  # fmt: skip
         videos = self.generator.generate(
             prompt,
-            height=height,
-            width=width,
+            height=None if i2v_mode else height,
+            width=None if i2v_mode else width,
             video_length=video_length,
             seed=seeds,
             infer_steps=infer_steps,
@@ -83,6 +106,7 @@ class HunyuanVideoSampler:
             embedded_cfg_scale=embedded_guidance_scale,
             flow_shift=flow_shift,
             negative_prompt=negative_prompt,
+            **image_args,  # type: ignore[arg-type]
         )
         req = videos[0].request
         return {

@@ -12,6 +12,10 @@ Accepted key names (a `.safetensors` file):
   `img_attn_qkv`, or the q/k/v/proj_mlp parts of a single block's `linear1`) updates that part's rows only.
 - official / kohya: `lora_unet_<official module with . as _>.lora_down.weight` / `.lora_up.weight` / `.alpha`
   (e.g. `lora_unet_double_blocks_0_img_attn_qkv`), or official dotted names with lora_A/lora_B.
+- the official image-to-video tool's kohya files (`--use-lora --lora-path`): the prefix `Hunyuan_video_I2V_lora_`
+  (e.g. `Hunyuan_video_I2V_lora_double_blocks_0_img_attn_qkv.lora_down.weight`). The official loader merges these
+  as W += s * B @ A and skips their `.alpha` (its trainer writes alpha, its loader never reads it), so for this
+  prefix only we ignore alpha too: W' = W + s * B @ A. Other kohya files keep the usual s * alpha / r.
 Keys that match no DiT layer are an error listing them (exit 2 naming the file), never silently skipped.
 
 `merge_loras(model_or_state_dict, loras)` adds the products into the float weights (call it before any fp8
@@ -23,7 +27,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -36,7 +40,8 @@ from hyvideo.errors import UsageError
 
 FLAG = "--lora"
 _PREFIXES = ("base_model.model.", "transformer.", "diffusion_model.", "model.diffusion_model.")
-_KOHYA_PREFIXES = ("lora_unet_", "lora_transformer_")
+OFFICIAL_I2V_PREFIX = "Hunyuan_video_I2V_lora_"  # official I2V kohya files: alpha ignored (see the docstring)
+_KOHYA_PREFIXES = ("lora_unet_", "lora_transformer_", OFFICIAL_I2V_PREFIX)
 _SUFFIXES = {  # key ending -> role
     ".lora_A.weight": "down",
     ".lora_B.weight": "up",
@@ -48,10 +53,11 @@ _SUFFIXES = {  # key ending -> role
 
 @dataclass(frozen=True)
 class LoraSpec:
-    """One `--lora` flag: a file and the user's scale s."""
+    """One `--lora` flag (or the official `--use-lora --lora-path --lora-scale`): a file and the user's scale s."""
 
     path: Path
     scale: float = 1.0
+    flag: str = field(default=FLAG, compare=False)  # the flag that gave it, named in error messages
 
 
 @dataclass(frozen=True)
@@ -98,7 +104,7 @@ def target_of(stem: str) -> Target | None:
     """The official module (and fused part) a LoRA key stem refers to, or None if it names no DiT layer."""
     kohya = stem.startswith(_KOHYA_PREFIXES)
     if kohya:
-        stem = stem.split("_", 2)[2]
+        stem = stem[len(next(p for p in _KOHYA_PREFIXES if stem.startswith(p))) :]
     else:
         for prefix in _PREFIXES:
             if stem.startswith(prefix):
@@ -122,7 +128,7 @@ def split_key(key: str) -> tuple[str, str] | None:
     return None
 
 
-def group_keys(keys: Iterable[str], path: Path) -> dict[str, tuple[Target, dict[str, str]]]:
+def group_keys(keys: Iterable[str], path: Path, flag: str = FLAG) -> dict[str, tuple[Target, dict[str, str]]]:
     """stem -> (target, {role: key}); raises UsageError listing every key that maps to no DiT layer."""
     groups: dict[str, tuple[Target, dict[str, str]]] = {}
     unknown: list[str] = []
@@ -137,16 +143,16 @@ def group_keys(keys: Iterable[str], path: Path) -> dict[str, tuple[Target, dict[
     if unknown:
         shown = ", ".join(unknown[:8]) + (f" (+{len(unknown) - 8} more)" if len(unknown) > 8 else "")
         raise UsageError(
-            FLAG,
+            flag,
             f"{path}: {len(unknown)} key(s) match no DiT layer: {shown}; expected diffusers names "
-            "(transformer.<module>.lora_A/lora_B.weight) or kohya names (lora_unet_<official module>.lora_down/"
-            "lora_up.weight, .alpha)",
+            "(transformer.<module>.lora_A/lora_B.weight) or kohya names (lora_unet_ or Hunyuan_video_I2V_lora_ + "
+            "<official module>.lora_down/lora_up.weight, .alpha)",
         )
     incomplete = [stem for stem, (_, roles) in groups.items() if not {"down", "up"} <= set(roles)]
     if incomplete:
-        raise UsageError(FLAG, f"{path}: {len(incomplete)} layer(s) lack a down/up pair, e.g. {incomplete[0]}")
+        raise UsageError(flag, f"{path}: {len(incomplete)} layer(s) lack a down/up pair, e.g. {incomplete[0]}")
     if not groups:
-        raise UsageError(FLAG, f"{path}: no LoRA tensors in this file")
+        raise UsageError(flag, f"{path}: no LoRA tensors in this file")
     return groups
 
 
@@ -168,28 +174,26 @@ def parse_lora_flag(text: str) -> LoraSpec:
     return LoraSpec(Path(path), scale)
 
 
-def _keys(path: Path) -> list[str]:
+def _keys(path: Path, flag: str = FLAG) -> list[str]:
     from safetensors import safe_open
 
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             return list(f.keys())
     except Exception as e:  # safetensors raises its own error types for bad headers
-        raise UsageError(FLAG, f"{path}: not a readable .safetensors file ({str(e)[:120]})") from None
+        raise UsageError(flag, f"{path}: not a readable .safetensors file ({str(e)[:120]})") from None
 
 
-def check_lora_flags(values: Iterable[str]) -> tuple[LoraSpec, ...]:
-    """Parse every `--lora` value and check its file's key names (reads only the safetensors header)."""
-    specs = []
-    for text in values:
-        spec = parse_lora_flag(text)
+def check_lora_specs(specs: Iterable[LoraSpec]) -> tuple[LoraSpec, ...]:
+    """Check every LoRA file exists and its key names (reads only the safetensors header)."""
+    specs = tuple(specs)
+    for spec in specs:
         if not spec.path.is_file():
-            raise UsageError(FLAG, f"{spec.path}: no such file; give a LoRA .safetensors file, optionally :SCALE")
+            raise UsageError(spec.flag, f"{spec.path}: no such file; give a LoRA .safetensors file")
         if spec.path.suffix != ".safetensors":
-            raise UsageError(FLAG, f"{spec.path}: only .safetensors LoRA files are read (no pickles)")
-        group_keys(_keys(spec.path), spec.path)
-        specs.append(spec)
-    return tuple(specs)
+            raise UsageError(spec.flag, f"{spec.path}: only .safetensors LoRA files are read (no pickles)")
+        group_keys(_keys(spec.path, spec.flag), spec.path, spec.flag)
+    return specs
 
 
 def read_lora(spec: LoraSpec) -> list[LoraDelta]:
@@ -198,7 +202,7 @@ def read_lora(spec: LoraSpec) -> list[LoraDelta]:
 
     sd = load_file(str(spec.path))
     deltas = []
-    for stem, (target, roles) in group_keys(sd, spec.path).items():
+    for stem, (target, roles) in group_keys(sd, spec.path, spec.flag).items():
         down, up = sd[roles["down"]].float(), sd[roles["up"]].float()
         if down.ndim != 2 or up.ndim != 2 or down.shape[0] != up.shape[1]:
             raise UsageError(
@@ -206,7 +210,10 @@ def read_lora(spec: LoraSpec) -> list[LoraDelta]:
             )
         rank = down.shape[0]
         alpha = float(sd[roles["alpha"]].float().item()) if "alpha" in roles else float(rank)
-        deltas.append(LoraDelta(target, down, up, spec.scale * alpha / rank, f"{spec.path}: {stem}"))
+        factor = spec.scale * alpha / rank
+        if stem.startswith(OFFICIAL_I2V_PREFIX):  # the official I2V loader ignores alpha: W += s * B @ A
+            factor = spec.scale
+        deltas.append(LoraDelta(target, down, up, factor, f"{spec.path}: {stem}"))
     return deltas
 
 

@@ -305,13 +305,16 @@ def generate_one(
     seed: int,
     device: torch.device,
     timings: Timings,
+    image: i2v.ImageStart | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One video with the DiT and the VAE both loaded (batch runs, the Python API): (latents (1, C, T, h, w)
-    float32, video (3, F, H, W) in [-1, 1] float32 on the CPU)."""
+    float32, video (3, F, H, W) in [-1, 1] float32 on the CPU). `image`: this seed's image-to-video start."""
     with timings.stage(f"denoise seed {seed}", device):
-        latents = denoise(model, cond, uncond, req, seed, device)
+        args = (model, cond, uncond, req, seed, device)  # text-to-video: the call as before (tests patch `denoise`)
+        latents = denoise(*args) if image is None else denoise(*args, image=image)
+    drop = i2v.decoded_frames_dropped(req.i2v_condition) if req.i2v_mode else 0
     with timings.stage(f"decode seed {seed}", device):
-        video = decode(vae, latents)
+        video = decode(vae, latents, drop)
     return latents, video
 
 

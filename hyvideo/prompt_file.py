@@ -2,10 +2,12 @@
 
 Two formats, chosen by the file name:
 - `.jsonl`: one JSON object per line; `prompt` is required and any of `OVERRIDES` replaces the command-line value
-  for that line only, e.g. `{"prompt": "a cat", "seed": 3, "video_size": [544, 960], "infer_steps": 30}`.
-- anything else (e.g. `.txt`): one prompt per line.
+  for that line only, e.g. `{"prompt": "a cat", "seed": 3, "video_size": [544, 960], "infer_steps": 30}`. With
+  --i2v-mode a line may name its first frame, `"image": "cat.png"` (relative to the prompt file's folder, or
+  absolute; default --i2v-image-path), and set `i2v_stability` / `i2v_resize`.
+- anything else (e.g. `.txt`): one prompt per line (with --i2v-mode, every line animates --i2v-image-path).
 In both, blank lines and lines starting with `#` are skipped. Every problem is one `UsageError("--prompt-file", ...)`
-naming the file and the line, raised before anything loads.
+naming the file and the line, raised before anything loads (every line's image is opened and decoded then).
 
 `expand` runs after the command line was validated once: each entry's prompt and overrides rebuild only the
 request's text and sampling stages, with the same checks `validate` applies to the same values given as flags.
@@ -21,6 +23,7 @@ from pathlib import Path
 
 from hyvideo.choices import SEED_MAX
 from hyvideo.errors import UsageError
+from hyvideo.image import SourceImage, load_image
 from hyvideo.request import SampleRequest, for_prompt
 
 FLAG = "--prompt-file"
@@ -38,7 +41,11 @@ OVERRIDES: dict[str, tuple[str, tuple[type, ...], str]] = {
     "embedded_cfg_scale": ("embedded_cfg_scale", (int, float), "a number"),
     "flow_shift": ("flow_shift", (int, float), "a number"),
     "num_videos": ("num_videos", (int,), "an integer"),
+    "i2v_stability": ("i2v_stability", (bool,), "true or false"),  # these two need --i2v-mode
+    "i2v_resize": ("i2v_resize", (str,), '"crop" or "stretch"'),
 }
+IMAGE_KEY = "image"  # a .jsonl line's first frame (needs --i2v-mode)
+_I2V_KEYS = (IMAGE_KEY, "i2v_stability", "i2v_resize")
 
 
 @dataclass(frozen=True)
@@ -48,6 +55,7 @@ class PromptEntry:
     line: int  # 1-based line number in the file (names outputs and errors)
     prompt: str  # stripped, non-empty
     overrides: dict[str, object]  # argparse dest -> value, from the line's JSON object ({} for .txt)
+    image: Path | None = None  # the line's "image", resolved against the prompt file's folder
 
 
 @dataclass(frozen=True)
@@ -122,20 +130,24 @@ def _parse_json_line(path: Path, line: int, text: str) -> PromptEntry:
     prompt = obj.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
         raise _error(path, line, 'needs a non-empty string "prompt"')
-    unknown = sorted(set(obj) - set(OVERRIDES) - {"prompt"})
+    unknown = sorted(set(obj) - set(OVERRIDES) - {"prompt", IMAGE_KEY})
     if unknown:
-        raise _error(path, line, f"unknown key(s) {', '.join(unknown)}; allowed: prompt, {', '.join(OVERRIDES)}")
+        allowed = ", ".join(["prompt", IMAGE_KEY, *OVERRIDES])
+        raise _error(path, line, f"unknown key(s) {', '.join(unknown)}; allowed: {allowed}")
+    image = obj.get(IMAGE_KEY)
+    if image is not None and (not isinstance(image, str) or not image.strip()):
+        raise _error(path, line, f"image must be a file path (a string), got {json.dumps(image)[:60]}")
     overrides: dict[str, object] = {}
     for key, value in obj.items():
-        if key == "prompt" or (value is None and key == "neg_prompt"):
+        if key in ("prompt", IMAGE_KEY) or (value is None and key == "neg_prompt"):
             continue
         dest, types, what = OVERRIDES[key]
-        if isinstance(value, bool) or not isinstance(value, types):
+        if isinstance(value, bool) != (types == (bool,)) or not isinstance(value, types):
             raise _error(path, line, f"{key} must be {what}, got {json.dumps(value)[:60]}")
         if key == "video_size" and not (len(value) == 2 and all(type(v) is int for v in value)):
             raise _error(path, line, f"video_size must be [HEIGHT, WIDTH] (two integers), got {json.dumps(value)[:60]}")
         overrides[dest] = value
-    return PromptEntry(line, prompt.strip(), overrides)
+    return PromptEntry(line, prompt.strip(), overrides, path.parent / image if image is not None else None)
 
 
 def expand(args: Namespace, request: SampleRequest) -> Batch:
@@ -148,8 +160,10 @@ def expand(args: Namespace, request: SampleRequest) -> Batch:
     path = request.prompt_file
     assert path is not None, "expand() needs a request with a prompt file"
     items = []
+    images: dict[Path, SourceImage] = {}  # each file decoded once, every one before anything loads
     for index, entry in enumerate(parse_entries(path)):
         values = {**vars(args), "prompt": entry.prompt, **entry.overrides}
+        image = _line_image(path, entry, request, images)
         given_seed = "seed" in entry.overrides
         if args.seed_type == "file" and not given_seed:
             raise _error(path, entry.line, 'needs a "seed" (--seed-type file takes every seed from the file)')
@@ -158,8 +172,30 @@ def expand(args: Namespace, request: SampleRequest) -> Batch:
             if values["seed"] > SEED_MAX:
                 raise _error(path, entry.line, f"--seed {args.seed} + entry index {index} exceeds {SEED_MAX}")
         try:
-            one = for_prompt(request, values)
+            one = for_prompt(request, values, image)
         except UsageError as e:
             raise _error(path, entry.line, str(e)) from None
         items.append(BatchItem(index, entry.line, one, seed_is_random=values["seed"] is None))
     return Batch(request, Path(path), tuple(items))
+
+
+def _line_image(
+    path: Path, entry: PromptEntry, request: SampleRequest, images: dict[Path, SourceImage]
+) -> SourceImage | None:
+    """The entry's first frame with --i2v-mode (its "image", else --i2v-image-path); None without --i2v-mode. A
+    missing, truncated or otherwise bad image names the prompt file, the line and the image."""
+    if not request.i2v_mode:
+        used = [key for key in _I2V_KEYS if key in entry.overrides or (key == IMAGE_KEY and entry.image)]
+        if used:
+            raise _error(path, entry.line, f"{', '.join(used)} need(s) --i2v-mode (image-to-video)")
+        return None
+    if entry.image is None:
+        if request.i2v_image is None:
+            raise _error(path, entry.line, 'no image: give "image" on the line (a .jsonl) or --i2v-image-path IMG')
+        return None
+    if entry.image not in images:
+        try:
+            images[entry.image] = load_image(entry.image, flag=IMAGE_KEY)
+        except UsageError as e:
+            raise _error(path, entry.line, str(e)) from None
+    return images[entry.image]

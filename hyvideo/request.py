@@ -32,6 +32,8 @@ from hyvideo.choices import (
     COMPILE_MODES,
     CUDA_GRAPH_COMPILE_MODES,
     DEFAULT_NEGATIVE_PROMPT,
+    I2V_RESIZE_MODES,
+    I2V_RESOLUTIONS,
     RANDOM_SEED_MAX,
     SEED_MAX,
     SIZE_MULTIPLE,
@@ -40,7 +42,7 @@ from hyvideo.config import tile_problem
 from hyvideo.errors import CheckpointError, UsageError
 from hyvideo.flags import build_parser, check_size, given
 from hyvideo.image import SourceImage, i2v_bucket, load_image
-from hyvideo.lora import LoraSpec, check_lora_flags
+from hyvideo.lora import LoraSpec, check_lora_specs, parse_lora_flag
 from hyvideo.parallel.group import env_world_size, launched_by_torchrun
 
 __all__ = ["SUPPORTED_VALUES_ONLY", "SampleRequest", "UsageError", "flag_defaults", "for_prompt", "validate"]
@@ -325,7 +327,7 @@ class DiTOptions:
         if not f["load_key"].strip():
             raise UsageError("--load-key", "must not be empty (e.g. module or ema)")
         model_base, dit_weight = _check_weights(f, must_exist=not runtime.dry_run)
-        loras = check_lora_flags(f["lora"]) if f["lora"] else ()  # reads only the files' headers
+        loras = _lora_specs(f)  # reads only the files' headers
         _check_attn_backend(f["attn_backend"], runtime.device)
         teacache_thresh = _float(f, "teacache_thresh", 0.0, what=" (0 turns step caching off)")
         compile_mode = _check_compile_mode(f["compile_mode"], runtime.device, runtime.offload)
@@ -351,6 +353,22 @@ class DiTOptions:
             compile=bool(f["compile"]) or compile_mode != "default",
             compile_mode=compile_mode,
         )
+
+
+def _lora_specs(f: Flags) -> tuple[LoraSpec, ...]:
+    """--lora PATH[:SCALE] values, then the official `--use-lora --lora-path P --lora-scale S` as one more entry."""
+    official: tuple[LoraSpec, ...] = ()
+    if f["use_lora"]:
+        if not f["lora_path"]:
+            raise UsageError("--use-lora", "needs --lora-path PATH (a LoRA .safetensors file)")
+        if not math.isfinite(scale := float(f["lora_scale"])):
+            raise UsageError("--lora-scale", f"must be a finite number, got {scale}")
+        official = (LoraSpec(Path(f["lora_path"]), scale, flag="--lora-path"),)
+    elif f["lora_path"]:
+        raise UsageError("--lora-path", "needs --use-lora (official flags), or give it as --lora PATH[:SCALE]")
+    elif f["lora_scale"] != 1.0:
+        raise UsageError("--lora-scale", "needs --use-lora --lora-path PATH; for --lora use PATH:SCALE")
+    return check_lora_specs([*(parse_lora_flag(v) for v in f["lora"] or ()), *official])
 
 
 def _check_weights(f: Flags, must_exist: bool = True) -> tuple[Path, Path | None]:
@@ -563,8 +581,9 @@ class ImageOptions:
     i2v_size_given: bool  # --video-size given: the video has exactly that size (else the image's bucket)
 
     @classmethod
-    def from_flags(cls, f: Flags) -> ImageOptions:
-        """Flags, weights (small JSON files only) and the image file, in that order; each problem is one line."""
+    def from_flags(cls, f: Flags, image_later: bool = False) -> ImageOptions:
+        """Flags, weights (small JSON files only) and the image file, in that order; each problem is one line.
+        `image_later`: the images come with each prompt (the Python API), --i2v-image-path is optional."""
         if not f["i2v_mode"]:
             _check_no_image_flags(f)
             return cls(
@@ -576,10 +595,9 @@ class ImageOptions:
                 i2v_resize=f["i2v_resize"],
                 i2v_size_given=given(f["video_size"]),
             )
-        for dest, why in (("prompt_file", "prompt files"), ("decode_latents", "decoding latents")):
-            if f[dest] is not None:
-                raise UsageError(_flag(dest), f"{why} with --i2v-mode: not supported yet; drop one of the two")
-        if f["i2v_image_path"] is None:
+        if f["decode_latents"] is not None:
+            raise UsageError("--decode-latents", "decoding latents with --i2v-mode: not supported yet; drop one")
+        if f["i2v_image_path"] is None and f["prompt_file"] is None and not image_later:  # lines may bring theirs
             raise UsageError("--i2v-mode", "needs --i2v-image-path IMG (the first frame)")
         if f["video_length"] == 1:  # the official I2V encoder refuses it too: the video would be the image
             raise UsageError("--video-length", "1 frame with --i2v-mode would be the image itself; give 4n+1 >= 5")
@@ -587,13 +605,33 @@ class ImageOptions:
         condition = _i2v_condition(kind, f["i2v_condition_type"])
         if f["i2v_stability"] and condition == "concat":
             raise UsageError("--i2v-stability", "SkyReels-V1 weights start from pure noise; drop --i2v-stability")
+        path = f["i2v_image_path"]
         return cls(
             i2v_mode=True,
-            i2v_image=load_image(f["i2v_image_path"]),  # refuses missing, truncated, huge, ... files (one line)
+            i2v_image=load_image(path) if path is not None else None,  # refuses missing, truncated, ... (one line)
             i2v_resolution=f["i2v_resolution"],
             i2v_condition=condition,
             i2v_stability=bool(f["i2v_stability"]),
             i2v_resize=f["i2v_resize"],
+            i2v_size_given=given(f["video_size"]),
+        )
+
+    def for_prompt(self, f: Flags, image: SourceImage | None) -> ImageOptions:
+        """This run's options for one prompt of a prompt file or the Python API: its own image (None: the run's),
+        stability, resize and size (the condition and the weights are the run's, checked once)."""
+        image = image or self.i2v_image
+        if image is None:
+            raise UsageError("--i2v-image-path", "no image for this prompt; give one (or --i2v-image-path IMG)")
+        if f["video_length"] == 1:
+            raise UsageError("--video-length", "1 frame with --i2v-mode would be the image itself; give 4n+1 >= 5")
+        if f["i2v_stability"] and self.i2v_condition == "concat":
+            raise UsageError("--i2v-stability", "SkyReels-V1 weights start from pure noise; drop --i2v-stability")
+        return dataclasses.replace(
+            self,
+            i2v_image=image,
+            i2v_stability=bool(f["i2v_stability"]),
+            i2v_resize=f["i2v_resize"],
+            i2v_resolution=f["i2v_resolution"],
             i2v_size_given=given(f["video_size"]),
         )
 
@@ -604,7 +642,7 @@ class ImageOptions:
         if not self.i2v_mode:
             return dict(f)
         out = {**f, "dit_weight": f["i2v_dit_weight"] or f["dit_weight"]}
-        if not self.i2v_size_given:
+        if not self.i2v_size_given and self.i2v_image is not None:  # None: a prompt file's lines bring the images
             image = self.i2v_image.image
             out["video_size"] = list(i2v_bucket(self.i2v_resolution, image.height, image.width))
         if self.i2v_condition == "concat":
@@ -723,16 +761,17 @@ _STAGE_OF: dict[str, str] = {
 }
 
 
-def validate(flags: Namespace | Flags, notes: list[str] | None = None) -> SampleRequest:
+def validate(flags: Namespace | Flags, notes: list[str] | None = None, *, image_later: bool = False) -> SampleRequest:
     """Check flag values and resolve them into a `SampleRequest`; raise `UsageError` on the first problem.
 
     `flags`: the parser's Namespace, or values by dest (missing ones take their defaults). Notes about resolved
     values (rounding, the seed drawn) are appended to `notes` for the caller to show once everything is valid.
     A prompt file is only checked for conflicts here; `hyvideo.prompt_file.expand` turns it into requests.
+    `image_later`: with --i2v-mode, each prompt brings its image (`for_prompt`); the Python API's construction.
     """
     f = {**flag_defaults(), **(vars(flags) if isinstance(flags, Namespace) else flags)}
     _check_choices(f)
-    image = ImageOptions.from_flags(f)
+    image = ImageOptions.from_flags(f, image_later)
     f = image.model_defaults(f)
     sampling_notes: list[str] = []
     sampling = SamplingOptions.from_flags(f, sampling_notes)
@@ -799,11 +838,20 @@ def _check_unsupported(f: Flags) -> None:
             raise UsageError(flag, f"{value} is not supported yet (supported: {ok})")
 
 
-def for_prompt(base: SampleRequest, flags: Flags) -> SampleRequest:
+def for_prompt(base: SampleRequest, flags: Flags, image: SourceImage | None = None) -> SampleRequest:
     """`base` (a validated request) for another prompt: its sampling and text stages built again from `flags` (the
     command line's values with the prompt's own put in), checked exactly as `validate` checks them; the other stages
-    were checked once. Used by prompt-file entries and the Python API's `generate`."""
+    were checked once. With --i2v-mode also the image stage: `image` (decoded and checked by the caller; None: the
+    run's --i2v-image-path), and the defaults that follow it (size bucket, flow shift). Used by prompt-file entries
+    and the Python API's `generate`."""
     f = {**flag_defaults(), **flags}
+    stage = base.image
+    if base.i2v_mode:
+        for dest, allowed in (("i2v_resize", I2V_RESIZE_MODES), ("i2v_resolution", I2V_RESOLUTIONS)):
+            if f[dest] not in allowed:
+                raise UsageError(_flag(dest), f"{f[dest]!r}: choose from {', '.join(allowed)}")
+        stage = base.image.for_prompt(f, image)
+        f = stage.model_defaults(f)
     sampling = SamplingOptions.from_flags(f, [])
     text = TextOptions.from_flags(f, sampling.cfg_scale, [])
-    return dataclasses.replace(base, sampling=sampling, text=text)
+    return dataclasses.replace(base, sampling=sampling, text=text, image=stage)

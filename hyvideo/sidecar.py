@@ -141,7 +141,7 @@ def _image(req: SampleRequest) -> dict[str, object] | None:
     if not req.i2v_mode:
         return None
     return {
-        "image": str(req.i2v_image.path.resolve()),
+        "image": str(req.i2v_image.path.resolve()) if req.i2v_image.path.is_file() else str(req.i2v_image.path),
         "image_sha256": req.i2v_image.sha256,
         "condition_type": req.i2v_condition,
         "stability": req.i2v_stability,

@@ -9,16 +9,18 @@ import textwrap
 from pathlib import Path
 
 import imageio.v3 as iio
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
-from hyvideo import pipeline, sidecar
+from hyvideo import cli, i2v, io, pipeline, sidecar
 from hyvideo.api import Generator
 from hyvideo.checkpoints.layout import locate
 from hyvideo.cli import parse_request
 from hyvideo.config import parse_args
 from hyvideo.inference import HunyuanVideoSampler
-from hyvideo.tiny import write_tiny_model
+from hyvideo.tiny import write_tiny_i2v_model, write_tiny_model
 from hyvideo.utils.file_utils import save_videos_grid, video_grid
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -165,3 +167,52 @@ def test_generator_loads_once_and_saves_with_sidecar(model, tmp_path, monkeypatc
         Generator(model, device="cpu", flags=["--video-length", "6"])
     with pytest.raises(ValueError, match="--precision: invalid choice: 'fp64'"):
         Generator(model, device="cpu", precision="fp32", flags=["--precision", "fp64"])
+
+
+# --------------------------------------------------------------------------- image-to-video
+def test_image_to_video_api_equals_the_command_line(tmp_path_factory):
+    """Generator(i2v_mode=True).generate(i2v_image_path=...) and (i2v_image=PIL) give the CLI's latents bit for bit
+    (same LLaVA encoding, image latent, start and model wrapper); HunyuanVideoSampler.predict with the official
+    i2v arguments gives the CLI's video at the image's bucket; a text-to-video model is the CLI's one-line error."""
+    base = tmp_path_factory.mktemp("i2v_api")
+    root = write_tiny_i2v_model(base / "tr", "diffusers", "token_replace", seed=1)
+    image_path = base / "first.png"
+    Image.fromarray((np.random.RandomState(0).rand(50, 70, 3) * 255).astype(np.uint8)).save(image_path)
+    argv = ["--prompt", "A cat walks", "--model-base", str(root), "--video-length", "9", "--infer-steps", "3"]
+    argv += ["--seed", "7", *FP32, "--save-path", str(base / "cli"), "--save-latents", "--video-size", "32", "48"]
+    assert cli.main([*argv, "--i2v-mode", "--i2v-image-path", str(image_path)]) == 0
+    (mp4,) = (base / "cli").glob("*.mp4")
+    want, _ = io.load_latents(io.latents_filename(mp4))
+
+    gen = Generator(root, device="cpu", precision="fp32", vae_precision="fp32", text_encoder_precision="fp32",
+                    i2v_mode=True)  # fmt: skip
+    common = dict(height=32, width=48, video_length=9, seed=7, infer_steps=3)
+    [by_path] = gen.generate("A cat walks", i2v_image_path=image_path, **common)
+    [by_pil] = gen.generate("A cat walks", i2v_image=Image.open(image_path), **common)
+    assert torch.equal(by_path.latents, want) and torch.equal(by_pil.latents, want)
+    assert by_path.record["i2v"]["image"] == str(image_path.resolve())
+    assert by_path.record["flow_shift"] == 17.0  # the image-to-video default, as on the command line
+    with pytest.raises(ValueError, match="exactly one of i2v_image_path and i2v_image"):
+        gen.generate("A cat walks", **common)
+    gen.close()
+
+    # the official sampler: the size is the image's bucket (360p here: small enough for a CPU test)
+    bucket = ["--video-length", "5", "--infer-steps", "2", "--seed", "3", "--i2v-resolution", "360p"]
+    argv = ["--prompt", "A cat walks", "--model-base", str(root), *bucket, *FP32, "--save-path", str(base / "b")]
+    argv += ["--save-latents", "--i2v-mode", "--i2v-image-path", str(image_path)]
+    assert cli.main(argv) == 0
+    (mp4,) = (base / "b").glob("*.mp4")
+    latents, _ = io.load_latents(io.latents_filename(mp4))
+    req = parse_request(argv)
+    vae = pipeline.load_decoder(req, i2v.model_paths(req), torch.device("cpu"))
+    want = ((pipeline.decode(vae, latents) + 1) / 2).clamp(0, 1)  # (3, T, H, W): the CLI's video before the MP4
+    args = parse_args(argv=["--model-base", str(root), "--prompt", "unused", "--i2v-mode", *FP32])
+    sampler = HunyuanVideoSampler.from_pretrained(Path(args.model_base), args=args)
+    out = sampler.predict("A cat walks", video_length=5, seed=3, infer_steps=2, flow_shift=17.0, guidance_scale=1.0,
+                          i2v_mode=True, i2v_image_path=image_path, i2v_resolution="360p", i2v_stability=False)  # fmt: skip
+    assert out["size"][:2] == tuple(want.shape[2:]) and out["size"][:2] != (32, 48)
+    assert torch.equal(out["samples"][0], want)
+
+    t2v = write_tiny_model(base / "t2v", "diffusers", seed=1)
+    with pytest.raises(ValueError, match=r"^--i2v-mode: --model-base .* holds text-to-video weights"):
+        Generator(t2v, device="cpu", precision="fp32", i2v_mode=True)

@@ -13,7 +13,7 @@ import pytest
 import torch
 from diffusers import HunyuanSkyreelsImageToVideoPipeline, HunyuanVideoImageToVideoPipeline
 from PIL import Image
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from torchrun_launch import launch
 
 from hyvideo import cli, io, pipeline
@@ -220,9 +220,13 @@ def bad_cases(models: dict[str, Path], image: Path, tmp_path: Path) -> list[tupl
         ),
         ([*i2v, "--video-length", "1"], "--video-length: 1 frame with --i2v-mode"),
         ([*i2v, "--prompt", "an <image> of a cat"], "--prompt: a prompt may not contain '<image>'"),
-        ([*i2v, "--prompt-file", str(image)], "--prompt-file: prompt files with --i2v-mode"),
         ([*i2v, "--i2v-dit-weight", str(tmp_path / "none.pt")], "--i2v-dit-weight: "),
         (["--model-base", str(models["t2v"]), "--riflex", "on"], "--riflex: on: the DiT's temporal RoPE has 2"),
+        ([*i2v, "--use-lora"], "--use-lora: needs --lora-path"),
+        ([*i2v, "--lora-path", str(image)], "--lora-path: needs --use-lora"),
+        ([*i2v, "--lora-scale", "0.5"], "--lora-scale: needs --use-lora"),
+        ([*i2v, "--use-lora", "--lora-path", str(tmp_path / "none.safetensors")], "--lora-path: "),
+        ([*i2v, "--use-lora", "--lora-path", str(image)], "--lora-path: "),  # not a .safetensors file
     ]
 
 
@@ -321,3 +325,27 @@ def test_ulysses_matches_one_process(models, image_path, tmp_path, case):
     got, _ = io.load_latents(latents_file)
     rel = float((got - want).norm() / want.norm())
     assert rel <= 1e-5, rel  # the bound of the text-to-video parallel tests: fp32 sums in another order
+
+
+# --------------------------------------------------------------------------- the official I2V LoRA flags
+def test_official_lora_flags_equal_lora_with_alpha_ignored(models, image_path, tmp_path):
+    """`--use-lora --lora-path P --lora-scale 0.5` with an official I2V kohya file (prefix Hunyuan_video_I2V_lora,
+    an alpha the official loader never reads) gives the latents of `--lora Q:0.5`, Q the same tensors under
+    lora_unet_ without alpha (factor s * r / r = s): alpha is ignored for that prefix, the scale is applied."""
+    plain = tiny_lora(tmp_path / "plain.safetensors", 48)
+    tensors = load_file(plain)
+    official = {k.replace("lora_unet_", "Hunyuan_video_I2V_lora_"): v for k, v in tensors.items()}
+    official["Hunyuan_video_I2V_lora_double_blocks_0_img_attn_qkv.alpha"] = torch.tensor(0.25)  # ignored
+    save_file(official, tmp_path / "official.safetensors")
+    size = ["--video-size", str(HEIGHT), str(WIDTH)]
+    want, _, _ = run(models["token_replace"], tmp_path / "a", *size, "--lora", f"{plain}:0.5", image=image_path)
+    got, record, _ = run(
+        models["token_replace"],
+        tmp_path / "b",
+        *size,
+        *["--use-lora", "--lora-path", str(tmp_path / "official.safetensors"), "--lora-scale", "0.5"],
+        image=image_path,
+    )
+    without, _, _ = run(models["token_replace"], tmp_path / "c", *size, image=image_path)
+    assert torch.equal(got, want) and not torch.equal(got, without)
+    assert [entry["scale"] for entry in record["loras"]] == [0.5]

@@ -242,3 +242,29 @@ def test_lora_is_merged_before_fp8_quantization(tmp_path):
     for k in expected:
         assert torch.equal(got[k].float(), expected[k].float()), k
     assert not torch.equal(got[key].float(), unmerged[key].float())
+
+
+def test_official_i2v_prefix_merges_without_alpha(tmp_path):
+    """The official image-to-video kohya prefix `Hunyuan_video_I2V_lora_`: W' = W + s * B @ A into the named fused
+    layer (its .alpha skipped, as the official loader does); the same tensors under lora_unet_ keep s * alpha / r."""
+    t = target_of("Hunyuan_video_I2V_lora_double_blocks_0_img_attn_qkv")
+    assert t.module == "double_blocks.0.img_attn_qkv" and t.rule is None
+    assert target_of("Hunyuan_video_I2V_lora_single_blocks_1_linear1").module == "single_blocks.1.linear1"
+    r, alpha, s = 4, 2.0, 0.7
+    layers = {"double_blocks_0_img_attn_qkv": (3 * H, H), "single_blocks_1_linear1": (3 * H + MLP, H)}
+    for prefix, factor in (("Hunyuan_video_I2V_lora_", s), ("lora_unet_", s * alpha / r)):
+        model = random_dit(TINY_DIT, seed=0)
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        sd = {}
+        for i, (name, (out, inp)) in enumerate(layers.items()):
+            sd[f"{prefix}{name}.lora_down.weight"] = rand(r, inp, seed=i)
+            sd[f"{prefix}{name}.lora_up.weight"] = rand(out, r, seed=10 + i)
+            sd[f"{prefix}{name}.alpha"] = torch.tensor(alpha)
+        save_file(sd, tmp_path / "k.safetensors")
+        merge_loras(model, [LoraSpec(tmp_path / "k.safetensors", s)])
+        after = model.state_dict()
+        keys = ["double_blocks.0.img_attn_qkv.weight", "single_blocks.1.linear1.weight"]
+        for name, key in zip(layers, keys, strict=True):
+            up, down = sd[f"{prefix}{name}.lora_up.weight"], sd[f"{prefix}{name}.lora_down.weight"]
+            assert torch.equal(after[key], before[key] + factor * (up @ down)), (prefix, key)  # same fp32 ops
+        assert all(torch.equal(after[k], before[k]) for k in before if k not in keys)

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from hyvideo import batch, cli
 from hyvideo.cli import parse_batch
 from hyvideo.errors import UsageError
+from hyvideo.prompt_file import parse_entries
 
 LONG = " ".join(f"word{i} and a slash / here" for i in range(150))  # far more than 256 LLM and 77 CLIP tokens
 
@@ -196,3 +197,22 @@ def test_random_prompt_files_never_crash(content: bytes, suffix: str, scratch: P
     else:
         assert req.items and all(item.request.prompt and item.request.prompt.strip() for item in req.items)
     assert not out.exists()
+
+
+def test_jsonl_image_paths_resolve_against_the_file(tmp_path):
+    """A line's "image" is relative to the prompt file's folder (not the working directory); absolute paths stay;
+    the i2v keys are typed like the flags (a boolean for i2v_stability)."""
+    absolute = tmp_path / "abs.png"
+    (tmp_path / "sub").mkdir()
+    pf = write(tmp_path / "sub" / "p.jsonl", [
+        json.dumps({"prompt": "a", "image": "imgs/x.png", "i2v_stability": True, "i2v_resize": "stretch"}),
+        json.dumps({"prompt": "b", "image": str(absolute)}),
+        json.dumps({"prompt": "c"}),
+    ])  # fmt: skip
+    a, b, c = parse_entries(pf)
+    assert a.image == tmp_path / "sub" / "imgs" / "x.png" and b.image == absolute and c.image is None
+    assert a.overrides == {"i2v_stability": True, "i2v_resize": "stretch"}
+    for bad in ({"prompt": "a", "i2v_stability": "yes"}, {"prompt": "a", "image": ""}, {"prompt": "a", "image": 1}):
+        write(pf, [json.dumps(bad)])
+        with pytest.raises(UsageError, match="line 1"):
+            parse_entries(pf)

@@ -557,6 +557,9 @@ def test_sigint_from_outside_exit_130(models: dict[str, Path], tmp_path: Path) -
         stderr=subprocess.PIPE,
         text=True,
         cwd=ROOT,
+        # as in a terminal: a test run started in the background by a non-interactive shell inherits SIGINT ignored,
+        # and Python keeps an ignored SIGINT (no KeyboardInterrupt), so the child would sleep through the signal
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         assert proc.stdout.readline() == "sampling\n"

@@ -103,9 +103,9 @@ from hyvideo import pipeline
 from hyvideo.cli import main
 
 real = pipeline.decode
-def slow(vae, latents):
+def slow(vae, latents, *rest):
     time.sleep({sleep})  # longer than --dist-timeout: a wait on rank 0's decode would time out
-    return real(vae, latents)
+    return real(vae, latents, *rest)
 pipeline.decode = slow
 raise SystemExit(main(sys.argv[1:]))
 """

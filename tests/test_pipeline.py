@@ -240,8 +240,8 @@ def test_failed_write_in_a_removed_folder_keeps_the_latents_in_the_temp_folder(m
     out = tmp_path / "gone"
     real_decode = pipeline.decode
 
-    def decode_then_block(vae, latents):
-        video = real_decode(vae, latents)
+    def decode_then_block(vae, latents, *rest):  # rest: the decoded frames to drop (image-to-video)
+        video = real_decode(vae, latents, *rest)
         out.write_text("x")  # a file where the output folder should be: creating it and writing there fail
         return video
 

@@ -12,9 +12,8 @@ from hyvideo.checkpoints.common import CheckpointError
 from hyvideo.checkpoints.vae import load_vae, random_vae, save_vae_diffusers, save_vae_official
 from hyvideo.modules.vae import HYVideoVAE, TilingConfig, VAEConfig, build_vae
 
-KEYS_JSON = (
-    Path(__file__).resolve().parent / "data" / "official_vae_keys.json"
-)  # every official VAE key with its shape (docs/DESIGN.md §1.5)
+# every official VAE key with its shape (docs/DESIGN.md §1.5)
+KEYS_JSON = Path(__file__).resolve().parent / "data" / "official_vae_keys.json"
 TINY = VAEConfig(block_out_channels=(8, 16, 16, 16), norm_num_groups=4)
 TOL = 1e-4
 

@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import add_dit_size_args
+from benchmarks.common import add_dit_size_args, write_mid_vae
 from hyvideo.utils.host_memory import proc_kb
 
 SEED = 42
@@ -35,12 +35,8 @@ LONG_PROMPT = " ".join(
 # The mid-size model
 # ---------------------------------------------------------------------------------------------------------------
 def write_mid_model(root: Path, args: argparse.Namespace) -> Path:
-    """Diffusers layout: random DiT (from args), VAE (32, 64, 64, 64), tiny text encoders, scheduler."""
-    import torch
-
+    """Diffusers layout: random DiT (from args), the mid VAE (MID_VAE_LAYOUT), tiny text encoders, scheduler."""
     from hyvideo.checkpoints.dit import save_dit_diffusers
-    from hyvideo.checkpoints.vae import random_vae, save_vae_diffusers
-    from hyvideo.modules.vae import VAEConfig
     from hyvideo.tiny import MODEL_INDEX, mid_dit_config, random_dit
     from hyvideo.tiny_text import write_text_encoders_diffusers
 
@@ -49,8 +45,7 @@ def write_mid_model(root: Path, args: argparse.Namespace) -> Path:
     cfg = mid_dit_config(args.hidden, args.heads, args.double, args.single, refiner=1, text_dim=dims.llm_hidden,
                          pool_dim=dims.clip_hidden)  # fmt: skip
     save_dit_diffusers(random_dit(cfg, SEED), root / "transformer")
-    vae_cfg = VAEConfig(block_out_channels=(32, 64, 64, 64), layers_per_block=2, norm_num_groups=32)
-    save_vae_diffusers(random_vae(vae_cfg, SEED, torch.float32), vae_cfg, root / "vae")
+    write_mid_vae(root / "vae", SEED)
     (root / "scheduler").mkdir(exist_ok=True)
     sched = {"_class_name": "FlowMatchEulerDiscreteScheduler", "shift": 7.0, "num_train_timesteps": 1000}
     (root / "scheduler" / "scheduler_config.json").write_text(json.dumps(sched))

@@ -38,10 +38,10 @@ from hyvideo.modules.text_encoders import (
     PRECISIONS,
     CLIPEncoder,
     TextEmbeddings,
-    _check_loading,
-    _free,
-    _loading,
-    _quiet_transformers,
+    check_loading,
+    free_model,
+    loading,
+    quiet_transformers,
 )
 
 IMAGE_TOKEN = "<image>"
@@ -190,7 +190,7 @@ def _load_llava(path: str | Path, dtype: torch.dtype, device: torch.device | str
     `skip_last` language-model layers, whose weights are never read: with its final norm replaced by an identity
     (done by the caller), its output is `hidden_states[-(skip_last + 1)]` of the full model. Loads the released key
     names (transformers 4.39) and the current ones alike."""
-    with _loading(path, "LLaVA text encoder"), _quiet_transformers():
+    with loading(path, "LLaVA text encoder"), quiet_transformers():
         config = AutoConfig.from_pretrained(path, local_files_only=True)
     if getattr(config, "vision_config", None) is None:
         raise CheckpointError(f"{path}: not a LLaVA checkpoint (config.json has no vision_config)")
@@ -198,12 +198,12 @@ def _load_llava(path: str | Path, dtype: torch.dtype, device: torch.device | str
     if skip_last > layers:
         raise ValueError(f"hidden_state_skip_layer {skip_last} > the LLaVA's {layers} language-model layers")
     config.text_config.num_hidden_layers = layers - skip_last
-    with _loading(path, "LLaVA text encoder"), _quiet_transformers():
+    with loading(path, "LLaVA text encoder"), quiet_transformers():
         model, info = AutoModel.from_pretrained(
             path, config=config, dtype=dtype, local_files_only=True, output_loading_info=True
         )
     # "layers.<i>." >= layers - skip also matches vision-tower layers, which are all built: none is unexpected
-    _check_loading(path, info, ignore=("lm_head",), layers_from=layers - skip_last)
+    check_loading(path, info, ignore=("lm_head",), layers_from=layers - skip_last)
     return model.to(device).eval().requires_grad_(False)
 
 
@@ -222,11 +222,11 @@ class LlavaEncoder:
         hidden_state_skip_layer: int = 2,
         apply_final_norm: bool = False,
     ) -> None:
-        with _loading(tokenizer_path or path, "LLaVA tokenizer"):
+        with loading(tokenizer_path or path, "LLaVA tokenizer"):
             self.tokenizer = AutoTokenizer.from_pretrained(
                 tokenizer_path or path, padding_side="right", local_files_only=True
             )
-        with _loading(image_processor_path or path, "LLaVA image processor"):
+        with loading(image_processor_path or path, "LLaVA image processor"):
             # PIL resize as transformers 4.39 did, whether or not torchvision is installed
             self.image_processor = CLIPImageProcessorPil.from_pretrained(
                 image_processor_path or path, local_files_only=True
@@ -312,7 +312,7 @@ class LlavaEncoder:
 
     def free(self) -> None:
         """Drop the weights (tokenizer and image processor stay); the encoder cannot encode afterwards."""
-        self.model = self.final_norm = _free(self.model)
+        self.model = self.final_norm = free_model(self.model)
 
 
 @dataclass

@@ -140,7 +140,7 @@ def _warn_truncated(tokenizer, texts: list[str], max_length: int, what: str) -> 
 
 
 @contextmanager
-def _quiet_transformers() -> Iterator[None]:
+def quiet_transformers() -> Iterator[None]:
     """Silence transformers' load report; we check the loading info ourselves and raise on real problems."""
     level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
@@ -154,7 +154,7 @@ def _quiet_transformers() -> Iterator[None]:
 
 
 @contextmanager
-def _loading(path: str | Path, what: str) -> Iterator[None]:
+def loading(path: str | Path, what: str) -> Iterator[None]:
     """Turn transformers' / safetensors' errors about an unusable folder (missing or corrupt weights, config or
     tokenizer files) into one `CheckpointError` naming the folder; out-of-memory stays a fault."""
     try:
@@ -166,7 +166,7 @@ def _loading(path: str | Path, what: str) -> Iterator[None]:
         raise CheckpointError(f"{path}: cannot load the {what} ({type(e).__name__}: {first[:200]})") from None
 
 
-def _check_loading(path: str | Path, info: dict, ignore: tuple[str, ...] = (), layers_from: int | None = None) -> None:
+def check_loading(path: str | Path, info: dict, ignore: tuple[str, ...] = (), layers_from: int | None = None) -> None:
     """Fail on missing or mis-shaped weights (they would be random); unexpected keys with a dotted component in
     `ignore` (e.g. "lm_head" in "language_model.lm_head.weight"), and those of decoder layers >= `layers_from`
     (left out on purpose, see `_load_llm`), are expected and skipped silently."""
@@ -199,18 +199,18 @@ def _load_llm(
     `skip_last` > 0 builds the model without its last `skip_last` decoder layers (their weights are never read) and
     with an identity in place of the final norm, so the output is `hidden_states[-(skip_last + 1)]` of the full
     model: the layers whose output is never used cost neither memory nor time."""
-    with _loading(path, "LLM text encoder"), _quiet_transformers():
+    with loading(path, "LLM text encoder"), quiet_transformers():
         config = AutoConfig.from_pretrained(path, local_files_only=True)
     text_config = getattr(config, "text_config", None) or config  # a LLaVA-style config nests the LLM's
     layers = text_config.num_hidden_layers
     if skip_last > layers:  # hidden_states has layers + 1 entries (embeddings first)
         raise ValueError(f"hidden_state_skip_layer {skip_last} > the LLM's {layers} layers")
-    with _loading(path, "LLM text encoder"), _quiet_transformers():
+    with loading(path, "LLM text encoder"), quiet_transformers():
         text_config.num_hidden_layers = layers - skip_last
         model, info = AutoModel.from_pretrained(
             path, config=config, dtype=dtype, local_files_only=True, output_loading_info=True
         )
-        _check_loading(path, info, ignore=("lm_head",), layers_from=layers - skip_last)
+        check_loading(path, info, ignore=("lm_head",), layers_from=layers - skip_last)
     if text_config is not config and hasattr(model, "language_model"):
         model = model.language_model  # LLaVA: (vision tower, projector, language model) -> language model
     norm = model.norm
@@ -221,9 +221,9 @@ def _load_llm(
 
 def _load_clip(path: str | Path, dtype: torch.dtype, device: torch.device | str) -> torch.nn.Module:
     """CLIP's text tower; a full CLIPModel checkpoint (openai/clip-vit-large-patch14) loads its text half."""
-    with _loading(path, "CLIP text encoder"), _quiet_transformers():
+    with loading(path, "CLIP text encoder"), quiet_transformers():
         model, info = CLIPTextModel.from_pretrained(path, dtype=dtype, local_files_only=True, output_loading_info=True)
-        _check_loading(path, info, ignore=("vision_model", "visual_projection", "text_projection", "logit_scale"))
+        check_loading(path, info, ignore=("vision_model", "visual_projection", "text_projection", "logit_scale"))
     return model.to(device).eval().requires_grad_(False)
 
 
@@ -241,7 +241,7 @@ class LLMEncoder:
         hidden_state_skip_layer: int = 2,
         apply_final_norm: bool = False,
     ) -> None:
-        with _loading(tokenizer_path or path, "LLM tokenizer"):
+        with loading(tokenizer_path or path, "LLM tokenizer"):
             self.tokenizer = AutoTokenizer.from_pretrained(
                 tokenizer_path or path, padding_side="right", local_files_only=True
             )
@@ -294,7 +294,7 @@ class LLMEncoder:
 
     def free(self) -> None:
         """Drop the weights (the tokenizer stays); the encoder cannot encode afterwards."""
-        self.model = self.final_norm = _free(self.model)
+        self.model = self.final_norm = free_model(self.model)
 
 
 class CLIPEncoder:
@@ -309,7 +309,7 @@ class CLIPEncoder:
         device: torch.device | str = "cpu",
         text_len: int = 77,
     ) -> None:
-        with _loading(tokenizer_path or path, "CLIP tokenizer"):
+        with loading(tokenizer_path or path, "CLIP tokenizer"):
             self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_path or path, local_files_only=True)
         self.model = _load_clip(path, dtype, device)
         self.device = torch.device(device)
@@ -327,10 +327,10 @@ class CLIPEncoder:
 
     def free(self) -> None:
         """Drop the weights (the tokenizer stays); the encoder cannot encode afterwards."""
-        self.model = _free(self.model)
+        self.model = free_model(self.model)
 
 
-def _free(model: torch.nn.Module | None) -> None:
+def free_model(model: torch.nn.Module | None) -> None:
     """Move a model's weights off the accelerator and let them be collected; returns None to assign back."""
     if model is not None:
         model.to("meta")  # releases storage even if someone else still holds a reference to the module

@@ -7,6 +7,8 @@ from pathlib import Path
 
 # block_out_channels, resnets per block, norm groups of the benchmarks' mid-size VAE
 MID_VAE_LAYOUT = ((32, 64, 64, 64), 2, 32)
+# the variables of an enclosing torchrun job, removed before launching another job (or a single process)
+TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
 def add_dit_size_args(ap: argparse.ArgumentParser, double: int = 6, single: int = 12) -> None:
@@ -28,3 +30,19 @@ def write_mid_vae(vae_dir: Path, seed: int) -> Path:
     channels, layers, groups = MID_VAE_LAYOUT
     cfg = VAEConfig(block_out_channels=channels, layers_per_block=layers, norm_num_groups=groups)
     return save_vae_diffusers(random_vae(cfg, seed, torch.float32), cfg, vae_dir)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below `pid` (children, grandchildren, ...), from /proc: torchrun's ranks run in sessions
+    of their own, so stopping a timed-out job means finding them."""
+    parent: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    out, frontier = [], [pid]
+    while frontier:
+        frontier = [child for child, ppid in parent.items() if ppid in frontier]
+        out += frontier
+    return out

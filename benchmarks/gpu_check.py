@@ -32,6 +32,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from benchmarks.common import TORCHRUN_ENV, descendants
+
 ROOT = Path(__file__).resolve().parents[1]
 PROMPT = "A cat walks on the grass, realistic style."
 SEED = 7
@@ -40,7 +42,6 @@ SEED = 7
 # tiny DiT forward differ by 0.53 relative between bf16 and fp32 (0.0088 with 1000). 1.0 -> 1000 is exact in bf16
 # and fp16, so E below measures rounding in the paths, not a different input.
 EMBEDDED_CFG = "1.0"
-TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -370,21 +371,6 @@ def compare(result: Result, ref: Result | None, e_bf16: float | None) -> None:
 
 
 Runner = Callable[[list[str], Path, float], subprocess.CompletedProcess]
-
-
-def descendants(pid: int) -> list[int]:
-    """Every live process below `pid`, from /proc (torchrun's ranks run in sessions of their own)."""
-    parent: dict[int, int] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            parent[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-    out, frontier = [], [pid]
-    while frontier:
-        frontier = [child for child, ppid in parent.items() if ppid in frontier]
-        out += frontier
-    return out
 
 
 def run_process(cmd: list[str], cwd: Path, timeout: float) -> subprocess.CompletedProcess:

@@ -33,30 +33,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from benchmarks.common import TORCHRUN_ENV, descendants
+
 ROOT = Path(__file__).resolve().parents[1]
-TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "MASTER_ADDR", "MASTER_PORT")
 DEFAULT_TIMEOUT_S = 600.0  # one launch on a loaded 2-core machine: torch import x N ranks, then the work
 FIRST_ERROR_CHARS = 2500  # per rank, in the failure message
 # the first line of an error in a rank's stderr; c10d prefixes an uncaught exception's lines with "[rankN]: "
 _ERROR_START = re.compile(
     r"^(\[rank\d+\]:\s*)?(Traceback \(most recent call last\)|error: |\S*Error: |\S*Exception: )", re.M
 )
-
-
-def descendants(pid: int) -> list[int]:
-    """Every live process below `pid` (children, grandchildren, ...), from /proc."""
-    parent: dict[int, int] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            parent[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-    out, frontier = [], [pid]
-    while frontier:
-        kids = [child for child, ppid in parent.items() if ppid in frontier]
-        out += kids
-        frontier = kids
-    return out
 
 
 def torchrun_command(nproc: int, argv: list[str], log_dir: Path) -> list[str]:

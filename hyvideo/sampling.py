@@ -128,12 +128,13 @@ def cat_cond(a: Any, b: Any) -> Any:
 
 
 def latent_shape(
-    batch: int, video_length: int, height: int, width: int, channels: int = 16
+    batch: int, video_length: int, height: int, width: int, channels: int = 16, spatial: int = 8
 ) -> tuple[int, int, int, int, int]:
-    """(B, C, (L-1)//4 + 1, H/8, W/8) for L = 4n+1 frames of H x W pixels (causal 4x time, 8x space VAE)."""
-    if (video_length - 1) % 4 or height % 8 or width % 8:
-        raise ValueError(f"need frames = 4n+1 and H, W multiples of 8; got {video_length}, {height}x{width}")
-    return (batch, channels, (video_length - 1) // 4 + 1, height // 8, width // 8)
+    """(B, C, (L-1)//4 + 1, H/s, W/s) for L = 4n+1 frames of H x W pixels: a causal VAE compressing time 4x and space
+    s x (v1: 8, HunyuanVideo 1.5: 16)."""
+    if (video_length - 1) % 4 or height % spatial or width % spatial:
+        raise ValueError(f"need frames = 4n+1 and H, W multiples of {spatial}; got {video_length}, {height}x{width}")
+    return (batch, channels, (video_length - 1) // 4 + 1, height // spatial, width // spatial)
 
 
 def initial_noise(
@@ -234,3 +235,41 @@ def concat_condition(model_fn: ModelFn, cond: torch.Tensor) -> ModelFn:
         return model_fn(torch.cat([x, cond.to(x.dtype).expand(x.shape[0], -1, -1, -1, -1)], 1), t)
 
     return fn
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# HunyuanVideo 1.5 (docs/DESIGN.md §22): the condition channels and the meanflow second timestep
+# ---------------------------------------------------------------------------------------------------------------
+def no_image_condition(x: torch.Tensor) -> torch.Tensor:
+    """Text-to-video with a DiT trained for both tasks: the condition channels (image latent and mask) all zero.
+    x (B, C, T, H, W) -> (B, C + 1, T, H, W) float32."""
+    B, C, T, H, W = x.shape
+    return x.new_zeros(B, C + 1, T, H, W, dtype=torch.float32)
+
+
+class StepClock:
+    """Which Euler step a model call belongs to, for a model that also takes the step's end point.
+
+    `outer(model_fn)` wraps the function the sampler calls (exactly once per step); inside that call, any number of
+    network calls (real CFG: two) read `next_timestep(B)`: the timestep the step goes to, 1000 * sigma_{i+1}, which
+    is 0 at the last step. This is HunyuanVideo 1.5's meanflow `t_r`, as both references pass it. No host sync:
+    the table lives on the latents' device."""
+
+    def __init__(self, sigmas: torch.Tensor) -> None:
+        self.next = sigmas[1:].float() * NUM_TRAIN_TIMESTEPS  # (N,), last entry 0
+        self.i = -1
+
+    def outer(self, model_fn: ModelFn) -> ModelFn:
+        def fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            self.i += 1
+            if self.i >= len(self.next):
+                raise RuntimeError(f"StepClock: step {self.i + 1} of a {len(self.next)}-step schedule")
+            return model_fn(x, t)
+
+        return fn
+
+    def next_timestep(self, batch: int, device: torch.device) -> torch.Tensor:
+        """(batch,) float32: the current step's end point timestep."""
+        if self.i < 0:
+            raise RuntimeError("StepClock.next_timestep called outside a step")
+        return self.next[self.i].to(device).expand(batch)

@@ -11,11 +11,13 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 from diffusers.utils.torch_utils import randn_tensor
 
 from hyvideo.sampling import (
+    StepClock,
     cat_cond,
     euler,
     flow_sigmas,
     initial_noise,
     latent_shape,
+    no_image_condition,
     official_noise,
     timesteps,
     with_cfg,
@@ -152,3 +154,36 @@ def test_official_noise_reproduces_the_official_draw(dtype):
         assert torch.equal(got, ours.to(dtype).float())  # CPU: the half-precision draw is the float32 one, rounded
     with pytest.raises(ValueError):
         official_noise(shape, [1, 2], "cpu", dtype)
+
+
+def test_step_clock_gives_each_step_its_end_point_as_the_references_do():
+    """meanflow t_r: at step i every network call (two with real CFG) sees the scheduler's timesteps[i + 1], and 0 at
+    the last step (what both 1.5 references pass); a call outside a step, or past the schedule, is an error."""
+    sigmas = flow_sigmas(5, 7.0)
+    sched = FlowMatchEulerDiscreteScheduler(shift=7.0)
+    sched.set_timesteps(sigmas=np.linspace(1.0, 0.0, 6)[:-1])
+    expected = [*sched.timesteps[1:].tolist(), 0.0]
+    clock, seen = StepClock(sigmas), []
+    with pytest.raises(RuntimeError, match="outside a step"):
+        clock.next_timestep(1, torch.device("cpu"))
+
+    def network(x, t):
+        seen.append(clock.next_timestep(x.shape[0], x.device).tolist())
+        return torch.zeros_like(x)
+
+    def guided(x, t):  # two network calls per step, as real CFG makes
+        return network(x, t) + network(x, t)
+
+    euler(clock.outer(guided), torch.zeros(2, 1, 1, 1, 1), sigmas)
+    assert [s[0] for s in seen[::2]] == pytest.approx(expected, abs=1e-3)
+    assert seen[::2] == seen[1::2] and all(len(s) == 2 for s in seen)
+    with pytest.raises(RuntimeError, match="step 6 of a 5-step"):
+        clock.outer(guided)(torch.zeros(1, 1, 1, 1, 1), torch.zeros(1))
+
+
+def test_latent_shape_with_16x_spatial_compression_and_the_empty_condition():
+    assert latent_shape(1, 121, 480, 848, 32, spatial=16) == (1, 32, 31, 30, 53)
+    with pytest.raises(ValueError, match="multiples of 16"):
+        latent_shape(1, 121, 480, 840, 32, spatial=16)
+    cond = no_image_condition(torch.ones(2, 32, 3, 4, 5))
+    assert cond.shape == (2, 33, 3, 4, 5) and not cond.any()

@@ -232,7 +232,7 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model-resolution", default="540p", choices=RESOLUTIONS, help="resolution tag of the weights")
     g.add_argument("--load-key", default="module", help="state-dict key inside the official .pt (module or ema)")
     g.add_argument("--latent-channels", type=int, default=16, help="latent channels; must match the VAE")
-    g.add_argument("--precision", default="bf16", choices=PRECISION_NAMES, help="DiT dtype")
+    g.add_argument("--precision", "--dtype", default="bf16", choices=PRECISION_NAMES, help="DiT dtype")
     g.add_argument("--rope-theta", type=int, default=256, help="RoPE base")
     g.add_argument(
         "--riflex",

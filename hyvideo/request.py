@@ -646,12 +646,12 @@ class ImageOptions:
         )
 
     @classmethod
-    def from_flags15(cls, f: Flags, task: str, image_later: bool = False) -> ImageOptions:
+    def from_flags15(cls, f: Flags, hv15: Family15Options, image_later: bool = False) -> ImageOptions:
         """HunyuanVideo 1.5: the image (--image_path, or --i2v-mode --i2v-image-path) of image-to-video weights; the
         condition is fixed by the family (image latent + mask, `i2v_condition` None), there is no stability start.
         Text-to-video weights take no image (checked where the version is chosen)."""
         size_given = given(f["video_size"])
-        if task == "t2v":
+        if hv15.task == "t2v":
             return cls(i2v_mode=False, i2v_image=None, i2v_resolution=f["i2v_resolution"], i2v_condition=None,
                        i2v_stability=False, i2v_resize=f["i2v_resize"], i2v_size_given=size_given)  # fmt: skip
         if f["decode_latents"] is not None:
@@ -660,8 +660,7 @@ class ImageOptions:
         flag = "--image_path" if f["image_path"] is not None else "--i2v-image-path"
         if path is None and f["prompt_file"] is None and not image_later and not f["dry_run"]:
             raise UsageError(
-                "--model-base",
-                f"{f['model_base']} holds image-to-video weights; add --image_path IMG (the first frame)",
+                "--image_path", f"image-to-video weights ({hv15.version}) need the first frame: add --image_path IMG"
             )
         if f["video_length"] == 1:
             raise UsageError("--video-length", "1 frame with an image would be the image itself; give 4n+1 >= 5")
@@ -802,6 +801,7 @@ V1_ONLY: dict[str, str] = {
     "i2v_dit_weight": "use --dit-weight",
     "riflex": "RIFLEx is calibrated for the v1 DiT's 129 frames",
 }
+LORA_FOLDER_FILE = "pytorch_lora_weights.safetensors"  # the file diffusers saves a LoRA folder's weights in
 _SR_HINT = "the super-resolution stage needs the separate upsampler models: not supported; run with --sr false"
 # generate.py options for features we do not have: refused with 1.5 weights when set (value -> message)
 _HV15_REFUSED: dict[str, str] = {
@@ -939,12 +939,16 @@ def _official_version(f: Flags, base: Path, task: str) -> str:
         return dense[0]
     what = "image-to-video" if task == "i2v" else "text-to-video"
     if not dense:
-        asked = hv15_version_name(res, task, bool(cfg_distilled), bool(step), False) if res else f"a {what} version"
+        hint = ""
+        if not any(HV15_VERSIONS[n].task == task for n in found):
+            hint = (
+                "; drop the image for text-to-video" if task == "i2v" else "; add --image_path IMG for image-to-video"
+            )
+        if res:
+            asked = hv15_version_name(res, task, bool(cfg_distilled), bool(step), False)
+            raise UsageError("--resolution", f"{base} has no transformer/{asked} (versions found: {listed}){hint}")
         raise UsageError(
-            "--resolution" if res else "--model-base",
-            f"{base} has no transformer/{asked} (versions found: {listed})"
-            if res
-            else f"{base} has no {what} version that fits the flags (versions found: {listed})",
+            "--model-base", f"{base} has no {what} version that fits the flags (versions found: {listed}){hint}"
         )
     resolutions = sorted({HV15_VERSIONS[n].resolution for n in dense})
     flag = "--resolution" if len(resolutions) > 1 else "--cfg_distilled"
@@ -963,7 +967,7 @@ def _diffusers_version(f: Flags, base: Path, has_image: bool) -> str:
     v = HV15_VERSIONS[version]
     if has_image and v.task == "t2v":
         raise UsageError(
-            "--image_path",
+            "--image_path" if f["image_path"] is not None or not f["i2v_mode"] else "--i2v-mode",
             f"--model-base {base} holds text-to-video weights ({version}); drop the image or give image-to-video "
             "weights",
         )
@@ -1016,7 +1020,7 @@ class Family15Options:
         diffusers = exists and (base / "model_index.json").is_file()
         task = "i2v" if image is not None or f["i2v_mode"] or image_later else "t2v"
         if diffusers:
-            version = _diffusers_version(f, base, image is not None)
+            version = _diffusers_version(f, base, image is not None or bool(f["i2v_mode"]))
         elif exists and official_versions15(base):
             version = _official_version(f, base, task)
         elif dry:  # planning before the download: the flags name the version
@@ -1107,7 +1111,8 @@ def _output_file(f: Flags) -> Path | None:
 
 def _runtime_spellings(f: Flags, notes: list[str] | None) -> dict[str, Any]:
     """generate.py's runtime options as our flags: --offloading (model), --group_offloading (block),
-    --use_sageattn (sage), --enable_torch_compile (--compile), --use_fp8_gemm (--use-fp8 [--fp8-compute])."""
+    --use_sageattn (sage), --enable_torch_compile (--compile), --use_fp8_gemm (--use-fp8 [--fp8-compute]),
+    --lora_path without --use-lora (one LoRA at scale 1)."""
     out: dict[str, Any] = {}
     defaults = flag_defaults()
     if f["offloading"] or f["group_offloading"]:
@@ -1120,6 +1125,9 @@ def _runtime_spellings(f: Flags, notes: list[str] | None) -> dict[str, Any]:
         out["attn_backend"] = "sage"
     if f["enable_torch_compile"]:
         out["compile"] = True
+    if f["lora_path"] and not f["use_lora"]:  # generate.py's --lora_path alone: a file, or diffusers' folder
+        path = Path(f["lora_path"])
+        out["use_lora"], out["lora_path"] = True, str(path / LORA_FOLDER_FILE if path.is_dir() else path)
     if f["use_fp8_gemm"]:
         out["use_fp8"] = True
         out["fp8_compute"] = f["fp8_compute"] or f["quant_type"] != "fp8-per-tensor-weight-only"
@@ -1208,7 +1216,7 @@ def validate(flags: Namespace | Flags, notes: list[str] | None = None, *, image_
         image = ImageOptions.from_flags(f, image_later)
         f = image.model_defaults(f)
     else:
-        image = ImageOptions.from_flags15(f, hv15.task, image_later)
+        image = ImageOptions.from_flags15(f, hv15, image_later)
         f = hv15.model_defaults(f, image.i2v_image, family_notes)
     sampling_notes: list[str] = []
     sampling = SamplingOptions.from_flags(f, sampling_notes)

@@ -246,6 +246,7 @@ DIT15_FILES = (
     ("config.json",),
     ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.safetensors.index.json"),
 )
+VAE15_FILES = DIT15_FILES  # config.json + diffusers-named safetensors in both layouts
 SCHEDULER_FILES = (("scheduler_config.json",),)
 GUIDER_FILES = (("guider_config.json",),)
 
@@ -384,7 +385,7 @@ def _missing15(paths: Model15Paths, need_text: bool, need_dit: bool) -> list[str
             wants.append((paths.scheduler, SCHEDULER_FILES))
             if paths.guider is not None:
                 wants.append((paths.guider, GUIDER_FILES))
-    wants.append((paths.vae, VAE_FILES))
+    wants.append((paths.vae, VAE15_FILES))
     return _absent(wants)
 
 

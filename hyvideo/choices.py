@@ -7,6 +7,8 @@ are in `hyvideo.dtypes`.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 PRECISION_NAMES: tuple[str, ...] = ("fp32", "fp16", "bf16")  # the dtypes: hyvideo.dtypes.PRECISIONS
 MODELS: tuple[str, ...] = ("HYVideo-T/2-cfgdistill", "HYVideo-T/2")
 VAES: tuple[str, ...] = ("884-16c-hy",)
@@ -44,3 +46,67 @@ I2V_RESOLUTIONS = ("720p", "540p", "360p")  # --i2v-resolution: the bucket sizes
 I2V_CONDITION_TYPES = ("token_replace", "latent_concat")  # --i2v-condition-type (HunyuanVideo-I2V's two releases)
 I2V_RESIZE_MODES = ("crop", "stretch")  # --i2v-resize: keep the aspect and center-crop, or stretch (diffusers)
 RIFLEX_MODES = ("auto", "on", "off")  # --riflex (docs/DESIGN.md §15.3)
+
+# ---------------------------------------------------------------------------------------------------------------
+# HunyuanVideo 1.5 (docs/DESIGN.md §21)
+# ---------------------------------------------------------------------------------------------------------------
+FAMILIES = ("v1", "1.5")  # `SampleRequest.family`: what --model-base holds
+
+
+class HV15Version(NamedTuple):
+    """One released 1.5 DiT (`transformer/<name>/` of the official tree) and the official defaults for it."""
+
+    resolution: str  # "480p" or "720p": the size bucket base (HV15_TARGET_SIZES)
+    task: str  # "t2v" or "i2v"
+    cfg_scale: float  # real classifier-free guidance; 1 = off (cfg-distilled and step-distilled weights)
+    flow_shift: float
+    infer_steps: int
+    cfg_distilled: bool  # trained to run without the unconditional pass
+    step_distilled: bool  # few steps; the DiT takes the next timestep too (meanflow t_r)
+    sparse: bool  # trained for SSTA sparse attention (H-series kernels): refused
+
+
+def _v(resolution: str, task: str, cfg: float, shift: float, steps: int = 50, kind: str = "") -> HV15Version:
+    """`kind`: "" (the base model), "distilled" (cfg), "distilled_sparse" or "step"."""
+    return HV15Version(
+        resolution, task, cfg, shift, steps, kind.startswith("distilled"), kind == "step", "sparse" in kind
+    )
+
+
+# The official defaults per version (the 1.5 repository's pipeline table; generate.py leaves the steps at the
+# pipeline's 50 except where the table names them). "_distilled" = cfg-distilled: guidance 1, same shift, 50 steps.
+HV15_VERSIONS: dict[str, HV15Version] = {
+    "480p_t2v": _v("480p", "t2v", 6.0, 5.0),
+    "480p_i2v": _v("480p", "i2v", 6.0, 5.0),
+    "720p_t2v": _v("720p", "t2v", 6.0, 9.0),
+    "720p_i2v": _v("720p", "i2v", 6.0, 7.0),
+    "480p_t2v_distilled": _v("480p", "t2v", 1.0, 5.0, kind="distilled"),
+    "480p_i2v_distilled": _v("480p", "i2v", 1.0, 5.0, kind="distilled"),
+    "720p_t2v_distilled": _v("720p", "t2v", 1.0, 9.0, kind="distilled"),
+    "720p_i2v_distilled": _v("720p", "i2v", 1.0, 7.0, kind="distilled"),
+    "720p_t2v_distilled_sparse": _v("720p", "t2v", 1.0, 9.0, kind="distilled_sparse"),
+    "720p_i2v_distilled_sparse": _v("720p", "i2v", 1.0, 7.0, kind="distilled_sparse"),
+    "480p_i2v_step_distilled": _v("480p", "i2v", 1.0, 7.0, 12, kind="step"),  # 8 steps also recommended
+}
+# The super-resolution DiTs share transformer/ with the others; they need upsampler/ models (not supported).
+HV15_SR_VERSIONS: tuple[str, ...] = ("720p_sr_distilled", "1080p_sr_distilled")
+HV15_RESOLUTIONS: tuple[str, ...] = ("480p", "720p")  # --resolution
+HV15_TASKS: tuple[str, ...] = ("t2v", "i2v")
+HV15_TARGET_SIZES: dict[str, int] = {"480p": 640, "720p": 960}  # bucket base edge in pixels (diffusers: target_size)
+HV15_BUCKET_STRIDE = 16  # bucket sides are multiples of this (VAE 16x, patch 1)
+HV15_VIDEO_LENGTH = 121  # generate.py --video_length
+HV15_FPS = 24
+HV15_ASPECT_RATIO = "16:9"  # generate.py --aspect_ratio, W:H
+HV15_SEED = 123  # generate.py --seed
+# generate.py --quant_type: fp8 weights only, or fp8 matmuls too (per tensor; sgl-kernel per token)
+HV15_QUANT_TYPES: tuple[str, ...] = ("fp8-per-tensor-weight-only", "fp8-per-tensor", "fp8-per-token-sgl")
+# diffusers pipeline classes (model_index.json _class_name) of 1.5 folders -> task
+HV15_PIPELINES: dict[str, str] = {"HunyuanVideo15Pipeline": "t2v", "HunyuanVideo15ImageToVideoPipeline": "i2v"}
+
+
+def hv15_version_name(resolution: str, task: str, cfg_distilled: bool, step_distilled: bool, sparse: bool) -> str:
+    """The folder name generate.py builds from its flags: step distillation wins over cfg distillation, and sparse
+    attention implies cfg distillation."""
+    if step_distilled:
+        return f"{resolution}_{task}_step_distilled"
+    return f"{resolution}_{task}" + ("_distilled" if cfg_distilled or sparse else "") + ("_sparse" if sparse else "")

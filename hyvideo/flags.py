@@ -17,6 +17,9 @@ from hyvideo.choices import (
     ATTN_BACKENDS,
     COMPILE_MODES,
     DIST_TIMEOUT_S,
+    HV15_ASPECT_RATIO,
+    HV15_QUANT_TYPES,
+    HV15_RESOLUTIONS,
     I2V_CONDITION_TYPES,
     I2V_RESIZE_MODES,
     I2V_RESOLUTIONS,
@@ -43,6 +46,11 @@ class DefaultFloat(float):
     `given` tells an explicit `--flow-shift 7` from the default 7 while help, sidecars and arithmetic see 7.0."""
 
 
+class DefaultInt(int):
+    """The default of an int flag that the model family may replace (HunyuanVideo 1.5: 121 frames; the step-distilled
+    weights' 12 steps), told apart from an explicit value as `DefaultFloat` is."""
+
+
 class DefaultSize(list):
     """The default `--video-size`, told apart from an explicit one as `DefaultFloat` is (image-to-video takes its
     size from the image unless --video-size is given)."""
@@ -50,7 +58,7 @@ class DefaultSize(list):
 
 def given(value: object) -> bool:
     """Whether a flag value was set by the user (or a prompt-file line / API call), not left at its default."""
-    return not isinstance(value, DefaultFloat | DefaultSize)
+    return not isinstance(value, DefaultFloat | DefaultInt | DefaultSize)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -117,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     _text_flags(p)
     _runtime_flags(p)
     _i2v_flags(p)
+    _hv15_flags(p)
     return p
 
 
@@ -130,7 +139,13 @@ def _output_flags(p: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="many prompts: .txt (one per line) or .jsonl (per-line overrides); re-runs resume (docs/CLI.md)",
     )
-    g.add_argument("--neg-prompt", default=None, help="negative prompt; the built-in one when --cfg-scale > 1")
+    g.add_argument(
+        "--neg-prompt",
+        "--negative_prompt",
+        "--negative-prompt",
+        default=None,
+        help="negative prompt; the built-in one when --cfg-scale > 1 (HunyuanVideo 1.5: empty, as generate.py)",
+    )
     g.add_argument(
         "--video-size",
         type=int,
@@ -140,7 +155,13 @@ def _output_flags(p: argparse.ArgumentParser) -> None:
         metavar="N",
         help="HEIGHT WIDTH in pixels",
     )
-    g.add_argument("--video-length", type=int, default=129, help="number of frames, 4n+1 (1 gives an image)")
+    g.add_argument(
+        "--video-length",
+        "--video_length",
+        type=int,
+        default=DefaultInt(129),
+        help="number of frames, 4n+1 (1 gives an image); HunyuanVideo 1.5: 121",
+    )
     g.add_argument("--num-videos", type=int, default=1, help="videos to generate; video i uses seed + i")
     g.add_argument("--seed", type=int, default=None, help="random seed; picked at random and logged when omitted")
     g.add_argument("--seed-type", default="auto", choices=SEED_TYPES, help="auto: --seed or random; fixed needs --seed")
@@ -155,7 +176,14 @@ def _output_flags(p: argparse.ArgumentParser) -> None:
 def _sampling_flags(p: argparse.ArgumentParser) -> None:
     """The flow-matching sampler."""
     g = p.add_argument_group("sampling")
-    g.add_argument("--infer-steps", type=int, default=50, help="denoising steps")
+    g.add_argument(
+        "--infer-steps",
+        "--num_inference_steps",
+        "--num-inference-steps",
+        type=int,
+        default=DefaultInt(50),
+        help="denoising steps (HunyuanVideo 1.5 step-distilled weights: 12)",
+    )
     g.add_argument(
         "--cfg-scale",
         type=float,
@@ -192,13 +220,19 @@ def _sampling_flags(p: argparse.ArgumentParser) -> None:
 def _model_flags(p: argparse.ArgumentParser) -> None:
     """Weights: DiT, VAE, LoRA."""
     g = p.add_argument_group("model")
-    g.add_argument("--model-base", default="ckpts", help="folder with all weights: official ckpts/ tree or diffusers")
+    g.add_argument(
+        "--model-base",
+        "--model_path",
+        "--model-path",
+        default="ckpts",
+        help="folder with all weights: official ckpts/ tree or diffusers",
+    )
     g.add_argument("--dit-weight", default=None, help="DiT weight file or folder (default: found under --model-base)")
     g.add_argument("--model", default="HYVideo-T/2-cfgdistill", choices=MODELS, help="DiT preset")
     g.add_argument("--model-resolution", default="540p", choices=RESOLUTIONS, help="resolution tag of the weights")
     g.add_argument("--load-key", default="module", help="state-dict key inside the official .pt (module or ema)")
     g.add_argument("--latent-channels", type=int, default=16, help="latent channels; must match the VAE")
-    g.add_argument("--precision", default="bf16", choices=PRECISION_NAMES, help="DiT dtype")
+    g.add_argument("--precision", "--dtype", default="bf16", choices=PRECISION_NAMES, help="DiT dtype")
     g.add_argument("--rope-theta", type=int, default=256, help="RoPE base")
     g.add_argument(
         "--riflex",
@@ -226,7 +260,13 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lora-mode", default="merge", choices=LORA_MODES, help="merge LoRAs into the weights or wrap")
     # the official image-to-video tool's LoRA flags: one more entry in the same LoRA list as --lora PATH:SCALE
     g.add_argument("--use-lora", action="store_true", help="apply --lora-path (official I2V flag; same as --lora)")
-    g.add_argument("--lora-path", default=None, metavar="PATH", help="LoRA .safetensors for --use-lora")
+    g.add_argument(
+        "--lora-path",
+        "--lora_path",
+        default=None,
+        metavar="PATH",
+        help="LoRA .safetensors for --use-lora (HunyuanVideo 1.5: alone, as generate.py's --lora_path)",
+    )
     g.add_argument("--lora-scale", type=float, default=1.0, help="scale of --lora-path (kohya alpha of "
                    "Hunyuan_video_I2V_lora files ignored, as the official tool does)")  # fmt: skip
 
@@ -345,3 +385,71 @@ def _i2v_flags(p: argparse.ArgumentParser) -> None:
         help="crop: keep the aspect and center-crop to the video size (official); stretch: resize to it (diffusers)",
     )
     g.add_argument("--i2v-dit-weight", default=None, help="image-to-video DiT weights (replaces --dit-weight)")
+
+
+def str_to_bool(value: str | bool | None) -> bool:
+    """generate.py's boolean options: `--flag` alone is true, else true/false, 1/0, yes/no, on/off."""
+    if value is None or isinstance(value, bool):
+        return value is None or value
+    word = value.strip().lower()
+    if word in ("true", "1", "yes", "on"):
+        return True
+    if word in ("false", "0", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false (or 1/0, yes/no, on/off), got {value!r}")
+
+
+def _spellings(name: str) -> list[str]:
+    return [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
+
+
+def _switch(g: argparse._ArgumentGroup, name: str, help: str, default: bool | None = None) -> None:
+    """One generate.py boolean option, in its underscore and dash spellings; None = not given."""
+    g.add_argument(
+        *_spellings(name), type=str_to_bool, nargs="?", const=True, default=default, metavar="BOOL", help=help
+    )
+
+
+def _option(g: argparse._ArgumentGroup, name: str, **kwargs: Any) -> None:
+    """One generate.py option with a value, in its underscore and dash spellings."""
+    g.add_argument(*_spellings(name), **kwargs)
+
+
+def _hv15_flags(p: argparse.ArgumentParser) -> None:
+    """HunyuanVideo 1.5: the official generate.py options (underscore or dash). Its --prompt, --seed, --model_path,
+    --negative_prompt, --video_length, --num_inference_steps and --lora_path are spellings of our flags above."""
+    g = p.add_argument_group("HunyuanVideo 1.5 (the official generate.py options)")
+    _option(g, "resolution", default=None, choices=HV15_RESOLUTIONS, help="the DiT version's resolution")
+    _option(g, "aspect_ratio", default=None, metavar="W:H", help=f"text-to-video size bucket ({HV15_ASPECT_RATIO})")
+    _option(g, "image_path", default=None, metavar="IMG", help="the first frame: image-to-video ('none': text)")
+    _option(g, "output_path", default=None, metavar="FILE.mp4", help="the video file (instead of --save-path)")
+    _switch(g, "cfg_distilled", "the cfg-distilled version (guidance 1)")
+    _switch(g, "enable_step_distill", "the step-distilled version (480p image-to-video, 12 steps)")
+    _switch(g, "sparse_attn", "SSTA sparse attention (not supported)")
+    _switch(g, "sr", "the super-resolution stage (not supported; generate.py's default true runs without it here)")
+    _switch(g, "save_pre_sr_video", "with --sr only (not supported)")
+    _switch(g, "rewrite", "prompt rewriting by an LLM service (not supported)")
+    _switch(g, "offloading", "true: --offload model (block with --group_offloading)")
+    _switch(g, "group_offloading", "true: --offload block")
+    _switch(g, "overlap_group_offloading", "accepted; block offload here always prefetches the next block")
+    _switch(g, "use_sageattn", "same as --attn-backend sage")
+    _option(g, "sage_blocks_range", default="0-53", metavar="RANGE", help="all blocks only (0-53)")
+    _switch(g, "enable_torch_compile", "same as --compile")
+    _switch(g, "enable_cache", "feature caching (deepcache, teacache, taylorcache; not supported)")
+    _option(g, "cache_type", default="deepcache", help="with --enable_cache (not supported)")
+    _option(g, "no_cache_block_id", default="53", help="with --enable_cache (not supported)")
+    _option(g, "cache_start_step", type=int, default=11, help="with --enable_cache (not supported)")
+    _option(g, "cache_end_step", type=int, default=45, help="with --enable_cache (not supported)")
+    _option(g, "total_steps", type=int, default=50, help="with --enable_cache (not supported)")
+    _option(g, "cache_step_interval", type=int, default=4, help="with --enable_cache (not supported)")
+    _switch(g, "save_generation_config", "the run record: always written here, as <video>.json")
+    _option(g, "checkpoint_path", default=None, help="a training checkpoint (not supported: use --dit-weight)")
+    _switch(g, "use_fp8_gemm", "same as --use-fp8 --fp8-compute")
+    _option(g, "quant_type", default=HV15_QUANT_TYPES[-1], choices=HV15_QUANT_TYPES, help="with --use_fp8_gemm")
+    _option(g, "include_patterns", default="double_blocks", help="with --use_fp8_gemm: double_blocks only")
+    g.add_argument(
+        "--neg-byt5",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="also encode the negative prompt's quoted text with byT5, as diffusers does (official: zeros)",
+    )

@@ -26,26 +26,51 @@ from typing import Any, Literal
 import torch
 
 from hyvideo import hardware, io
-from hyvideo.checkpoints.layout import ModelKind, model_kind
+from hyvideo.checkpoints.layout import (
+    Model15Paths,
+    ModelKind,
+    folder_settings15,
+    folder_version15,
+    locate15,
+    model_family,
+    model_kind,
+    official_versions15,
+)
 from hyvideo.choices import (
     ATTN_PACKAGES,
     COMPILE_MODES,
     CUDA_GRAPH_COMPILE_MODES,
     DEFAULT_NEGATIVE_PROMPT,
+    HV15_ASPECT_RATIO,
+    HV15_BUCKET_STRIDE,
+    HV15_SEED,
+    HV15_TARGET_SIZES,
+    HV15_VERSIONS,
+    HV15_VIDEO_LENGTH,
     I2V_RESIZE_MODES,
     I2V_RESOLUTIONS,
     RANDOM_SEED_MAX,
     SEED_MAX,
     SIZE_MULTIPLE,
+    hv15_version_name,
 )
 from hyvideo.config import tile_problem
 from hyvideo.errors import CheckpointError, UsageError
 from hyvideo.flags import build_parser, check_size, given
-from hyvideo.image import SourceImage, i2v_bucket, load_image
+from hyvideo.image import SourceImage, bucket_sizes, i2v_bucket, load_image
 from hyvideo.lora import LoraSpec, check_lora_specs, parse_lora_flag
 from hyvideo.parallel.group import env_world_size, launched_by_torchrun
 
-__all__ = ["SUPPORTED_VALUES_ONLY", "SampleRequest", "UsageError", "flag_defaults", "for_prompt", "validate"]
+__all__ = [
+    "SUPPORTED_VALUES_ONLY",
+    "Family15Options",
+    "SampleRequest",
+    "UsageError",
+    "flag_defaults",
+    "for_prompt",
+    "hv15_bucket",
+    "validate",
+]
 
 Precision = Literal["fp32", "fp16", "bf16"]
 AttnBackend = Literal["auto", "sdpa", "flash", "sage"]
@@ -187,7 +212,8 @@ class TextOptions:
     """The prompts and the two text encoders (Llama-3 with a template, CLIP-L pooled)."""
 
     prompt: str | None  # stripped, non-empty text prompt; None when decoding latents, reading a prompt file or planning
-    neg_prompt: str | None  # negative prompt for real CFG; None exactly when cfg_scale <= 1 (no unconditional pass)
+    # negative prompt for real CFG; None exactly when cfg_scale <= 1 (no unconditional pass); "" possible for 1.5
+    neg_prompt: str | None
     text_len: int  # LLM tokens kept after cropping the template (256)
     text_len_2: int  # CLIP tokens (77)
     hidden_state_skip_layer: int  # use hidden_states[-(skip + 1)] of the LLM (2 -> hidden_states[-3])
@@ -198,8 +224,11 @@ class TextOptions:
     prompt_template_video: str  # template name for video outputs ("dit-llm-encode-video")
 
     @classmethod
-    def from_flags(cls, f: Flags, cfg_scale: float, notes: list[str]) -> TextOptions:
-        """`cfg_scale` decides whether a negative prompt is used at all."""
+    def from_flags(
+        cls, f: Flags, cfg_scale: float, notes: list[str], default_negative: str = DEFAULT_NEGATIVE_PROMPT
+    ) -> TextOptions:
+        """`cfg_scale` decides whether a negative prompt is used at all; `default_negative` is the one used when none
+        is given (HunyuanVideo 1.5: empty, as its generate.py)."""
         text_len, text_len_2 = _int(f, "text_len", 1), _int(f, "text_len_2", 1)
         _int(f, "text_states_dim", 1)
         _int(f, "text_states_dim_2", 1)
@@ -214,7 +243,7 @@ class TextOptions:
             notes.append("--neg-prompt has no effect without --cfg-scale > 1 (real classifier-free guidance is off)")
         return cls(
             prompt=prompt,
-            neg_prompt=(neg or DEFAULT_NEGATIVE_PROMPT) if cfg_scale > 1 else None,
+            neg_prompt=(neg or default_negative) if cfg_scale > 1 else None,
             text_len=text_len,
             text_len_2=text_len_2,
             hidden_state_skip_layer=skip,
@@ -616,6 +645,35 @@ class ImageOptions:
             i2v_size_given=given(f["video_size"]),
         )
 
+    @classmethod
+    def from_flags15(cls, f: Flags, hv15: Family15Options, image_later: bool = False) -> ImageOptions:
+        """HunyuanVideo 1.5: the image (--image_path, or --i2v-mode --i2v-image-path) of image-to-video weights; the
+        condition is fixed by the family (image latent + mask, `i2v_condition` None), there is no stability start.
+        Text-to-video weights take no image (checked where the version is chosen)."""
+        size_given = given(f["video_size"])
+        if hv15.task == "t2v":
+            return cls(i2v_mode=False, i2v_image=None, i2v_resolution=f["i2v_resolution"], i2v_condition=None,
+                       i2v_stability=False, i2v_resize=f["i2v_resize"], i2v_size_given=size_given)  # fmt: skip
+        if f["decode_latents"] is not None:
+            raise UsageError("--decode-latents", "decoding latents with an image: not supported yet; drop one")
+        path = _image_path(f)
+        flag = "--image_path" if f["image_path"] is not None else "--i2v-image-path"
+        if path is None and f["prompt_file"] is None and not image_later and not f["dry_run"]:
+            raise UsageError(
+                "--image_path", f"image-to-video weights ({hv15.version}) need the first frame: add --image_path IMG"
+            )
+        if f["video_length"] == 1:
+            raise UsageError("--video-length", "1 frame with an image would be the image itself; give 4n+1 >= 5")
+        return cls(
+            i2v_mode=True,
+            i2v_image=load_image(path, flag=flag) if path is not None else None,
+            i2v_resolution=f["i2v_resolution"],
+            i2v_condition=None,
+            i2v_stability=False,
+            i2v_resize=f["i2v_resize"],
+            i2v_size_given=size_given,
+        )
+
     def for_prompt(self, f: Flags, image: SourceImage | None) -> ImageOptions:
         """This run's options for one prompt of a prompt file or the Python API: its own image (None: the run's),
         stability, resize and size (the condition and the weights are the run's, checked once)."""
@@ -709,9 +767,380 @@ def _i2v_condition(kind: ModelKind, flag: str | None) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# HunyuanVideo 1.5 (docs/DESIGN.md §21)
+# ---------------------------------------------------------------------------------------------------------------
+# generate.py's options (flags group "HunyuanVideo 1.5"): with v1 weights any of them not at its default is refused.
+HV15_ONLY = (
+    "resolution", "aspect_ratio", "image_path", "output_path", "cfg_distilled", "enable_step_distill", "sparse_attn",
+    "sr", "save_pre_sr_video", "rewrite", "offloading", "group_offloading", "overlap_group_offloading",
+    "use_sageattn", "sage_blocks_range", "enable_torch_compile", "enable_cache", "cache_type", "no_cache_block_id",
+    "cache_start_step", "cache_end_step", "total_steps", "cache_step_interval", "save_generation_config",
+    "checkpoint_path", "use_fp8_gemm", "quant_type", "include_patterns", "neg_byt5",
+)  # fmt: skip
+# The v1 model's flags that mean nothing for 1.5 (its DiT, VAE, encoders and their templates are fixed by the
+# version): refused with 1.5 weights when not at their defaults, each with what to use instead.
+V1_ONLY: dict[str, str] = {
+    "model": "the DiT follows the weights' version",
+    "model_resolution": "use --resolution 480p|720p",
+    "load_key": "1.5 weights are safetensors",
+    "latent_channels": "the 1.5 VAE has 32",
+    "rope_theta": "the 1.5 DiT's config sets it",
+    "vae": "the 1.5 VAE is found under --model-base",
+    "text_states_dim": "Qwen2.5-VL's width comes from its config",
+    "text_states_dim_2": "1.5 has no CLIP",
+    "text_len": "1.5 encodes 1000 Qwen tokens",
+    "text_len_2": "1.5 has no CLIP; byT5 takes 256 tokens",
+    "prompt_template": "1.5 uses its own Qwen template",
+    "prompt_template_video": "1.5 uses its own Qwen template",
+    "hidden_state_skip_layer": "1.5 uses Qwen's hidden_states[-3]",
+    "apply_final_norm": "1.5 uses Qwen's hidden_states[-3] as it is",
+    "embedded_cfg_scale": "the 1.5 DiT has no guidance embedding; use --cfg-scale",
+    "i2v_resolution": "use --resolution 480p|720p",
+    "i2v_condition_type": "1.5 concatenates the image latent and a mask",
+    "i2v_stability": "1.5 starts from pure noise",
+    "i2v_dit_weight": "use --dit-weight",
+    "riflex": "RIFLEx is calibrated for the v1 DiT's 129 frames",
+}
+LORA_FOLDER_FILE = "pytorch_lora_weights.safetensors"  # the file diffusers saves a LoRA folder's weights in
+_SR_HINT = "the super-resolution stage needs the separate upsampler models: not supported; run with --sr false"
+# generate.py options for features we do not have: refused with 1.5 weights when set (value -> message)
+_HV15_REFUSED: dict[str, str] = {
+    "sr": _SR_HINT,
+    "save_pre_sr_video": "only with --sr, which is not supported; drop it",
+    "rewrite": "prompt rewriting needs an external LLM service: not supported; rewrite the prompt yourself and use "
+    "--rewrite false",
+    "sparse_attn": "SSTA sparse attention needs H-series GPUs and the flex-block-attn kernels: not supported; use "
+    "the dense weights (--sparse_attn false)",
+    "enable_cache": "feature caching (deepcache/teacache/taylorcache) comes from an external package with no "
+    "published calibration for 1.5 here: not supported; drop it",
+}
+HV15_NOTICE_SR = "super-resolution (generate.py's default --sr true) is not supported: the video keeps the DiT's size"
+
+
+def hv15_bucket(target_size: int, height: int, width: int) -> tuple[int, int]:
+    """The official 1.5 size for a height x width picture (an image, or the aspect ratio's W:H as H, W): the bucket of
+    (target_size / 16)^2 cells whose h/w, rounded to 5 decimals, is nearest to height / width, the tallest on a tie
+    (numpy's argmin over the official bucket order)."""
+    ratio = float(height) / float(width)
+    buckets = bucket_sizes(target_size, HV15_BUCKET_STRIDE)
+    return min(buckets, key=lambda hw: abs(round(hw[0] / hw[1], 5) - ratio))  # min keeps the first of equals
+
+
+def _family(f: Flags) -> str:
+    """ "1.5" or "v1": from the folder when it exists, else (a dry run, or an error reported later) from the flags."""
+    base = Path(f["model_base"])
+    if _exists(base) and base.is_dir():
+        try:
+            return model_family(base)
+        except CheckpointError as e:
+            raise UsageError(None, str(e)) from None
+    defaults = flag_defaults()
+    return "1.5" if any(f[d] != defaults[d] for d in HV15_ONLY) else "v1"
+
+
+def _check_no_hv15_flags(f: Flags) -> None:
+    defaults = flag_defaults()
+    for dest in HV15_ONLY:
+        if f[dest] != defaults[dest]:
+            raise UsageError(
+                _hv15_flag(dest),
+                f"a HunyuanVideo 1.5 option, but --model-base {f['model_base']} holds HunyuanVideo (v1) weights; "
+                "drop it or give 1.5 weights",
+            )
+
+
+def _hv15_flag(dest: str) -> str:
+    """generate.py's spelling of one of its options (its own: underscores)."""
+    return "--neg-byt5" if dest == "neg_byt5" else "--" + dest
+
+
+def _check_hv15_flags(f: Flags, notes: list[str]) -> None:
+    """With 1.5 weights: no v1-only flag, no feature we lack; options that change nothing are noted."""
+    defaults = flag_defaults()
+    for dest, instead in V1_ONLY.items():
+        if f[dest] != defaults[dest] and given(f[dest]):
+            raise UsageError(_flag(dest), f"a HunyuanVideo (v1) option: not for 1.5 weights ({instead}); drop it")
+    if f["teacache_thresh"] != 0:
+        raise UsageError(
+            "--teacache-thresh",
+            "TeaCache has no published calibration for HunyuanVideo 1.5 (the official repository's caches come from "
+            "an external package): not supported with 1.5 weights; drop it",
+        )
+    for dest, message in _HV15_REFUSED.items():
+        if f[dest]:
+            raise UsageError(_hv15_flag(dest), message)
+    for dest in ("cache_type", "no_cache_block_id", "cache_start_step", "cache_end_step", "total_steps",
+                 "cache_step_interval"):  # fmt: skip
+        if f[dest] != defaults[dest]:
+            raise UsageError(_hv15_flag(dest), "only with --enable_cache, which is not supported; drop it")
+    if f["sage_blocks_range"].replace(" ", "") != defaults["sage_blocks_range"]:
+        raise UsageError("--sage_blocks_range", "SageAttention runs in every block here (0-53); drop it")
+    if f["include_patterns"].replace(" ", "") != defaults["include_patterns"]:
+        raise UsageError("--include_patterns", "fp8 applies to the double blocks (double_blocks) only; drop it")
+    if f["quant_type"] != defaults["quant_type"] and not f["use_fp8_gemm"]:
+        raise UsageError("--quant_type", "only with --use_fp8_gemm; add it or drop --quant_type")
+    if f["checkpoint_path"] is not None:
+        raise UsageError(
+            "--checkpoint_path", "training checkpoints (torch.distributed.checkpoint) are not supported; save the DiT "
+            "as safetensors and give --dit-weight",
+        )  # fmt: skip
+    if f["save_generation_config"] is False:
+        raise UsageError("--save_generation_config", "the run record <video>.json is always written; drop it")
+    if f["sr"] is None and f["decode_latents"] is None and not f["dry_run"]:
+        notes.append(HV15_NOTICE_SR)
+
+
+def _aspect_ratio(text: str | None) -> tuple[int, int]:
+    """--aspect_ratio W:H, two positive integers (generate.py's rule)."""
+    width, sep, height = (text or HV15_ASPECT_RATIO).partition(":")
+    if not sep or not width.strip().isdigit() or not height.strip().isdigit() or min(int(width), int(height)) < 1:
+        raise UsageError("--aspect_ratio", f"give W:H with two positive integers (e.g. 16:9 or 9:16), got {text!r}")
+    return int(width), int(height)
+
+
+def _image_path(f: Flags) -> str | None:
+    """The 1.5 first frame: --image_path (generate.py; 'none' = no image) or --i2v-image-path (ours)."""
+    path = f["image_path"]
+    if path is not None and path.strip().lower() == "none":
+        path = None
+    if path is not None and f["i2v_image_path"] is not None:
+        raise UsageError("--image_path", "give the image once: --image_path or --i2v-image-path")
+    return path if path is not None else f["i2v_image_path"]
+
+
+def _official_version(f: Flags, base: Path, task: str) -> str:
+    """The version under an official tree's transformer/ that the flags ask for. Flags left unset narrow nothing;
+    when several versions still fit, unset --cfg_distilled / --enable_step_distill take generate.py's default
+    (false), and a choice that remains (two resolutions) must be made with --resolution."""
+    found = official_versions15(base)
+    res, cfg_distilled, step = f["resolution"], f["cfg_distilled"], f["enable_step_distill"]
+
+    def fits(name: str, cfg: bool | None, steps: bool | None) -> bool:
+        v = HV15_VERSIONS[name]
+        return (
+            v.task == task
+            and (res is None or v.resolution == res)
+            and (steps is None or v.step_distilled == steps)
+            and (cfg is None or bool(steps) or v.cfg_distilled == cfg)
+        )
+
+    listed = ", ".join(found) or "none"
+    fitting = [n for n in found if fits(n, cfg_distilled, step)]
+    dense = [n for n in fitting if not HV15_VERSIONS[n].sparse]
+    if fitting and not dense:
+        raise UsageError(
+            "--model-base",
+            f"{base}: only {', '.join(fitting)} fits, which needs SSTA sparse attention (H-series kernels): not "
+            "supported; download a dense version",
+        )
+    if len(dense) > 1:
+        dense = [n for n in dense if fits(n, bool(cfg_distilled), bool(step))] or dense
+    if len(dense) == 1:
+        return dense[0]
+    what = "image-to-video" if task == "i2v" else "text-to-video"
+    if not dense:
+        hint = ""
+        if not any(HV15_VERSIONS[n].task == task for n in found):
+            hint = (
+                "; drop the image for text-to-video" if task == "i2v" else "; add --image_path IMG for image-to-video"
+            )
+        if res:
+            asked = hv15_version_name(res, task, bool(cfg_distilled), bool(step), False)
+            raise UsageError("--resolution", f"{base} has no transformer/{asked} (versions found: {listed}){hint}")
+        raise UsageError(
+            "--model-base", f"{base} has no {what} version that fits the flags (versions found: {listed}){hint}"
+        )
+    resolutions = sorted({HV15_VERSIONS[n].resolution for n in dense})
+    flag = "--resolution" if len(resolutions) > 1 else "--cfg_distilled"
+    how = " or ".join(f"--resolution {r}" for r in resolutions) if len(resolutions) > 1 else (
+        "--cfg_distilled or --enable_step_distill"
+    )  # fmt: skip
+    raise UsageError(flag, f"{base} holds several {what} versions ({', '.join(dense)}); choose with {how}")
+
+
+def _diffusers_version(f: Flags, base: Path, has_image: bool) -> str:
+    """The version a diffusers folder holds; the flags must not ask for another."""
+    try:
+        version = folder_version15(base)
+    except CheckpointError as e:
+        raise UsageError(None, str(e)) from None
+    v = HV15_VERSIONS[version]
+    if has_image and v.task == "t2v":
+        raise UsageError(
+            "--image_path" if f["image_path"] is not None or not f["i2v_mode"] else "--i2v-mode",
+            f"--model-base {base} holds text-to-video weights ({version}); drop the image or give image-to-video "
+            "weights",
+        )
+    asked = {
+        "--resolution": (f["resolution"], v.resolution),
+        "--enable_step_distill": (f["enable_step_distill"], v.step_distilled),
+        "--cfg_distilled": (None if f["enable_step_distill"] else f["cfg_distilled"], v.cfg_distilled),
+    }
+    for flag, (wanted, held) in asked.items():
+        if wanted is not None and wanted != held:
+            raise UsageError(flag, f"{wanted}, but --model-base {base} holds {version}")
+    return version
+
+
+@dataclass(frozen=True, kw_only=True)
+class Family15Options:
+    """HunyuanVideo 1.5: which DiT version runs (from the folder and generate.py's flags), where its components are,
+    and the settings that follow from the version. Checked before every other stage: their defaults follow it."""
+
+    version: str  # key of hyvideo.choices.HV15_VERSIONS, e.g. "480p_i2v_step_distilled"
+    task: str  # "t2v" or "i2v"
+    resolution: str  # "480p" or "720p"
+    target_size: int  # bucket base edge in pixels (640 / 960): the default size of the video
+    aspect_ratio: tuple[int, int]  # (W, H) of --aspect_ratio: text-to-video's bucket when --video-size is not given
+    cfg_distilled: bool  # trained without the unconditional pass (default guidance 1)
+    step_distilled: bool  # few steps (default 12)
+    meanflow: bool  # the DiT also takes the next step's timestep t_r (the step-distilled weights)
+    negative_byt5: bool  # --neg-byt5: encode the negative prompt's quoted text with byT5 (official: zeros)
+    paths: Model15Paths | None  # the components; None only for --dry-run (the weights need not exist yet)
+    defaults_from: str  # "version table" (official tree) or "folder" (diffusers guider and scheduler configs)
+    default_cfg_scale: float  # what --cfg-scale defaults to for this version / folder
+    default_flow_shift: float  # what --flow-shift defaults to
+    default_infer_steps: int  # what --infer-steps defaults to
+    output_file: Path | None  # --output_path: the video's exact file name (one video only); None = named as v1's
+
+    @classmethod
+    def from_flags(cls, f: Flags, notes: list[str], image_later: bool = False) -> Family15Options:
+        """The flags that 1.5 refuses, then the version (folder and flags), the components (every file checked),
+        the folder's or the table's defaults. Reads small JSON files only."""
+        _check_hv15_flags(f, notes)
+        base, dry = Path(f["model_base"]), bool(f["dry_run"])
+        image = _image_path(f)
+        exists = _exists(base) and base.is_dir()
+        if not exists and not dry:
+            raise UsageError(
+                "--model-base",
+                f"{base!s:.200} is not a directory; give the HunyuanVideo 1.5 folder (official ckpts/ tree or a "
+                "diffusers-format folder)",
+            )
+        diffusers = exists and (base / "model_index.json").is_file()
+        task = "i2v" if image is not None or f["i2v_mode"] or image_later else "t2v"
+        if diffusers:
+            version = _diffusers_version(f, base, image is not None or bool(f["i2v_mode"]))
+        elif exists and official_versions15(base):
+            version = _official_version(f, base, task)
+        elif dry:  # planning before the download: the flags name the version
+            if f["resolution"] is None:
+                raise UsageError("--resolution", "480p or 720p: needed to plan without the weights (--dry-run)")
+            version = hv15_version_name(
+                f["resolution"], task, bool(f["cfg_distilled"]), bool(f["enable_step_distill"]), False
+            )
+            if version not in HV15_VERSIONS:
+                raise UsageError("--enable_step_distill", f"{version} is not a released version")
+        else:
+            raise UsageError("--model-base", f"{base}: no HunyuanVideo 1.5 version under transformer/")
+        spec = HV15_VERSIONS[version]
+        paths = None
+        if exists and not dry:
+            need = f["decode_latents"] is None
+            try:
+                paths = locate15(base, version, need_text=need, need_dit=need)
+            except CheckpointError as e:
+                raise UsageError(None, str(e)) from None
+        cfg, shift = folder_settings15(base) if diffusers else (None, None)
+        if f["aspect_ratio"] is not None and given(f["video_size"]):
+            raise UsageError("--aspect_ratio", "give either --aspect_ratio or --video-size, not both")
+        aspect = _aspect_ratio(f["aspect_ratio"])
+        if f["aspect_ratio"] is not None and spec.task == "i2v":
+            notes.append("--aspect_ratio has no effect with an image: the image's aspect picks the size")
+        return cls(
+            version=version,
+            task=spec.task,
+            resolution=spec.resolution,
+            target_size=HV15_TARGET_SIZES[spec.resolution],
+            aspect_ratio=aspect,
+            cfg_distilled=spec.cfg_distilled,
+            step_distilled=spec.step_distilled,
+            meanflow=spec.step_distilled,
+            negative_byt5=bool(f["neg_byt5"]),
+            paths=paths,
+            defaults_from="folder" if diffusers else "version table",
+            default_cfg_scale=spec.cfg_scale if cfg is None else cfg,
+            default_flow_shift=spec.flow_shift if shift is None else shift,
+            default_infer_steps=spec.infer_steps,
+            output_file=_output_file(f),
+        )
+
+    def model_defaults(self, f: Flags, image: SourceImage | None, notes: list[str] | None = None) -> dict[str, Any]:
+        """`f` with the defaults that follow the version where a flag was not given (guidance, shift, steps, 121
+        frames, the size bucket of the aspect ratio or of `image`, generate.py's seed 123), and generate.py's options
+        that are spellings of ours put into our flags."""
+        out = dict(f)
+        if not given(f["cfg_scale"]):
+            out["cfg_scale"] = self.default_cfg_scale
+        if not given(f["flow_shift"]):
+            out["flow_shift"] = self.default_flow_shift
+        if not given(f["infer_steps"]):
+            out["infer_steps"] = self.default_infer_steps
+        if not given(f["video_length"]):
+            out["video_length"] = HV15_VIDEO_LENGTH
+        if not given(f["video_size"]):
+            if self.task == "t2v":
+                out["video_size"] = list(hv15_bucket(self.target_size, self.aspect_ratio[1], self.aspect_ratio[0]))
+            elif image is not None:  # None: a prompt file's lines bring the images
+                out["video_size"] = list(hv15_bucket(self.target_size, image.image.height, image.image.width))
+        if f["seed"] is None and f["seed_type"] == "auto":
+            out["seed"] = HV15_SEED
+            if notes is not None and f["prompt_file"] is None and f["decode_latents"] is None:
+                notes.append(f"seed {HV15_SEED} (generate.py's default; --seed N for another)")
+        out.update(_runtime_spellings(f, notes))
+        if self.output_file is not None:
+            out["save_path"], out["save_path_suffix"] = str(self.output_file.parent), ""
+        return out
+
+
+def _output_file(f: Flags) -> Path | None:
+    """--output_path FILE.mp4: one video with exactly that name; --save-path and the naming flags then conflict."""
+    if f["output_path"] is None:
+        return None
+    path = Path(f["output_path"])
+    if path.suffix.lower() != ".mp4" or not path.stem:
+        raise UsageError("--output_path", f"{f['output_path']!r}: give a file name ending in .mp4")
+    defaults = flag_defaults()
+    for dest in ("save_path", "save_path_suffix", "name_suffix"):
+        if f[dest] != defaults[dest]:
+            raise UsageError("--output_path", f"names the file itself: drop {_flag(dest)}")
+    if f["num_videos"] != 1 or f["prompt_file"] is not None:
+        raise UsageError("--output_path", "names one video: drop --num-videos / --prompt-file or use --save-path")
+    return path
+
+
+def _runtime_spellings(f: Flags, notes: list[str] | None) -> dict[str, Any]:
+    """generate.py's runtime options as our flags: --offloading (model), --group_offloading (block),
+    --use_sageattn (sage), --enable_torch_compile (--compile), --use_fp8_gemm (--use-fp8 [--fp8-compute]),
+    --lora_path without --use-lora (one LoRA at scale 1)."""
+    out: dict[str, Any] = {}
+    defaults = flag_defaults()
+    if f["offloading"] or f["group_offloading"]:
+        if f["offload"] != defaults["offload"] or f["use_cpu_offload"]:
+            raise UsageError("--offloading", "give either generate.py's --offloading or our --offload, not both")
+        out["offload"] = "block" if f["group_offloading"] else "model"
+    if f["use_sageattn"]:
+        if f["attn_backend"] not in ("auto", "sage"):
+            raise UsageError("--use_sageattn", f"contradicts --attn-backend {f['attn_backend']}; give one")
+        out["attn_backend"] = "sage"
+    if f["enable_torch_compile"]:
+        out["compile"] = True
+    if f["lora_path"] and not f["use_lora"]:  # generate.py's --lora_path alone: a file, or diffusers' folder
+        path = Path(f["lora_path"])
+        out["use_lora"], out["lora_path"] = True, str(path / LORA_FOLDER_FILE if path.is_dir() else path)
+    if f["use_fp8_gemm"]:
+        out["use_fp8"] = True
+        out["fp8_compute"] = f["fp8_compute"] or f["quant_type"] != "fp8-per-tensor-weight-only"
+        if f["quant_type"] == "fp8-per-token-sgl" and notes is not None:
+            notes.append("--use_fp8_gemm: activations are scaled per tensor (fp8-per-tensor); sgl-kernel's "
+                         "per-token scales are not used here")  # fmt: skip
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # The request
 # ---------------------------------------------------------------------------------------------------------------
-STAGES = ("sampling", "text", "dit", "decode", "runtime", "parallel", "output", "image")
+STAGES = ("sampling", "text", "dit", "decode", "runtime", "parallel", "output", "image", "hv15")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -728,11 +1157,19 @@ class SampleRequest:
     parallel: ParallelOptions
     output: OutputOptions
     image: ImageOptions
+    hv15: Family15Options | None = None  # HunyuanVideo 1.5 weights; None for v1 (HunyuanVideo, -I2V, SkyReels-V1)
+
+    @property
+    def family(self) -> str:
+        """ "1.5" (HunyuanVideo 1.5 weights) or "v1" (HunyuanVideo and the image-to-video models built on it)."""
+        return "v1" if self.hv15 is None else "1.5"
 
     def __getattr__(self, name: str) -> Any:
         stage = _STAGE_OF.get(name)
         if stage is None or stage not in self.__dict__:
             raise AttributeError(f"{type(self).__name__} has no field {name!r}")
+        if self.__dict__[stage] is None:
+            raise AttributeError(f"{type(self).__name__}: {name!r} is a HunyuanVideo 1.5 field; this request is v1")
         return getattr(self.__dict__[stage], name)
 
     def replace(self, **changes: Any) -> SampleRequest:
@@ -755,6 +1192,7 @@ _STAGE_CLASSES = (
     ParallelOptions,
     OutputOptions,
     ImageOptions,
+    Family15Options,
 )
 _STAGE_OF: dict[str, str] = {
     field.name: stage for stage, cls in zip(STAGES, _STAGE_CLASSES, strict=True) for field in dataclasses.fields(cls)
@@ -771,12 +1209,20 @@ def validate(flags: Namespace | Flags, notes: list[str] | None = None, *, image_
     """
     f = {**flag_defaults(), **(vars(flags) if isinstance(flags, Namespace) else flags)}
     _check_choices(f)
-    image = ImageOptions.from_flags(f, image_later)
-    f = image.model_defaults(f)
+    family_notes: list[str] = []
+    hv15 = Family15Options.from_flags(f, family_notes, image_later) if _family(f) == "1.5" else None
+    if hv15 is None:
+        _check_no_hv15_flags(f)
+        image = ImageOptions.from_flags(f, image_later)
+        f = image.model_defaults(f)
+    else:
+        image = ImageOptions.from_flags15(f, hv15, image_later)
+        f = hv15.model_defaults(f, image.i2v_image, family_notes)
     sampling_notes: list[str] = []
     sampling = SamplingOptions.from_flags(f, sampling_notes)
     text_notes: list[str] = []
-    text = TextOptions.from_flags(f, sampling.cfg_scale, text_notes)
+    negative = DEFAULT_NEGATIVE_PROMPT if hv15 is None else ""  # generate.py's default negative prompt is empty
+    text = TextOptions.from_flags(f, sampling.cfg_scale, text_notes, negative)
     _check_sources(f)
     _check_unsupported(f)
     parallel = ParallelOptions.from_flags(f, sampling.cfg_scale)
@@ -792,7 +1238,7 @@ def validate(flags: Namespace | Flags, notes: list[str] | None = None, *, image_
     ):
         sampling_notes.append(f"seed {sampling.seed} picked at random (pass --seed {sampling.seed} to repeat this run)")
     if notes is not None:
-        notes += text_notes + sampling_notes
+        notes += family_notes + text_notes + sampling_notes
     return SampleRequest(
         sampling=sampling,
         text=text,
@@ -802,6 +1248,7 @@ def validate(flags: Namespace | Flags, notes: list[str] | None = None, *, image_
         parallel=parallel,
         output=output,
         image=image,
+        hv15=hv15,
     )
 
 
@@ -851,7 +1298,12 @@ def for_prompt(base: SampleRequest, flags: Flags, image: SourceImage | None = No
             if f[dest] not in allowed:
                 raise UsageError(_flag(dest), f"{f[dest]!r}: choose from {', '.join(allowed)}")
         stage = base.image.for_prompt(f, image)
-        f = stage.model_defaults(f)
+        if base.hv15 is None:
+            f = stage.model_defaults(f)
+    negative = DEFAULT_NEGATIVE_PROMPT
+    if base.hv15 is not None:
+        f = base.hv15.model_defaults(f, stage.i2v_image)
+        negative = ""
     sampling = SamplingOptions.from_flags(f, [])
-    text = TextOptions.from_flags(f, sampling.cfg_scale, [])
+    text = TextOptions.from_flags(f, sampling.cfg_scale, [], negative)
     return dataclasses.replace(base, sampling=sampling, text=text, image=stage)

@@ -21,6 +21,7 @@ from hyvideo.request import (
     STAGES,
     SUPPORTED_VALUES_ONLY,
     DecodeOptions,
+    Family15Options,
     SampleRequest,
     SamplingOptions,
     flag_defaults,
@@ -70,7 +71,9 @@ def test_request_is_one_options_object_per_stage(base: Path, out: Path) -> None:
     assert [f.name for f in dataclasses.fields(r)] == list(STAGES)
     assert isinstance(r.sampling, SamplingOptions) and isinstance(r.decode, DecodeOptions)
     assert r.seed == r.sampling.seed == 5 and r.vae_tile_stride == r.decode.vae_tile_stride == 96
-    names = [f.name for stage in STAGES for f in dataclasses.fields(getattr(r, stage))]
+    names = [f.name for stage in STAGES[:-1] for f in dataclasses.fields(getattr(r, stage))]
+    names += [f.name for f in dataclasses.fields(Family15Options)]  # the last stage: None for v1 weights
+    assert STAGES[-1] == "hv15" and r.hv15 is None and r.family == "v1"
     assert len(names) == len(set(names))  # a field's own name finds its stage
     with pytest.raises(AttributeError, match="no field 'items'"):
         r.items  # noqa: B018

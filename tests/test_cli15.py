@@ -1,0 +1,371 @@
+"""HunyuanVideo 1.5 before anything loads: recognising the folder (family, layout, version) from config files only,
+the official generate.py options (both spellings) on top of ours, the defaults per version, and every refusal
+(exit 2, one line, nothing loaded or written)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from hyvideo import cli
+from hyvideo.checkpoints.layout import folder_version15, locate15, model_family, official_versions15
+from hyvideo.choices import HV15_VERSIONS
+from hyvideo.errors import CheckpointError
+from hyvideo.request import SampleRequest, hv15_bucket, validate
+
+REPO = Path(__file__).resolve().parents[1]
+T2V_CLASS, I2V_CLASS = "HunyuanVideo15Pipeline", "HunyuanVideo15ImageToVideoPipeline"
+
+
+# --------------------------------------------------------------------------- config-only folders (no weights)
+def _touch(folder: Path, *names: str, config: dict | None = None) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(b"")
+    if config is not None:
+        (folder / "config.json").write_text(json.dumps(config))
+
+
+def official_tree(root: Path, *versions: str, dit_config: dict | None = None) -> Path:
+    """An official ckpts/ tree: every component's files present (empty), one transformer/<version>/ per version with
+    the config keys the official DiT config has for it."""
+    for v in versions:
+        spec = HV15_VERSIONS[v]
+        cfg = {"ideal_resolution": spec.resolution, "ideal_task": spec.task, "use_meanflow": spec.step_distilled}
+        _touch(root / "transformer" / v, "diffusion_pytorch_model.safetensors", config={**cfg, **(dit_config or {})})
+    _touch(root / "vae", "diffusion_pytorch_model.safetensors", config={})
+    _touch(root / "text_encoder" / "llm", "model.safetensors.index.json", "tokenizer.json", config={})
+    _touch(root / "text_encoder" / "byt5-small", "pytorch_model.bin", "tokenizer_config.json", config={})
+    glyph = ("checkpoints/byt5_model.pt", "assets/color_idx.json", "assets/multilingual_10-lang_idx.json")
+    _touch(root / "text_encoder" / "Glyph-SDXL-v2", *glyph)
+    _touch(root / "vision_encoder" / "siglip" / "image_encoder", "model.safetensors", config={})
+    _touch(root / "vision_encoder" / "siglip" / "feature_extractor", "preprocessor_config.json")
+    _touch(root / "scheduler", "scheduler_config.json")
+    return root
+
+
+def diffusers_folder(
+    root: Path, cls: str, target_size: int = 640, *, guidance: float = 6.0, shift: float = 5.0, meanflow: bool = False
+) -> Path:
+    """A diffusers HunyuanVideo 1.5 folder: model_index.json, the DiT config's target_size/task_type/use_meanflow,
+    the guider's guidance_scale and the scheduler's shift."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "model_index.json").write_text(json.dumps({"_class_name": cls}))
+    task = "i2v" if cls == I2V_CLASS else "t2v"
+    dit = {"target_size": target_size, "task_type": task, "use_meanflow": meanflow, "in_channels": 65}
+    _touch(root / "transformer", "diffusion_pytorch_model.safetensors", config=dit)
+    _touch(root / "vae", "diffusion_pytorch_model.safetensors", config={})
+    _touch(root / "text_encoder", "model.safetensors", config={})
+    _touch(root / "tokenizer", "tokenizer.json")
+    _touch(root / "text_encoder_2", "model.safetensors", config={})
+    _touch(root / "tokenizer_2", "tokenizer_config.json")
+    _touch(root / "scheduler")
+    (root / "scheduler" / "scheduler_config.json").write_text(json.dumps({"shift": shift}))
+    _touch(root / "guider")
+    (root / "guider" / "guider_config.json").write_text(json.dumps({"guidance_scale": guidance}))
+    if cls == I2V_CLASS:
+        _touch(root / "image_encoder", "model.safetensors", config={})
+        _touch(root / "feature_extractor", "preprocessor_config.json")
+    return root
+
+
+@pytest.fixture
+def image(tmp_path: Path) -> Path:
+    """A portrait image (300 x 200), so its bucket differs from 16:9's."""
+    path = tmp_path / "first.png"
+    Image.fromarray((np.random.RandomState(0).rand(300, 200, 3) * 255).astype(np.uint8)).save(path)
+    return path
+
+
+def req(base: Path, tmp_path: Path, *extra: str, notes: list[str] | None = None) -> SampleRequest:
+    argv = ["--prompt", "a cat", "--model-base", str(base), "--save-path", str(tmp_path / "out"), "--device", "cpu"]
+    return validate(cli.build_parser().parse_args([*argv, *extra]), notes)
+
+
+def refused(argv: list[str], capsys: pytest.CaptureFixture) -> str:
+    """cli.main on `argv`: exit 2 and exactly one line on stderr, which is returned."""
+    assert cli.main(argv) == 2, argv
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+# --------------------------------------------------------------------------- the family, the layout, the version
+def test_model_family_from_the_folder_shape(tmp_path: Path) -> None:
+    assert model_family(official_tree(tmp_path / "official", "480p_t2v")) == "1.5"
+    assert model_family(diffusers_folder(tmp_path / "t2v", T2V_CLASS)) == "1.5"
+    assert model_family(diffusers_folder(tmp_path / "i2v", I2V_CLASS)) == "1.5"
+    v1 = tmp_path / "v1"
+    v1.mkdir()
+    (v1 / "model_index.json").write_text(json.dumps({"_class_name": "HunyuanVideoPipeline"}))
+    assert model_family(v1) == "v1"
+    (tmp_path / "v1_official" / "hunyuan-video-t2v-720p").mkdir(parents=True)
+    assert model_family(tmp_path / "v1_official") == "v1"
+    with pytest.raises(CheckpointError, match="not a directory"):
+        model_family(tmp_path / "missing")
+
+
+def test_locate15_official_tree(tmp_path: Path) -> None:
+    base = official_tree(tmp_path / "ckpts", "480p_t2v", "480p_i2v_step_distilled")
+    (base / "transformer" / "720p_sr_distilled").mkdir()  # super-resolution DiTs and other folders are not versions
+    (base / "transformer" / "notes").mkdir()
+    assert official_versions15(base) == ("480p_i2v_step_distilled", "480p_t2v")
+    p = locate15(base, "480p_i2v_step_distilled")
+    assert (p.layout, p.version, p.dit) == (
+        "official",
+        "480p_i2v_step_distilled",
+        base / "transformer/480p_i2v_step_distilled",
+    )
+    assert (p.llm, p.llm_tokenizer) == (base / "text_encoder/llm",) * 2
+    assert (p.byt5, p.byt5_tokenizer, p.glyph) == (
+        base / "text_encoder/byt5-small", base / "text_encoder/byt5-small", base / "text_encoder/Glyph-SDXL-v2"
+    )  # fmt: skip
+    assert (p.vision, p.vision_processor) == (
+        base / "vision_encoder/siglip/image_encoder", base / "vision_encoder/siglip/feature_extractor"
+    )  # fmt: skip
+    assert (p.vae, p.scheduler, p.guider) == (base / "vae", base / "scheduler", None)
+    with pytest.raises(
+        CheckpointError, match=r"choose a version of transformer/ \(found: 480p_i2v_step_distilled, 480p_t2v\)"
+    ):
+        locate15(base, None)
+    with pytest.raises(
+        CheckpointError, match=r"no transformer/720p_i2v \(versions found: 480p_i2v_step_distilled, 480p_t2v\)$"
+    ):
+        locate15(base, "720p_i2v")
+
+
+def test_locate15_names_each_missing_component_in_one_line(tmp_path: Path) -> None:
+    base = official_tree(tmp_path / "ckpts", "480p_t2v", "480p_i2v")
+    (base / "text_encoder/Glyph-SDXL-v2/checkpoints/byt5_model.pt").unlink()
+    (base / "vision_encoder/siglip/feature_extractor/preprocessor_config.json").unlink()
+    # text-to-video does not need the vision encoder
+    with pytest.raises(CheckpointError) as e:
+        locate15(base, "480p_t2v")
+    assert str(e.value).endswith("missing " + str(base / "text_encoder/Glyph-SDXL-v2/checkpoints/byt5_model.pt"))
+    with pytest.raises(CheckpointError) as e:
+        locate15(base, "480p_i2v")
+    assert "preprocessor_config.json" in str(e.value) and "\n" not in str(e.value)
+    assert locate15(base, "480p_i2v", need_text=False).version == "480p_i2v"  # decoding latents: the VAE only
+    (base / "vae/diffusion_pytorch_model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match=r"vae/diffusion_pytorch_model\.safetensors"):
+        locate15(base, "480p_i2v", need_text=False, need_dit=False)
+    folder = diffusers_folder(tmp_path / "d", T2V_CLASS)
+    (folder / "guider/guider_config.json").unlink()
+    (folder / "tokenizer_2/tokenizer_config.json").unlink()
+    with pytest.raises(
+        CheckpointError, match=r"missing .*tokenizer_2/tokenizer_config.json; .*guider/guider_config.json$"
+    ):
+        locate15(folder, None)
+
+
+def test_official_dit_config_must_agree_with_the_folder_name(tmp_path: Path) -> None:
+    base = official_tree(tmp_path / "ckpts", "480p_i2v", dit_config={"ideal_task": "t2v"})
+    with pytest.raises(CheckpointError, match="ideal_task is 't2v', but the folder name 480p_i2v says 'i2v'"):
+        locate15(base, "480p_i2v")
+
+
+@pytest.mark.parametrize(
+    ("cls", "target", "guidance", "meanflow", "version"),
+    [
+        (T2V_CLASS, 640, 6.0, False, "480p_t2v"),
+        (I2V_CLASS, 640, 6.0, False, "480p_i2v"),
+        (T2V_CLASS, 960, 6.0, False, "720p_t2v"),
+        (I2V_CLASS, 960, 1.0, False, "720p_i2v_distilled"),
+        (T2V_CLASS, 640, 1.0, False, "480p_t2v_distilled"),
+        (I2V_CLASS, 640, 1.0, True, "480p_i2v_step_distilled"),
+    ],
+)
+def test_diffusers_version_from_its_configs(tmp_path, cls, target, guidance, meanflow, version) -> None:
+    folder = diffusers_folder(tmp_path / "d", cls, target, guidance=guidance, meanflow=meanflow)
+    assert folder_version15(folder) == version
+    p = locate15(folder, None)
+    assert (p.layout, p.version, p.dit, p.llm, p.llm_tokenizer) == (
+        "diffusers", version, folder / "transformer", folder / "text_encoder", folder / "tokenizer"
+    )  # fmt: skip
+    assert (p.byt5, p.byt5_tokenizer, p.glyph, p.guider) == (
+        folder / "text_encoder_2", folder / "tokenizer_2", None, folder / "guider"
+    )  # fmt: skip
+    i2v = cls == I2V_CLASS
+    assert (p.vision, p.vision_processor) == (
+        (folder / "image_encoder", folder / "feature_extractor") if i2v else (None, None)
+    )
+
+
+def test_diffusers_task_follows_the_pipeline_class(tmp_path: Path) -> None:
+    """diffusers' converter writes task_type "i2v" for the 480p text-to-video weights; the class decides."""
+    folder = diffusers_folder(tmp_path / "d", T2V_CLASS)
+    config = folder / "transformer/config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "task_type": "i2v"}))
+    assert folder_version15(folder) == "480p_t2v"
+
+
+def test_diffusers_folder_that_is_no_release_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="target_size 1280 is not a released size"):
+        folder_version15(diffusers_folder(tmp_path / "a", T2V_CLASS, 1280))
+    with pytest.raises(CheckpointError, match=r"describes 720p_t2v_step_distilled .* not a released version"):
+        folder_version15(diffusers_folder(tmp_path / "b", T2V_CLASS, 960, meanflow=True))
+    with pytest.raises(CheckpointError, match="holds 480p_t2v, not 720p_t2v"):
+        locate15(diffusers_folder(tmp_path / "c", T2V_CLASS), "720p_t2v")
+
+
+# --------------------------------------------------------------------------- the version from the flags
+@pytest.mark.parametrize(
+    ("present", "flags", "version"),
+    [
+        (("480p_t2v",), [], "480p_t2v"),
+        (("480p_t2v", "720p_t2v"), ["--resolution", "720p"], "720p_t2v"),
+        (("480p_t2v", "480p_t2v_distilled"), [], "480p_t2v"),  # generate.py's default: not distilled
+        (("480p_t2v", "480p_t2v_distilled"), ["--cfg_distilled"], "480p_t2v_distilled"),
+        (("480p_t2v", "480p_t2v_distilled"), ["--cfg-distilled", "true"], "480p_t2v_distilled"),
+        (("480p_t2v", "480p_t2v_distilled"), ["--cfg_distilled", "0"], "480p_t2v"),
+        (("480p_t2v_distilled",), [], "480p_t2v_distilled"),  # the only text-to-video version there
+        (("480p_i2v", "480p_i2v_step_distilled"), ["IMAGE"], "480p_i2v"),
+        (("480p_i2v", "480p_i2v_step_distilled"), ["IMAGE", "--enable_step_distill"], "480p_i2v_step_distilled"),
+        # step distillation wins over cfg distillation (generate.py's rule)
+        (("480p_i2v_distilled", "480p_i2v_step_distilled"), ["IMAGE", "--enable_step_distill", "--cfg_distilled"],
+         "480p_i2v_step_distilled"),
+        (("480p_t2v", "720p_i2v", "720p_t2v_distilled_sparse"), ["IMAGE"], "720p_i2v"),
+        (("480p_t2v", "720p_t2v", "720p_t2v_distilled_sparse"), ["--resolution", "720p"], "720p_t2v"),
+    ],
+)  # fmt: skip
+def test_official_version_from_flags(tmp_path, image, present, flags, version) -> None:
+    base = official_tree(tmp_path / "ckpts", *present)
+    argv = [a for flag in flags for a in (["--image_path", str(image)] if flag == "IMAGE" else [flag])]
+    r = req(base, tmp_path, *argv)
+    assert (r.family, r.hv15.version, r.hv15.paths.version) == ("1.5", version, version)
+    spec = HV15_VERSIONS[version]
+    assert (r.task, r.resolution, r.step_distilled, r.meanflow, r.cfg_distilled) == (
+        spec.task, spec.resolution, spec.step_distilled, spec.step_distilled, spec.cfg_distilled
+    )  # fmt: skip
+    assert r.i2v_mode == (spec.task == "i2v") and r.hv15.defaults_from == "version table"
+
+
+@pytest.mark.parametrize(
+    ("present", "flags", "message"),
+    [
+        (("480p_t2v", "480p_i2v"), ["--resolution", "720p"],
+         "--resolution: {base} has no transformer/720p_t2v (versions found: 480p_i2v, 480p_t2v)"),
+        (("480p_t2v",), ["--cfg_distilled"],
+         "--model-base: {base} has no text-to-video version that fits the flags (versions found: 480p_t2v)"),
+        (("480p_i2v",), [],
+         "--model-base: {base} has no text-to-video version that fits the flags (versions found: 480p_i2v); add "
+         "--image_path IMG for image-to-video"),
+        (("480p_t2v", "720p_t2v"), [],
+         "--resolution: {base} holds several text-to-video versions (480p_t2v, 720p_t2v); choose with --resolution "
+         "480p or --resolution 720p"),
+        (("480p_i2v_distilled", "480p_i2v_step_distilled"), ["IMAGE"],
+         "--cfg_distilled: {base} holds several image-to-video versions (480p_i2v_distilled, "
+         "480p_i2v_step_distilled); choose with --cfg_distilled or --enable_step_distill"),
+        (("720p_i2v_distilled_sparse",), ["IMAGE"],
+         "--model-base: {base}: only 720p_i2v_distilled_sparse fits, which needs SSTA sparse attention (H-series "
+         "kernels): not supported; download a dense version"),
+        (("480p_t2v",), ["--enable_step_distill"],
+         "--model-base: {base} has no text-to-video version that fits the flags (versions found: 480p_t2v)"),
+    ],
+)  # fmt: skip
+def test_official_version_refusals(tmp_path, image, capsys, present, flags, message) -> None:
+    base = official_tree(tmp_path / "ckpts", *present)
+    argv = [a for flag in flags for a in (["--image_path", str(image)] if flag == "IMAGE" else [flag])]
+    out = tmp_path / "out"
+    err = refused(
+        ["--prompt", "x", "--model-base", str(base), "--save-path", str(out), "--device", "cpu", *argv], capsys
+    )
+    assert err == "error: " + message.format(base=base)
+    assert not out.exists()
+
+
+# --------------------------------------------------------------------------- the defaults per version
+# (cfg, shift, steps) per version, as the official pipeline table and README give them (not read from our table)
+OFFICIAL_DEFAULTS = {
+    "480p_t2v": (6.0, 5.0, 50),
+    "480p_i2v": (6.0, 5.0, 50),
+    "720p_t2v": (6.0, 9.0, 50),
+    "720p_i2v": (6.0, 7.0, 50),
+    "480p_t2v_distilled": (1.0, 5.0, 50),
+    "480p_i2v_distilled": (1.0, 5.0, 50),
+    "720p_t2v_distilled": (1.0, 9.0, 50),
+    "720p_i2v_distilled": (1.0, 7.0, 50),
+    "480p_i2v_step_distilled": (1.0, 7.0, 12),
+}
+
+
+@pytest.mark.parametrize("version", sorted(OFFICIAL_DEFAULTS))
+def test_official_defaults_per_version(tmp_path, image, version) -> None:
+    base = official_tree(tmp_path / "ckpts", version)
+    extra = ["--image_path", str(image)] if HV15_VERSIONS[version].task == "i2v" else []
+    r = req(base, tmp_path, *extra)
+    assert (r.cfg_scale, r.flow_shift, r.infer_steps) == OFFICIAL_DEFAULTS[version]
+    assert (r.video_length, r.fps, r.seed, r.seed_was_random) == (121, 24, 123, False)
+    assert r.neg_prompt == ("" if r.cfg_scale > 1 else None)  # generate.py's negative prompt is empty
+    target = 640 if version.startswith("480p") else 960
+    assert r.target_size == target
+    if extra:  # the portrait image's bucket (diffusers' bucket code agrees here: test_buckets_against_diffusers)
+        assert (r.height, r.width) == {640: (768, 512), 960: (1168, 784)}[target]
+    else:  # 16:9
+        assert (r.height, r.width) == {640: (480, 848), 960: (720, 1280)}[target]
+    assert set(HV15_VERSIONS) - set(OFFICIAL_DEFAULTS) == {"720p_t2v_distilled_sparse", "720p_i2v_distilled_sparse"}
+
+
+def test_diffusers_defaults_come_from_the_folder(tmp_path, image) -> None:
+    folder = diffusers_folder(tmp_path / "d", I2V_CLASS, 960, guidance=4.5, shift=3.0)
+    r = req(folder, tmp_path, "--image_path", str(image))
+    assert (r.version, r.cfg_scale, r.flow_shift, r.infer_steps, r.defaults_from) == (
+        "720p_i2v",
+        4.5,
+        3.0,
+        50,
+        "folder",
+    )
+    step = diffusers_folder(tmp_path / "s", I2V_CLASS, guidance=1.0, shift=7.0, meanflow=True)
+    r = req(step, tmp_path, "--image-path", str(image))
+    assert (r.version, r.cfg_scale, r.flow_shift, r.infer_steps, r.meanflow) == (
+        "480p_i2v_step_distilled", 1.0, 7.0, 12, True
+    )  # fmt: skip
+
+
+def test_explicit_flags_win_over_the_version_defaults(tmp_path) -> None:
+    base = official_tree(tmp_path / "ckpts", "720p_t2v")
+    r = req(base, tmp_path, "--cfg-scale", "3", "--flow-shift", "2", "--num_inference_steps", "8", "--seed", "5",
+            "--video_length", "33", "--negative_prompt", "blurry", "--aspect_ratio", "9:16")  # fmt: skip
+    assert (r.cfg_scale, r.flow_shift, r.infer_steps, r.seed, r.video_length) == (3.0, 2.0, 8, 5, 33)
+    assert (r.neg_prompt, r.height, r.width, r.aspect_ratio) == ("blurry", 1280, 720, (9, 16))
+    r = req(base, tmp_path, "--video-size", "368", "640", "--seed-type", "random")
+    assert (r.height, r.width, r.seed_was_random) == (368, 640, True)
+
+
+def test_v1_requests_keep_their_defaults(tmp_path) -> None:
+    (tmp_path / "v1").mkdir()
+    r = req(tmp_path / "v1", tmp_path)
+    assert (r.family, r.hv15, r.video_length, r.infer_steps, r.cfg_scale, r.seed_was_random) == (
+        "v1", None, 129, 50, 1.0, True
+    )  # fmt: skip
+    with pytest.raises(AttributeError, match=r"'version' is a HunyuanVideo 1\.5 field; this request is v1"):
+        r.version  # noqa: B018
+
+
+@pytest.mark.parametrize("target", [640, 960])
+def test_buckets_against_diffusers(target: int) -> None:
+    """Our bucket is the official one: the nearest bucket ratio (rounded to 5 decimals) on either side. diffusers'
+    1.5 image processor only looks on one side (portrait: ratios <= the picture's, landscape: >=), so it agrees
+    except where the nearest bucket lies on the other side; there ours must be strictly nearer."""
+    from diffusers.pipelines.hunyuan_video1_5.image_processor import HunyuanVideo15ImageProcessor
+
+    processor = HunyuanVideo15ImageProcessor(vae_scale_factor=16)
+    differ = []
+    for h, w in [(9, 16), (16, 9), (1, 1), (3, 4), (4, 3), (300, 200), (1080, 1920), (1, 10), (10, 1), (517, 923),
+                 (923, 517), (2, 3), (3, 2), (720, 1280), (1280, 720)]:  # fmt: skip
+        ours, theirs = hv15_bucket(target, h, w), tuple(processor.calculate_default_height_width(h, w, target))
+        assert ours[0] % 16 == 0 and ours[1] % 16 == 0 and ours[0] * ours[1] <= target * target
+        if ours != theirs:
+            gap = [abs(round(b[0] / b[1], 5) - h / w) for b in (ours, theirs)]
+            assert gap[0] < gap[1], (h, w, ours, theirs)
+            differ.append((h, w))
+    # 720p, portrait 9:16: the exact 1280x720 bucket's rounded ratio 1.77778 is a hair above 16/9, so diffusers
+    # skips it for 1264x720
+    assert differ == ([] if target == 640 else [(16, 9), (1280, 720)])
+    assert hv15_bucket(960, 16, 9) == (1280, 720)

@@ -355,7 +355,7 @@ def dit15_from_diffusers(cfg: dict) -> DiTConfig:
     task = cfg.get("task_type", "")
     return base.replace(
         in_channels=c_in,
-        out_channels=int(cfg.get("out_channels") or c_in),
+        out_channels=int(cfg.get("out_channels", base.out_channels) or c_in),  # null: = in_channels, as diffusers
         heads=heads,
         hidden_size=heads * head_dim,
         depth_double=int(cfg.get("num_layers", base.depth_double)),

@@ -3,16 +3,29 @@ its key map and both folder layouts, the release's parameter count, fp8 and LoRA
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import json
 
 import pytest
 import torch
 from diffusers import HunyuanVideo15Transformer3DModel
+from safetensors.torch import save_file
 
-from hyvideo.checkpoints.dit import diffusers_to_official, official_to_diffusers
-from hyvideo.config import TINY_DIT15, DiTConfig
+from hyvideo.checkpoints.dit import (
+    DIFFUSERS15_RULES,
+    build_dit,
+    diffusers_to_official,
+    load_dit,
+    official_to_diffusers,
+    save_dit,
+)
+from hyvideo.config import HYVIDEO15_DIT, TINY_DIT15, ConfigError, DiTConfig, dit_config
+from hyvideo.errors import UsageError
+from hyvideo.lora import LoraSpec, check_lora_specs, merge_loras, wrap_loras
 from hyvideo.modules import dit as dit_module
 from hyvideo.modules.dit import ExtraInputs
+from hyvideo.quantization import FP8, fp8_layer_names, load_dit_fp8
 from hyvideo.tiny import random_dit
 
 GRID = (2, 4, 6)  # latent (T, H, W): 48 image tokens with patch (1, 1, 1)
@@ -168,3 +181,169 @@ def test_key_map_round_trip_is_lossless_and_names_diffusers_keys():
         assert set(dsd) == ref_keys
         back = diffusers_to_official(dsd, cfg)
         assert set(back) == set(sd) and all(torch.equal(back[k], sd[k]) for k in sd)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Config files, both folder layouts, dtypes
+# ---------------------------------------------------------------------------------------------------------------
+# The released 480p_t2v transformer/config.json (the official class's arguments, as published with the weights)
+RELEASE_CONFIG = {
+    "_class_name": "HunyuanVideo_1_5_DiffusionTransformer",
+    "attn_mode": "flash",
+    "attn_param": None,
+    "concat_condition": True,
+    "glyph_byT5_v2": True,
+    "guidance_embed": False,
+    "heads_num": 16,
+    "hidden_size": 2048,
+    "ideal_resolution": "480p",
+    "ideal_task": "t2v",
+    "in_channels": 32,
+    "is_reshape_temporal_channels": False,
+    "mlp_act_type": "gelu_tanh",
+    "mlp_width_ratio": 4,
+    "mm_double_blocks_depth": 54,
+    "mm_single_blocks_depth": 0,
+    "out_channels": 32,
+    "patch_size": [1, 1, 1],
+    "qk_norm": True,
+    "qk_norm_type": "rms",
+    "qkv_bias": True,
+    "rope_dim_list": [16, 56, 56],
+    "rope_theta": 256,
+    "text_pool_type": None,
+    "text_projection": "single_refiner",
+    "text_states_dim": 3584,
+    "text_states_dim_2": None,
+    "use_attention_mask": True,
+    "use_cond_type_embedding": True,
+    "use_meanflow": False,
+    "vision_projection": "linear",
+    "vision_states_dim": 1152,
+}
+RELEASE_PARAMS = 8_326_608_160  # docs/DESIGN.md §18.4: 54 x 151,056,896 + embedders + final layer
+TIME_EMBEDDER = (256 * 2048 + 2048) + (2048 * 2048 + 2048)  # sinusoid 256 -> C -> C: 4,722,688
+MEANFLOW_PARAMS = RELEASE_PARAMS + TIME_EMBEDDER  # the step-distilled DiT adds time_r_in
+
+
+def test_release_config_reads_as_the_preset_and_has_the_release_parameter_count(tmp_path):
+    """The official config.json and diffusers' defaults both give HYVIDEO15_DIT; built on the meta device it has
+    8,326,608,160 parameters (8.3B), the meanflow DiT adds time_r_in's 4,722,688."""
+    cfg = DiTConfig.from_official(RELEASE_CONFIG)
+    assert cfg == HYVIDEO15_DIT.replace(resolution="480p", task="t2v")
+    (tmp_path / "config.json").write_text(json.dumps(RELEASE_CONFIG))
+    assert dit_config("HYVideo-T/2-cfgdistill", tmp_path / "config.json") == cfg  # a 1.5 file overrides the preset
+    assert DiTConfig.from_diffusers({"_class_name": "HunyuanVideo15Transformer3DModel"}) == HYVIDEO15_DIT
+    for c, n in ((cfg, RELEASE_PARAMS), (cfg.replace(meanflow=True), MEANFLOW_PARAMS)):
+        assert sum(p.numel() for p in build_dit(c).parameters()) == n
+    meta = build_dit(cfg)
+    assert not hasattr(meta.double_blocks[0], "img_attn_qkv") and len(meta.single_blocks) == 0
+    assert meta.vector_in is None and meta.guidance_in is None and meta.time_r_in is None
+
+
+@pytest.mark.parametrize(
+    "change,match",
+    [
+        ({"qkv_bias": False}, "qkv_bias"),
+        ({"mm_single_blocks_depth": 2}, "mm_single_blocks_depth"),
+        ({"text_projection": "linear"}, "text_projection"),
+        ({"guidance_embed": True}, "guidance_embed"),
+    ],
+)
+def test_official_options_we_do_not_build_are_refused(tmp_path, change, match):
+    (tmp_path / "config.json").write_text(json.dumps({**RELEASE_CONFIG, **change}))
+    with pytest.raises(ConfigError, match=match):
+        dit_config("HYVideo-T/2-cfgdistill", tmp_path / "config.json")
+
+
+def test_both_config_layouts_round_trip():
+    for cfg in (HYVIDEO15_DIT.replace(resolution="720p", task="i2v"), TINY_DIT15.replace(meanflow=True)):
+        assert DiTConfig.from_official(cfg.to_official()) == cfg
+        assert DiTConfig.from_diffusers(cfg.to_diffusers()) == cfg
+    assert DiTConfig().to_diffusers()["num_single_layers"] == 40  # v1 keeps its own names
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    """The same tiny meanflow weights in an official transformer/<version>/ folder and a diffusers folder."""
+    root = tmp_path_factory.mktemp("dit15")
+    model = random_dit(TINY_DIT15.replace(meanflow=True, resolution="480p", task="i2v"), seed=7)
+    save_dit(model, root / "transformer" / "480p_i2v_step_distilled", "official")
+    save_dit(model, root / "diffusers" / "transformer", "diffusers")
+    return model, root / "transformer" / "480p_i2v_step_distilled", root / "diffusers" / "transformer"
+
+
+def test_official_and_diffusers_folders_load_the_same_model(folders):
+    model, official, diffusers = folders
+    assert json.loads((official / "config.json").read_text())["_class_name"] == "HunyuanVideo_1_5_DiffusionTransformer"
+    a, b = load_dit(official), load_dit(diffusers)  # config from the folder, keys told apart by name
+    assert a.cfg == b.cfg == model.cfg
+    for k, v in model.state_dict().items():
+        assert torch.equal(a.state_dict()[k], v) and torch.equal(b.state_dict()[k], v), k
+    x, t, qwen, qmask, extra, _, _ = inputs15(model.cfg, 1, [5], [2], vision=True)
+    extra = dataclasses.replace(extra, t_r=torch.tensor([400.0]))
+    with torch.no_grad():
+        assert torch.equal(a(x, t, qwen, qmask, None, None, extra=extra), b(x, t, qwen, qmask, None, None, extra=extra))
+    # diffusers itself reads our diffusers folder
+    ref = HunyuanVideo15Transformer3DModel.from_pretrained(diffusers).eval()
+    with torch.no_grad():
+        theirs = ref(x, t, qwen, qmask, timestep_r=extra.t_r, encoder_hidden_states_2=extra.byt5_states,
+                     encoder_attention_mask_2=extra.byt5_mask, image_embeds=extra.vision_states, return_dict=False)[0]  # fmt: skip
+        assert (a(x, t, qwen, qmask, None, None, extra=extra) - theirs).abs().max().item() <= 1e-5
+
+
+def test_bf16_load_and_fp8_on_the_fly(folders):
+    """The v1 load paths apply: cast while loading, and fp8 block weights quantized while loading (the split
+    q/k/v Linears are block Linears, so they are stored in fp8; byt5_in / vision_in stay in the compute dtype)."""
+    model, official, _ = folders
+    x, t, qwen, qmask, extra, _, _ = inputs15(model.cfg, 1, [5], [2], vision=True)
+    with torch.no_grad():
+        ref = model(x, t, qwen, qmask, None, None, extra=extra)
+        bf16 = load_dit(official, dtype=torch.bfloat16)
+        assert bf16.byt5_in.fc1.weight.dtype == torch.bfloat16
+        out16 = bf16(x, t, qwen, qmask, None, None, extra=extra)
+        fp8 = load_dit_fp8(official, model.cfg, dtype=torch.bfloat16)
+        names = fp8_layer_names(fp8)
+        assert "double_blocks.0.img_attn_q" in names and "double_blocks.1.txt_attn_v" in names
+        assert all(fp8.get_submodule(n).weight.dtype == FP8 for n in names)
+        assert fp8.vision_in.proj[1].weight.dtype == torch.bfloat16
+        out8 = fp8(x, t, qwen, qmask, None, None, extra=extra)
+    rel16 = ((out16.float() - ref).norm() / ref.norm()).item()
+    rel8 = ((out8.float() - ref).norm() / ref.norm()).item()
+    # bf16 rounding (8 bits of mantissa), then fp8 e4m3 block weights (4 bits): measured 0.006 and 0.012
+    assert 0 < rel16 < 0.02 and rel16 < rel8 < 0.05, (rel16, rel8)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# LoRA with diffusers' 1.5 names
+# ---------------------------------------------------------------------------------------------------------------
+def test_diffusers_named_lora_merges_into_the_15_layers(tmp_path):
+    """A LoRA with HunyuanVideo15Transformer3DModel names (as PEFT saves it for diffusers' model) lands on our
+    layers: merged == applied to diffusers-named weights directly, and unmerged == merged."""
+    model = random_dit(TINY_DIT15, seed=2)
+    theirs = {k: v.clone() for k, v in official_to_diffusers(model.state_dict(), TINY_DIT15).items()}
+    targets = ["transformer_blocks.0.attn.to_q", "transformer_blocks.1.attn.add_v_proj", "context_embedder_2.linear_1",
+               "image_embedder.linear_2", "transformer_blocks.0.ff_context.net.2", "norm_out.linear",
+               "time_embed.timestep_embedder.linear_1"]  # fmt: skip
+    sd, r, s = {}, 3, 0.8
+    g = torch.Generator().manual_seed(0)
+    for t in targets:
+        out, inp = theirs[t + ".weight"].shape
+        down, up = 0.1 * torch.randn(r, inp, generator=g), 0.1 * torch.randn(out, r, generator=g)
+        sd[f"transformer.{t}.lora_A.weight"], sd[f"transformer.{t}.lora_B.weight"] = down, up
+        theirs[t + ".weight"] = theirs[t + ".weight"] + s * up @ down  # alpha absent: alpha = r
+    save_file(sd, tmp_path / "l.safetensors")
+    spec = LoraSpec(tmp_path / "l.safetensors", s)
+    check_lora_specs([spec], DIFFUSERS15_RULES)
+    with pytest.raises(UsageError, match="match no DiT layer"):
+        check_lora_specs([spec])  # the v1 table has no context_embedder_2 / image_embedder
+    wrapped = wrap_loras(copy.deepcopy(model), [spec])
+    merge_loras(model, [spec])
+    ours = official_to_diffusers(model.state_dict(), TINY_DIT15)
+    for k in theirs:
+        assert torch.allclose(ours[k], theirs[k], atol=1e-5), k
+    x, t, qwen, qmask, extra, _, _ = inputs15(TINY_DIT15, 1, [5], [2], vision=True)
+    with torch.no_grad():
+        merged, unmerged = (m(x, t, qwen, qmask, None, None, extra=extra) for m in (model, wrapped))
+    err = (unmerged - merged).abs().max().item() / merged.abs().max().item()
+    assert err <= 1e-6, err  # the same sums in another order (fp32): measured 3.4e-7

@@ -331,6 +331,34 @@ def save_dit_official(model: HYVideoDiT, folder: str | Path, load_key: str = "mo
     return folder / OFFICIAL_FILE
 
 
+def save_dit15_official(model: HYVideoDiT, folder: str | Path) -> Path:
+    """An official 1.5 `transformer/<version>/` folder: the official class's `config.json` and
+    `diffusion_pytorch_model.safetensors` with the official (= our) key names."""
+    import json
+
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(model.cfg.to_official(), indent=2))
+    sd = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(sd, str(folder / f"{DIFFUSERS_STEM}.safetensors"))
+    return folder
+
+
+DIT_LAYOUTS = ("official", "diffusers")
+
+
+def save_dit(model: HYVideoDiT, folder: str | Path, layout: str, max_shard_bytes: int | None = None) -> Path:
+    """Write `model` in `layout`: "official" (v1: `mp_rank_00_model_states.pt`; 1.5: a `transformer/<version>/`
+    folder) or "diffusers" (a `transformer/` folder, sharded when over `max_shard_bytes`)."""
+    if layout == "diffusers":
+        return save_dit_diffusers(model, folder, max_shard_bytes)
+    if layout != "official":
+        raise ValueError(f"DiT layout must be one of {DIT_LAYOUTS}, got {layout!r}")
+    return save_dit15_official(model, folder) if model.cfg.is_15 else save_dit_official(model, folder)
+
+
 def save_dit_diffusers(model: HYVideoDiT, folder: str | Path, max_shard_bytes: int | None = None) -> Path:
     """A diffusers `transformer/` folder: config.json + safetensors (sharded with an index when over the limit)."""
     import json

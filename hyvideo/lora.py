@@ -12,6 +12,9 @@ Accepted key names (a `.safetensors` file):
   `img_attn_qkv`, or the q/k/v/proj_mlp parts of a single block's `linear1`) updates that part's rows only.
 - official / kohya: `lora_unet_<official module with . as _>.lora_down.weight` / `.lora_up.weight` / `.alpha`
   (e.g. `lora_unet_double_blocks_0_img_attn_qkv`), or official dotted names with lora_A/lora_B.
+- HunyuanVideo 1.5: the same forms with the 1.5 names: diffusers' HunyuanVideo15Transformer3DModel names
+  (`transformer_blocks.0.attn.to_q` is then the whole `double_blocks.0.img_attn_q`, `context_embedder_2.linear_1`
+  is `byt5_in.fc1`, ...) or the official 1.5 names. Which table applies follows the model (`rules`, default v1).
 - the official image-to-video tool's kohya files (`--use-lora --lora-path`): the prefix `Hunyuan_video_I2V_lora_`
   (e.g. `Hunyuan_video_I2V_lora_double_blocks_0_img_attn_qkv.lora_down.weight`). The official loader merges these
   as W += s * B @ A and skips their `.alpha` (its trainer writes alpha, its loader never reads it), so for this
@@ -35,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hyvideo.checkpoints.dit import DIFFUSERS_RULES, Rule
+from hyvideo.checkpoints.dit import DIFFUSERS15_RULES, DIFFUSERS_RULES, Rule, diffusers_rules
 from hyvideo.errors import UsageError
 
 FLAG = "--lora"
@@ -92,16 +95,29 @@ def _fill(template: str, match: re.Match) -> str:
     return template.replace("{n}", match["n"]) if "{n}" in template else template
 
 
-_DOTTED = [(_module_pattern(r.official, "."), r, None) for r in DIFFUSERS_RULES] + [
-    (_module_pattern(d, "."), r, i) for r in DIFFUSERS_RULES for i, d in enumerate(r.diffusers)
-]
-_UNDERSCORED = [(_module_pattern(r.official, "_"), r, None) for r in DIFFUSERS_RULES] + [
-    (_module_pattern(d, "_"), r, i) for r in DIFFUSERS_RULES for i, d in enumerate(r.diffusers)
-]
+def _name_patterns(rules: tuple[Rule, ...]) -> tuple[list, list]:
+    """(dotted, underscored) patterns of a key-map table: official and diffusers module names."""
+    out = []
+    for sep in (".", "_"):
+        out.append(
+            [(_module_pattern(r.official, sep), r, None) for r in rules]
+            + [(_module_pattern(d, sep), r, i) for r in rules for i, d in enumerate(r.diffusers)]
+        )
+    return out[0], out[1]
 
 
-def target_of(stem: str) -> Target | None:
+_NAMES = {id(t): _name_patterns(t) for t in (DIFFUSERS_RULES, DIFFUSERS15_RULES)}
+
+
+def model_rules(model: object) -> tuple[Rule, ...]:
+    """The key-map table of a DiT (its config's family); v1 for anything without a config (a state dict)."""
+    cfg = getattr(model, "cfg", None)
+    return DIFFUSERS_RULES if cfg is None else diffusers_rules(cfg)
+
+
+def target_of(stem: str, rules: tuple[Rule, ...] = DIFFUSERS_RULES) -> Target | None:
     """The official module (and fused part) a LoRA key stem refers to, or None if it names no DiT layer."""
+    dotted, underscored = _NAMES[id(rules)]
     kohya = stem.startswith(_KOHYA_PREFIXES)
     if kohya:
         stem = stem[len(next(p for p in _KOHYA_PREFIXES if stem.startswith(p))) :]
@@ -110,7 +126,7 @@ def target_of(stem: str) -> Target | None:
             if stem.startswith(prefix):
                 stem = stem[len(prefix) :]
                 break
-    for pattern, rule, part in _UNDERSCORED if kohya else _DOTTED:
+    for pattern, rule, part in underscored if kohya else dotted:
         m = pattern.match(stem)
         if m:
             official = _fill(rule.official, m)
@@ -128,13 +144,15 @@ def split_key(key: str) -> tuple[str, str] | None:
     return None
 
 
-def group_keys(keys: Iterable[str], path: Path, flag: str = FLAG) -> dict[str, tuple[Target, dict[str, str]]]:
+def group_keys(
+    keys: Iterable[str], path: Path, flag: str = FLAG, rules: tuple[Rule, ...] = DIFFUSERS_RULES
+) -> dict[str, tuple[Target, dict[str, str]]]:
     """stem -> (target, {role: key}); raises UsageError listing every key that maps to no DiT layer."""
     groups: dict[str, tuple[Target, dict[str, str]]] = {}
     unknown: list[str] = []
     for key in sorted(keys):
         parts = split_key(key)
-        target = target_of(parts[0]) if parts else None
+        target = target_of(parts[0], rules) if parts else None
         if parts is None or target is None:
             unknown.append(key)
             continue
@@ -184,25 +202,27 @@ def _keys(path: Path, flag: str = FLAG) -> list[str]:
         raise UsageError(flag, f"{path}: not a readable .safetensors file ({str(e)[:120]})") from None
 
 
-def check_lora_specs(specs: Iterable[LoraSpec]) -> tuple[LoraSpec, ...]:
-    """Check every LoRA file exists and its key names (reads only the safetensors header)."""
+def check_lora_specs(specs: Iterable[LoraSpec], rules: tuple[Rule, ...] = DIFFUSERS_RULES) -> tuple[LoraSpec, ...]:
+    """Check every LoRA file exists and its key names against the family's table `rules` (reads only the
+    safetensors header)."""
     specs = tuple(specs)
     for spec in specs:
         if not spec.path.is_file():
             raise UsageError(spec.flag, f"{spec.path}: no such file; give a LoRA .safetensors file")
         if spec.path.suffix != ".safetensors":
             raise UsageError(spec.flag, f"{spec.path}: only .safetensors LoRA files are read (no pickles)")
-        group_keys(_keys(spec.path, spec.flag), spec.path, spec.flag)
+        group_keys(_keys(spec.path, spec.flag), spec.path, spec.flag, rules)
     return specs
 
 
-def read_lora(spec: LoraSpec) -> list[LoraDelta]:
-    """The file's updates with their factors s * alpha / r (tensors in float32 on the CPU)."""
+def read_lora(spec: LoraSpec, rules: tuple[Rule, ...] = DIFFUSERS_RULES) -> list[LoraDelta]:
+    """The file's updates with their factors s * alpha / r (tensors in float32 on the CPU), names read with the
+    family's table `rules`."""
     from safetensors.torch import load_file
 
     sd = load_file(str(spec.path))
     deltas = []
-    for stem, (target, roles) in group_keys(sd, spec.path, spec.flag).items():
+    for stem, (target, roles) in group_keys(sd, spec.path, spec.flag, rules).items():
         down, up = sd[roles["down"]].float(), sd[roles["up"]].float()
         if down.ndim != 2 or up.ndim != 2 or down.shape[0] != up.shape[1]:
             raise UsageError(
@@ -217,10 +237,10 @@ def read_lora(spec: LoraSpec) -> list[LoraDelta]:
     return deltas
 
 
-def _as_deltas(loras: Iterable[LoraSpec | LoraDelta]) -> list[LoraDelta]:
+def _as_deltas(loras: Iterable[LoraSpec | LoraDelta], rules: tuple[Rule, ...]) -> list[LoraDelta]:
     out: list[LoraDelta] = []
     for item in loras:
-        out.extend(read_lora(item) if isinstance(item, LoraSpec) else [item])
+        out.extend(read_lora(item, rules) if isinstance(item, LoraSpec) else [item])
     return out
 
 
@@ -264,9 +284,10 @@ def merge_loras(
     """W' = W + s * (alpha / r) * B @ A for every LoRA layer, in place, on a model or an official-named state dict.
 
     Each weight is updated once in float32 (all LoRAs on it summed) and cast back to its dtype; call this on the
-    float weights, before any fp8 quantization. Returns `target`.
+    float weights, before any fp8 quantization. Names are read with the model's family table (v1 for a state dict).
+    Returns `target`.
     """
-    deltas = _as_deltas(loras)
+    deltas = _as_deltas(loras, model_rules(target))
     weights = dict(target.named_parameters()) if isinstance(target, nn.Module) else target
     _unknown_targets(deltas, set(weights))
     by_module: dict[str, list[LoraDelta]] = {}
@@ -324,7 +345,7 @@ class LoraLinear(nn.Module):
 
 def wrap_loras(model: nn.Module, loras: Iterable[LoraSpec | LoraDelta]) -> nn.Module:
     """Replace every LoRA-targeted Linear of `model` with a `LoraLinear` (weights untouched). Returns `model`."""
-    deltas = _as_deltas(loras)
+    deltas = _as_deltas(loras, model_rules(model))
     _unknown_targets(deltas, {n for n, _ in model.named_parameters()})
     by_module: dict[str, list[LoraDelta]] = {}
     for d in deltas:
@@ -344,7 +365,7 @@ def apply_loras(model: nn.Module, loras: Iterable[LoraSpec], merge: bool = True)
     from loguru import logger
 
     loras = list(loras)
-    deltas = _as_deltas(loras)
+    deltas = _as_deltas(loras, model_rules(model))
     (merge_loras if merge else wrap_loras)(model, deltas)
     names = ", ".join(f"{s.path.name}:{s.scale:g}" for s in loras)
     logger.info(f"LoRA {'merged' if merge else 'applied unmerged'}: {names} ({len(deltas)} layer updates)")

@@ -1,7 +1,9 @@
-"""Loading the DiT: the official `mp_rank_00_model_states.pt` and diffusers-format `transformer/` folders.
+"""Loading the DiT: the official `mp_rank_00_model_states.pt` and diffusers-format `transformer/` folders, and for
+HunyuanVideo 1.5 the official `transformer/<version>/` folder (config.json + safetensors with official key names).
 
 Official keys equal our module names, so an official state dict loads with no mapping. The diffusers layout goes
-through the one table below (`DIFFUSERS_RULES`), which both directions use.
+through one table per family (`DIFFUSERS_RULES` for v1, `DIFFUSERS15_RULES` for 1.5, chosen by `diffusers_rules`),
+which both directions use.
 """
 
 from __future__ import annotations
@@ -56,14 +58,10 @@ _R = "txt_in.individual_token_refiner.blocks.{n}"
 _DR = "context_embedder.token_refiner.refiner_blocks.{n}"
 _TE = "time_text_embed"
 
-DIFFUSERS_RULES: tuple[Rule, ...] = (
+# shared by both families: the patch embedding, the text refiner, the double blocks' modulation, norms, output
+# projections and MLPs, and the final layer
+_SHARED_RULES: tuple[Rule, ...] = (
     Rule("img_in.proj", ("x_embedder.proj",)),
-    Rule("time_in.mlp.0", (f"{_TE}.timestep_embedder.linear_1",)),
-    Rule("time_in.mlp.2", (f"{_TE}.timestep_embedder.linear_2",)),
-    Rule("guidance_in.mlp.0", (f"{_TE}.guidance_embedder.linear_1",)),
-    Rule("guidance_in.mlp.2", (f"{_TE}.guidance_embedder.linear_2",)),
-    Rule("vector_in.in_layer", (f"{_TE}.text_embedder.linear_1",)),
-    Rule("vector_in.out_layer", (f"{_TE}.text_embedder.linear_2",)),
     Rule("txt_in.input_embedder", ("context_embedder.proj_in",)),
     Rule("txt_in.t_embedder.mlp.0", (f"context_embedder.{_TE}.timestep_embedder.linear_1",)),
     Rule("txt_in.t_embedder.mlp.2", (f"context_embedder.{_TE}.timestep_embedder.linear_2",)),
@@ -78,6 +76,29 @@ DIFFUSERS_RULES: tuple[Rule, ...] = (
     Rule(f"{_R}.adaLN_modulation.1", (f"{_DR}.norm_out.linear",)),
     Rule("double_blocks.{n}.img_mod.linear", ("transformer_blocks.{n}.norm1.linear",)),
     Rule("double_blocks.{n}.txt_mod.linear", ("transformer_blocks.{n}.norm1_context.linear",)),
+    Rule("double_blocks.{n}.img_attn_q_norm", ("transformer_blocks.{n}.attn.norm_q",)),
+    Rule("double_blocks.{n}.img_attn_k_norm", ("transformer_blocks.{n}.attn.norm_k",)),
+    Rule("double_blocks.{n}.txt_attn_q_norm", ("transformer_blocks.{n}.attn.norm_added_q",)),
+    Rule("double_blocks.{n}.txt_attn_k_norm", ("transformer_blocks.{n}.attn.norm_added_k",)),
+    Rule("double_blocks.{n}.img_attn_proj", ("transformer_blocks.{n}.attn.to_out.0",)),
+    Rule("double_blocks.{n}.txt_attn_proj", ("transformer_blocks.{n}.attn.to_add_out",)),
+    Rule("double_blocks.{n}.img_mlp.fc1", ("transformer_blocks.{n}.ff.net.0.proj",)),
+    Rule("double_blocks.{n}.img_mlp.fc2", ("transformer_blocks.{n}.ff.net.2",)),
+    Rule("double_blocks.{n}.txt_mlp.fc1", ("transformer_blocks.{n}.ff_context.net.0.proj",)),
+    Rule("double_blocks.{n}.txt_mlp.fc2", ("transformer_blocks.{n}.ff_context.net.2",)),
+    Rule("final_layer.linear", ("proj_out",)),
+    Rule("final_layer.adaLN_modulation.1", ("norm_out.linear",), "swap"),
+)
+
+# HunyuanVideoTransformer3DModel (v1)
+DIFFUSERS_RULES: tuple[Rule, ...] = (
+    *_SHARED_RULES,
+    Rule("time_in.mlp.0", (f"{_TE}.timestep_embedder.linear_1",)),
+    Rule("time_in.mlp.2", (f"{_TE}.timestep_embedder.linear_2",)),
+    Rule("guidance_in.mlp.0", (f"{_TE}.guidance_embedder.linear_1",)),
+    Rule("guidance_in.mlp.2", (f"{_TE}.guidance_embedder.linear_2",)),
+    Rule("vector_in.in_layer", (f"{_TE}.text_embedder.linear_1",)),
+    Rule("vector_in.out_layer", (f"{_TE}.text_embedder.linear_2",)),
     Rule(
         "double_blocks.{n}.img_attn_qkv",
         tuple(f"transformer_blocks.{{n}}.attn.to_{x}" for x in "qkv"),
@@ -90,16 +111,6 @@ DIFFUSERS_RULES: tuple[Rule, ...] = (
         "split",
         _qkv,
     ),
-    Rule("double_blocks.{n}.img_attn_q_norm", ("transformer_blocks.{n}.attn.norm_q",)),
-    Rule("double_blocks.{n}.img_attn_k_norm", ("transformer_blocks.{n}.attn.norm_k",)),
-    Rule("double_blocks.{n}.txt_attn_q_norm", ("transformer_blocks.{n}.attn.norm_added_q",)),
-    Rule("double_blocks.{n}.txt_attn_k_norm", ("transformer_blocks.{n}.attn.norm_added_k",)),
-    Rule("double_blocks.{n}.img_attn_proj", ("transformer_blocks.{n}.attn.to_out.0",)),
-    Rule("double_blocks.{n}.txt_attn_proj", ("transformer_blocks.{n}.attn.to_add_out",)),
-    Rule("double_blocks.{n}.img_mlp.fc1", ("transformer_blocks.{n}.ff.net.0.proj",)),
-    Rule("double_blocks.{n}.img_mlp.fc2", ("transformer_blocks.{n}.ff.net.2",)),
-    Rule("double_blocks.{n}.txt_mlp.fc1", ("transformer_blocks.{n}.ff_context.net.0.proj",)),
-    Rule("double_blocks.{n}.txt_mlp.fc2", ("transformer_blocks.{n}.ff_context.net.2",)),
     Rule(
         "single_blocks.{n}.linear1",
         tuple(f"single_transformer_blocks.{{n}}.{x}" for x in ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp")),
@@ -110,17 +121,45 @@ DIFFUSERS_RULES: tuple[Rule, ...] = (
     Rule("single_blocks.{n}.q_norm", ("single_transformer_blocks.{n}.attn.norm_q",)),
     Rule("single_blocks.{n}.k_norm", ("single_transformer_blocks.{n}.attn.norm_k",)),
     Rule("single_blocks.{n}.modulation.linear", ("single_transformer_blocks.{n}.norm.linear",)),
-    Rule("final_layer.linear", ("proj_out",)),
-    Rule("final_layer.adaLN_modulation.1", ("norm_out.linear",), "swap"),
 )
+
+# HunyuanVideo15Transformer3DModel (1.5, docs/DESIGN.md §18.3): q/k/v already apart, three context streams
+DIFFUSERS15_RULES: tuple[Rule, ...] = (
+    *_SHARED_RULES,
+    Rule("time_in.mlp.0", ("time_embed.timestep_embedder.linear_1",)),
+    Rule("time_in.mlp.2", ("time_embed.timestep_embedder.linear_2",)),
+    Rule("time_r_in.mlp.0", ("time_embed.timestep_embedder_r.linear_1",)),
+    Rule("time_r_in.mlp.2", ("time_embed.timestep_embedder_r.linear_2",)),
+    *(Rule(f"double_blocks.{{n}}.img_attn_{x}", (f"transformer_blocks.{{n}}.attn.to_{x}",)) for x in "qkv"),
+    *(Rule(f"double_blocks.{{n}}.txt_attn_{x}", (f"transformer_blocks.{{n}}.attn.add_{x}_proj",)) for x in "qkv"),
+    Rule("byt5_in.layernorm", ("context_embedder_2.norm",)),
+    Rule("byt5_in.fc1", ("context_embedder_2.linear_1",)),
+    Rule("byt5_in.fc2", ("context_embedder_2.linear_2",)),
+    Rule("byt5_in.fc3", ("context_embedder_2.linear_3",)),
+    Rule("vision_in.proj.0", ("image_embedder.norm_in",)),
+    Rule("vision_in.proj.1", ("image_embedder.linear_1",)),
+    Rule("vision_in.proj.3", ("image_embedder.linear_2",)),
+    Rule("vision_in.proj.4", ("image_embedder.norm_out",)),
+    Rule("cond_type_embedding", ("cond_type_embed",)),
+)
+
+
+def diffusers_rules(cfg: DiTConfig) -> tuple[Rule, ...]:
+    """The key map of `cfg`'s family: 1.5 or v1."""
+    return DIFFUSERS15_RULES if cfg.is_15 else DIFFUSERS_RULES
 
 
 def _pattern(template: str) -> re.Pattern:
     return re.compile(re.escape(template).replace(re.escape("{n}"), r"(?P<n>\d+)") + r"\.(?P<p>weight|bias)$")
 
 
-_OFFICIAL = [(_pattern(r.official), r) for r in DIFFUSERS_RULES]
-_DIFFUSERS = [(_pattern(d), r, i) for r in DIFFUSERS_RULES for i, d in enumerate(r.diffusers)]
+def _patterns(rules: tuple[Rule, ...]) -> tuple[list, list]:
+    """(official patterns [(pattern, rule)], diffusers patterns [(pattern, rule, part)]) of a table."""
+    official = [(_pattern(r.official), r) for r in rules]
+    return official, [(_pattern(d), r, i) for r in rules for i, d in enumerate(r.diffusers)]
+
+
+_PATTERNS = {id(t): _patterns(t) for t in (DIFFUSERS_RULES, DIFFUSERS15_RULES)}
 
 
 def _fill(template: str, n: str | None, param: str) -> str:
@@ -131,8 +170,9 @@ def official_to_diffusers(sd: Mapping[str, torch.Tensor], cfg: DiTConfig) -> Sta
     """Official-named state dict -> diffusers-named (fused tensors split as views, adaLN halves swapped)."""
     out: StateDict = {}
     unknown = []
+    official, _ = _PATTERNS[id(diffusers_rules(cfg))]
     for key, value in sd.items():
-        for pat, rule in _OFFICIAL:
+        for pat, rule in official:
             m = pat.match(key)
             if m:
                 names = [_fill(d, m["n"] if "{n}" in d else None, m["p"]) for d in rule.diffusers]
@@ -163,9 +203,10 @@ def diffusers_to_official(
     pending: dict[str, dict[int, torch.Tensor]] = {}
     rules: dict[str, Rule] = {}
     unknown = []
+    _, diffusers = _PATTERNS[id(diffusers_rules(cfg))]
     for key in list(sd):
         value = sd.pop(key) if consume else sd[key]  # type: ignore[attr-defined]
-        for pat, rule, i in _DIFFUSERS:
+        for pat, rule, i in diffusers:
             m = pat.match(key)
             if m:
                 name = _fill(rule.official, m["n"] if "{n}" in rule.official else None, m["p"])
@@ -288,6 +329,34 @@ def save_dit_official(model: HYVideoDiT, folder: str | Path, load_key: str = "mo
     torch.save({load_key: sd}, folder / OFFICIAL_FILE)
     (folder / "config.json").write_text(json.dumps(model.cfg.to_diffusers(), indent=2))
     return folder / OFFICIAL_FILE
+
+
+def save_dit15_official(model: HYVideoDiT, folder: str | Path) -> Path:
+    """An official 1.5 `transformer/<version>/` folder: the official class's `config.json` and
+    `diffusion_pytorch_model.safetensors` with the official (= our) key names."""
+    import json
+
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(model.cfg.to_official(), indent=2))
+    sd = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(sd, str(folder / f"{DIFFUSERS_STEM}.safetensors"))
+    return folder
+
+
+DIT_LAYOUTS = ("official", "diffusers")
+
+
+def save_dit(model: HYVideoDiT, folder: str | Path, layout: str, max_shard_bytes: int | None = None) -> Path:
+    """Write `model` in `layout`: "official" (v1: `mp_rank_00_model_states.pt`; 1.5: a `transformer/<version>/`
+    folder) or "diffusers" (a `transformer/` folder, sharded when over `max_shard_bytes`)."""
+    if layout == "diffusers":
+        return save_dit_diffusers(model, folder, max_shard_bytes)
+    if layout != "official":
+        raise ValueError(f"DiT layout must be one of {DIT_LAYOUTS}, got {layout!r}")
+    return save_dit15_official(model, folder) if model.cfg.is_15 else save_dit_official(model, folder)
 
 
 def save_dit_diffusers(model: HYVideoDiT, folder: str | Path, max_shard_bytes: int | None = None) -> Path:

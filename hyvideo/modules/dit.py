@@ -12,6 +12,11 @@ Image-to-video with token_replace (docs/DESIGN.md §17.2): the first th*tw image
 image) take their shift/scale/gate from a second vector, time_in(0) + vector_in(clip), through the same modulation
 weights; everything else (text stream, other image tokens, final layer) uses vec. `Context.first` carries it.
 
+HunyuanVideo 1.5 is the same class with another configuration (docs/DESIGN.md §18): q/k/v as three Linears per
+stream, no single blocks, no vector_in/guidance_in, vec = time_in(t) [+ time_r_in(t_r)], and a context of three
+streams [vision_in(SigLIP) | byt5_in(glyph byT5) | txt_in(Qwen)], each + its cond_type_embedding row, given
+to the blocks as the text tokens (`ExtraInputs`).
+
 The forward reads nothing back to the host: which text positions are padding is decided once per mask tensor
 (`TextLayout`, one read of the mask, cached like the RoPE tables), not every step.
 """
@@ -32,9 +37,11 @@ from hyvideo.modules.attention import KeyMask, attention
 from hyvideo.modules.embeddings import (
     RIFLEX_K,
     RIFLEX_MARGIN,
+    ByT5Mapper,
     MLPEmbedder,
     PatchEmbed,
     TimestepEmbedder,
+    VisionProjection,
     apply_rope,
     riflex_applies,
     rope_freqs,
@@ -44,7 +51,20 @@ from hyvideo.modules.layers import MLP, Modulation, RMSNorm, layer_norm, modulat
 from hyvideo.modules.token_refiner import TokenRefiner
 
 REFINER_MLP_RATIO = 4.0  # the release fixes the refiner MLP at 4x, whatever the blocks' mlp_ratio
-MAX_LAYOUTS = 8  # text layouts cached per DiT: the prompt and negative prompt of the current and recent videos
+# text layouts cached per DiT: the masks (prompt and negative prompt; 1.5: Qwen and byT5 each) of the current and
+# recent videos
+MAX_LAYOUTS = 16
+COND_QWEN, COND_BYT5, COND_VISION = 0, 1, 2  # rows of the 1.5 cond_type_embedding
+
+
+@dataclass(frozen=True)
+class ExtraInputs:
+    """HunyuanVideo 1.5 inputs beyond the v1 signature (docs/DESIGN.md §18.2)."""
+
+    byt5_states: torch.Tensor | None  # (B, Lb, byt5_dim) glyph byT5 states, or None (no quoted text: no tokens)
+    byt5_mask: torch.Tensor | None  # (B, Lb) int64 1 = token
+    vision_states: torch.Tensor | None  # (B, Lv, vision_dim) SigLIP states; None = text-to-video (no vision tokens)
+    t_r: torch.Tensor | None = None  # (B,) meanflow second timestep in [0, 1000]; None unless cfg.meanflow
 
 
 @dataclass
@@ -111,17 +131,25 @@ class DoubleStreamBlock(nn.Module):
     def __init__(self, cfg: DiTConfig) -> None:
         super().__init__()
         C, self.heads, self.eps = cfg.hidden_size, cfg.heads, cfg.norm_eps
+        self.split_qkv = cfg.split_qkv
         for s in ("img", "txt"):
             setattr(self, f"{s}_mod", Modulation(C, 6))
-            setattr(self, f"{s}_attn_qkv", nn.Linear(C, 3 * C))
+            if cfg.split_qkv:  # 1.5: three Linears (the checkpoint keeps them apart)
+                for x in "qkv":
+                    setattr(self, f"{s}_attn_{x}", nn.Linear(C, C))
+            else:
+                setattr(self, f"{s}_attn_qkv", nn.Linear(C, 3 * C))
             setattr(self, f"{s}_attn_q_norm", _qk_norm(cfg))
             setattr(self, f"{s}_attn_k_norm", _qk_norm(cfg))
             setattr(self, f"{s}_attn_proj", nn.Linear(C, C))
             setattr(self, f"{s}_mlp", MLP(C, cfg.mlp_hidden))
 
     def _qkv(self, s: str, x: torch.Tensor, mod: StreamModulation):
-        qkv = getattr(self, f"{s}_attn_qkv")(mod.modulate(layer_norm(x, self.eps), 0))
-        q, k, v = rearrange(qkv, "B L (K H D) -> K B L H D", K=3, H=self.heads)  # layout K, H, D
+        h = mod.modulate(layer_norm(x, self.eps), 0)
+        if self.split_qkv:
+            q, k, v = (getattr(self, f"{s}_attn_{n}")(h).unflatten(-1, (self.heads, -1)) for n in "qkv")  # (B,L,H,D)
+        else:
+            q, k, v = rearrange(getattr(self, f"{s}_attn_qkv")(h), "B L (K H D) -> K B L H D", K=3, H=self.heads)
         return getattr(self, f"{s}_attn_q_norm")(q), getattr(self, f"{s}_attn_k_norm")(k), v
 
     def forward(self, img: torch.Tensor, txt: torch.Tensor, vec: torch.Tensor, ctx: Context):
@@ -187,7 +215,8 @@ class FinalLayer(nn.Module):
 
 
 class HYVideoDiT(nn.Module):
-    """forward(latents (B,16,T,H,W), t (B,), text (B,L,4096), mask (B,L), clip (B,768), guidance (B,)|None)."""
+    """forward(latents (B,16,T,H,W), t (B,), text (B,L,4096), mask (B,L), clip (B,768), guidance (B,)|None);
+    HunyuanVideo 1.5: forward(latents (B,65,T,H,W), t, qwen (B,L,3584), mask, None, None, extra=ExtraInputs)."""
 
     def __init__(self, cfg: DiTConfig) -> None:
         super().__init__()
@@ -196,8 +225,12 @@ class HYVideoDiT(nn.Module):
         self.img_in = PatchEmbed(cfg.patch_size, cfg.in_channels, C)
         self.txt_in = TokenRefiner(cfg.text_states_dim, C, cfg.heads, cfg.depth_refiner, REFINER_MLP_RATIO)
         self.time_in = TimestepEmbedder(C)
-        self.vector_in = MLPEmbedder(cfg.text_pool_dim, C)
+        self.vector_in = MLPEmbedder(cfg.text_pool_dim, C) if cfg.text_pool_dim else None
         self.guidance_in = TimestepEmbedder(C) if cfg.guidance_embed else None
+        self.time_r_in = TimestepEmbedder(C) if cfg.meanflow else None
+        self.byt5_in = ByT5Mapper(cfg.byt5_dim, cfg.byt5_hidden, C) if cfg.byt5_dim else None
+        self.vision_in = VisionProjection(cfg.vision_dim, C) if cfg.vision_dim else None
+        self.cond_type_embedding = nn.Embedding(3, C) if cfg.cond_type_embed else None
         self.double_blocks = nn.ModuleList([DoubleStreamBlock(cfg) for _ in range(cfg.depth_double)])
         self.single_blocks = nn.ModuleList([SingleStreamBlock(cfg) for _ in range(cfg.depth_single)])
         self.final_layer = FinalLayer(cfg)
@@ -236,27 +269,45 @@ class HYVideoDiT(nn.Module):
         t: torch.Tensor,
         text_states: torch.Tensor,
         text_mask: torch.Tensor | None,
-        text_pooled: torch.Tensor,
+        text_pooled: torch.Tensor | None,
         guidance: torch.Tensor | None,
+        *,
+        extra: ExtraInputs | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Context]:
         """Everything before the blocks: (img (B,Li,C), txt (B,Lt,C), vec (B,C), Context)."""
-        img, vec, t = self.embed_image(x, t, text_pooled, guidance)
-        txt, ctx = self.embed_text(text_states, text_mask, t, x, text_pooled)
+        img, vec, t = self.embed_image(x, t, text_pooled, guidance, extra=extra)
+        txt, ctx = self.embed_text(text_states, text_mask, t, x, text_pooled, extra=extra)
         return img, txt, vec, ctx
 
     def embed_image(
-        self, x: torch.Tensor, t: torch.Tensor, text_pooled: torch.Tensor, guidance: torch.Tensor | None
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        text_pooled: torch.Tensor | None,
+        guidance: torch.Tensor | None,
+        *,
+        extra: ExtraInputs | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Image tokens and the conditioning vector: (img (B,Li,C), vec (B,C), t expanded to (B,))."""
+        """Image tokens and the conditioning vector: (img (B,Li,C), vec (B,C), t expanded to (B,)).
+        vec = time_in(t) [+ vector_in(pooled)] [+ guidance_in(g)] [+ time_r_in(t_r), meanflow with extra.t_r]."""
         B = x.shape[0]
         self.token_grid(x)  # checks the latent grid divides by the patch size
         dtype = self.img_in.proj.weight.dtype
         t = t.expand(B) if t.numel() == 1 else t
-        vec = self.time_in(t) + self.vector_in(text_pooled.to(dtype))
+        vec = self.time_in(t)
+        if self.vector_in is not None:
+            if text_pooled is None:
+                raise ValueError("this DiT has a pooled text input (vector_in): pass text_pooled")
+            vec = vec + self.vector_in(text_pooled.to(dtype))
         if self.guidance_in is not None:
             if guidance is None:
                 raise ValueError("this DiT has a guidance embedding: pass guidance (embedded cfg scale x 1000)")
             vec = vec + self.guidance_in(guidance.expand(B) if guidance.numel() == 1 else guidance)
+        t_r = None if extra is None else extra.t_r
+        if t_r is not None:  # both references add time_r_in only when a t_r is given
+            if self.time_r_in is None:
+                raise ValueError("extra.t_r given, but this DiT has no meanflow embedder (time_r_in)")
+            vec = vec + self.time_r_in(t_r.expand(B) if t_r.numel() == 1 else t_r)
         return self.img_in(x.to(dtype)), vec, t
 
     def embed_text(
@@ -266,16 +317,62 @@ class HYVideoDiT(nn.Module):
         t: torch.Tensor,
         x: torch.Tensor,
         text_pooled: torch.Tensor | None = None,
+        *,
+        extra: ExtraInputs | None = None,
     ) -> tuple[torch.Tensor, Context]:
         """Refined text tokens (B,Lt,C) with padding dropped, and the Context for latents x (B,in,T,H,W), t (B,).
-        A token_replace DiT needs `text_pooled` (B, pool) for the first frame's modulation vector."""
+        A token_replace DiT needs `text_pooled` (B, pool) for the first frame's modulation vector. A 1.5 DiT puts
+        the vision and byT5 tokens of `extra` before the refined Qwen tokens: [vision | byT5 | Qwen]."""
         grid = self.token_grid(x)
-        text_states, valid = apply_layout(text_states.to(self.img_in.proj.weight.dtype), self.text_layout(text_mask))
+        dtype = self.img_in.proj.weight.dtype
+        text_states, valid = apply_layout(text_states.to(dtype), self.text_layout(text_mask))
         txt = self.txt_in(text_states, t, valid, self.attn_backend)
+        if self.byt5_in is not None or self.vision_in is not None:
+            txt, valid = self.context15(txt, valid, extra, dtype)
         Li = math.prod(grid)
         mask = None if valid is None else KeyMask(F.pad(valid, (Li, 0), value=True))  # (B, Li+Lt)
         first = self.first_frame(t, text_pooled, grid)
         return txt, Context(self.rope(grid, x.device), mask, self.attn_backend, first=first)
+
+    def context15(
+        self, qwen: torch.Tensor, qwen_valid: torch.Tensor | None, extra: ExtraInputs | None, dtype: torch.dtype
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The 1.5 context [vision | byT5 | Qwen] (B, Lv+Lb'+Lq', C) and its validity (B, L) or None.
+
+        Each stream takes its cond_type_embedding row. Positions that are padding in every sample are gone before
+        this (each mask's `TextLayout`, read once per mask tensor), so batch 1 needs no mask at all; the references
+        move each sample's valid tokens first instead, which gives the same attention (text tokens carry no
+        position). No vision states (text-to-video) means no vision tokens: the references mask them all out."""
+        if extra is None:
+            raise ValueError("a HunyuanVideo 1.5 DiT needs extra=ExtraInputs(byt5_states, byt5_mask, vision_states)")
+        parts = [self._typed(qwen, COND_QWEN)]  # prepended below: the order is [vision | byT5 | Qwen]
+        valids = [qwen_valid]
+        if extra.byt5_states is not None and self.byt5_in is not None:
+            states, v = apply_layout(extra.byt5_states.to(dtype), self.text_layout(extra.byt5_mask))
+            if states.shape[1]:
+                parts.insert(0, self._typed(self.byt5_in(states), COND_BYT5))
+                valids.insert(0, v)
+        if extra.vision_states is not None:
+            if self.vision_in is None:
+                raise ValueError("vision_states given, but this DiT has no vision_in")
+            parts.insert(0, self._typed(self.vision_in(extra.vision_states.to(dtype)), COND_VISION))
+            valids.insert(0, None)  # every image token is valid
+        if len(parts) == 1:
+            return parts[0], qwen_valid
+        if all(v is None for v in valids):
+            return torch.cat(parts, 1), None
+        B = qwen.shape[0]
+        full = [
+            torch.ones(B, p.shape[1], dtype=torch.bool, device=p.device) if v is None else v
+            for p, v in zip(parts, valids, strict=True)
+        ]
+        return torch.cat(parts, 1), torch.cat(full, 1)
+
+    def _typed(self, tokens: torch.Tensor, kind: int) -> torch.Tensor:
+        """tokens (B, L, C) + row `kind` of the cond_type_embedding (unchanged without one)."""
+        if self.cond_type_embedding is None:
+            return tokens
+        return tokens + self.cond_type_embedding.weight[kind]
 
     def first_frame(
         self, t: torch.Tensor, text_pooled: torch.Tensor | None, grid: tuple[int, int, int]
@@ -308,11 +405,14 @@ class HYVideoDiT(nn.Module):
         t: torch.Tensor,
         text_states: torch.Tensor,
         text_mask: torch.Tensor | None,
-        text_pooled: torch.Tensor,
+        text_pooled: torch.Tensor | None,
         guidance: torch.Tensor | None = None,
+        *,
+        extra: ExtraInputs | None = None,
     ) -> torch.Tensor:
-        """Velocity for latents x (B, in, T, H, W) at timestep t (B,) in [0, 1000]; returns (B, out, T, H, W)."""
-        img, txt, vec, ctx = self.embed(x, t, text_states, text_mask, text_pooled, guidance)
+        """Velocity for latents x (B, in, T, H, W) at timestep t (B,) in [0, 1000]; returns (B, out, T, H, W).
+        HunyuanVideo 1.5: text_pooled and guidance None, the byT5 / vision / t_r inputs in `extra`."""
+        img, txt, vec, ctx = self.embed(x, t, text_states, text_mask, text_pooled, guidance, extra=extra)
         return self.unpatchify(self.transformer(img, txt, vec, ctx), self.token_grid(x))
 
     def transformer(self, img: torch.Tensor, txt: torch.Tensor, vec: torch.Tensor, ctx: Context) -> torch.Tensor:
@@ -324,6 +424,8 @@ class HYVideoDiT(nn.Module):
         Li = img.shape[1]
         for block in self.double_blocks:
             img, txt = block(img, txt, vec, ctx)
+        if not self.single_blocks:  # 1.5: double blocks only
+            return img
         h = torch.cat([img, txt], 1)  # (B, Li+Lt, C)
         last = len(self.single_blocks) - 1
         for i, block in enumerate(self.single_blocks):

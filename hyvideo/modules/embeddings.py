@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hyvideo.choices import RIFLEX_MODES
+from hyvideo.modules.layers import affine_layer_norm
 
 FREQ_DIM = 256  # width of the timestep / guidance sinusoid
 
@@ -56,6 +57,40 @@ class TextProjection(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear_2(F.silu(self.linear_1(x)))
+
+
+class ByT5Mapper(nn.Module):
+    """HunyuanVideo 1.5 `byt5_in`: glyph byT5 states -> DiT tokens, fc3(GELU(fc2(GELU(fc1(LayerNorm(x)))))).
+    (B, L, in_dim) -> (B, L, out_dim); GELU is the exact (erf) one, the LayerNorm affine with eps 1e-5."""
+
+    def __init__(self, in_dim: int, hidden: int, out_dim: int) -> None:
+        super().__init__()
+        self.layernorm = nn.LayerNorm(in_dim)
+        self.fc1 = nn.Linear(in_dim, hidden)
+        self.fc2 = nn.Linear(hidden, hidden)
+        self.fc3 = nn.Linear(hidden, out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc3(F.gelu(self.fc2(F.gelu(self.fc1(affine_layer_norm(self.layernorm, x))))))
+
+
+class VisionProjection(nn.Module):
+    """HunyuanVideo 1.5 `vision_in`: SigLIP states -> DiT tokens, LayerNorm, Linear, GELU, Linear, LayerNorm
+    (checkpoint names proj.0, proj.1, proj.3, proj.4). (B, L, in_dim) -> (B, L, out_dim)."""
+
+    def __init__(self, in_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.proj = nn.Sequential(
+            nn.LayerNorm(in_dim),
+            nn.Linear(in_dim, in_dim),
+            nn.GELU(),
+            nn.Linear(in_dim, out_dim),
+            nn.LayerNorm(out_dim),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        norm_in, fc1, _, fc2, norm_out = self.proj
+        return affine_layer_norm(norm_out, fc2(F.gelu(fc1(affine_layer_norm(norm_in, x)))))
 
 
 class PatchEmbed(nn.Module):

@@ -26,6 +26,13 @@ def layer_norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     return F.layer_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype)
 
 
+def affine_layer_norm(norm: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
+    """An affine nn.LayerNorm computed in fp32 (as the release does under autocast) and cast back to x's dtype."""
+    w = None if norm.weight is None else norm.weight.float()
+    b = None if norm.bias is None else norm.bias.float()
+    return F.layer_norm(x.float(), norm.normalized_shape, w, b, norm.eps).to(x.dtype)
+
+
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """x * (1 + scale) + shift; x (B, L, C), shift/scale (B, C)."""
     return torch.addcmul(shift[:, None], x, 1 + scale[:, None])

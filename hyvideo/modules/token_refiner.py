@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
 from hyvideo.modules.attention import KeyMask, attention
 from hyvideo.modules.embeddings import TextProjection, TimestepEmbedder
-from hyvideo.modules.layers import MLP
+from hyvideo.modules.layers import MLP, affine_layer_norm
 
 
 class RefinerBlock(nn.Module):
@@ -28,17 +27,10 @@ class RefinerBlock(nn.Module):
     def forward(self, x: torch.Tensor, c: torch.Tensor, mask: KeyMask | None, backend: str) -> torch.Tensor:
         # x (B, L, C), c (B, C)
         gate_msa, gate_mlp = self.adaLN_modulation(c).chunk(2, dim=-1)
-        qkv = self.self_attn_qkv(_ln(self.norm1, x))
+        qkv = self.self_attn_qkv(affine_layer_norm(self.norm1, x))
         q, k, v = rearrange(qkv, "B L (K H D) -> K B L H D", K=3, H=self.heads)
         x = x + gate_msa[:, None] * self.self_attn_proj(attention(q, k, v, mask, backend))
-        return x + gate_mlp[:, None] * self.mlp(_ln(self.norm2, x))
-
-
-def _ln(norm: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
-    """Affine LayerNorm computed in fp32 (as the release does under autocast)."""
-    w = None if norm.weight is None else norm.weight.float()
-    b = None if norm.bias is None else norm.bias.float()
-    return F.layer_norm(x.float(), norm.normalized_shape, w, b, norm.eps).to(x.dtype)
+        return x + gate_mlp[:, None] * self.mlp(affine_layer_norm(self.norm2, x))
 
 
 class TokenRefiner(nn.Module):

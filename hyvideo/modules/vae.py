@@ -517,21 +517,31 @@ class Attention(nn.Module):
         b, c, t, h, w = x.shape
         hs = group_norm(self.group_norm, x).permute(0, 2, 3, 4, 1).reshape(b, t, h * w, c)  # (B, T, HW, C)
         q, k, v = self.to_q(hs), self.to_k(hs), self.to_v(hs)  # (B, T, HW, C)
-        if state is not None:
-            k_prev, v_prev = state.get(self, (k[:, :0], v[:, :0]))
-            k, v = torch.cat([k_prev, k], 1), torch.cat([v_prev, v], 1)  # (B, T_prev + T, HW, C)
-            state[self] = (k, v)
-        n_prev = k.shape[1] - t
-        up = torch.float32 if q.dtype != torch.float32 else q.dtype
-        out = torch.empty_like(q)
-        for i in range(t):  # frame i sees frames [0, n_prev + i]: a block-causal mask without building it
-            kk = k[:, : n_prev + i + 1].reshape(b, 1, -1, c).to(up)  # (B, 1, L, C)
-            vv = v[:, : n_prev + i + 1].reshape(b, 1, -1, c).to(up)
-            out[:, i] = F.scaled_dot_product_attention(q[:, i, None].to(up), kk, vv)[:, 0].to(q.dtype)
-        out = self.to_out[0](out)  # (B, T, HW, C)
+        out = self.to_out[0](causal_frame_attention(q, k, v, state, self))  # (B, T, HW, C)
         out = out.reshape(b, t, h, w, c).permute(0, 4, 1, 2, 3)  # (B, C, T, H, W)
         fmt = torch.channels_last_3d if _is_channels_last(x) else torch.contiguous_format
         return out.contiguous(memory_format=fmt).add_(x)
+
+
+def causal_frame_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: StreamState | None, key: nn.Module
+) -> torch.Tensor:
+    """Single-head attention, q, k, v (B, T, HW, C) -> (B, T, HW, C): every pixel of frame t attends to all pixels of
+    frames <= t. With a `state`, the keys and values of earlier chunks (cached under `key`) come first and this
+    chunk's are appended. Softmax in float32."""
+    b, t, _, c = q.shape
+    if state is not None:
+        k_prev, v_prev = state.get(key, (k[:, :0], v[:, :0]))
+        k, v = torch.cat([k_prev, k], 1), torch.cat([v_prev, v], 1)  # (B, T_prev + T, HW, C)
+        state[key] = (k, v)
+    n_prev = k.shape[1] - t
+    up = torch.float32 if q.dtype != torch.float32 else q.dtype
+    out = torch.empty_like(q)
+    for i in range(t):  # frame i sees frames [0, n_prev + i]: a block-causal mask without building it
+        kk = k[:, : n_prev + i + 1].reshape(b, 1, -1, c).to(up)  # (B, 1, L, C)
+        vv = v[:, : n_prev + i + 1].reshape(b, 1, -1, c).to(up)
+        out[:, i] = F.scaled_dot_product_attention(q[:, i, None].to(up), kk, vv)[:, 0].to(q.dtype)
+    return out
 
 
 class MidBlock(nn.Module):

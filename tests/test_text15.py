@@ -14,7 +14,14 @@ from diffusers import AutoencoderKLHunyuanVideo15, HunyuanVideo15ImageToVideoPip
 from diffusers.pipelines.hunyuan_video1_5.pipeline_hunyuan_video1_5 import extract_glyph_texts
 from loguru import logger
 from PIL import Image
-from transformers import AutoTokenizer, Qwen2_5_VLTextModel, SiglipVisionModel, T5EncoderModel
+from transformers import (
+    AutoModel,
+    AutoTokenizer,
+    Qwen2_5_VLTextModel,
+    SiglipVisionModel,
+    T5EncoderModel,
+    T5ForConditionalGeneration,
+)
 from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
 
 from hyvideo.errors import CheckpointError
@@ -25,6 +32,7 @@ from hyvideo.modules.byt5_encoder import (
     glyph_prompt,
     glyph_state_dict,
     glyph_texts,
+    glyph_tokens,
 )
 from hyvideo.modules.qwen_encoder import (
     OFFICIAL_CROP_START,
@@ -37,6 +45,7 @@ from hyvideo.modules.qwen_encoder import (
     template_ids,
 )
 from hyvideo.modules.siglip_encoder import VisionEncoder15
+from hyvideo.modules.text_encoders import quiet_transformers
 from hyvideo.tiny_qwen import (
     TINY_BYT5_DIM,
     TINY_QWEN_DIM,
@@ -239,6 +248,39 @@ def test_glyph_tokens_added_as_official(encoders, folders):
     ids = official(text)["input_ids"]
     assert ids == diffusers(text)["input_ids"] and official.convert_tokens_to_ids("<color-2>") in ids
     assert encoders["official"].byt5.model.get_input_embeddings().num_embeddings == 392
+
+
+def test_official_loading_recipe(encoders, folders):
+    """The official tree read the way the official code reads it gives our states: the whole Qwen2.5-VL through
+    AutoModel (its language model, hidden_states[-3], crop), and byt5-small's encoder with the glyph tokens
+    appended, the embedding grown and the checkpoint's encoder keys loaded strictly."""
+    te = folders["official"] / "text_encoder"
+    ours = encoders["official"]
+    prompts = PROMPTS[:3]
+    with quiet_transformers():
+        full, info = AutoModel.from_pretrained(te / "llm", output_loading_info=True)
+    assert set(info["unexpected_keys"]) == {"lm_head.weight"} and not info["missing_keys"]
+    batch = ours.qwen.tokenize(prompts)
+    with torch.no_grad():
+        hidden = full.language_model(**batch, output_hidden_states=True).hidden_states[-3]
+    states, mask = ours.qwen.encode(prompts)
+    crop = ours.qwen.crop_start
+    assert torch.equal(states, hidden[:, crop:]) and torch.equal(mask, batch["attention_mask"][:, crop:])
+
+    tokenizer = AutoTokenizer.from_pretrained(te / "byt5-small")
+    with quiet_transformers():
+        encoder = T5ForConditionalGeneration.from_pretrained(te / "byt5-small").get_encoder()
+    tokenizer.add_tokens(glyph_tokens(te / "Glyph-SDXL-v2"), special_tokens=True)
+    encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    training = torch.load(te / "Glyph-SDXL-v2" / GLYPH_CHECKPOINT, weights_only=True)["state_dict"]
+    encoder.load_state_dict(
+        {k[len(TRAINING_PREFIX) :]: v for k, v in training.items() if k.startswith(TRAINING_PREFIX)}
+    )
+    text = glyph_prompt(prompts[1])
+    tokens = tokenizer(text, padding="max_length", max_length=256, truncation=True, return_tensors="pt")
+    with torch.no_grad():
+        ref = encoder(tokens.input_ids, attention_mask=tokens.attention_mask.float())[0]
+    assert torch.equal(ours.byt5.encode([prompts[1]])[0], ref)
 
 
 def test_qwen_official_folder_reads_only_the_language_model(folders):

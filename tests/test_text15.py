@@ -299,8 +299,23 @@ def test_language_model_prefix():
         "model.language_model."
     )
     assert language_model_prefix(["embed_tokens.weight", "layers.0.mlp.up_proj.weight"]) == ""
-    with pytest.raises(CheckpointError):
+    with pytest.raises(ValueError, match="embed_tokens"):
         language_model_prefix(["layers.0.mlp.up_proj.weight"])
+
+
+def test_unusable_folders_refused_naming_them(folders, tmp_path):
+    """A folder without weights, a missing glyph folder, a layer-less text config: one CheckpointError each."""
+    root = folders["diffusers"]
+    empty = tmp_path / "text_encoder"
+    empty.mkdir()
+    (empty / "config.json").write_text((root / "text_encoder" / "config.json").read_text())
+    with pytest.raises(CheckpointError, match=str(empty)):
+        load_qwen(empty, torch.float32, CPU)
+    te = folders["official"] / "text_encoder"
+    with pytest.raises(CheckpointError, match="missing"):
+        ByT5Encoder(te / "byt5-small", None, tmp_path / "missing")
+    with pytest.raises(CheckpointError, match="layers"):
+        load_qwen(root / "text_encoder", torch.float32, CPU, skip=4)
 
 
 def test_glyph_checkpoint_plain_state_and_refusals(folders, tmp_path, encoders):

@@ -84,7 +84,7 @@ def language_model_prefix(keys: list[str]) -> str:
     "model.language_model." / "language_model." (transformers 5 saves) or "" (a bare text model, diffusers)."""
     found = {k[: -len("embed_tokens.weight")] for k in keys if k.endswith("embed_tokens.weight") and "visual" not in k}
     if len(found) != 1:
-        raise CheckpointError(f"cannot tell the language model's weights apart (embed_tokens under {sorted(found)})")
+        raise ValueError(f"cannot tell the language model's weights apart (embed_tokens under {sorted(found)})")
     return found.pop()
 
 
@@ -106,7 +106,9 @@ def _read_language_model(folder: Path, layers: int, dtype: torch.dtype) -> dict[
     return state
 
 
-def load_qwen(folder: Path, dtype: torch.dtype, device: torch.device | str, skip: int = QWEN_SKIP_LAYERS):
+def load_qwen(
+    folder: Path, dtype: torch.dtype, device: torch.device | str, skip: int = QWEN_SKIP_LAYERS
+) -> Qwen2_5_VLTextModel:
     """Qwen2.5-VL's language model without its last `skip` layers and with an identity final norm: its output is
     `hidden_states[-(skip + 1)]` of the whole model. Reads a full Qwen2.5-VL folder (official `text_encoder/llm`)
     or a bare `Qwen2_5_VLTextModel` folder (diffusers `text_encoder/`)."""

@@ -3,7 +3,9 @@ models written in both folder layouts (hyvideo/tiny_qwen.py), fp32 on CPU."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import importlib.util
 import pickle
 from pathlib import Path
 
@@ -18,10 +20,12 @@ from transformers import (
     AutoModel,
     AutoTokenizer,
     Qwen2_5_VLTextModel,
+    Qwen2Tokenizer,
     SiglipVisionModel,
     T5EncoderModel,
     T5ForConditionalGeneration,
 )
+from transformers.convert_slow_tokenizer import TikTokenConverter
 from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
 
 from hyvideo.errors import CheckpointError
@@ -47,6 +51,8 @@ from hyvideo.modules.qwen_encoder import (
 from hyvideo.modules.siglip_encoder import VisionEncoder15
 from hyvideo.modules.text_encoders import quiet_transformers
 from hyvideo.tiny_qwen import (
+    CHAT_TEMPLATE,
+    QWEN_SPECIALS,
     TINY_BYT5_DIM,
     TINY_QWEN_DIM,
     TINY_SIGLIP_DIM,
@@ -145,6 +151,36 @@ def test_crop_start_derived_from_the_tokenizer(encoders):
     marker = tokenizer(USER_MARKER, add_special_tokens=False)["input_ids"]
     assert ids[crop - len(marker) : crop] == marker
     assert tokenizer.decode(ids[crop:]).startswith("A red car<|im_end|>")
+
+
+class _RanksConverter(TikTokenConverter):
+    """transformers' tiktoken -> vocab + merges conversion, fed ranks we parsed (no `tiktoken` needed)."""
+
+    def __init__(self, ranks: dict[bytes, int]) -> None:
+        super().__init__(vocab_file=None)
+        self.ranks = ranks
+
+    def load_tiktoken_bpe(self, tiktoken_url: str) -> dict[bytes, int]:
+        return self.ranks
+
+
+def test_crop_start_of_the_real_qwen_vocabulary():
+    """Qwen's byte-level BPE (`qwen.tiktoken`, shipped by the `dashscope` package: `pip install --no-deps
+    dashscope`) as a Qwen2Tokenizer with the chat special tokens: our system message and chat template give the
+    crop diffusers hard-codes for the real tokenizer, 108."""
+    spec = importlib.util.find_spec("dashscope")
+    if spec is None or spec.origin is None:
+        pytest.skip("the dashscope package (which ships qwen.tiktoken) is not installed")
+    ranks = {}
+    for line in (Path(spec.origin).parent / "resources" / "qwen.tiktoken").read_bytes().splitlines():
+        token, rank = line.split()
+        ranks[base64.b64decode(token)] = int(rank)
+    vocab, merges = _RanksConverter(ranks).extract_vocab_merges_from_model("qwen.tiktoken")
+    tokenizer = Qwen2Tokenizer(vocab=vocab, merges=merges, unk_token=None, eos_token="<|im_end|>")
+    tokenizer.add_tokens(list(QWEN_SPECIALS), special_tokens=True)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    assert len(ranks) == 151643
+    assert crop_start(tokenizer) == OFFICIAL_CROP_START
 
 
 def test_qwen_and_byt5_match_diffusers(encoders, pipe):

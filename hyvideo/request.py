@@ -858,7 +858,7 @@ def _check_hv15_flags(f: Flags, notes: list[str]) -> None:
     """With 1.5 weights: no v1-only flag, no feature we lack; options that change nothing are noted."""
     defaults = flag_defaults()
     for dest, instead in V1_ONLY.items():
-        if f[dest] != defaults[dest] and given(f[dest]):
+        if given(f[dest]) and (f[dest] != defaults[dest] or not given(defaults[dest])):  # explicit, or changed
             raise UsageError(_flag(dest), f"a HunyuanVideo (v1) option: not for 1.5 weights ({instead}); drop it")
     if f["teacache_thresh"] != 0:
         raise UsageError(
@@ -1100,12 +1100,12 @@ def _output_file(f: Flags) -> Path | None:
     path = Path(f["output_path"])
     if path.suffix.lower() != ".mp4" or not path.stem:
         raise UsageError("--output_path", f"{f['output_path']!r}: give a file name ending in .mp4")
+    if f["num_videos"] != 1 or f["prompt_file"] is not None:
+        raise UsageError("--output_path", "names one video: drop --num-videos / --prompt-file or use --save-path")
     defaults = flag_defaults()
     for dest in ("save_path", "save_path_suffix", "name_suffix"):
         if f[dest] != defaults[dest]:
             raise UsageError("--output_path", f"names the file itself: drop {_flag(dest)}")
-    if f["num_videos"] != 1 or f["prompt_file"] is not None:
-        raise UsageError("--output_path", "names one video: drop --num-videos / --prompt-file or use --save-path")
     return path
 
 

@@ -544,3 +544,15 @@ def test_subprocess_refusals_no_traceback(tmp_path: Path, extra: list[str], star
     assert p.returncode == 2, p.stderr
     assert p.stderr.count("\n") == 1 and p.stderr.startswith(start), p.stderr
     assert "Traceback" not in p.stderr and p.stdout == "" and not out.exists()
+
+
+def test_decoding_latents_needs_only_the_vae(tmp_path) -> None:
+    base = official_tree(tmp_path / "ckpts", "480p_i2v")
+    for folder in ("text_encoder", "vision_encoder"):
+        for path in sorted((base / folder).rglob("*"), reverse=True):
+            path.unlink() if path.is_file() else path.rmdir()
+    latents = tmp_path / "a.latents.safetensors"
+    latents.write_bytes(b"")
+    argv = ["--model-base", str(base), "--decode-latents", str(latents), "--save-path", str(tmp_path / "o")]
+    r = validate(cli.build_parser().parse_args([*argv, "--device", "cpu"]))
+    assert (r.family, r.paths.version, r.i2v_mode, r.decode_latents) == ("1.5", "480p_i2v", False, latents)

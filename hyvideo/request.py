@@ -651,7 +651,8 @@ class ImageOptions:
         condition is fixed by the family (image latent + mask, `i2v_condition` None), there is no stability start.
         Text-to-video weights take no image (checked where the version is chosen)."""
         size_given = given(f["video_size"])
-        if hv15.task == "t2v":
+        decode_only = f["decode_latents"] is not None and _image_path(f) is None and not f["i2v_mode"]
+        if hv15.task == "t2v" or decode_only:  # decoding latents needs no image, whatever the version
             return cls(i2v_mode=False, i2v_image=None, i2v_resolution=f["i2v_resolution"], i2v_condition=None,
                        i2v_stability=False, i2v_resize=f["i2v_resize"], i2v_size_given=size_given)  # fmt: skip
         if f["decode_latents"] is not None:
@@ -827,7 +828,8 @@ def hv15_bucket(target_size: int, height: int, width: int) -> tuple[int, int]:
 
 
 def _family(f: Flags) -> str:
-    """ "1.5" or "v1": from the folder when it exists, else (a dry run, or an error reported later) from the flags."""
+    """The family, "1.5" or "v1": from the folder when it exists, else (a dry run, or an error reported later) from
+    the flags."""
     base = Path(f["model_base"])
     if _exists(base) and base.is_dir():
         try:
@@ -858,7 +860,7 @@ def _check_hv15_flags(f: Flags, notes: list[str]) -> None:
     """With 1.5 weights: no v1-only flag, no feature we lack; options that change nothing are noted."""
     defaults = flag_defaults()
     for dest, instead in V1_ONLY.items():
-        if f[dest] != defaults[dest] and given(f[dest]):
+        if given(f[dest]) and (f[dest] != defaults[dest] or not given(defaults[dest])):  # explicit, or changed
             raise UsageError(_flag(dest), f"a HunyuanVideo (v1) option: not for 1.5 weights ({instead}); drop it")
     if f["teacache_thresh"] != 0:
         raise UsageError(
@@ -1021,6 +1023,8 @@ class Family15Options:
         task = "i2v" if image is not None or f["i2v_mode"] or image_later else "t2v"
         if diffusers:
             version = _diffusers_version(f, base, image is not None or bool(f["i2v_mode"]))
+        elif exists and official_versions15(base) and f["decode_latents"] is not None:
+            version = official_versions15(base)[0]  # decoding needs only the VAE, which every version shares
         elif exists and official_versions15(base):
             version = _official_version(f, base, task)
         elif dry:  # planning before the download: the flags name the version
@@ -1100,12 +1104,12 @@ def _output_file(f: Flags) -> Path | None:
     path = Path(f["output_path"])
     if path.suffix.lower() != ".mp4" or not path.stem:
         raise UsageError("--output_path", f"{f['output_path']!r}: give a file name ending in .mp4")
+    if f["num_videos"] != 1 or f["prompt_file"] is not None:
+        raise UsageError("--output_path", "names one video: drop --num-videos / --prompt-file or use --save-path")
     defaults = flag_defaults()
     for dest in ("save_path", "save_path_suffix", "name_suffix"):
         if f[dest] != defaults[dest]:
             raise UsageError("--output_path", f"names the file itself: drop {_flag(dest)}")
-    if f["num_videos"] != 1 or f["prompt_file"] is not None:
-        raise UsageError("--output_path", "names one video: drop --num-videos / --prompt-file or use --save-path")
     return path
 
 

@@ -5,17 +5,19 @@ the official generate.py options (both spellings) on top of ours, the defaults p
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from hyvideo import cli
+from hyvideo import cli, pipeline
 from hyvideo.checkpoints.layout import folder_version15, locate15, model_family, official_versions15
 from hyvideo.choices import HV15_VERSIONS
-from hyvideo.errors import CheckpointError
-from hyvideo.request import SampleRequest, hv15_bucket, validate
+from hyvideo.errors import CheckpointError, UsageError
+from hyvideo.request import HV15_NOTICE_SR, SampleRequest, hv15_bucket, validate
 
 REPO = Path(__file__).resolve().parents[1]
 T2V_CLASS, I2V_CLASS = "HunyuanVideo15Pipeline", "HunyuanVideo15ImageToVideoPipeline"
@@ -89,7 +91,7 @@ def req(base: Path, tmp_path: Path, *extra: str, notes: list[str] | None = None)
 
 def refused(argv: list[str], capsys: pytest.CaptureFixture) -> str:
     """cli.main on `argv`: exit 2 and exactly one line on stderr, which is returned."""
-    assert cli.main(argv) == 2, argv
+    assert cli.main(argv) == 2, argv[8:]
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "Traceback" not in err, err
     return err
@@ -369,3 +371,188 @@ def test_buckets_against_diffusers(target: int) -> None:
     # skips it for 1264x720
     assert differ == ([] if target == 640 else [(16, 9), (1280, 720)])
     assert hv15_bucket(960, 16, 9) == (1280, 720)
+
+
+# --------------------------------------------------------------------------- generate.py's spellings
+@pytest.mark.parametrize(
+    ("official", "ours"),
+    [
+        (["--model_path", "BASE"], ["--model-base", "BASE"]),
+        (["--negative_prompt", "blur", "--cfg-scale", "2"], ["--neg-prompt", "blur", "--cfg-scale", "2"]),
+        (["--negative-prompt", "blur", "--cfg-scale", "2"], ["--neg-prompt", "blur", "--cfg-scale", "2"]),
+        (["--video_length", "33"], ["--video-length", "33"]),
+        (["--num_inference_steps", "7"], ["--infer-steps", "7"]),
+        (["--num-inference-steps", "7"], ["--infer-steps", "7"]),
+        (["--dtype", "fp32"], ["--precision", "fp32"]),
+        (["--aspect_ratio", "4:3"], ["--aspect-ratio", "4:3"]),
+        (["--image_path", "IMG"], ["--image-path", "IMG"]),
+        (["--image_path", "IMG"], ["--i2v-mode", "--i2v-image-path", "IMG"]),
+        (["--image_path", "none"], []),  # generate.py: 'none' is text-to-video
+        (["--cfg_distilled", "true"], ["--cfg-distilled"]),
+        (["--cfg_distilled", "yes"], ["--cfg-distilled", "1"]),
+        (["--cfg_distilled", "false"], ["--cfg-distilled", "off"]),
+        (["--enable_step_distill", "on", "--image_path", "IMG"], ["--enable-step-distill", "--image-path", "IMG"]),
+        (["--resolution", "480p", "--sr", "false"], ["--resolution", "480p", "--sr", "0"]),
+        (["--offloading"], ["--offload", "model"]),
+        (["--offloading", "--group_offloading"], ["--offload", "block"]),
+        (["--enable_torch_compile"], ["--compile"]),
+        (["--use_fp8_gemm", "--quant_type", "fp8-per-tensor-weight-only"], ["--use-fp8"]),
+        (["--overlap_group_offloading", "false", "--save_generation_config", "true", "--rewrite", "false"], []),
+    ],
+)
+def test_generate_py_spellings_give_the_same_request(tmp_path, image, official, ours) -> None:
+    base = official_tree(tmp_path / "ckpts", "480p_t2v", "480p_t2v_distilled", "480p_i2v", "480p_i2v_step_distilled")
+
+    def argv(flags: list[str]) -> list[str]:
+        out = ["--prompt", "a cat", "--save-path", str(tmp_path / "out"), "--device", "cpu", "--seed", "1"]
+        if "BASE" not in flags:
+            out += ["--model-base", str(base)]
+        return out + [str(base) if a == "BASE" else str(image) if a == "IMG" else a for a in flags]
+
+    parse = cli.build_parser().parse_args
+    assert validate(parse(argv(official))) == validate(parse(argv(ours)))
+
+
+def test_sr_left_at_generate_py_default_is_a_notice(tmp_path) -> None:
+    base = official_tree(tmp_path / "ckpts", "480p_t2v")
+    notes: list[str] = []
+    req(base, tmp_path, notes=notes)
+    assert HV15_NOTICE_SR in notes
+    notes.clear()
+    req(base, tmp_path, "--sr", "false", notes=notes)
+    assert HV15_NOTICE_SR not in notes
+
+
+def test_output_path_names_the_video(tmp_path) -> None:
+    base = official_tree(tmp_path / "ckpts", "480p_t2v")
+    argv = ["--prompt", "a cat", "--model-base", str(base), "--device", "cpu"]
+    r = validate(cli.build_parser().parse_args([*argv, "--output_path", str(tmp_path / "videos" / "cat.mp4")]))
+    assert (r.output_file, r.save_dir) == (tmp_path / "videos" / "cat.mp4", tmp_path / "videos")
+    with pytest.raises(UsageError, match=r"^--output_path: names the file itself: drop --save-path$"):
+        req(base, tmp_path, "--output_path", str(tmp_path / "cat.mp4"))
+
+
+def test_dry_run_plans_a_version_before_the_download(tmp_path) -> None:
+    r = req(tmp_path / "not_yet", tmp_path, "--dry-run", "--resolution", "720p", "--cfg_distilled")
+    assert (r.family, r.version, r.paths, r.cfg_scale, r.flow_shift) == ("1.5", "720p_t2v_distilled", None, 1.0, 9.0)
+
+
+def test_prompt_file_entries_keep_the_version_defaults(tmp_path, image) -> None:
+    """`for_prompt` (prompt-file lines, the Python API) rebuilds sampling and text with the 1.5 defaults."""
+    from hyvideo.request import for_prompt
+
+    base = official_tree(tmp_path / "ckpts", "720p_i2v")
+    argv = ["--prompt", "a cat", "--model-base", str(base), "--save-path", str(tmp_path / "o"), "--device", "cpu"]
+    args = cli.build_parser().parse_args([*argv, "--image_path", str(image)])
+    r = validate(args)
+    other = for_prompt(r, {**vars(args), "prompt": "a dog", "seed": 4})
+    assert (other.prompt, other.seed, other.cfg_scale, other.flow_shift, other.video_length) == (
+        "a dog", 4, 6.0, 7.0, 121
+    )  # fmt: skip
+    assert (other.height, other.width, other.neg_prompt) == (1168, 784, "")
+
+
+# --------------------------------------------------------------------------- refusals: exit 2, one line, no load
+def refusal_cases(tmp_path: Path, image: Path) -> list[tuple[list[str], str]]:
+    official = official_tree(tmp_path / "ckpts", "480p_t2v", "480p_i2v", "720p_i2v_distilled_sparse")
+    t2v = diffusers_folder(tmp_path / "t2v", T2V_CLASS)
+    i2v = diffusers_folder(tmp_path / "i2v", I2V_CLASS)
+    v1 = tmp_path / "v1"
+    (v1 / "hunyuan-video-t2v-720p").mkdir(parents=True)
+    o = ["--model-base", str(official)]
+    return [
+        ([*o, "--sr", "true"], "--sr: the super-resolution stage needs the separate upsampler models: not supported; "
+         "run with --sr false"),
+        ([*o, "--sr"], "--sr: the super-resolution stage"),
+        ([*o, "--rewrite"], "--rewrite: prompt rewriting needs an external LLM service"),
+        ([*o, "--sparse_attn"], "--sparse_attn: SSTA sparse attention needs H-series GPUs"),
+        ([*o, "--image_path", str(image), "--resolution", "720p"], "--model-base: " + str(official) + ": only "
+         "720p_i2v_distilled_sparse fits, which needs SSTA sparse attention"),
+        ([*o, "--save_pre_sr_video"], "--save_pre_sr_video: only with --sr"),
+        ([*o, "--enable_cache"], "--enable_cache: feature caching"),
+        ([*o, "--cache_type", "teacache"], "--cache_type: only with --enable_cache, which is not supported"),
+        ([*o, "--teacache-thresh", "0.1"], "--teacache-thresh: TeaCache has no published calibration for "
+         "HunyuanVideo 1.5"),
+        ([*o, "--checkpoint_path", str(tmp_path)], "--checkpoint_path: training checkpoints"),
+        ([*o, "--save_generation_config", "false"], "--save_generation_config: the run record"),
+        ([*o, "--sage_blocks_range", "0-5"], "--sage_blocks_range: SageAttention runs in every block"),
+        ([*o, "--quant_type", "fp8-per-tensor"], "--quant_type: only with --use_fp8_gemm"),
+        ([*o, "--cfg_distilled", "maybe"], "--cfg_distilled: expected true or false"),
+        ([*o, "--aspect_ratio", "16x9"], "--aspect_ratio: give W:H with two positive integers"),
+        ([*o, "--aspect_ratio", "16:9", "--video-size", "480", "848"], "--aspect_ratio: give either"),
+        ([*o, "--output_path", str(tmp_path / "a.avi")], "--output_path: "),
+        ([*o, "--output_path", str(tmp_path / "a.mp4"), "--num-videos", "2"], "--output_path: names one video"),
+        ([*o, "--offloading", "--offload", "block"], "--offloading: give either"),
+        ([*o, "--use_sageattn", "--attn-backend", "sdpa"], "--use_sageattn: contradicts --attn-backend sdpa"),
+        ([*o, "--use_fp8_gemm"], "--fp8-compute: needs a CUDA GPU"),  # CPU here: the fp8 matmul is refused
+        ([*o, "--image_path", str(image), "--i2v-image-path", str(image)], "--image_path: give the image once"),
+        ([*o, "--image_path", str(tmp_path / "no.png")], "--image_path: "),
+        # v1-only flags with 1.5 weights
+        ([*o, "--embedded-cfg-scale", "6"], "--embedded-cfg-scale: a HunyuanVideo (v1) option: not for 1.5 weights"),
+        ([*o, "--i2v-condition-type", "latent_concat"], "--i2v-condition-type: a HunyuanVideo (v1) option"),
+        ([*o, "--i2v-stability"], "--i2v-stability: a HunyuanVideo (v1) option"),
+        ([*o, "--text-len", "100"], "--text-len: a HunyuanVideo (v1) option"),
+        ([*o, "--model-resolution", "720p"], "--model-resolution: a HunyuanVideo (v1) option: not for 1.5 weights "
+         "(use --resolution 480p|720p)"),
+        ([*o, "--riflex", "on"], "--riflex: a HunyuanVideo (v1) option"),
+        # 1.5-only flags with v1 weights
+        (["--model-base", str(v1), "--resolution", "720p"], "--resolution: a HunyuanVideo 1.5 option, but "
+         "--model-base " + str(v1) + " holds HunyuanVideo (v1) weights"),
+        (["--model-base", str(v1), "--cfg_distilled"], "--cfg_distilled: a HunyuanVideo 1.5 option"),
+        (["--model-base", str(v1), "--neg-byt5"], "--neg-byt5: a HunyuanVideo 1.5 option"),
+        # image and weights
+        (["--model-base", str(t2v), "--image_path", str(image)], "--image_path: --model-base " + str(t2v) + " holds "
+         "text-to-video weights (480p_t2v); drop the image"),
+        (["--model-base", str(t2v), "--i2v-mode", "--i2v-image-path", str(image)], "--i2v-mode: --model-base "),
+        (["--model-base", str(i2v)], "--image_path: image-to-video weights (480p_i2v) need the first frame"),
+        (["--model-base", str(i2v), "--image_path", str(image), "--resolution", "720p"], "--resolution: 720p, but "
+         "--model-base " + str(i2v) + " holds 480p_i2v"),
+        (["--model-base", str(i2v), "--image_path", str(image), "--enable_step_distill"], "--enable_step_distill: "
+         "True, but --model-base " + str(i2v) + " holds 480p_i2v"),
+        (["--model-base", str(i2v), "--image_path", str(image), "--video-length", "1"], "--video-length: 1 frame"),
+        (["--model-base", str(tmp_path / "missing"), "--resolution", "480p"], "--model-base: "),
+    ]  # fmt: skip
+
+
+def test_refusals_exit_2_in_one_line_before_loading(tmp_path, image, capsys, monkeypatch) -> None:
+    loaded: list[object] = []
+    monkeypatch.setattr(pipeline, "run", lambda *a, **k: loaded.append(a) or [])
+    out = tmp_path / "out"
+    for extra, message in refusal_cases(tmp_path, image):
+        argv = ["--prompt", "a cat", "--seed", "1", "--save-path", str(out), "--device", "cpu", *extra]
+        err = refused(argv, capsys)
+        assert err.startswith("error: " + message), (extra, err)
+    assert not loaded and not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "start"),
+    [
+        (["--sr", "true"], "error: --sr: the super-resolution stage needs the separate upsampler models"),
+        (["--rewrite", "1"], "error: --rewrite: prompt rewriting needs an external LLM service"),
+        (["--sparse-attn"], "error: --sparse_attn: SSTA sparse attention"),
+    ],
+)
+def test_subprocess_refusals_no_traceback(tmp_path: Path, extra: list[str], start: str) -> None:
+    base = official_tree(tmp_path / "ckpts", "480p_t2v")
+    out = tmp_path / "results"
+    p = subprocess.run(
+        [sys.executable, str(REPO / "sample_video.py"), "--prompt", "x", "--model_path", str(base),
+         "--save-path", str(out), *extra],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300,
+    )  # fmt: skip
+    assert p.returncode == 2, p.stderr
+    assert p.stderr.count("\n") == 1 and p.stderr.startswith(start), p.stderr
+    assert "Traceback" not in p.stderr and p.stdout == "" and not out.exists()
+
+
+def test_decoding_latents_needs_only_the_vae(tmp_path) -> None:
+    base = official_tree(tmp_path / "ckpts", "480p_i2v")
+    for folder in ("text_encoder", "vision_encoder"):
+        for path in sorted((base / folder).rglob("*"), reverse=True):
+            path.unlink() if path.is_file() else path.rmdir()
+    latents = tmp_path / "a.latents.safetensors"
+    latents.write_bytes(b"")
+    argv = ["--model-base", str(base), "--decode-latents", str(latents), "--save-path", str(tmp_path / "o")]
+    r = validate(cli.build_parser().parse_args([*argv, "--device", "cpu"]))
+    assert (r.family, r.paths.version, r.i2v_mode, r.decode_latents) == ("1.5", "480p_i2v", False, latents)

@@ -205,8 +205,9 @@ def _dit_condition(config: Path) -> str | None:
 # HunyuanVideo 1.5: the family, the version and the components (docs/DESIGN.md §21)
 # ---------------------------------------------------------------------------------------------------------------
 def model_family(model_base: str | Path) -> str:
-    """The family of the weights, "1.5" or "v1", from the folder's shape alone: a diffusers folder by its pipeline class (model_index.json),
-    an official tree by `transformer/` (the 1.5 release; the v1 trees hold hunyuan-video-*-720p/ instead)."""
+    """The family of the weights, "1.5" or "v1", from the folder's shape alone: a diffusers folder by its pipeline
+    class (model_index.json), an official tree by `transformer/` (the 1.5 release; the v1 trees hold
+    hunyuan-video-*-720p/ instead)."""
     base = Path(model_base)
     if not base.is_dir():
         raise CheckpointError(f"--model-base {base}: not a directory")

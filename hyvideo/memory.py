@@ -715,8 +715,10 @@ HV15_DIT = {  # the release transformer config.json (official key names), the sa
     "vision_states_dim": 1152,
     "use_meanflow": False,  # True for 480p_i2v_step_distilled (a second timestep embedder, time_r_in)
 }
-HV15_BYT5_IN = (1472, 2048)  # byt5_in (ByT5Mapper): byT5 width -> 2048 -> 2048 -> hidden
-HV15_REFINER_DEPTH = 2  # txt_in: the token refiner's blocks
+# Fixed in the official code, not in its config.json: byt5_in maps byT5's 1472 wide states -> 2048 -> 2048 -> hidden,
+# and the token refiner has 2 blocks (diffusers' config has both: text_embed_2_dim, num_refiner_layers)
+BYT5_MAPPER_HIDDEN = 2048
+HV15_DIT_FIXED = {"byt5_dim": 1472, "refiner_depth": 2}
 FREQ_DIM = 256  # timestep embedders' sinusoid width
 FULL_SIZE_QWEN = {  # Qwen2.5-VL-7B-Instruct's language model (its config.json's text_config); no vision tower
     "model_type": "qwen2_5_vl_text",
@@ -770,6 +772,7 @@ def dit15_tensors(cfg: dict) -> tuple[tuple[tuple[tuple[int, bool], ...], ...], 
     every tensor as (numel, fp8-able: a block Linear weight), in the official key order (img_mod, img_attn_q/k/v,
     q/k RMS norms, img_attn_proj, img_mlp fc1/fc2, then the same for txt_), and the numel of every tensor outside the
     blocks (img_in, vision_in, byt5_in, txt_in refiner, time_in [+ time_r_in], cond_type_embedding, final_layer)."""
+    cfg = dit15_config(cfg)
     if int(cfg.get("mm_single_blocks_depth", 0)):
         raise ValueError("a HunyuanVideo 1.5 DiT has no single-stream blocks")
     C, heads = int(cfg["hidden_size"]), int(cfg["heads_num"])
@@ -777,7 +780,7 @@ def dit15_tensors(cfg: dict) -> tuple[tuple[tuple[tuple[int, bool], ...], ...], 
     pt, ph, pw = cfg.get("patch_size", [1, 1, 1])
     c_in = int(cfg["in_channels"]) * (2 if cfg.get("concat_condition") else 1) + int(bool(cfg.get("concat_condition")))
     out, T, V = int(cfg["out_channels"]), int(cfg["text_states_dim"]), int(cfg["vision_states_dim"])
-    B, H2 = HV15_BYT5_IN
+    B, H2 = int(cfg["byt5_dim"]), BYT5_MAPPER_HIDDEN
 
     def lin(i: int, o: int) -> list[tuple[int, bool]]:  # weight (a Linear's: fp8-able inside a block), bias
         return [(i * o, True), (o, False)]
@@ -799,15 +802,42 @@ def dit15_tensors(cfg: dict) -> tuple[tuple[tuple[tuple[int, bool], ...], ...], 
     other += [V, V, *numels(lin(V, V)), *numels(lin(V, C)), C, C]  # vision_in: LN, Linear, GELU, Linear, LN
     other += [B, B, *numels(lin(B, H2)), *numels(lin(H2, H2)), *numels(lin(H2, C))]  # byt5_in
     other += [*numels(lin(T, C)), *timestep(), *numels(lin(T, C)), *numels(lin(C, C))]  # txt_in embedders
-    other += refiner_block * HV15_REFINER_DEPTH
+    other += refiner_block * int(cfg["refiner_depth"])
     other += timestep() * (2 if cfg.get("use_meanflow") else 1)  # time_in [, time_r_in]
     other += [3 * C]  # cond_type_embedding (Qwen, byT5, vision)
     other += [*numels(lin(C, out * pt * ph * pw)), *numels(lin(C, 2 * C))]  # final_layer: linear, adaLN
     return blocks, tuple(other)
 
 
+def dit15_config(cfg: dict) -> dict:
+    """A 1.5 transformer config.json in the official names, whichever layout wrote it (diffusers: num_layers,
+    num_attention_heads x attention_head_dim, in_channels 65 with the condition, text_embed_2_dim, ...), with the
+    numbers the official code fixes (`HV15_DIT_FIXED`) unless the config gives them."""
+    if "num_attention_heads" not in cfg:  # official names already
+        return {**HV15_DIT_FIXED, **cfg}
+    heads, in_ch = int(cfg["num_attention_heads"]), int(cfg["in_channels"])
+    p, pt = int(cfg.get("patch_size", 1)), int(cfg.get("patch_size_t", 1))
+    return {
+        "hidden_size": heads * int(cfg["attention_head_dim"]),
+        "heads_num": heads,
+        "mlp_width_ratio": float(cfg.get("mlp_ratio", 4.0)),
+        "mm_double_blocks_depth": int(cfg["num_layers"]),
+        "mm_single_blocks_depth": 0,
+        "in_channels": (in_ch - 1) // 2,  # 2 x latent channels + the mask
+        "concat_condition": True,
+        "out_channels": int(cfg["out_channels"]),
+        "patch_size": [pt, p, p],
+        "text_states_dim": int(cfg["text_embed_dim"]),
+        "vision_states_dim": int(cfg["image_embed_dim"]),
+        "use_meanflow": bool(cfg.get("use_meanflow", False)),
+        "byt5_dim": int(cfg.get("text_embed_2_dim", HV15_DIT_FIXED["byt5_dim"])),
+        "refiner_depth": int(cfg.get("num_refiner_layers", HV15_DIT_FIXED["refiner_depth"])),
+    }
+
+
 def dit15_fields(cfg: dict) -> dict[str, object]:
-    """The DiT fields of `ModelSizes` for a 1.5 transformer config.json."""
+    """The DiT fields of `ModelSizes` for a 1.5 transformer config.json (either layout's names)."""
+    cfg = dit15_config(cfg)
     blocks, other = dit15_tensors(cfg)
     C = int(cfg["hidden_size"])
     return dit_fields(blocks, other, C, int(C * float(cfg.get("mlp_width_ratio", 4.0))), tuple(cfg["patch_size"]))
@@ -884,11 +914,19 @@ def vae15_params(cfg: dict) -> int:
 
 
 def sizes15(
-    dit_cfg: dict, llm_cfg: dict, byt5_cfg: dict, vae_cfg: dict, vision_cfg: dict | None, dit_file_bytes: int = 0
+    dit_cfg: dict,
+    llm_cfg: dict,
+    byt5_cfg: dict,
+    vae_cfg: dict,
+    vision_cfg: dict | None,
+    dit_file_bytes: int = 0,
+    dit: dict[str, object] | None = None,
 ) -> ModelSizes:
     """`ModelSizes` of a 1.5 model from its components' config.json files (`byt5_cfg` with the glyph tokens already
-    in its vocab_size; `vision_cfg` None without an image encoder)."""
-    dit = dit15_fields(dit_cfg)
+    in its vocab_size; `vision_cfg` None without an image encoder). `dit`: the DiT fields when the caller has them
+    from the built model (`dit_sizes`), else counted from `dit_cfg`."""
+    dit_cfg = dit15_config(dit_cfg)
+    dit = dit15_fields(dit_cfg) if dit is None else dit
     vae = vae15_config(vae_cfg)
     vision = (vision_cfg or {}).get("vision_config") or vision_cfg or {}
     tokens = (int(vision["image_size"]) // int(vision["patch_size"])) ** 2 if vision else 0
@@ -910,6 +948,46 @@ def sizes15(
         vision_tokens=tokens,
         vision_hidden=int(vision.get("hidden_size", 0)),
         vision_intermediate=int(vision.get("intermediate_size", 0)),
+    )
+
+
+def glyph_tokens(glyph: Path | None) -> int:
+    """Tokens Glyph-SDXL-v2 adds to byT5's vocabulary: one per colour and per font in its assets (the release's
+    1126 when the folder has no assets); 0 without a glyph folder."""
+    if glyph is None:
+        return 0
+    colours = _read_json(Path(glyph) / "assets" / "color_idx.json")
+    fonts = _read_json(Path(glyph) / "assets" / "multilingual_10-lang_idx.json")
+    return len(colours) + len(fonts) if colours and fonts else GLYPH_TOKENS
+
+
+def model_sizes15(
+    dit: Path,
+    vae: Path,
+    llm: Path,
+    byt5: Path,
+    glyph: Path | None = None,
+    vision: Path | None = None,
+    dit_fields: dict[str, object] | None = None,
+) -> ModelSizes:
+    """Parameter counts of a 1.5 model from the config.json files of its folders (an official `ckpts/` tree or a
+    diffusers pipeline folder: the fields of `locate15`'s paths), no weights read. `glyph`: the official
+    Glyph-SDXL-v2 folder, whose tokens grow byT5's embedding as it loads (a diffusers text_encoder_2 config already
+    counts them); `vision`: SigLIP's folder (I2V), else None; `dit_fields`: as `sizes15`'s `dit`."""
+    dit_path = Path(dit)
+    files = [dit_path] if dit_path.is_file() else [*dit_path.glob("*.safetensors")]
+    dit_cfg = _read_json((dit_path.parent if dit_path.is_file() else dit_path) / "config.json")
+    byt5_cfg = _read_json(Path(byt5) / "config.json")
+    byt5_cfg = {**byt5_cfg, "vocab_size": int(byt5_cfg["vocab_size"]) + glyph_tokens(glyph)}
+    vision_cfg = _read_json(Path(vision) / "config.json") if vision is not None else None
+    return sizes15(
+        dit_cfg,
+        _read_json(Path(llm) / "config.json"),
+        byt5_cfg,
+        _read_json(Path(vae) / "config.json"),
+        vision_cfg or None,
+        dit_file_bytes=sum(f.stat().st_size for f in files if f.is_file()),
+        dit=dit_fields,
     )
 
 

@@ -338,3 +338,104 @@ def test_dry_run_lines_for_15():
     assert both[-1].startswith("no flag set fits: even with --use-fp8 --offload block the DiT denoise stage")
     small = memory.dry_run_lines(plan15(480, 848, 121), full_size_sizes15(), memory.card_capacity(12))
     assert small[-1].startswith("no flag set fits") and "text encoders" in small[-1]
+
+
+# --- sizes from the folders' config.json files (the preflight's input), both layouts ---
+
+SMALL_DIT = dict(num_attention_heads=2, attention_head_dim=32, num_layers=2, num_refiner_layers=1, text_embed_dim=48,
+                 text_embed_2_dim=40, image_embed_dim=24)  # fmt: skip
+SMALL_VAE = {**HV15_VAE, "block_out_channels": [16, 32, 32, 64, 64], "layers_per_block": 1, "latent_channels": 8}
+SMALL_QWEN = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
+                  num_key_value_heads=2, vocab_size=500)  # fmt: skip
+SMALL_T5 = dict(d_model=32, d_ff=48, d_kv=8, num_heads=4, num_layers=2, feed_forward_proj="gated-gelu")
+SMALL_SIGLIP = dict(hidden_size=32, intermediate_size=40, num_hidden_layers=2, num_attention_heads=4, image_size=56,
+                    patch_size=14)  # fmt: skip
+
+
+def small_models() -> dict[str, torch.nn.Module]:
+    from diffusers import AutoencoderKLHunyuanVideo15, HunyuanVideo15Transformer3DModel
+    from transformers import (
+        Qwen2_5_VLTextConfig,
+        Qwen2_5_VLTextModel,
+        SiglipVisionConfig,
+        SiglipVisionModel,
+        T5Config,
+        T5EncoderModel,
+    )
+
+    with torch.device("meta"):
+        return {
+            "dit": HunyuanVideo15Transformer3DModel(**SMALL_DIT),
+            "vae": AutoencoderKLHunyuanVideo15(**SMALL_VAE),
+            "llm": Qwen2_5_VLTextModel(Qwen2_5_VLTextConfig(**SMALL_QWEN)),
+            "byt5": T5EncoderModel(T5Config(**SMALL_T5, vocab_size=392)),  # 384 + 3 colours + 5 fonts
+            "vision": SiglipVisionModel(SiglipVisionConfig(**SMALL_SIGLIP)),
+        }
+
+
+def test_model_sizes15_reads_both_layouts(tmp_path):
+    import json
+
+    from transformers import Qwen2_5_VLConfig, SiglipVisionConfig, T5Config
+
+    ref = small_models()
+    want = {name: numel(m) for name, m in ref.items()}
+    # diffusers pipeline folder: every component's config as its library writes it
+    d = tmp_path / "diffusers"
+    ref["dit"].save_config(d / "transformer")
+    (d / "transformer" / "diffusion_pytorch_model.safetensors").write_bytes(b"x" * 1234)
+    ref["vae"].save_config(d / "vae")
+    ref["llm"].config.save_pretrained(d / "text_encoder")
+    ref["byt5"].config.save_pretrained(d / "text_encoder_2")  # the glyph tokens are in its vocab_size already
+    ref["vision"].config.save_pretrained(d / "image_encoder")
+    dif = memory.model_sizes15(
+        d / "transformer", d / "vae", d / "text_encoder", d / "text_encoder_2", None, d / "image_encoder"
+    )
+    assert (dif.dit, dif.vae, dif.llm, dif.clip, dif.vision) == (
+        want["dit"], want["vae"], want["llm"], want["byt5"], want["vision"]
+    )  # fmt: skip
+    assert dif.dit_file_bytes == 1234 and dif.vision_tokens == 16 and dif.context_extra == 256 + 16
+    assert (dif.dit_out_channels, dif.dit_cond_channels, dif.vae_spatial, dif.vae_c0) == (32, 33, 16, 16)
+    # official ckpts/ tree: the official config names, byt5-small's own vocabulary + the glyph assets' tokens
+    o = tmp_path / "ckpts"
+    official_dit = {
+        "hidden_size": 64, "heads_num": 2, "mm_double_blocks_depth": 2, "mm_single_blocks_depth": 0,
+        "in_channels": 32, "concat_condition": True, "out_channels": 32, "patch_size": [1, 1, 1],
+        "text_states_dim": 48, "vision_states_dim": 24, "glyph_byT5_v2": True, "use_meanflow": False,
+    }  # fmt: skip
+    files = {
+        "transformer/480p_t2v/config.json": official_dit,
+        "vae/config.json": {
+            **{k: v for k, v in SMALL_VAE.items() if not k.endswith("compression_ratio")},
+            "ffactor_spatial": 16,
+            "ffactor_temporal": 4,
+        },
+        "text_encoder/llm/config.json": Qwen2_5_VLConfig(text_config=SMALL_QWEN).to_dict(),
+        "text_encoder/byt5-small/config.json": T5Config(**SMALL_T5, vocab_size=384).to_dict(),
+        "text_encoder/Glyph-SDXL-v2/assets/color_idx.json": {"white": 0, "black": 1, "red": 2},
+        "text_encoder/Glyph-SDXL-v2/assets/multilingual_10-lang_idx.json": {f"en-F{i}": i for i in range(5)},
+        "vision_encoder/siglip/image_encoder/config.json": SiglipVisionConfig(**SMALL_SIGLIP).to_dict(),
+    }
+    for rel, content in files.items():
+        (o / rel).parent.mkdir(parents=True, exist_ok=True)
+        (o / rel).write_text(json.dumps(content))
+    enc = o / "text_encoder"
+    args = (o / "transformer" / "480p_t2v", o / "vae", enc / "llm", enc / "byt5-small")
+    off = memory.model_sizes15(*args, enc / "Glyph-SDXL-v2", o / "vision_encoder/siglip/image_encoder")
+    # the official code fixes byt5_in's input width (1472) and the refiner depth (2); at this shape diffusers says
+    # 40 and 1: count the difference from the layer shapes
+    C = 64
+    byt5_in = (1472 - 40) * (2 + 2048)
+    refiner = 2 * C + C * 3 * C + 3 * C + C * C + C + 2 * C + C * 4 * C + 4 * C + 4 * C * C + C + C * 2 * C + 2 * C
+    assert off.dit == want["dit"] + byt5_in + refiner
+    assert without_dit(off) == without_dit(dif)  # everything but the DiT and its file
+    assert off.clip == want["byt5"]  # 384 + 8 glyph tokens
+    no_assets = memory.model_sizes15(*args, o / "missing-glyph")
+    assert no_assets.clip == want["byt5"] + (GLYPH_TOKENS - 8) * 32 and no_assets.vision == 0  # the release's 1126
+
+
+def without_dit(s: memory.ModelSizes) -> memory.ModelSizes:
+    """`s` with its DiT fields zeroed (but the latent channels), to compare the other components'."""
+    return replace(
+        s, **{k: 0 for k in s.__dataclass_fields__ if k.startswith("dit_") and k not in ("dit_out_channels",)}
+    )

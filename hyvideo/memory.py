@@ -526,15 +526,23 @@ def check_fits(est: MemoryEstimate, capacity: int, host: int | None = None) -> s
 
 
 def preflight(
-    req: object, paths: ModelPaths, dit_cfg: DiTConfig, device: str | torch.device | None = None
+    req: object,
+    paths: ModelPaths | None,
+    dit_cfg: DiTConfig | None,
+    device: str | torch.device | None = None,
+    *,
+    plan: MemoryPlan | None = None,
+    sizes: ModelSizes | None = None,
 ) -> MemoryEstimate:
     """Estimate the request's peak memory from the configs, log it, and raise `UsageError` (exit 2, one line with a
     suggestion) when it cannot fit and `req.memory_check` is on. `device` is the run's device (default
     `req.device`; under torchrun call this after `torch.cuda.set_device`, so a bare "cuda" means this rank's card):
     its free memory is the limit; on CUDA the host RAM of all this machine's processes is checked too.
-    Reads no weights."""
-    plan = replace(plan_from_request(req), processes=local_processes())
-    est = estimate(plan, model_sizes(dit_cfg, paths), baseline=current_rss())
+    `plan` / `sizes` replace what `req` and `paths` / `dit_cfg` give (a HunyuanVideo 1.5 request: `plan15`,
+    `model_sizes15`). Reads no weights."""
+    plan = replace(plan if plan is not None else plan_from_request(req), processes=local_processes())
+    sizes = sizes if sizes is not None else model_sizes(dit_cfg, paths)
+    est = estimate(plan, sizes, baseline=current_rss())
     for line in est.lines():
         logger.info(line)
     problem = check_fits(

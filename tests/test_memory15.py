@@ -17,6 +17,7 @@ from hyvideo.memory import (
     GLYPH_TOKENS,
     HV15_DIT,
     HV15_VAE,
+    GiB,
     Stage,
     estimate15,
     full_size_sizes15,
@@ -439,3 +440,24 @@ def without_dit(s: memory.ModelSizes) -> memory.ModelSizes:
     return replace(
         s, **{k: 0 for k in s.__dataclass_fields__ if k.startswith("dit_") and k not in ("dit_out_channels",)}
     )
+
+
+def test_preflight_with_a_15_plan(monkeypatch):
+    """The shared preflight with a 1.5 plan and sizes: refused in one line when the card's free memory is short,
+    let through when it is not."""
+    from types import SimpleNamespace
+
+    from hyvideo.request import UsageError
+
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (20 * GiB, 80 * GiB))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 0)
+    monkeypatch.setattr(memory, "host_capacity", lambda processes=1: 1024 * GiB)
+    monkeypatch.setattr(memory, "current_rss", lambda: 0)
+    req = SimpleNamespace(device="cuda", memory_check=True)
+    plan = plan15(720, 1280, 121, version="720p_i2v")  # 38.6 GiB
+    with pytest.raises(UsageError) as e:
+        memory.preflight(req, None, None, plan=plan, sizes=full_size_sizes15())
+    msg = str(e.value)
+    assert "needs ~38.6 GiB of cuda, 20.0 GiB available" in msg and "--use-fp8" in msg and "\n" not in msg
+    fp8_block = replace(plan, use_fp8=True, offload="block", cfg_batched=False)  # 13.4 GiB
+    assert memory.preflight(req, None, None, plan=fp8_block, sizes=full_size_sizes15()).device_peak < 20 * GiB

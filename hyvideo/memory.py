@@ -9,6 +9,9 @@ Weights come from parameter counts: the DiT config (built on the meta device), t
 coefficients (`DIT_ACT_*`, `VAE_ACT`) that are counted from the code and calibrated against measured CPU peaks
 (tests/test_memory.py checks full CPU runs stay within 25%, and every term exactly for the released model).
 Pinned offload copies are counted as pinned: in the compute dtype, packed in power-of-two slabs (`hyvideo.pinned`).
+One `estimate` serves both families: HunyuanVideo 1.5's sizes (`full_size_sizes15`, `sizes15`) say what differs (Qwen
+and byT5 as the text encoders, SigLIP and the VAE encode as an I2V stage, 32 latent channels at 16x, the byT5 and
+SigLIP context tokens), and its plan (`plan15`, `estimate15`) the real-CFG branches and the batch.
 
 The check (`check_fits`) compares the device peak with the memory free on the run's device now (a display or
 another process may hold the rest) and, on CUDA, the host peak of every process of the run on this machine with the
@@ -21,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
@@ -88,6 +92,11 @@ class MemoryPlan:
     parallel: int = 1  # sequence-parallel degree (ulysses x ring): tokens per device = L / parallel
     shards: int = 1  # processes sharing the DiT block weights (torchrun --shard-weights, FSDP2): 1/shards each
     processes: int = 1  # processes on this machine (torchrun's local world): each holds its own host copies
+    task: str = "t2v"  # "i2v" adds the image encoders' stage (SigLIP + VAE encode) where the model has one (1.5)
+    batch: int = 1  # videos sampled together: the DiT's activations and the decoded videos scale with it
+    real_cfg: bool = False  # a negative prompt is encoded and the DiT runs the unconditional branch too
+    cfg_batched: bool = True  # with real_cfg: both branches in one forward (twice the activations), else one by one
+    vision_precision: str = "fp16"  # SigLIP (I2V)
 
 
 def plan_from_request(req: SampleRequest) -> MemoryPlan:
@@ -146,6 +155,18 @@ class ModelSizes:
     dit_patch: tuple[int, int, int] = (1, 2, 2)
     dit_block_tensors: tuple[tuple[tuple[int, bool], ...], ...] = ()  # per block, per tensor: (numel, fp8-able)
     dit_other_tensors: tuple[int, ...] = ()  # numel of each tensor outside the blocks
+    # Where the families differ (defaults: HunyuanVideo v1). `clip` above is the second text encoder: CLIP-L's text
+    # tower for v1, byT5-small with the glyph tokens for 1.5.
+    dit_out_channels: int = 16  # latent channels the DiT predicts
+    dit_cond_channels: int = 0  # channels concatenated to the latents as the DiT's input (1.5: image latent + mask)
+    context_extra: int = 0  # DiT context tokens beyond the LLM's text_len (1.5: byT5 256 + SigLIP 729)
+    text_template: int = TEXT_TOKENS_EXTRA  # tokens the LLM reads beyond text_len (the template, cropped after)
+    vae_spatial: int = 8  # VAE compression in space (1.5: 16) and time
+    vae_temporal: int = 4
+    vision: int = 0  # image encoder parameters (1.5: SigLIP so400m, I2V only); 0 = none
+    vision_tokens: int = 0
+    vision_hidden: int = 0
+    vision_intermediate: int = 0
 
     @property
     def dit(self) -> int:
@@ -153,28 +174,9 @@ class ModelSizes:
 
 
 def dit_sizes(cfg: DiTConfig) -> dict[str, object]:
-
+    """The DiT fields of `ModelSizes` for `cfg`, from the model built on the meta device."""
     model = build_dit(cfg, "meta")
     linear = set(fp8_layer_names(model))
-    counts = {"lin": 0, "blk": 0, "oth": 0}
-    largest_linear = 0
-    for name, p in model.named_parameters():
-        layer = name.rsplit(".", 1)[0]
-        if layer in linear and name.endswith(".weight"):
-            counts["lin"] += p.numel()
-            largest_linear = max(largest_linear, p.numel())
-        elif name.startswith(BLOCKS):
-            counts["blk"] += p.numel()
-        else:
-            counts["oth"] += p.numel()
-    blocks = [*model.double_blocks, *model.single_blocks]
-    per_block = [
-        (
-            sum(p.numel() for n, p in b.named_parameters() if n.endswith("weight") and p.ndim == 2),
-            sum(p.numel() for n, p in b.named_parameters() if not (n.endswith("weight") and p.ndim == 2)),
-        )
-        for b in blocks
-    ]
     block_tensors = tuple(
         tuple(
             (p.numel(), f"{prefix}.{n}".rsplit(".", 1)[0] in linear and n.endswith(".weight"))
@@ -186,23 +188,38 @@ def dit_sizes(cfg: DiTConfig) -> dict[str, object]:
         ]
     )
     other_tensors = tuple(p.numel() for n, p in model.named_parameters() if not n.startswith(BLOCKS))
+    return dit_fields(block_tensors, other_tensors, cfg.hidden_size, cfg.mlp_hidden, tuple(cfg.patch_size))
+
+
+def dit_fields(
+    block_tensors: tuple[tuple[tuple[int, bool], ...], ...],
+    other_tensors: tuple[int, ...],
+    hidden: int,
+    mlp: int,
+    patch: tuple[int, int, int],
+) -> dict[str, object]:
+    """The DiT fields of `ModelSizes` from the tensors of every block ((numel, fp8-able) each: the block Linear
+    weights are the fp8-able ones) and the numel of every tensor outside the blocks. Shared by both families."""
+    per_block = [
+        (sum(n for n, lin in b if lin), sum(n for n, lin in b if not lin)) for b in block_tensors
+    ]  # (fp8-able, other)
     return {
         "dit_block_tensors": block_tensors,
         "dit_other_tensors": other_tensors,
-        "dit_block_linear": counts["lin"],
-        "dit_block_other": counts["blk"],
-        "dit_other": counts["oth"],
+        "dit_block_linear": sum(lin for lin, _ in per_block),
+        "dit_block_other": sum(other for _, other in per_block),
+        "dit_other": sum(other_tensors),
         "dit_largest_block": max(per_block, key=sum) if per_block else (0, 0),
-        "dit_largest_linear": largest_linear,
-        "dit_hidden": cfg.hidden_size,
-        "dit_mlp": cfg.mlp_hidden,
-        "dit_patch": tuple(cfg.patch_size),
+        "dit_largest_linear": max((n for b in block_tensors for n, lin in b if lin), default=0),
+        "dit_hidden": hidden,
+        "dit_mlp": mlp,
+        "dit_patch": patch,
     }
 
 
 def llm_params(cfg: dict) -> tuple[int, int, int, int, int]:
-    """(parameters of the Llama base model without LM head, hidden, layers, intermediate, parameters per layer) from
-    its config.json."""
+    """(parameters of the Llama / Qwen2 base model without LM head, hidden, layers, intermediate, parameters per
+    layer) from its config.json (a multimodal config keeps the language model's in text_config)."""
     cfg = cfg.get("text_config") or cfg
     h, n = int(cfg["hidden_size"]), int(cfg["num_hidden_layers"])
     inter, vocab = int(cfg["intermediate_size"]), int(cfg["vocab_size"])
@@ -210,7 +227,8 @@ def llm_params(cfg: dict) -> tuple[int, int, int, int, int]:
     kv = int(cfg.get("num_key_value_heads") or heads) * int(cfg.get("head_dim") or h // heads)
     qo = int(cfg.get("head_dim") or h // heads) * heads
     per_layer = h * qo * 2 + h * kv * 2 + 3 * h * inter + 2 * h
-    if cfg.get("attention_bias"):
+    # Qwen2 (and Qwen2.5-VL's language model) always has q/k/v biases, no output bias; its config has no flag
+    if cfg.get("attention_bias") or str(cfg.get("model_type", "")).startswith("qwen2"):
         per_layer += qo + 2 * kv
     return vocab * h + n * per_layer + h, h, n, inter, per_layer
 
@@ -282,6 +300,12 @@ class MemoryEstimate:
         """The plan per stage, device and host, one line each (logged by the preflight, printed by a dry run)."""
         p = self.plan
         mode = f"{p.precision}{' + fp8 weights' if p.use_fp8 else ''}, offload {p.offload}"
+        if p.task != "t2v":
+            mode = f"{p.task.upper()}, {mode}"
+        if p.batch > 1:
+            mode += f", batch {p.batch}"
+        if p.real_cfg:
+            mode += f", real CFG {'batched' if p.cfg_batched else 'one branch at a time'}"
         procs = f", {p.processes} processes: host {self.host_total / GiB:.1f} GiB in all" if p.processes > 1 else ""
         out = [
             f"memory estimate for {p.width}x{p.height}x{p.frames} ({mode}, VAE tiling {'on' if p.vae_tiling else 'off'}"
@@ -319,18 +343,32 @@ def dit_pinned(plan: MemoryPlan, sizes: ModelSizes) -> int:
 
 
 def estimate(plan: MemoryPlan, sizes: ModelSizes, baseline: int = 0) -> MemoryEstimate:
-    """Peak device memory and host RAM per stage for `plan` (see the module docstring for the model)."""
+    """Peak device memory and host RAM per stage for `plan` (see the module docstring for the model). One function
+    for both families: what differs (encoders, channels, compression, context tokens) comes from `sizes`."""
     e_dit, e_vae = DTYPE_BYTES[plan.precision], DTYPE_BYTES[plan.vae_precision]
     e_llm, e_clip = DTYPE_BYTES[plan.text_precision], DTYPE_BYTES[plan.text_precision_2]
     cpu = plan.device == "cpu"
+    prompts = plan.batch * (2 if plan.real_cfg else 1)  # sequences through the text encoders
+    streams = plan.batch * (2 if plan.real_cfg and plan.cfg_batched else 1)  # sequences per DiT forward
 
-    # --- text encoders (LLM then CLIP; both loaded together by TextEncoders) ---
-    tokens = plan.text_len + TEXT_TOKENS_EXTRA
+    # --- text encoders (LLM then the second encoder; both loaded together) ---
+    tokens = plan.text_len + sizes.text_template
     # the LLM is built without its last `llm_skip` layers and returns only its last hidden state: a few (L, D) maps
-    # and one MLP's intermediate are live at a time
-    text_act = 4 * tokens * sizes.llm_hidden * e_llm + 3 * tokens * sizes.llm_intermediate * e_llm
+    # and one MLP's intermediate are live at a time, per prompt
+    text_act = prompts * (4 * tokens * sizes.llm_hidden * e_llm + 3 * tokens * sizes.llm_intermediate * e_llm)
     llm = (sizes.llm - min(plan.llm_skip, sizes.llm_layers) * sizes.llm_layer) * e_llm
     text = Stage("text encoders", llm + sizes.clip * e_clip, text_act, host=llm)
+
+    # --- image encoders (I2V with an image encoder: SigLIP, then the VAE encodes the first frame) ---
+    image = None
+    H, W, frames = plan.height, plan.width, plan.frames
+    if plan.task == "i2v" and sizes.vision:
+        e_vis = DTYPE_BYTES[plan.vision_precision]
+        vis_act = 4 * sizes.vision_tokens * sizes.vision_hidden + 3 * sizes.vision_tokens * sizes.vision_intermediate
+        th, tw = (min(H, plan.tile_size), min(W, plan.tile_size)) if plan.vae_tiling else (H, W)
+        enc_act = VAE_ACT_UNTILED * th * tw * sizes.vae_c0 * e_vae + KERNEL_WORKSPACE + 3 * H * W * 4  # one frame
+        weights = sizes.vision * e_vis + sizes.vae * e_vae
+        image = Stage("image encoders", weights, max(vis_act * e_vis, enc_act), host=weights)
 
     # --- DiT ---
     wbytes = 1 if plan.use_fp8 else e_dit
@@ -344,12 +382,17 @@ def estimate(plan: MemoryPlan, sizes: ModelSizes, baseline: int = 0) -> MemoryEs
         dit_weights = sizes.dit_other * e_dit + sizes.dit_block_other * e_dit + sizes.dit_block_linear * wbytes
     stored = sizes.dit_other * e_dit + sizes.dit_block_other * e_dit + sizes.dit_block_linear * wbytes
     pt, ph, pw = sizes.dit_patch
-    lat_t, lat_h, lat_w = (plan.frames - 1) // 4 + 1, plan.height // 8, plan.width // 8
+    lat_t = (frames - 1) // sizes.vae_temporal + 1
+    lat_h, lat_w = H // sizes.vae_spatial, W // sizes.vae_spatial
     img_tokens = (lat_t // pt) * (lat_h // ph) * (lat_w // pw)
-    seq = math.ceil((img_tokens + plan.text_len) / plan.parallel)
-    act = seq * (DIT_ACT_C * sizes.dit_hidden + DIT_ACT_M * sizes.dit_mlp) * e_dit
+    seq = math.ceil((img_tokens + plan.text_len + sizes.context_extra) / plan.parallel)
+    act = streams * seq * (DIT_ACT_C * sizes.dit_hidden + DIT_ACT_M * sizes.dit_mlp) * e_dit
     act += img_tokens * (sizes.dit_hidden // 2) * 4  # RoPE table (Li, C/2 complex64 over heads' dims) upper bound
-    act += 4 * 16 * lat_t * lat_h * lat_w * 4  # latents, noise, velocity, update in fp32
+    latent = lat_t * lat_h * lat_w
+    act += plan.batch * 4 * sizes.dit_out_channels * latent * 4  # latents, noise, velocity, update in fp32
+    if sizes.dit_cond_channels:  # the condition (fp32), and the concatenated input of every stream
+        act += plan.batch * sizes.dit_cond_channels * latent * 4
+        act += streams * (sizes.dit_out_channels + sizes.dit_cond_channels) * latent * 4
     if plan.use_fp8:
         act += 2 * sizes.dit_largest_linear * e_dit  # one layer's upcast weight (cast, then scaled)
     # Host while loading: the mmap'd file's pages are touched. A dtype change goes one tensor at a time and returns
@@ -368,20 +411,21 @@ def estimate(plan: MemoryPlan, sizes: ModelSizes, baseline: int = 0) -> MemoryEs
         dit = Stage("DiT denoise", dit_weights, act, host=pinned if streamed else host_load + pinned)
 
     # --- VAE decode ---
-    H, W, frames = plan.height, plan.width, plan.frames
     th, tw = (min(H, plan.tile_size), min(W, plan.tile_size)) if plan.vae_tiling else (H, W)
     if plan.vae_tiling and frames > plan.chunk_frames:  # temporal chunks; shorter clips decode in one piece
         maps = VAE_ACT_CHUNKED * th * tw * plan.chunk_frames
     else:
         maps = VAE_ACT_UNTILED * th * tw * frames
     vae_act = maps * sizes.vae_c0 * e_vae + KERNEL_WORKSPACE
-    vae_act += 3 * frames * H * W * (e_vae + (4 if e_vae != 4 else 0))  # decoded video, then its float32 copy
+    # decoded videos, then their float32 copies
+    vae_act += plan.batch * 3 * frames * H * W * (e_vae + (4 if e_vae != 4 else 0))
     vae = Stage("VAE decode", sizes.vae * e_vae, vae_act, host=sizes.vae * e_vae)
 
     notes = []
     if plan.offload == "model" and not cpu:
         notes.append("model offload keeps a pinned host copy of the DiT")
-    return MemoryEstimate(plan, (text, dit, vae), baseline, tuple(notes))
+    stages = (text, dit, vae) if image is None else (text, image, dit, vae)
+    return MemoryEstimate(plan, stages, baseline, tuple(notes))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -482,15 +526,23 @@ def check_fits(est: MemoryEstimate, capacity: int, host: int | None = None) -> s
 
 
 def preflight(
-    req: object, paths: ModelPaths, dit_cfg: DiTConfig, device: str | torch.device | None = None
+    req: object,
+    paths: ModelPaths | None,
+    dit_cfg: DiTConfig | None,
+    device: str | torch.device | None = None,
+    *,
+    plan: MemoryPlan | None = None,
+    sizes: ModelSizes | None = None,
 ) -> MemoryEstimate:
     """Estimate the request's peak memory from the configs, log it, and raise `UsageError` (exit 2, one line with a
     suggestion) when it cannot fit and `req.memory_check` is on. `device` is the run's device (default
     `req.device`; under torchrun call this after `torch.cuda.set_device`, so a bare "cuda" means this rank's card):
     its free memory is the limit; on CUDA the host RAM of all this machine's processes is checked too.
-    Reads no weights."""
-    plan = replace(plan_from_request(req), processes=local_processes())
-    est = estimate(plan, model_sizes(dit_cfg, paths), baseline=current_rss())
+    `plan` / `sizes` replace what `req` and `paths` / `dit_cfg` give (a HunyuanVideo 1.5 request: `plan15`,
+    `model_sizes15`). Reads no weights."""
+    plan = replace(plan if plan is not None else plan_from_request(req), processes=local_processes())
+    sizes = sizes if sizes is not None else model_sizes(dit_cfg, paths)
+    est = estimate(plan, sizes, baseline=current_rss())
     for line in est.lines():
         logger.info(line)
     problem = check_fits(
@@ -652,3 +704,392 @@ def full_size_sizes(dit_cfg: DiTConfig | None = None) -> ModelSizes:
         vae_c0=VAEConfig().block_out_channels[0],
         dit_file_bytes=2 * n_dit,
     )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# HunyuanVideo 1.5: the components' sizes from their configs, and the estimate from explicit arguments
+# ---------------------------------------------------------------------------------------------------------------
+HV15_DIT = {  # the release transformer config.json (official key names), the same for every 1.5 version
+    "hidden_size": 2048,
+    "heads_num": 16,
+    "mlp_width_ratio": 4.0,
+    "mm_double_blocks_depth": 54,
+    "mm_single_blocks_depth": 0,
+    "in_channels": 32,
+    "concat_condition": True,  # img_in reads latents + image-latent condition + mask: 2 x 32 + 1 = 65 channels
+    "out_channels": 32,
+    "patch_size": [1, 1, 1],
+    "text_states_dim": 3584,
+    "vision_states_dim": 1152,
+    "use_meanflow": False,  # True for 480p_i2v_step_distilled (a second timestep embedder, time_r_in)
+}
+# Fixed in the official code, not in its config.json: byt5_in maps byT5's 1472 wide states -> 2048 -> 2048 -> hidden,
+# and the token refiner has 2 blocks (diffusers' config has both: text_embed_2_dim, num_refiner_layers)
+BYT5_MAPPER_HIDDEN = 2048
+HV15_DIT_FIXED = {"byt5_dim": 1472, "refiner_depth": 2}
+FREQ_DIM = 256  # timestep embedders' sinusoid width
+FULL_SIZE_QWEN = {  # Qwen2.5-VL-7B-Instruct's language model (its config.json's text_config); no vision tower
+    "model_type": "qwen2_5_vl_text",
+    "hidden_size": 3584,
+    "num_hidden_layers": 28,
+    "intermediate_size": 18944,
+    "num_attention_heads": 28,
+    "num_key_value_heads": 4,
+    "vocab_size": 152064,
+}
+QWEN_TEMPLATE = 108  # prompt-template tokens the LLM reads before the 1000 kept (cropped after the LLM)
+FULL_SIZE_BYT5 = {  # google/byt5-small's encoder (T5EncoderModel)
+    "d_model": 1472,
+    "d_ff": 3584,
+    "d_kv": 64,
+    "num_heads": 6,
+    "num_layers": 12,
+    "relative_attention_num_buckets": 32,
+    "feed_forward_proj": "gated-gelu",
+    "vocab_size": 384,
+}
+# Glyph-SDXL-v2 adds one token per colour (assets/color_idx.json: 138) and per font (multilingual_10-lang_idx.json:
+# 512 en, 143 cn, 211 jp, 122 kr) to byT5's tokenizer and resizes the embedding to match: 384 + 1126 = 1510 rows.
+GLYPH_TOKENS = 138 + 988
+BYT5_TOKENS = 256
+FULL_SIZE_SIGLIP = {  # FLUX.1-Redux-dev's image_encoder: SigLIP so400m, patch 14 at 384 px -> 27 x 27 = 729 tokens
+    "hidden_size": 1152,
+    "intermediate_size": 4304,
+    "num_hidden_layers": 27,
+    "num_attention_heads": 16,
+    "image_size": 384,
+    "patch_size": 14,
+    "num_channels": 3,
+}
+HV15_VAE = {  # the release VAE config (diffusers' names; the official config.json says ffactor_spatial/temporal)
+    "in_channels": 3,
+    "out_channels": 3,
+    "latent_channels": 32,
+    "block_out_channels": [128, 256, 512, 1024, 1024],
+    "layers_per_block": 2,
+    "spatial_compression_ratio": 16,
+    "temporal_compression_ratio": 4,
+    "downsample_match_channel": True,
+    "upsample_match_channel": True,
+}
+HV15_VERSION = re.compile(r"(480p|720p)_(t2v|i2v)(_step_distilled|_distilled)?")
+
+
+def dit15_tensors(cfg: dict) -> tuple[tuple[tuple[tuple[int, bool], ...], ...], tuple[int, ...]]:
+    """The 1.5 DiT's tensors from its config.json, counted from the layer shapes (no model built): per double block
+    every tensor as (numel, fp8-able: a block Linear weight), in the official key order (img_mod, img_attn_q/k/v,
+    q/k RMS norms, img_attn_proj, img_mlp fc1/fc2, then the same for txt_), and the numel of every tensor outside the
+    blocks (img_in, vision_in, byt5_in, txt_in refiner, time_in [+ time_r_in], cond_type_embedding, final_layer)."""
+    cfg = dit15_config(cfg)
+    if int(cfg.get("mm_single_blocks_depth", 0)):
+        raise ValueError("a HunyuanVideo 1.5 DiT has no single-stream blocks")
+    C, heads = int(cfg["hidden_size"]), int(cfg["heads_num"])
+    M, d = int(C * float(cfg.get("mlp_width_ratio", 4.0))), C // heads
+    pt, ph, pw = cfg.get("patch_size", [1, 1, 1])
+    c_in = int(cfg["in_channels"]) * (2 if cfg.get("concat_condition") else 1) + int(bool(cfg.get("concat_condition")))
+    out, T, V = int(cfg["out_channels"]), int(cfg["text_states_dim"]), int(cfg["vision_states_dim"])
+    B, H2 = int(cfg["byt5_dim"]), BYT5_MAPPER_HIDDEN
+
+    def lin(i: int, o: int) -> list[tuple[int, bool]]:  # weight (a Linear's: fp8-able inside a block), bias
+        return [(i * o, True), (o, False)]
+
+    stream = [*lin(C, 6 * C), *lin(C, C), *lin(C, C), *lin(C, C), (d, False), (d, False), *lin(C, C)]
+    stream += [*lin(C, M), *lin(M, C)]
+    block = tuple(stream + stream)  # img_*, then txt_*
+    blocks = (block,) * int(cfg["mm_double_blocks_depth"])
+
+    def numels(layers: list[tuple[int, bool]]) -> list[int]:
+        return [n for n, _ in layers]
+
+    def timestep() -> list[int]:  # TimestepEmbedder: 256 -> C -> C
+        return numels([*lin(FREQ_DIM, C), *lin(C, C)])
+
+    refiner_block = [C, C, *numels(lin(C, 3 * C)), *numels(lin(C, C)), C, C]  # norm1, qkv, proj, norm2
+    refiner_block += [*numels(lin(C, M)), *numels(lin(M, C)), *numels(lin(C, 2 * C))]  # mlp, adaLN
+    other = [c_in * pt * ph * pw * C, C]  # img_in (Conv3d)
+    other += [V, V, *numels(lin(V, V)), *numels(lin(V, C)), C, C]  # vision_in: LN, Linear, GELU, Linear, LN
+    other += [B, B, *numels(lin(B, H2)), *numels(lin(H2, H2)), *numels(lin(H2, C))]  # byt5_in
+    other += [*numels(lin(T, C)), *timestep(), *numels(lin(T, C)), *numels(lin(C, C))]  # txt_in embedders
+    other += refiner_block * int(cfg["refiner_depth"])
+    other += timestep() * (2 if cfg.get("use_meanflow") else 1)  # time_in [, time_r_in]
+    other += [3 * C]  # cond_type_embedding (Qwen, byT5, vision)
+    other += [*numels(lin(C, out * pt * ph * pw)), *numels(lin(C, 2 * C))]  # final_layer: linear, adaLN
+    return blocks, tuple(other)
+
+
+def dit15_config(cfg: dict) -> dict:
+    """A 1.5 transformer config.json in the official names, whichever layout wrote it (diffusers: num_layers,
+    num_attention_heads x attention_head_dim, in_channels 65 with the condition, text_embed_2_dim, ...), with the
+    numbers the official code fixes (`HV15_DIT_FIXED`) unless the config gives them."""
+    if "num_attention_heads" not in cfg:  # official names already
+        return {**HV15_DIT_FIXED, **cfg}
+    heads, in_ch = int(cfg["num_attention_heads"]), int(cfg["in_channels"])
+    p, pt = int(cfg.get("patch_size", 1)), int(cfg.get("patch_size_t", 1))
+    return {
+        "hidden_size": heads * int(cfg["attention_head_dim"]),
+        "heads_num": heads,
+        "mlp_width_ratio": float(cfg.get("mlp_ratio", 4.0)),
+        "mm_double_blocks_depth": int(cfg["num_layers"]),
+        "mm_single_blocks_depth": 0,
+        "in_channels": (in_ch - 1) // 2,  # 2 x latent channels + the mask
+        "concat_condition": True,
+        "out_channels": int(cfg["out_channels"]),
+        "patch_size": [pt, p, p],
+        "text_states_dim": int(cfg["text_embed_dim"]),
+        "vision_states_dim": int(cfg["image_embed_dim"]),
+        "use_meanflow": bool(cfg.get("use_meanflow", False)),
+        "byt5_dim": int(cfg.get("text_embed_2_dim", HV15_DIT_FIXED["byt5_dim"])),
+        "refiner_depth": int(cfg.get("num_refiner_layers", HV15_DIT_FIXED["refiner_depth"])),
+    }
+
+
+def dit15_fields(cfg: dict) -> dict[str, object]:
+    """The DiT fields of `ModelSizes` for a 1.5 transformer config.json (either layout's names)."""
+    cfg = dit15_config(cfg)
+    blocks, other = dit15_tensors(cfg)
+    C = int(cfg["hidden_size"])
+    return dit_fields(blocks, other, C, int(C * float(cfg.get("mlp_width_ratio", 4.0))), tuple(cfg["patch_size"]))
+
+
+def t5_encoder_params(cfg: dict) -> int:
+    """Parameters of a T5 encoder (T5EncoderModel: embedding, blocks without biases, relative position buckets in the
+    first block, final norm) from its config.json."""
+    d, ff, layers = int(cfg["d_model"]), int(cfg["d_ff"]), int(cfg["num_layers"])
+    heads, inner = int(cfg["num_heads"]), int(cfg["num_heads"]) * int(cfg["d_kv"])
+    ffn = (3 if str(cfg.get("feed_forward_proj", "relu")).startswith("gated") else 2) * d * ff
+    per_layer = 4 * d * inner + d + ffn + d  # q, k, v, o; norm; (gated) MLP; norm
+    return int(cfg["vocab_size"]) * d + layers * per_layer + int(cfg["relative_attention_num_buckets"]) * heads + d
+
+
+def siglip_vision_params(cfg: dict) -> int:
+    """Parameters of SigLIP's vision tower (SiglipVisionModel, with its attention-pooling head unless the config
+    turns it off) from its config.json (a full SiglipModel config keeps it in vision_config)."""
+    cfg = cfg.get("vision_config") or cfg
+    h, i, n = int(cfg["hidden_size"]), int(cfg["intermediate_size"]), int(cfg["num_hidden_layers"])
+    p, c = int(cfg["patch_size"]), int(cfg.get("num_channels", 3))
+    tokens = (int(cfg["image_size"]) // p) ** 2
+    mlp = h * i + i + i * h + h
+    layer = 4 * h + 4 * (h * h + h) + mlp  # two LayerNorms, q/k/v/out, MLP
+    head = h + 3 * h * h + 3 * h + h * h + h + 2 * h + mlp if cfg.get("vision_use_head", True) else 0
+    return c * p * p * h + h + tokens * h + n * layer + 2 * h + head
+
+
+def vae15_config(cfg: dict) -> dict:
+    """A 1.5 VAE config.json in diffusers' names (the official one says ffactor_spatial / ffactor_temporal)."""
+    out = {**HV15_VAE, **{k: v for k, v in cfg.items() if k in HV15_VAE}}
+    if "ffactor_spatial" in cfg:
+        out["spatial_compression_ratio"] = int(cfg["ffactor_spatial"])
+    if "ffactor_temporal" in cfg:
+        out["temporal_compression_ratio"] = int(cfg["ffactor_temporal"])
+    return out
+
+
+def vae15_params(cfg: dict) -> int:
+    """Parameters of the 1.5 VAE (causal 3D convs, RMS norms, pixel-shuffle resampling, one attention per mid
+    block) counted from its config's numbers."""
+    cfg = vae15_config(cfg)
+    ch, per = list(cfg["block_out_channels"]), int(cfg["layers_per_block"])
+    z, s = int(cfg["latent_channels"]), int(math.log2(cfg["spatial_compression_ratio"]))
+    t = int(math.log2(cfg["temporal_compression_ratio"]))
+
+    def conv(i: int, o: int) -> int:  # 3x3x3 with bias
+        return 27 * i * o + o
+
+    def resnet(i: int, o: int) -> int:  # norm1, conv1, norm2, conv2 [, 1x1x1 shortcut]
+        return i + conv(i, o) + o + conv(o, o) + (i * o + o if i != o else 0)
+
+    def mid(c: int) -> int:  # resnet, attention (norm, q, k, v, out as 1x1x1 convs), resnet
+        return 2 * resnet(c, c) + c + 4 * (c * c + c)
+
+    enc, cin = conv(int(cfg["in_channels"]), ch[0]), ch[0]
+    for i, c in enumerate(ch):
+        enc += resnet(cin, c) + (per - 1) * resnet(c, c)
+        cin = c
+        if i < s:  # space-to-channel downsampling, in time too for the last levels
+            cin = ch[i + 1] if cfg["downsample_match_channel"] else c
+            enc += conv(c, cin // (8 if i >= s - t else 4))
+    enc += mid(ch[-1]) + ch[-1] + conv(ch[-1], 2 * z)
+    up = ch[::-1]
+    dec, cin = conv(z, up[0]) + mid(up[0]), up[0]
+    for i, c in enumerate(up):
+        dec += resnet(cin, c) + per * resnet(c, c)
+        cin = c
+        if i < s or i < t:  # channel-to-space upsampling, in time too for the first levels
+            cin = up[i + 1] if cfg["upsample_match_channel"] else c
+            dec += conv(c, cin * (8 if i < t else 4))
+    dec += up[-1] + conv(up[-1], int(cfg["out_channels"]))
+    return enc + dec
+
+
+def sizes15(
+    dit_cfg: dict,
+    llm_cfg: dict,
+    byt5_cfg: dict,
+    vae_cfg: dict,
+    vision_cfg: dict | None,
+    dit_file_bytes: int = 0,
+    dit: dict[str, object] | None = None,
+) -> ModelSizes:
+    """`ModelSizes` of a 1.5 model from its components' config.json files (`byt5_cfg` with the glyph tokens already
+    in its vocab_size; `vision_cfg` None without an image encoder). `dit`: the DiT fields when the caller has them
+    from the built model (`dit_sizes`), else counted from `dit_cfg`."""
+    dit_cfg = dit15_config(dit_cfg)
+    dit = dit15_fields(dit_cfg) if dit is None else dit
+    vae = vae15_config(vae_cfg)
+    vision = (vision_cfg or {}).get("vision_config") or vision_cfg or {}
+    tokens = (int(vision["image_size"]) // int(vision["patch_size"])) ** 2 if vision else 0
+    n_dit = sum(int(x) for x in (dit["dit_block_linear"], dit["dit_block_other"], dit["dit_other"]))
+    return ModelSizes(
+        **dit,
+        **llm_sizes(llm_cfg),
+        clip=t5_encoder_params(byt5_cfg),
+        vae=vae15_params(vae),
+        vae_c0=int(vae["block_out_channels"][0]),
+        dit_file_bytes=dit_file_bytes or 2 * n_dit,
+        dit_out_channels=int(dit_cfg["out_channels"]),
+        dit_cond_channels=int(dit_cfg["in_channels"]) + 1 if dit_cfg.get("concat_condition") else 0,
+        context_extra=BYT5_TOKENS + (tokens or 729),  # SigLIP's tokens are in the context for T2V too (zeros)
+        text_template=QWEN_TEMPLATE,
+        vae_spatial=int(vae["spatial_compression_ratio"]),
+        vae_temporal=int(vae["temporal_compression_ratio"]),
+        vision=siglip_vision_params(vision) if vision else 0,
+        vision_tokens=tokens,
+        vision_hidden=int(vision.get("hidden_size", 0)),
+        vision_intermediate=int(vision.get("intermediate_size", 0)),
+    )
+
+
+def glyph_tokens(glyph: Path | None) -> int:
+    """Tokens Glyph-SDXL-v2 adds to byT5's vocabulary: one per colour and per font in its assets (the release's
+    1126 when the folder has no assets); 0 without a glyph folder."""
+    if glyph is None:
+        return 0
+    colours = _read_json(Path(glyph) / "assets" / "color_idx.json")
+    fonts = _read_json(Path(glyph) / "assets" / "multilingual_10-lang_idx.json")
+    return len(colours) + len(fonts) if colours and fonts else GLYPH_TOKENS
+
+
+def model_sizes15(
+    dit: Path,
+    vae: Path,
+    llm: Path,
+    byt5: Path,
+    glyph: Path | None = None,
+    vision: Path | None = None,
+    dit_fields: dict[str, object] | None = None,
+) -> ModelSizes:
+    """Parameter counts of a 1.5 model from the config.json files of its folders (an official `ckpts/` tree or a
+    diffusers pipeline folder: the fields of `locate15`'s paths), no weights read. `glyph`: the official
+    Glyph-SDXL-v2 folder, whose tokens grow byT5's embedding as it loads (a diffusers text_encoder_2 config already
+    counts them); `vision`: SigLIP's folder (I2V), else None; `dit_fields`: as `sizes15`'s `dit`."""
+    dit_path = Path(dit)
+    files = [dit_path] if dit_path.is_file() else [*dit_path.glob("*.safetensors")]
+    dit_cfg = _read_json((dit_path.parent if dit_path.is_file() else dit_path) / "config.json")
+    byt5_cfg = _read_json(Path(byt5) / "config.json")
+    byt5_cfg = {**byt5_cfg, "vocab_size": int(byt5_cfg["vocab_size"]) + glyph_tokens(glyph)}
+    vision_cfg = _read_json(Path(vision) / "config.json") if vision is not None else None
+    return sizes15(
+        dit_cfg,
+        _read_json(Path(llm) / "config.json"),
+        byt5_cfg,
+        _read_json(Path(vae) / "config.json"),
+        vision_cfg or None,
+        dit_file_bytes=sum(f.stat().st_size for f in files if f.is_file()),
+        dit=dit_fields,
+    )
+
+
+@cache
+def full_size_sizes15(meanflow: bool = False) -> ModelSizes:
+    """ModelSizes of the released HunyuanVideo 1.5 (8.3B DiT, `meanflow`: the step-distilled one) + Qwen2.5-VL-7B's
+    language model + byT5-small with the glyph tokens + SigLIP so400m + the 32-channel VAE, with a bf16 DiT file."""
+    byt5 = {**FULL_SIZE_BYT5, "vocab_size": FULL_SIZE_BYT5["vocab_size"] + GLYPH_TOKENS}
+    return sizes15({**HV15_DIT, "use_meanflow": meanflow}, FULL_SIZE_QWEN, byt5, HV15_VAE, FULL_SIZE_SIGLIP)
+
+
+def hv15_version(version: str) -> tuple[str, str, bool, bool]:
+    """(resolution, task, cfg-distilled: guidance 1, no real CFG, meanflow) of a 1.5 version name."""
+    m = HV15_VERSION.fullmatch(version)
+    if m is None:
+        raise ValueError(
+            f"unknown HunyuanVideo 1.5 version {version!r}: one of {{480p,720p}}_{{t2v,i2v}}[_distilled] or "
+            "480p_i2v_step_distilled"
+        )
+    return m[1], m[2], m[3] is not None, m[3] == "_step_distilled"
+
+
+def plan15(
+    height: int,
+    width: int,
+    frames: int = 121,
+    *,
+    version: str = "480p_t2v",
+    batch: int = 1,
+    precision: str = "bf16",
+    offload: str = "none",
+    use_fp8: bool = False,
+    vae_tiling: bool = True,
+    tile_size: int = 256,
+    real_cfg: bool | None = None,
+    cfg_batched: bool = True,
+    device: str = "cuda",
+    llm_skip: int = 2,
+    parallel: int = 1,
+) -> MemoryPlan:
+    """The `MemoryPlan` of a 1.5 request: the official dtypes (Qwen fp16, byT5 fp32, SigLIP fp16, VAE fp16),
+    1000 Qwen tokens, the task from `version`, real CFG unless the version is distilled (`real_cfg` overrides it:
+    False for guidance 1); `cfg_batched` runs both CFG branches in one forward; `llm_skip` the Qwen layers after
+    hidden_states[-3] that are never built (0 if the encoder builds all 28)."""
+    _res, task, distilled, _meanflow = hv15_version(version)
+    return MemoryPlan(
+        height,
+        width,
+        frames,
+        device=device,
+        precision=precision,
+        vae_precision="fp16",
+        text_precision="fp16",
+        text_precision_2="fp32",
+        text_len=1000,
+        llm_skip=llm_skip,
+        use_fp8=use_fp8,
+        offload=offload,
+        vae_tiling=vae_tiling,
+        tile_size=tile_size,
+        parallel=parallel,
+        task=task,
+        batch=batch,
+        real_cfg=not distilled if real_cfg is None else real_cfg,
+        cfg_batched=cfg_batched,
+        vision_precision="fp16",
+    )
+
+
+def estimate15(
+    height: int,
+    width: int,
+    frames: int = 121,
+    *,
+    version: str = "480p_t2v",
+    batch: int = 1,
+    precision: str = "bf16",
+    offload: str = "none",
+    use_fp8: bool = False,
+    vae_tiling: bool = True,
+    tile_size: int = 256,
+    real_cfg: bool | None = None,
+    cfg_batched: bool = True,
+    device: str = "cuda",
+    llm_skip: int = 2,
+    parallel: int = 1,
+    sizes: ModelSizes | None = None,
+    baseline: int = 0,
+) -> MemoryEstimate:
+    """Per-stage peak estimate of a HunyuanVideo 1.5 request (`plan15` for the arguments); `sizes` default: the
+    released components' (`full_size_sizes15`, with time_r_in for the step-distilled version)."""
+    plan = plan15(
+        height, width, frames, version=version, batch=batch, precision=precision, offload=offload, use_fp8=use_fp8,
+        vae_tiling=vae_tiling, tile_size=tile_size, real_cfg=real_cfg, cfg_batched=cfg_batched, device=device,
+        llm_skip=llm_skip, parallel=parallel,
+    )  # fmt: skip
+    return estimate(plan, full_size_sizes15(hv15_version(version)[3]) if sizes is None else sizes, baseline)

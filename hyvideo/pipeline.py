@@ -21,7 +21,7 @@ import torch
 from loguru import logger
 from tqdm import tqdm
 
-from hyvideo import hardware, i2v, io, sidecar
+from hyvideo import hardware, hv15, i2v, io, sidecar
 from hyvideo.checkpoints.dit import load_dit
 from hyvideo.checkpoints.layout import ModelPaths, locate
 from hyvideo.checkpoints.vae import load_vae
@@ -51,7 +51,15 @@ from hyvideo.parallel.group import launched_by_torchrun
 from hyvideo.parallel.steps import Local, WeightReader
 from hyvideo.quantization import enable_fp8_compute, is_fp8_file, load_dit_fp8, quantize_dit
 from hyvideo.request import SampleRequest
-from hyvideo.sampling import euler, flow_sigmas, initial_noise, latent_shape, official_noise, with_cond
+from hyvideo.sampling import (
+    StepClock,
+    euler,
+    flow_sigmas,
+    initial_noise,
+    latent_shape,
+    official_noise,
+    with_cond,
+)
 from hyvideo.teacache import TeaCache
 from hyvideo.utils.host_memory import proc_kb
 
@@ -117,6 +125,8 @@ def encode_text(
     req: SampleRequest, paths: ModelPaths, device: torch.device
 ) -> tuple[TextEmbeddings, TextEmbeddings | None]:
     """(prompt embeddings, negative-prompt embeddings or None); the encoders are freed before returning."""
+    if req.hv15 is not None:
+        return hv15.encode_text(req, device)  # Qwen2.5-VL + byT5
     if req.i2v_mode and i2v.uses_llava(req):
         return i2v.encode_prompts(req, paths, device)  # the prompt with the image, through the LLaVA
     encoders = TextEncoders(text_config(req, paths), device)
@@ -191,30 +201,39 @@ def dit_fn(model: HYVideoDiT, embedded_cfg_scale: float, forward: Callable[..., 
 
 def denoise(
     model: HYVideoDiT,
-    cond: TextEmbeddings,
-    uncond: TextEmbeddings | None,
+    cond: TextEmbeddings | hv15.Text15Embeddings,
+    uncond: TextEmbeddings | hv15.Text15Embeddings | None,
     req: SampleRequest,
     seed: int,
     device: torch.device,
     runner: Local | None = None,
-    image: i2v.ImageStart | None = None,
+    image: i2v.ImageStart | hv15.Condition15 | None = None,
 ) -> torch.Tensor:
     """Final latents (1, C, T, h, w) float32 for one video: Euler over the shifted flow schedule from seeded noise.
     `runner` (default: this process alone) applies real CFG, split over processes with --cfg-parallel; `image`:
-    the image-to-video start and model wrapper of this seed."""
+    the image-to-video start and model wrapper of this seed (HunyuanVideo 1.5: its `Condition15`)."""
     runner = Local(device) if runner is None else runner
-    set_riflex(model, riflex_choice(req, model.cfg))
-    x = start_noise(req, seed, device)
+    sigmas = flow_sigmas(req.infer_steps, req.flow_shift)
     cond = cond.to(device)
     uncond = None if uncond is None else uncond.to(device)
-    fn = dit_fn(model, req.embedded_cfg_scale, step_cache(model, req, cond, uncond))
+    clock = None
+    if req.hv15 is not None:
+        x = hv15.start_noise(req, seed, device)
+        clock = StepClock(sigmas)
+        condition = hv15.TEXT_TO_VIDEO if image is None else image
+        fn = hv15.network(model, condition.vision, clock)
+    else:
+        set_riflex(model, riflex_choice(req, model.cfg))
+        x = start_noise(req, seed, device)
+        fn = dit_fn(model, req.embedded_cfg_scale, step_cache(model, req, cond, uncond))
     if uncond is None:
         model_fn = with_cond(fn, cond)
     else:
         model_fn = runner.guided(fn, cond, uncond, req.cfg_scale)
-    if image is not None:
+    if clock is not None:  # 1.5: the condition channels appended, t_r counted per step
+        model_fn = clock.outer(hv15.conditioned(model_fn, condition.image, x))
+    elif image is not None:
         x, model_fn = image.start(x), image.wrap(model_fn, x.shape[2], device)
-    sigmas = flow_sigmas(req.infer_steps, req.flow_shift)
     with tqdm(
         total=req.infer_steps, desc=f"denoise seed {seed}", leave=False, disable=not dist_steps.is_main_process()
     ) as bar:
@@ -290,10 +309,19 @@ def decode(vae: HYVideoVAE, latents: torch.Tensor, drop: int = 0) -> torch.Tenso
 
 
 def load_decoder(req: SampleRequest, paths: ModelPaths, device: torch.device) -> HYVideoVAE:
+    if req.hv15 is not None:
+        return hv15.load_decoder(req, paths.vae, device)  # type: ignore[return-value]  # the same decoding API
     vae = load_vae(paths.vae, dtype=PRECISIONS[req.vae_precision], device=device)
     if not req.vae_tiling:
         return vae.disable_tiling()
     return vae.enable_tiling(tile_size=req.vae_tile_size, tile_stride=req.vae_tile_stride)
+
+
+def frames_dropped(req: SampleRequest) -> int:
+    """Leading decoded frames the video leaves out (v1 latent_concat image-to-video: 4)."""
+    if req.hv15 is not None or not req.i2v_mode:
+        return 0
+    return i2v.decoded_frames_dropped(req.i2v_condition)
 
 
 def generate_one(
@@ -312,7 +340,7 @@ def generate_one(
     with timings.stage(f"denoise seed {seed}", device):
         args = (model, cond, uncond, req, seed, device)  # text-to-video: the call as before (tests patch `denoise`)
         latents = denoise(*args) if image is None else denoise(*args, image=image)
-    drop = i2v.decoded_frames_dropped(req.i2v_condition) if req.i2v_mode else 0
+    drop = frames_dropped(req)
     with timings.stage(f"decode seed {seed}", device):
         video = decode(vae, latents, drop)
     return latents, video
@@ -377,9 +405,13 @@ def run(req: SampleRequest) -> list[Path]:
     if req.runtime.reproduce:
         hardware.make_deterministic()
     timings = Timings({})
+    if req.hv15 is not None:
+        req = hv15.with_request(req)
     if req.output.decode_latents is not None:
         device = torch.device(req.runtime.device)
         return [decode_only(req, device, timings)] if dist_steps.is_main_process() else []
+    if req.hv15 is not None:
+        return run15(req, timings)
     if req.i2v_mode:
         req = i2v.resolve(req)
         paths = i2v.model_paths(req)
@@ -396,6 +428,19 @@ def run(req: SampleRequest) -> list[Path]:
     if not runner.is_main:
         return []  # the job ended with the last collective; rank 0 decodes and writes alone
     return decode_and_write(req, paths, latents, runner.device, timings, riflex_applied=riflex_applied)
+
+
+def run15(req: SampleRequest, timings: Timings) -> list[Path]:
+    """`run` for HunyuanVideo 1.5 weights: the same steps with the 1.5 folders, sizes and encoders."""
+    paths = hv15.paths_of(req)
+    cfg = hv15.denoiser_config(req)
+    dist_steps.check_degrees(req, cfg)
+    runner = dist_steps.start(req)
+    preflight(req, None, None, runner.device, plan=hv15.memory_plan(req), sizes=hv15.memory_sizes(req))
+    latents = sample(runner, req, paths, cfg, timings)  # type: ignore[arg-type]  # the fields sample reads
+    if not runner.is_main:
+        return []
+    return decode_and_write(req, paths, latents, runner.device, timings)  # type: ignore[arg-type]
 
 
 def dry_run(req: SampleRequest) -> list[str]:
@@ -453,8 +498,13 @@ def sample(
     )
     with timings.stage("text encode", device):
         cond, uncond = runner.encode(lambda: encode_text(req, paths, device))  # rank 0 encodes under torchrun
-    images: dict[int, i2v.ImageStart] = {}
-    if req.i2v_mode:
+    images: dict[int, i2v.ImageStart | hv15.Condition15] = {}
+    if req.hv15 is not None and req.i2v_mode:
+        with timings.stage("image encode", device):
+            condition = hv15.encode_image(req, device)
+            images = {seed: condition for seed in seeds(req)}
+        release_memory()
+    elif req.i2v_mode:
         with timings.stage("image encode", device):
             images = i2v.encode_image(req, paths, device, seeds(req))
         release_memory()
@@ -484,7 +534,7 @@ def decode_and_write(
         vae = load_decoder(req, paths, device)
     when = datetime.now()
     written = []
-    drop = i2v.decoded_frames_dropped(req.i2v_condition) if req.i2v_mode else 0
+    drop = frames_dropped(req)
     for seed, latents in zip(seeds(req), all_latents, strict=True):
         with timings.stage(f"decode seed {seed}", device):
             video = decode(vae, latents, drop)
@@ -505,7 +555,7 @@ def decode_and_write(
 
 
 def _latents_meta(req: SampleRequest, seed: int) -> dict[str, object]:
-    drop = i2v.decoded_frames_dropped(req.i2v_condition) if req.i2v_mode else 0
+    drop = frames_dropped(req)
     return {
         "decoded_frames_dropped": drop,  # leading decoded frames the video leaves out (latent_concat: 4)
         "prompt": req.prompt,
@@ -531,7 +581,10 @@ def decode_only(req: SampleRequest, device: torch.device, timings: Timings) -> P
         raise UsageError(
             "--decode-latents", f"expected (1, {req.latent_channels}, T, h, w), got {tuple(latents.shape)}"
         )
-    paths = locate(req.model_base, req.dit_weight, need_text=False, need_dit=False)
+    if req.hv15 is not None:
+        paths = hv15.paths_of(req)
+    else:
+        paths = locate(req.model_base, req.dit_weight, need_text=False, need_dit=False)
     with timings.stage("load VAE", device):
         vae = load_decoder(req, paths, device)
     drop = meta.get("decoded_frames_dropped", "0")

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 from loguru import logger
 
 if TYPE_CHECKING:
-    from hyvideo.checkpoints.layout import ModelPaths
+    from hyvideo.checkpoints.layout import Model15Paths, ModelPaths
     from hyvideo.request import SampleRequest
 
 SCHEMA = 1
@@ -107,9 +107,21 @@ def parallel_settings(req: SampleRequest) -> dict[str, object]:
     }
 
 
-def _models(req: SampleRequest, paths: ModelPaths | None) -> dict[str, object]:
+def _models(req: SampleRequest, paths: ModelPaths | Model15Paths | None) -> dict[str, object]:
     """The weights used: folder, layout and a fingerprint per component."""
+    if req.hv15 is not None:  # HunyuanVideo 1.5: its version and its own encoders
+        return {
+            "family": "1.5",
+            "version": req.hv15.version,
+            "base": str(Path(req.model_base).resolve()),
+            "layout": paths.layout if paths else None,
+            **{
+                name: _model_entry(getattr(paths, name)) if paths and getattr(paths, name) else None
+                for name in ("dit", "vae", "llm", "byt5", "glyph", "vision")
+            },
+        }
     return {
+        "family": "v1",
         "name": req.model,
         "base": str(Path(req.model_base).resolve()),
         "layout": paths.layout if paths else None,
@@ -143,7 +155,7 @@ def _image(req: SampleRequest) -> dict[str, object] | None:
     return {
         "image": str(req.i2v_image.path.resolve()) if req.i2v_image.path.is_file() else str(req.i2v_image.path),
         "image_sha256": req.i2v_image.sha256,
-        "condition_type": req.i2v_condition,
+        "condition_type": req.i2v_condition if req.hv15 is None else "1.5 image latent + mask",
         "stability": req.i2v_stability,
         "resize": req.i2v_resize,
         "resolution": None if req.i2v_size_given else req.i2v_resolution,
@@ -153,7 +165,7 @@ def _image(req: SampleRequest) -> dict[str, object] | None:
 def build(
     req: SampleRequest,
     seed: int,
-    paths: ModelPaths | None,
+    paths: ModelPaths | Model15Paths | None,
     *,
     timings: Mapping[str, float] | None = None,
     peak_memory_mib: Mapping[str, float] | None = None,
@@ -176,7 +188,7 @@ def build(
         "infer_steps": req.infer_steps,
         "flow_shift": req.flow_shift,
         "cfg_scale": req.cfg_scale,
-        "embedded_cfg_scale": req.embedded_cfg_scale,
+        "embedded_cfg_scale": req.embedded_cfg_scale if req.hv15 is None else None,  # 1.5 has no guidance input
         "sampler": {
             "solver": req.flow_solver,
             "denoise_type": req.denoise_type,
@@ -228,12 +240,15 @@ def for_latents(latents_path: str | Path) -> Path:
 
 
 def matches_latents(record: Mapping[str, object], shape: tuple[int, ...]) -> bool:
-    """Whether a sidecar's size and frames give latents of `shape` (1, C, (F-1)//4+1, H/8, W/8)."""
+    """Whether a sidecar's size and frames give latents of `shape` (1, C, (F-1)//4+1, H/s, W/s), s the spatial
+    compression of the sidecar's model family's VAE (v1: 8, HunyuanVideo 1.5: 16)."""
     try:
         frames, height, width = int(record["video_length"]), int(record["height"]), int(record["width"])
     except (KeyError, TypeError, ValueError):
         return False
-    return tuple(shape[2:]) == ((frames - 1) // 4 + 1, height // 8, width // 8)
+    model = record.get("model")
+    s = 16 if isinstance(model, Mapping) and model.get("family") == "1.5" else 8
+    return tuple(shape[2:]) == ((frames - 1) // 4 + 1, height // s, width // s)
 
 
 def for_decoded(

@@ -13,12 +13,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from hyvideo.checkpoints.dit import save_dit_diffusers, save_dit_official
+from hyvideo.checkpoints.dit import save_dit, save_dit_diffusers, save_dit_official
 from hyvideo.checkpoints.layout import OFFICIAL_DIT_DIR, OFFICIAL_I2V_DIT_DIR
 from hyvideo.checkpoints.vae import random_vae, save_vae_diffusers, save_vae_official
-from hyvideo.config import DiTConfig, with_image_condition
+from hyvideo.checkpoints.vae15 import random_vae15, save_vae15
+from hyvideo.choices import HV15_VERSIONS
+from hyvideo.config import TINY_DIT15, DiTConfig, with_image_condition
 from hyvideo.modules.dit import HYVideoDiT
 from hyvideo.modules.vae import VAEConfig
+from hyvideo.modules.vae15 import TINY_VAE15
 
 TINY_DIT = DiTConfig(
     in_channels=16,
@@ -187,6 +190,76 @@ def write_tiny_i2v_model(
     return root
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# HunyuanVideo 1.5: `python -m hyvideo.tiny OUT --family 1.5 [--task i2v] [--version V] [--layout diffusers]`
+# official: transformer/<version>/, vae/, scheduler/, text_encoder/{llm, byt5-small, Glyph-SDXL-v2}/,
+# vision_encoder/siglip/{image_encoder, feature_extractor}/. diffusers: model_index.json, transformer/, vae/,
+# scheduler/, guider/, text_encoder/, tokenizer/, text_encoder_2/, tokenizer_2/ (+ image_encoder/,
+# feature_extractor/ for image-to-video). The same seed gives the same weights in both layouts.
+# ---------------------------------------------------------------------------------------------------------------
+# the tiny encoders' widths (hyvideo/tiny_qwen.py; tests/test_tiny15.py checks they agree)
+TINY_TEXT_DIMS = {"text_states_dim": 32, "byt5_dim": 24, "vision_dim": 48, "vision_tokens": 16}
+PIPELINES = {"t2v": "HunyuanVideo15Pipeline", "i2v": "HunyuanVideo15ImageToVideoPipeline"}
+
+
+def tiny_dit15(version: str, dit: DiTConfig = TINY_DIT15) -> DiTConfig:
+    """The tiny DiT of a release `version` (its resolution, task and meanflow), with the tiny encoders' widths."""
+    spec = HV15_VERSIONS[version]
+    return dit.replace(**TINY_TEXT_DIMS, resolution=spec.resolution, task=spec.task, meanflow=spec.step_distilled)
+
+
+def model_index(task: str) -> dict:
+    index = {
+        "_class_name": PIPELINES[task],
+        "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
+        "text_encoder": ["transformers", "Qwen2_5_VLTextModel"],
+        "tokenizer": ["transformers", "Qwen2Tokenizer"],
+        "text_encoder_2": ["transformers", "T5EncoderModel"],
+        "tokenizer_2": ["transformers", "ByT5Tokenizer"],
+        "transformer": ["diffusers", "HunyuanVideo15Transformer3DModel"],
+        "vae": ["diffusers", "AutoencoderKLHunyuanVideo15"],
+        "guider": ["diffusers", "ClassifierFreeGuidance"],
+    }
+    if task == "i2v":
+        index["image_encoder"] = ["transformers", "SiglipVisionModel"]
+        index["feature_extractor"] = ["transformers", "SiglipImageProcessor"]
+    return index
+
+
+def write_tiny15_model(
+    root: str | Path, layout: str = "official", version: str = "480p_t2v", seed: int = 0, dit: DiTConfig = TINY_DIT15
+) -> Path:
+    """Write a complete random-weight 1.5 model of release `version` (e.g. "480p_i2v_step_distilled") in `layout`."""
+    # start-up: tiny_qwen imports transformers, which the DiT/VAE writers of this module never need
+    from hyvideo.tiny_qwen import write_tiny_text15  # start-up (transformers)
+
+    if layout not in ("official", "diffusers"):
+        raise ValueError(f"layout must be 'official' or 'diffusers', got {layout!r}")
+    if version not in HV15_VERSIONS:
+        raise ValueError(f"version must be one of {', '.join(HV15_VERSIONS)}, got {version!r}")
+    spec = HV15_VERSIONS[version]
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    write_tiny_text15(root, layout, seed, vision=layout == "official" or spec.task == "i2v")
+    model = randomize_(HYVideoDiT(tiny_dit15(version, dit)), seed)
+    save_dit(model, root / "transformer" / (version if layout == "official" else ""), layout)
+    save_vae15(random_vae15(TINY_VAE15, seed), root / "vae", layout)
+    _write_json(
+        root / "scheduler" / "scheduler_config.json",
+        {"_class_name": "FlowMatchEulerDiscreteScheduler", "shift": spec.flow_shift, "num_train_timesteps": 1000},
+    )
+    if layout == "diffusers":
+        _write_json(root / "guider" / "guider_config.json",
+                    {"_class_name": "ClassifierFreeGuidance", "guidance_scale": spec.cfg_scale})  # fmt: skip
+        _write_json(root / "model_index.json", model_index(spec.task))
+    return root
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
@@ -201,7 +274,25 @@ def main(argv: list[str] | None = None) -> int:
         help="with --task i2v: the image condition (default token_replace; skyreels needs --layout diffusers)",
     )
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--family", choices=("v1", "1.5"), default="v1", help="HunyuanVideo (default) or HunyuanVideo 1.5")
+    ap.add_argument(
+        "--version",
+        choices=tuple(HV15_VERSIONS),
+        default=None,
+        help="with --family 1.5: the release version to imitate (default 480p_<task>)",
+    )
     args = ap.parse_args(argv)
+    if args.family == "1.5":
+        if args.condition is not None:
+            ap.error("--condition is for v1 image-to-video; 1.5 has one image condition")
+        version = args.version or f"480p_{args.task}"
+        if HV15_VERSIONS[version].task != args.task:
+            ap.error(f"--version {version} is a {HV15_VERSIONS[version].task} model; it contradicts --task {args.task}")
+        write_tiny15_model(args.out, args.layout, version, args.seed)
+        print(f"wrote a tiny {args.layout}-layout HunyuanVideo 1.5 model ({version}) to {args.out}")
+        return 0
+    if args.version is not None:
+        ap.error("--version needs --family 1.5")
     if args.task == "t2v":
         if args.condition is not None:
             ap.error("--condition needs --task i2v")

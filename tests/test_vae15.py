@@ -17,6 +17,7 @@ from hyvideo.checkpoints.vae15 import (
     save_vae15,
     to_diffusers_keys,
     to_official_keys,
+    verify_vae15,
 )
 from hyvideo.modules.vae15 import TINY_VAE15, HYVideo15VAE, TilingConfig15, VAE15Config, build_vae15
 
@@ -215,6 +216,16 @@ def test_chunked_decode_and_encode_equal_the_whole_clip(ours, n):
     assert _max(ours.encode(video).mean, want_mean) <= 1e-5
 
 
+def test_a_batch_decodes_and_encodes_like_its_samples(ours):
+    """Chunks, spatial tiles and the cached attention keys keep the batch axis apart."""
+    ours.tiling = TilingConfig15(tile_size=64, tile_stride=48, chunk_latents=1, encode_tiles=True)
+    z, video = _randn(2, 32, 3, 5, 4, seed=26), _randn(2, 3, 9, 80, 64, seed=27)
+    got_video, got_mean = ours.decode(z), ours.encode(video).mean
+    for i in range(2):
+        assert _max(got_video[i : i + 1], ours.decode(z[i : i + 1])) <= 1e-5
+        assert _max(got_mean[i : i + 1], ours.encode(video[i : i + 1]).mean) <= 1e-5
+
+
 def test_chunks_without_the_carried_state_would_differ(ours):
     """The state matters: decoding the second chunk on its own (fresh causal padding, no cached keys) differs."""
     z = _randn(1, 32, 4, 3, 4, seed=19)
@@ -296,6 +307,8 @@ def test_both_layouts_load_to_the_same_weights_and_diffusers_reads_ours(ours, tm
     official = save_vae15(ours, tmp_path / "official" / "vae", "official")
     diffusers_dir = save_vae15(ours, tmp_path / "diffusers" / "vae", "diffusers")
     assert read_vae15_config(official)[1] == "official" and read_vae15_config(diffusers_dir)[1] == "diffusers"
+    verify_vae15(official)
+    verify_vae15(diffusers_dir)
     want = ours.state_dict()
     for d in (official, diffusers_dir):
         model = load_vae15(d)
@@ -322,6 +335,8 @@ def test_loading_errors_name_the_file_and_the_keys(ours, tmp_path):
     (d / "config.json").write_text(json.dumps({**cfg, "layers_per_block": 2}))
     with pytest.raises(CheckpointError, match=r"diffusers layout.*missing keys"):
         load_vae15(d)
+    with pytest.raises(CheckpointError, match=r"diffusers layout.*missing keys"):
+        verify_vae15(d)  # the same verdict from the headers alone
     (d / "config.json").write_text(json.dumps(TINY_VAE15.to_official()))  # diffusers names under an official config
     with pytest.raises(CheckpointError, match="unexpected keys"):
         load_vae15(d)

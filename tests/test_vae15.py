@@ -300,6 +300,22 @@ def test_chunked_decode_working_set_does_not_grow_with_the_clip(ours):
     assert whole_long > 2 * peak_long  # the bound is real: the whole clip needs much more
 
 
+def test_tiled_decode_working_set_does_not_grow_with_the_frame_size(ours):
+    """Peak live tensor bytes with 32 px tiles: a 3x wider frame adds the wider output and the blend strips kept
+    between tiles, not wider activations."""
+    ours.tiling = TilingConfig15(tile_size=32, tile_stride=16, chunk_latents=1)
+    narrow, wide = _randn(1, 32, 3, 2, 3, seed=28), _randn(1, 32, 3, 2, 9, seed=28)
+    peak_narrow = _peak_live_bytes(lambda: ours.decode(narrow))
+    peak_wide = _peak_live_bytes(lambda: ours.decode(wide))
+    video_growth = 3 * 9 * 32 * (9 - 3) * 16 * 4  # (B, 3, 9 frames, 32, 16 px more per latent column) float32
+    strips = 3 * 9 * 16 * 32 * (9 - 3) * 4  # 16 px bottom strips of 32 px tiles kept for the row below, per column
+    ours.disable_tiling()
+    whole_wide = _peak_live_bytes(lambda: ours.decode(wide))
+    print(f"peak live bytes: tiled {peak_narrow} (3 latents wide) {peak_wide} (9), untiled {whole_wide} (9)")
+    assert peak_wide - peak_narrow <= 1.2 * (video_growth + strips)  # measured 1.007x
+    assert whole_wide > 2 * peak_wide
+
+
 # --- checkpoints -------------------------------------------------------------------------------------------------------
 
 

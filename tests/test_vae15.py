@@ -1,6 +1,7 @@
 """HunyuanVideo 1.5 VAE: parity with diffusers, causality, exact chunking, spatial tiles, both layouts, memory."""
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -118,18 +119,24 @@ def test_config_round_trips_and_invariants():
 # --- parity with diffusers ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("config", [TINY_VAE15, NO_MATCH], ids=["tiny", "no-match"])
+# 4 latent channels: the encoder's output shortcut averages groups of 8 channels and the decoder's input shortcut
+# repeats each latent 16 times (the release: 16 and 32), where TINY_VAE15 has 1 and 2
+FEW_LATENTS = replace(TINY_VAE15, latent_channels=4)
+
+
+@pytest.mark.parametrize("config", [TINY_VAE15, NO_MATCH, FEW_LATENTS], ids=["tiny", "no-match", "few-latents"])
 def test_untiled_encode_decode_match_diffusers(config):
     """Measured: posterior mean and logvar within 1.3e-5, video within 4.7e-6 (outputs up to ~10 and ~2.3)."""
     model = random_vae15(config, seed=3).disable_tiling()
     ref = _reference(model)
+    c = config.latent_channels
     video = _randn(1, 3, 9, 48, 64, seed=1)
-    z = _randn(1, 32, 4, 3, 4, seed=2)
+    z = _randn(1, c, 4, 3, 4, seed=2)
     with torch.no_grad():
         want_post = ref.encode(video).latent_dist
         want_video = ref.decode(z).sample
     post = model.encode(video)
-    assert post.mean.shape == (1, 32, 3, 3, 4)
+    assert post.mean.shape == (1, c, 3, 3, 4)
     assert _max(post.mean, want_post.mean) <= TOL and _max(post.logvar, want_post.logvar) <= TOL
     got = model.decode(z)
     assert got.shape == (1, 3, 13, 48, 64)

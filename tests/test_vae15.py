@@ -1,6 +1,7 @@
 """HunyuanVideo 1.5 VAE: parity with diffusers, causality, exact chunking, spatial tiles, both layouts, memory."""
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ from hyvideo.checkpoints.vae15 import (
     save_vae15,
     to_diffusers_keys,
     to_official_keys,
+    verify_vae15,
 )
 from hyvideo.modules.vae15 import TINY_VAE15, HYVideo15VAE, TilingConfig15, VAE15Config, build_vae15
 
@@ -117,18 +119,24 @@ def test_config_round_trips_and_invariants():
 # --- parity with diffusers ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("config", [TINY_VAE15, NO_MATCH], ids=["tiny", "no-match"])
+# 4 latent channels: the encoder's output shortcut averages groups of 8 channels and the decoder's input shortcut
+# repeats each latent 16 times (the release: 16 and 32), where TINY_VAE15 has 1 and 2
+FEW_LATENTS = replace(TINY_VAE15, latent_channels=4)
+
+
+@pytest.mark.parametrize("config", [TINY_VAE15, NO_MATCH, FEW_LATENTS], ids=["tiny", "no-match", "few-latents"])
 def test_untiled_encode_decode_match_diffusers(config):
     """Measured: posterior mean and logvar within 1.3e-5, video within 4.7e-6 (outputs up to ~10 and ~2.3)."""
     model = random_vae15(config, seed=3).disable_tiling()
     ref = _reference(model)
+    c = config.latent_channels
     video = _randn(1, 3, 9, 48, 64, seed=1)
-    z = _randn(1, 32, 4, 3, 4, seed=2)
+    z = _randn(1, c, 4, 3, 4, seed=2)
     with torch.no_grad():
         want_post = ref.encode(video).latent_dist
         want_video = ref.decode(z).sample
     post = model.encode(video)
-    assert post.mean.shape == (1, 32, 3, 3, 4)
+    assert post.mean.shape == (1, c, 3, 3, 4)
     assert _max(post.mean, want_post.mean) <= TOL and _max(post.logvar, want_post.logvar) <= TOL
     got = model.decode(z)
     assert got.shape == (1, 3, 13, 48, 64)
@@ -215,6 +223,16 @@ def test_chunked_decode_and_encode_equal_the_whole_clip(ours, n):
     assert _max(ours.encode(video).mean, want_mean) <= 1e-5
 
 
+def test_a_batch_decodes_and_encodes_like_its_samples(ours):
+    """Chunks, spatial tiles and the cached attention keys keep the batch axis apart."""
+    ours.tiling = TilingConfig15(tile_size=64, tile_stride=48, chunk_latents=1, encode_tiles=True)
+    z, video = _randn(2, 32, 3, 5, 4, seed=26), _randn(2, 3, 9, 80, 64, seed=27)
+    got_video, got_mean = ours.decode(z), ours.encode(video).mean
+    for i in range(2):
+        assert _max(got_video[i : i + 1], ours.decode(z[i : i + 1])) <= 1e-5
+        assert _max(got_mean[i : i + 1], ours.encode(video[i : i + 1]).mean) <= 1e-5
+
+
 def test_chunks_without_the_carried_state_would_differ(ours):
     """The state matters: decoding the second chunk on its own (fresh causal padding, no cached keys) differs."""
     z = _randn(1, 32, 4, 3, 4, seed=19)
@@ -289,6 +307,22 @@ def test_chunked_decode_working_set_does_not_grow_with_the_clip(ours):
     assert whole_long > 2 * peak_long  # the bound is real: the whole clip needs much more
 
 
+def test_tiled_decode_working_set_does_not_grow_with_the_frame_size(ours):
+    """Peak live tensor bytes with 32 px tiles: a 3x wider frame adds the wider output and the blend strips kept
+    between tiles, not wider activations."""
+    ours.tiling = TilingConfig15(tile_size=32, tile_stride=16, chunk_latents=1)
+    narrow, wide = _randn(1, 32, 3, 2, 3, seed=28), _randn(1, 32, 3, 2, 9, seed=28)
+    peak_narrow = _peak_live_bytes(lambda: ours.decode(narrow))
+    peak_wide = _peak_live_bytes(lambda: ours.decode(wide))
+    video_growth = 3 * 9 * 32 * (9 - 3) * 16 * 4  # (B, 3, 9 frames, 32, 16 px more per latent column) float32
+    strips = 3 * 9 * 16 * 32 * (9 - 3) * 4  # 16 px bottom strips of 32 px tiles kept for the row below, per column
+    ours.disable_tiling()
+    whole_wide = _peak_live_bytes(lambda: ours.decode(wide))
+    print(f"peak live bytes: tiled {peak_narrow} (3 latents wide) {peak_wide} (9), untiled {whole_wide} (9)")
+    assert peak_wide - peak_narrow <= 1.2 * (video_growth + strips)  # measured 1.007x
+    assert whole_wide > 2 * peak_wide
+
+
 # --- checkpoints -------------------------------------------------------------------------------------------------------
 
 
@@ -296,6 +330,8 @@ def test_both_layouts_load_to_the_same_weights_and_diffusers_reads_ours(ours, tm
     official = save_vae15(ours, tmp_path / "official" / "vae", "official")
     diffusers_dir = save_vae15(ours, tmp_path / "diffusers" / "vae", "diffusers")
     assert read_vae15_config(official)[1] == "official" and read_vae15_config(diffusers_dir)[1] == "diffusers"
+    verify_vae15(official)
+    verify_vae15(diffusers_dir)
     want = ours.state_dict()
     for d in (official, diffusers_dir):
         model = load_vae15(d)
@@ -322,6 +358,8 @@ def test_loading_errors_name_the_file_and_the_keys(ours, tmp_path):
     (d / "config.json").write_text(json.dumps({**cfg, "layers_per_block": 2}))
     with pytest.raises(CheckpointError, match=r"diffusers layout.*missing keys"):
         load_vae15(d)
+    with pytest.raises(CheckpointError, match=r"diffusers layout.*missing keys"):
+        verify_vae15(d)  # the same verdict from the headers alone
     (d / "config.json").write_text(json.dumps(TINY_VAE15.to_official()))  # diffusers names under an official config
     with pytest.raises(CheckpointError, match="unexpected keys"):
         load_vae15(d)

@@ -12,16 +12,24 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 import torch
 from safetensors.torch import save_file
 
-from hyvideo.checkpoints.common import CheckpointError, StateDict, assign_state_dict, load_safetensors_dir
+from hyvideo.checkpoints.common import (
+    CheckpointError,
+    StateDict,
+    assign_state_dict,
+    check_state_dict,
+    load_safetensors_dir,
+)
+from hyvideo.checkpoints.verify import safetensors_dir_shapes
 from hyvideo.modules.vae15 import HYVideo15VAE, VAE15Config, build_vae15, config_layout
 
 WEIGHTS_STEM = "diffusion_pytorch_model"  # both layouts
 Layout = Literal["official", "diffusers"]
+V = TypeVar("V")
 
 # official key prefix <-> diffusers key prefix; {i}, {j} level and resnet indices, {side} encoder or decoder. The
 # first matching row wins (longer prefixes first); keys matching no row (conv_in, norm_out, conv_out) are the same.
@@ -60,11 +68,11 @@ def _rename(key: str, rules: list[tuple[re.Pattern[str], str]]) -> str:
     return key
 
 
-def to_diffusers_keys(sd: StateDict) -> StateDict:
+def to_diffusers_keys(sd: dict[str, V]) -> dict[str, V]:
     return {_rename(k, _TO_DIFFUSERS): v for k, v in sd.items()}
 
 
-def to_official_keys(sd: StateDict) -> StateDict:
+def to_official_keys(sd: dict[str, V]) -> dict[str, V]:
     return {_rename(k, _TO_OFFICIAL): v for k, v in sd.items()}
 
 
@@ -100,6 +108,19 @@ def load_vae15(
     if dtype is not None or str(device) != "cpu":
         model = model.to(device=device, dtype=dtype)
     return model.eval()
+
+
+def verify_vae15(vae_dir: str | Path) -> None:
+    """Raise `CheckpointError` unless `vae_dir` holds a readable 1.5 config and weights that fit it (names and shapes
+    from the safetensors headers; no tensor is read), so a bad VAE fails before sampling."""
+    vae_dir = Path(vae_dir)
+    config, layout = read_vae15_config(vae_dir)
+    found = safetensors_dir_shapes(vae_dir, WEIGHTS_STEM)
+    if layout == "diffusers":
+        found = to_official_keys(found)
+    expected = {k: v.shape for k, v in build_vae15(config).state_dict().items()}
+    meta = {k: torch.empty(s, device="meta") for k, s in found.items()}
+    check_state_dict(expected, meta, f"{vae_dir}/{WEIGHTS_STEM}.safetensors ({layout} layout)")
 
 
 def save_vae15(model: HYVideo15VAE, vae_dir: str | Path, layout: Layout) -> Path:

@@ -411,7 +411,7 @@ class Attention(nn.Module):
         q, k, v = (F.linear(hs, m.weight.reshape(c, c), m.bias) for m in (self.q, self.k, self.v))
         out = causal_frame_attention(q, k, v, state, self)  # (B, T, HW, C)
         out = F.linear(out, self.proj_out.weight.reshape(c, c), self.proj_out.bias)
-        return out.reshape(b, t, h, w, c).permute(0, 4, 1, 2, 3).add(x)  # (B, C, T, H, W)
+        return out.reshape(b, t, h, w, c).permute(0, 4, 1, 2, 3).contiguous().add_(x)  # (B, C, T, H, W)
 
 
 class MidBlock(nn.Module):

@@ -100,7 +100,7 @@ def _qwen_words(texts: list[str]) -> Counter[tuple[str, ...]]:
 
 @functools.cache
 def _trained_bpe(vocab_size: int) -> tuple[tuple[tuple[str, int], ...], tuple[tuple[str, str], ...]]:
-    """BPE vocab and merges trained on `qwen_corpus` (slow in pure Python, so once per process)."""
+    """BPE vocab and merges trained on `qwen_corpus`, once per process (every writer call shares them)."""
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
     vocab, merges = train_bpe(_qwen_words(qwen_corpus()), alphabet, [], vocab_size)
     return tuple(vocab.items()), tuple(merges)

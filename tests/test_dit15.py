@@ -256,6 +256,22 @@ def test_official_options_we_do_not_build_are_refused(tmp_path, change, match):
         dit_config("HYVideo-T/2-cfgdistill", tmp_path / "config.json")
 
 
+@pytest.mark.parametrize(
+    "change,match",
+    [
+        ({"depth_single": 2}, "no single-stream blocks"),
+        ({"guidance_embed": True}, "guidance"),
+        ({"text_pool_dim": 8}, "pooled"),
+        ({"split_qkv": False}, "belong to the 1.5 layout"),
+        ({"vision_dim": 0}, "cond_type_embed needs"),
+        ({"task": "x2v"}, "task"),
+    ],
+)
+def test_config_invariants(change, match):
+    with pytest.raises(ConfigError, match=match):
+        TINY_DIT15.replace(**change)
+
+
 def test_both_config_layouts_round_trip():
     for cfg in (HYVIDEO15_DIT.replace(resolution="720p", task="i2v"), TINY_DIT15.replace(meanflow=True)):
         assert DiTConfig.from_official(cfg.to_official()) == cfg

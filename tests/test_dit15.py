@@ -172,6 +172,20 @@ def test_a_15_dit_requires_its_extra_inputs(pair):
         model(x, t, qwen, qmask, None, None, extra=ExtraInputs(None, None, None, t))
 
 
+def test_double_block_compiles_without_graph_breaks(pair):
+    """The split-q/k/v double block traces as one graph (what regional --compile needs); eager backend: the
+    tracing is tested here, inductor's code by tests/test_compile.py."""
+    model, _ = pair
+    x, t, qwen, qmask, extra, _, _ = inputs15(TINY_DIT15, 2, [7, 3], [2, 5], vision=True)
+    with torch.no_grad():
+        img, txt, vec, ctx = model.embed(x, t, qwen, qmask, None, None, extra=extra)
+        block = model.double_blocks[0]
+        eager = block(img, txt, vec, ctx)
+        torch._dynamo.reset()
+        traced = torch.compile(block, backend="eager", fullgraph=True)(img, txt, vec, ctx)
+    assert all(torch.equal(a, b) for a, b in zip(eager, traced, strict=True))
+
+
 def test_key_map_round_trip_is_lossless_and_names_diffusers_keys():
     for cfg in (TINY_DIT15, TINY_DIT15.replace(meanflow=True)):
         model = random_dit(cfg, seed=1)

@@ -22,7 +22,7 @@ from hyvideo.checkpoints.dit import (
 )
 from hyvideo.config import HYVIDEO15_DIT, TINY_DIT15, ConfigError, DiTConfig, dit_config
 from hyvideo.errors import UsageError
-from hyvideo.lora import LoraSpec, check_lora_specs, merge_loras, wrap_loras
+from hyvideo.lora import LoraSpec, Target, check_lora_specs, merge_loras, target_of, wrap_loras
 from hyvideo.modules import dit as dit_module
 from hyvideo.modules.dit import ExtraInputs
 from hyvideo.quantization import FP8, fp8_layer_names, load_dit_fp8
@@ -347,6 +347,20 @@ def test_bf16_load_and_fp8_on_the_fly(folders):
 # ---------------------------------------------------------------------------------------------------------------
 # LoRA with diffusers' 1.5 names
 # ---------------------------------------------------------------------------------------------------------------
+def test_lora_names_resolve_with_the_15_table():
+    """Diffusers, official dotted and kohya names of 1.5 layers; the v1 table reads to_q as a part of a fused qkv."""
+    r = DIFFUSERS15_RULES
+    assert target_of("transformer.transformer_blocks.0.attn.to_q", r) == Target("double_blocks.0.img_attn_q")
+    assert target_of("transformer_blocks.3.attn.add_k_proj", r) == Target("double_blocks.3.txt_attn_k")
+    assert target_of("lora_unet_double_blocks_1_txt_attn_v", r) == Target("double_blocks.1.txt_attn_v")
+    assert target_of("lora_unet_vision_in_proj_3", r) == Target("vision_in.proj.3")
+    assert target_of("diffusion_model.byt5_in.fc2", r) == Target("byt5_in.fc2")
+    assert target_of("context_embedder_2.linear_3", r) == Target("byt5_in.fc3")
+    assert target_of("time_embed.timestep_embedder_r.linear_2", r) == Target("time_r_in.mlp.2")
+    assert target_of("single_transformer_blocks.0.proj_mlp", r) is None  # no single blocks in 1.5
+    assert target_of("transformer_blocks.0.attn.to_q").module == "double_blocks.0.img_attn_qkv"  # v1
+
+
 def test_diffusers_named_lora_merges_into_the_15_layers(tmp_path):
     """A LoRA with HunyuanVideo15Transformer3DModel names (as PEFT saves it for diffusers' model) lands on our
     layers: merged == applied to diffusers-named weights directly, and unmerged == merged."""

@@ -93,8 +93,13 @@ class DiTConfig:
             "cond_type_embed needs the byT5 and vision streams (byt5_dim, vision_dim > 0)",
         )
         need(
-            not self.split_qkv or self.depth_single == 0,
-            "split_qkv (the 1.5 layout) has no single-stream blocks: depth_single must be 0",
+            not self.split_qkv or (self.depth_single == 0 and not self.guidance_embed and self.text_pool_dim == 0),
+            "split_qkv (the 1.5 layout) has no single-stream blocks, guidance or pooled text input: "
+            "depth_single and text_pool_dim must be 0, guidance_embed false",
+        )
+        need(
+            self.split_qkv or not (self.byt5_dim or self.vision_dim or self.meanflow),
+            "the byT5 / vision streams and meanflow belong to the 1.5 layout (split_qkv)",
         )
         need(self.vision_tokens >= 1, f"vision_tokens must be >= 1, got {self.vision_tokens}")
         need(self.resolution in RESOLUTIONS, f"resolution must be one of {RESOLUTIONS}, got {self.resolution!r}")
@@ -102,8 +107,8 @@ class DiTConfig:
 
     @property
     def is_15(self) -> bool:
-        """A HunyuanVideo 1.5 DiT: split q/k/v and the byT5 stream (the release has both; v1 neither)."""
-        return self.split_qkv and self.byt5_dim > 0
+        """A HunyuanVideo 1.5 DiT (the 1.5 layout and key names): split q/k/v, which v1 never has."""
+        return self.split_qkv
 
     @property
     def head_dim(self) -> int:
@@ -376,13 +381,12 @@ def dit15_from_diffusers(cfg: dict) -> DiTConfig:
 
 
 def dit15_to_diffusers(c: DiTConfig) -> dict:
-    """A 1.5 config with HunyuanVideo15Transformer3DModel's argument names (ConfigError if diffusers cannot hold
-    it: a byT5 inner width other than 2048, unequal patch height and width)."""
-    if c.byt5_hidden != 2048 or c.patch_size[1] != c.patch_size[2]:
-        raise ConfigError(
-            f"DiT config: diffusers' 1.5 model fixes byt5_hidden 2048 and square patches "
-            f"(got {c.byt5_hidden}, {c.patch_size})"
-        )
+    """A 1.5 config with HunyuanVideo15Transformer3DModel's argument names (ConfigError if diffusers' class cannot
+    hold it: it always has the byT5 (inner width 2048), vision and cond-type inputs, square patches, no guidance
+    or pooled text input)."""
+    fits = c.byt5_dim and c.vision_dim and c.cond_type_embed and c.byt5_hidden == 2048
+    if not fits or c.patch_size[1] != c.patch_size[2] or c.guidance_embed or c.text_pool_dim:
+        raise ConfigError(f"DiT config: diffusers' HunyuanVideo15Transformer3DModel cannot hold {c}")
     return {
         "_class_name": DIFFUSERS15_CLASS,
         "in_channels": c.in_channels,
@@ -465,9 +469,9 @@ def dit15_from_official(cfg: dict) -> DiTConfig:
 def dit15_to_official(c: DiTConfig) -> dict:
     """A 1.5 config with the official class's argument names; `in_channels` is the latent width (the class adds the
     condition and mask itself when concat_condition is set)."""
-    if not c.is_15 or c.byt5_hidden != 2048 or c.guidance_embed or c.text_pool_dim:
+    if not c.is_15 or not c.byt5_dim or c.byt5_hidden != 2048 or c.guidance_embed or c.text_pool_dim:
         raise ConfigError(
-            "DiT config: an official 1.5 config.json holds a 1.5 DiT with byt5_hidden 2048, "
+            "DiT config: an official 1.5 config.json holds a 1.5 DiT with a byT5 stream of inner width 2048, "
             "no guidance and no pooled text input"
         )
     concat = c.image_condition == "latent_concat"

@@ -22,7 +22,7 @@ from hyvideo.checkpoints.dit import (
 )
 from hyvideo.config import HYVIDEO15_DIT, TINY_DIT15, ConfigError, DiTConfig, dit_config
 from hyvideo.errors import UsageError
-from hyvideo.lora import LoraSpec, check_lora_specs, merge_loras, wrap_loras
+from hyvideo.lora import LoraSpec, Target, check_lora_specs, merge_loras, target_of, wrap_loras
 from hyvideo.modules import dit as dit_module
 from hyvideo.modules.dit import ExtraInputs
 from hyvideo.quantization import FP8, fp8_layer_names, load_dit_fp8
@@ -172,6 +172,20 @@ def test_a_15_dit_requires_its_extra_inputs(pair):
         model(x, t, qwen, qmask, None, None, extra=ExtraInputs(None, None, None, t))
 
 
+def test_double_block_compiles_without_graph_breaks(pair):
+    """The split-q/k/v double block traces as one graph (what regional --compile needs); eager backend: the
+    tracing is tested here, inductor's code by tests/test_compile.py."""
+    model, _ = pair
+    x, t, qwen, qmask, extra, _, _ = inputs15(TINY_DIT15, 2, [7, 3], [2, 5], vision=True)
+    with torch.no_grad():
+        img, txt, vec, ctx = model.embed(x, t, qwen, qmask, None, None, extra=extra)
+        block = model.double_blocks[0]
+        eager = block(img, txt, vec, ctx)
+        torch._dynamo.reset()
+        traced = torch.compile(block, backend="eager", fullgraph=True)(img, txt, vec, ctx)
+    assert all(torch.equal(a, b) for a, b in zip(eager, traced, strict=True))
+
+
 def test_key_map_round_trip_is_lossless_and_names_diffusers_keys():
     for cfg in (TINY_DIT15, TINY_DIT15.replace(meanflow=True)):
         model = random_dit(cfg, seed=1)
@@ -256,6 +270,22 @@ def test_official_options_we_do_not_build_are_refused(tmp_path, change, match):
         dit_config("HYVideo-T/2-cfgdistill", tmp_path / "config.json")
 
 
+@pytest.mark.parametrize(
+    "change,match",
+    [
+        ({"depth_single": 2}, "no single-stream blocks"),
+        ({"guidance_embed": True}, "guidance"),
+        ({"text_pool_dim": 8}, "pooled"),
+        ({"split_qkv": False}, "belong to the 1.5 layout"),
+        ({"vision_dim": 0}, "cond_type_embed needs"),
+        ({"task": "x2v"}, "task"),
+    ],
+)
+def test_config_invariants(change, match):
+    with pytest.raises(ConfigError, match=match):
+        TINY_DIT15.replace(**change)
+
+
 def test_both_config_layouts_round_trip():
     for cfg in (HYVIDEO15_DIT.replace(resolution="720p", task="i2v"), TINY_DIT15.replace(meanflow=True)):
         assert DiTConfig.from_official(cfg.to_official()) == cfg
@@ -317,6 +347,20 @@ def test_bf16_load_and_fp8_on_the_fly(folders):
 # ---------------------------------------------------------------------------------------------------------------
 # LoRA with diffusers' 1.5 names
 # ---------------------------------------------------------------------------------------------------------------
+def test_lora_names_resolve_with_the_15_table():
+    """Diffusers, official dotted and kohya names of 1.5 layers; the v1 table reads to_q as a part of a fused qkv."""
+    r = DIFFUSERS15_RULES
+    assert target_of("transformer.transformer_blocks.0.attn.to_q", r) == Target("double_blocks.0.img_attn_q")
+    assert target_of("transformer_blocks.3.attn.add_k_proj", r) == Target("double_blocks.3.txt_attn_k")
+    assert target_of("lora_unet_double_blocks_1_txt_attn_v", r) == Target("double_blocks.1.txt_attn_v")
+    assert target_of("lora_unet_vision_in_proj_3", r) == Target("vision_in.proj.3")
+    assert target_of("diffusion_model.byt5_in.fc2", r) == Target("byt5_in.fc2")
+    assert target_of("context_embedder_2.linear_3", r) == Target("byt5_in.fc3")
+    assert target_of("time_embed.timestep_embedder_r.linear_2", r) == Target("time_r_in.mlp.2")
+    assert target_of("single_transformer_blocks.0.proj_mlp", r) is None  # no single blocks in 1.5
+    assert target_of("transformer_blocks.0.attn.to_q").module == "double_blocks.0.img_attn_qkv"  # v1
+
+
 def test_diffusers_named_lora_merges_into_the_15_layers(tmp_path):
     """A LoRA with HunyuanVideo15Transformer3DModel names (as PEFT saves it for diffusers' model) lands on our
     layers: merged == applied to diffusers-named weights directly, and unmerged == merged."""

@@ -147,7 +147,7 @@ class DoubleStreamBlock(nn.Module):
     def _qkv(self, s: str, x: torch.Tensor, mod: StreamModulation):
         h = mod.modulate(layer_norm(x, self.eps), 0)
         if self.split_qkv:
-            q, k, v = (getattr(self, f"{s}_attn_{n}")(h).unflatten(-1, (self.heads, -1)) for n in "qkv")  # (B,L,H,D)
+            q, k, v = [getattr(self, f"{s}_attn_{n}")(h).unflatten(-1, (self.heads, -1)) for n in "qkv"]  # (B,L,H,D)
         else:
             q, k, v = rearrange(getattr(self, f"{s}_attn_qkv")(h), "B L (K H D) -> K B L H D", K=3, H=self.heads)
         return getattr(self, f"{s}_attn_q_norm")(q), getattr(self, f"{s}_attn_k_norm")(k), v

@@ -858,10 +858,8 @@ def _hv15_flag(dest: str) -> str:
 
 def _check_hv15_flags(f: Flags, notes: list[str]) -> None:
     """With 1.5 weights: no v1-only flag, no feature we lack; options that change nothing are noted."""
+    _check_v1_only(f)
     defaults = flag_defaults()
-    for dest, instead in V1_ONLY.items():
-        if given(f[dest]) and (f[dest] != defaults[dest] or not given(defaults[dest])):  # explicit, or changed
-            raise UsageError(_flag(dest), f"a HunyuanVideo (v1) option: not for 1.5 weights ({instead}); drop it")
     if f["teacache_thresh"] != 0:
         raise UsageError(
             "--teacache-thresh",
@@ -890,6 +888,14 @@ def _check_hv15_flags(f: Flags, notes: list[str]) -> None:
         raise UsageError("--save_generation_config", "the run record <video>.json is always written; drop it")
     if f["sr"] is None and f["decode_latents"] is None and not f["dry_run"]:
         notes.append(HV15_NOTICE_SR)
+
+
+def _check_v1_only(f: Flags) -> None:
+    """No v1-only flag given (even at its default value) or changed (a prompt-file line) with 1.5 weights."""
+    defaults = flag_defaults()
+    for dest, instead in V1_ONLY.items():
+        if given(f[dest]) and (f[dest] != defaults[dest] or not given(defaults[dest])):
+            raise UsageError(_flag(dest), f"a HunyuanVideo (v1) option: not for 1.5 weights ({instead}); drop it")
 
 
 def _aspect_ratio(text: str | None) -> tuple[int, int]:
@@ -1306,6 +1312,7 @@ def for_prompt(base: SampleRequest, flags: Flags, image: SourceImage | None = No
             f = stage.model_defaults(f)
     negative = DEFAULT_NEGATIVE_PROMPT
     if base.hv15 is not None:
+        _check_v1_only(f)  # a prompt-file line may set i2v_stability or embedded_cfg_scale
         f = base.hv15.model_defaults(f, stage.i2v_image)
         negative = ""
     sampling = SamplingOptions.from_flags(f, [])

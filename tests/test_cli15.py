@@ -450,6 +450,9 @@ def test_prompt_file_entries_keep_the_version_defaults(tmp_path, image) -> None:
         "a dog", 4, 6.0, 7.0, 121
     )  # fmt: skip
     assert (other.height, other.width, other.neg_prompt) == (1168, 784, "")
+    for key, value in (("i2v_stability", True), ("embedded_cfg_scale", 1.0)):
+        with pytest.raises(UsageError, match=f"^--{key.replace('_', '-')}: a HunyuanVideo \\(v1\\) option"):
+            for_prompt(r, {**vars(args), key: value})
 
 
 # --------------------------------------------------------------------------- refusals: exit 2, one line, no load

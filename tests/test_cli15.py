@@ -17,6 +17,7 @@ from hyvideo import cli, pipeline
 from hyvideo.checkpoints.layout import folder_version15, locate15, model_family, official_versions15
 from hyvideo.choices import HV15_VERSIONS
 from hyvideo.errors import CheckpointError, UsageError
+from hyvideo.image import bucket_sizes
 from hyvideo.request import HV15_NOTICE_SR, SampleRequest, hv15_bucket, validate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -355,8 +356,13 @@ def test_buckets_against_diffusers(target: int) -> None:
     """Our bucket is the official one: the nearest bucket ratio (rounded to 5 decimals) on either side. diffusers'
     1.5 image processor only looks on one side (portrait: ratios <= the picture's, landscape: >=), so it agrees
     except where the nearest bucket lies on the other side; there ours must be strictly nearer."""
-    from diffusers.pipelines.hunyuan_video1_5.image_processor import HunyuanVideo15ImageProcessor
+    from diffusers.pipelines.hunyuan_video1_5.image_processor import (
+        HunyuanVideo15ImageProcessor,
+        generate_crop_size_list,
+    )
 
+    # the same buckets in the same order (ties go to the earlier one)
+    assert bucket_sizes(target, 16) == generate_crop_size_list(target, 16)
     processor = HunyuanVideo15ImageProcessor(vae_scale_factor=16)
     differ = []
     for h, w in [(9, 16), (16, 9), (1, 1), (3, 4), (4, 3), (300, 200), (1080, 1920), (1, 10), (10, 1), (517, 923),

@@ -1012,7 +1012,7 @@ class Family15Options:
     output_file: Path | None  # --output_path: the video's exact file name (one video only); None = named as v1's
 
     @classmethod
-    def from_flags(cls, f: Flags, notes: list[str], image_later: bool = False) -> Family15Options:
+    def from_flags(cls, f: Flags, notes: list[str]) -> Family15Options:
         """The flags that 1.5 refuses, then the version (folder and flags), the components (every file checked),
         the folder's or the table's defaults. Reads small JSON files only."""
         _check_hv15_flags(f, notes)
@@ -1026,7 +1026,7 @@ class Family15Options:
                 "diffusers-format folder)",
             )
         diffusers = exists and (base / "model_index.json").is_file()
-        task = "i2v" if image is not None or f["i2v_mode"] or image_later else "t2v"
+        task = "i2v" if image is not None or f["i2v_mode"] else "t2v"
         if diffusers:
             version = _diffusers_version(f, base, image is not None or bool(f["i2v_mode"]))
         elif exists and official_versions15(base) and f["decode_latents"] is not None:
@@ -1220,7 +1220,7 @@ def validate(flags: Namespace | Flags, notes: list[str] | None = None, *, image_
     f = {**flag_defaults(), **(vars(flags) if isinstance(flags, Namespace) else flags)}
     _check_choices(f)
     family_notes: list[str] = []
-    hv15 = Family15Options.from_flags(f, family_notes, image_later) if _family(f) == "1.5" else None
+    hv15 = Family15Options.from_flags(f, family_notes) if _family(f) == "1.5" else None
     if hv15 is None:
         _check_no_hv15_flags(f)
         image = ImageOptions.from_flags(f, image_later)

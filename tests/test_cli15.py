@@ -565,3 +565,13 @@ def test_decoding_latents_needs_only_the_vae(tmp_path) -> None:
     argv = ["--model-base", str(base), "--decode-latents", str(latents), "--save-path", str(tmp_path / "o")]
     r = validate(cli.build_parser().parse_args([*argv, "--device", "cpu"]))
     assert (r.family, r.paths.version, r.i2v_mode, r.decode_latents) == ("1.5", "480p_i2v", False, latents)
+
+
+def test_python_api_construction_takes_images_later(tmp_path) -> None:
+    """The Python API validates once with `image_later` (each call brings its image): text-to-video weights stay
+    text-to-video, image-to-video weights need no image yet."""
+    values = {"prompt": "a cat", "device": "cpu", "save_path": str(tmp_path / "o")}
+    t2v = validate({**values, "model_base": str(official_tree(tmp_path / "ckpts", "480p_t2v"))}, image_later=True)
+    assert (t2v.task, t2v.i2v_mode) == ("t2v", False)
+    i2v = validate({**values, "model_base": str(diffusers_folder(tmp_path / "d", I2V_CLASS))}, image_later=True)
+    assert (i2v.task, i2v.i2v_mode, i2v.i2v_image) == ("i2v", True, None)

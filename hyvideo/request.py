@@ -986,7 +986,8 @@ def _diffusers_version(f: Flags, base: Path, has_image: bool) -> str:
     }
     for flag, (wanted, held) in asked.items():
         if wanted is not None and wanted != held:
-            raise UsageError(flag, f"{wanted}, but --model-base {base} holds {version}")
+            said = str(wanted).lower() if isinstance(wanted, bool) else wanted
+            raise UsageError(flag, f"{said}, but --model-base {base} holds {version}")
     return version
 
 

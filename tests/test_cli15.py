@@ -517,7 +517,7 @@ def refusal_cases(tmp_path: Path, image: Path) -> list[tuple[list[str], str]]:
         (["--model-base", str(i2v), "--image_path", str(image), "--resolution", "720p"], "--resolution: 720p, but "
          "--model-base " + str(i2v) + " holds 480p_i2v"),
         (["--model-base", str(i2v), "--image_path", str(image), "--enable_step_distill"], "--enable_step_distill: "
-         "True, but --model-base " + str(i2v) + " holds 480p_i2v"),
+         "true, but --model-base " + str(i2v) + " holds 480p_i2v"),
         (["--model-base", str(i2v), "--image_path", str(image), "--video-length", "1"], "--video-length: 1 frame"),
         (["--model-base", str(tmp_path / "missing"), "--resolution", "480p"], "--model-base: "),
     ]  # fmt: skip

@@ -1058,7 +1058,7 @@ class Family15Options:
         aspect = _aspect_ratio(f["aspect_ratio"])
         if f["aspect_ratio"] is not None and spec.task == "i2v":
             notes.append("--aspect_ratio has no effect with an image: the image's aspect picks the size")
-        return cls(
+        options = cls(
             version=version,
             task=spec.task,
             resolution=spec.resolution,
@@ -1075,6 +1075,12 @@ class Family15Options:
             default_infer_steps=spec.infer_steps,
             output_file=_output_file(f),
         )
+        notes.append(
+            f"HunyuanVideo 1.5 {version} ({'a diffusers folder' if diffusers else 'transformer/' + version}); "
+            f"defaults from the {options.defaults_from}: cfg {options.default_cfg_scale:g}, shift "
+            f"{options.default_flow_shift:g}, {options.default_infer_steps} steps"
+        )
+        return options
 
     def model_defaults(self, f: Flags, image: SourceImage | None, notes: list[str] | None = None) -> dict[str, Any]:
         """`f` with the defaults that follow the version where a flag was not given (guidance, shift, steps, 121

@@ -325,7 +325,12 @@ def test_diffusers_defaults_come_from_the_folder(tmp_path, image) -> None:
         "folder",
     )
     step = diffusers_folder(tmp_path / "s", I2V_CLASS, guidance=1.0, shift=7.0, meanflow=True)
-    r = req(step, tmp_path, "--image-path", str(image))
+    notes: list[str] = []
+    r = req(step, tmp_path, "--image-path", str(image), notes=notes)
+    assert (
+        "HunyuanVideo 1.5 480p_i2v_step_distilled (a diffusers folder); defaults from the folder: cfg 1, shift 7, "
+        "12 steps"
+    ) in notes
     assert (r.version, r.cfg_scale, r.flow_shift, r.infer_steps, r.meanflow) == (
         "480p_i2v_step_distilled", 1.0, 7.0, 12, True
     )  # fmt: skip

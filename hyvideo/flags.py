@@ -1,6 +1,7 @@
-"""The command line's flags: every flag of the official HunyuanVideo `sample_video.py` with its official default, plus
-ours. Parsing only; `hyvideo.request.validate` checks the values. A bad flag raises `UsageError` (one line, exit 2)
-instead of printing usage text.
+"""The command line's flags: every flag of the official HunyuanVideo `sample_video.py` with its official default, every
+option of HunyuanVideo 1.5's `generate.py` (underscore or dash spelling; its defaults per version are applied by
+`hyvideo.request`), plus ours. Parsing only; `hyvideo.request.validate` checks the values. A bad flag raises
+`UsageError` (one line, exit 2) instead of printing usage text.
 
 Adding a flag: one line here (in the group of its stage), one field in the options class of that stage in
 `hyvideo.request`, and its check there.

@@ -858,10 +858,8 @@ def _hv15_flag(dest: str) -> str:
 
 def _check_hv15_flags(f: Flags, notes: list[str]) -> None:
     """With 1.5 weights: no v1-only flag, no feature we lack; options that change nothing are noted."""
+    _check_v1_only(f)
     defaults = flag_defaults()
-    for dest, instead in V1_ONLY.items():
-        if given(f[dest]) and (f[dest] != defaults[dest] or not given(defaults[dest])):  # explicit, or changed
-            raise UsageError(_flag(dest), f"a HunyuanVideo (v1) option: not for 1.5 weights ({instead}); drop it")
     if f["teacache_thresh"] != 0:
         raise UsageError(
             "--teacache-thresh",
@@ -890,6 +888,14 @@ def _check_hv15_flags(f: Flags, notes: list[str]) -> None:
         raise UsageError("--save_generation_config", "the run record <video>.json is always written; drop it")
     if f["sr"] is None and f["decode_latents"] is None and not f["dry_run"]:
         notes.append(HV15_NOTICE_SR)
+
+
+def _check_v1_only(f: Flags) -> None:
+    """No v1-only flag given (even at its default value) or changed (a prompt-file line) with 1.5 weights."""
+    defaults = flag_defaults()
+    for dest, instead in V1_ONLY.items():
+        if given(f[dest]) and (f[dest] != defaults[dest] or not given(defaults[dest])):
+            raise UsageError(_flag(dest), f"a HunyuanVideo (v1) option: not for 1.5 weights ({instead}); drop it")
 
 
 def _aspect_ratio(text: str | None) -> tuple[int, int]:
@@ -980,7 +986,8 @@ def _diffusers_version(f: Flags, base: Path, has_image: bool) -> str:
     }
     for flag, (wanted, held) in asked.items():
         if wanted is not None and wanted != held:
-            raise UsageError(flag, f"{wanted}, but --model-base {base} holds {version}")
+            said = str(wanted).lower() if isinstance(wanted, bool) else wanted
+            raise UsageError(flag, f"{said}, but --model-base {base} holds {version}")
     return version
 
 
@@ -1006,7 +1013,7 @@ class Family15Options:
     output_file: Path | None  # --output_path: the video's exact file name (one video only); None = named as v1's
 
     @classmethod
-    def from_flags(cls, f: Flags, notes: list[str], image_later: bool = False) -> Family15Options:
+    def from_flags(cls, f: Flags, notes: list[str]) -> Family15Options:
         """The flags that 1.5 refuses, then the version (folder and flags), the components (every file checked),
         the folder's or the table's defaults. Reads small JSON files only."""
         _check_hv15_flags(f, notes)
@@ -1020,7 +1027,7 @@ class Family15Options:
                 "diffusers-format folder)",
             )
         diffusers = exists and (base / "model_index.json").is_file()
-        task = "i2v" if image is not None or f["i2v_mode"] or image_later else "t2v"
+        task = "i2v" if image is not None or f["i2v_mode"] else "t2v"
         if diffusers:
             version = _diffusers_version(f, base, image is not None or bool(f["i2v_mode"]))
         elif exists and official_versions15(base) and f["decode_latents"] is not None:
@@ -1051,7 +1058,7 @@ class Family15Options:
         aspect = _aspect_ratio(f["aspect_ratio"])
         if f["aspect_ratio"] is not None and spec.task == "i2v":
             notes.append("--aspect_ratio has no effect with an image: the image's aspect picks the size")
-        return cls(
+        options = cls(
             version=version,
             task=spec.task,
             resolution=spec.resolution,
@@ -1068,6 +1075,12 @@ class Family15Options:
             default_infer_steps=spec.infer_steps,
             output_file=_output_file(f),
         )
+        notes.append(
+            f"HunyuanVideo 1.5 {version} ({'a diffusers folder' if diffusers else 'transformer/' + version}); "
+            f"defaults from the {options.defaults_from}: cfg {options.default_cfg_scale:g}, shift "
+            f"{options.default_flow_shift:g}, {options.default_infer_steps} steps"
+        )
+        return options
 
     def model_defaults(self, f: Flags, image: SourceImage | None, notes: list[str] | None = None) -> dict[str, Any]:
         """`f` with the defaults that follow the version where a flag was not given (guidance, shift, steps, 121
@@ -1214,7 +1227,7 @@ def validate(flags: Namespace | Flags, notes: list[str] | None = None, *, image_
     f = {**flag_defaults(), **(vars(flags) if isinstance(flags, Namespace) else flags)}
     _check_choices(f)
     family_notes: list[str] = []
-    hv15 = Family15Options.from_flags(f, family_notes, image_later) if _family(f) == "1.5" else None
+    hv15 = Family15Options.from_flags(f, family_notes) if _family(f) == "1.5" else None
     if hv15 is None:
         _check_no_hv15_flags(f)
         image = ImageOptions.from_flags(f, image_later)
@@ -1306,6 +1319,7 @@ def for_prompt(base: SampleRequest, flags: Flags, image: SourceImage | None = No
             f = stage.model_defaults(f)
     negative = DEFAULT_NEGATIVE_PROMPT
     if base.hv15 is not None:
+        _check_v1_only(f)  # a prompt-file line may set i2v_stability or embedded_cfg_scale
         f = base.hv15.model_defaults(f, stage.i2v_image)
         negative = ""
     sampling = SamplingOptions.from_flags(f, [])

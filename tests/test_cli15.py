@@ -17,6 +17,7 @@ from hyvideo import cli, pipeline
 from hyvideo.checkpoints.layout import folder_version15, locate15, model_family, official_versions15
 from hyvideo.choices import HV15_VERSIONS
 from hyvideo.errors import CheckpointError, UsageError
+from hyvideo.image import bucket_sizes
 from hyvideo.request import HV15_NOTICE_SR, SampleRequest, hv15_bucket, validate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -324,7 +325,12 @@ def test_diffusers_defaults_come_from_the_folder(tmp_path, image) -> None:
         "folder",
     )
     step = diffusers_folder(tmp_path / "s", I2V_CLASS, guidance=1.0, shift=7.0, meanflow=True)
-    r = req(step, tmp_path, "--image-path", str(image))
+    notes: list[str] = []
+    r = req(step, tmp_path, "--image-path", str(image), notes=notes)
+    assert (
+        "HunyuanVideo 1.5 480p_i2v_step_distilled (a diffusers folder); defaults from the folder: cfg 1, shift 7, "
+        "12 steps"
+    ) in notes
     assert (r.version, r.cfg_scale, r.flow_shift, r.infer_steps, r.meanflow) == (
         "480p_i2v_step_distilled", 1.0, 7.0, 12, True
     )  # fmt: skip
@@ -355,8 +361,13 @@ def test_buckets_against_diffusers(target: int) -> None:
     """Our bucket is the official one: the nearest bucket ratio (rounded to 5 decimals) on either side. diffusers'
     1.5 image processor only looks on one side (portrait: ratios <= the picture's, landscape: >=), so it agrees
     except where the nearest bucket lies on the other side; there ours must be strictly nearer."""
-    from diffusers.pipelines.hunyuan_video1_5.image_processor import HunyuanVideo15ImageProcessor
+    from diffusers.pipelines.hunyuan_video1_5.image_processor import (
+        HunyuanVideo15ImageProcessor,
+        generate_crop_size_list,
+    )
 
+    # the same buckets in the same order (ties go to the earlier one)
+    assert bucket_sizes(target, 16) == generate_crop_size_list(target, 16)
     processor = HunyuanVideo15ImageProcessor(vae_scale_factor=16)
     differ = []
     for h, w in [(9, 16), (16, 9), (1, 1), (3, 4), (4, 3), (300, 200), (1080, 1920), (1, 10), (10, 1), (517, 923),
@@ -450,6 +461,9 @@ def test_prompt_file_entries_keep_the_version_defaults(tmp_path, image) -> None:
         "a dog", 4, 6.0, 7.0, 121
     )  # fmt: skip
     assert (other.height, other.width, other.neg_prompt) == (1168, 784, "")
+    for key, value in (("i2v_stability", True), ("embedded_cfg_scale", 1.0)):
+        with pytest.raises(UsageError, match=f"^--{key.replace('_', '-')}: a HunyuanVideo \\(v1\\) option"):
+            for_prompt(r, {**vars(args), key: value})
 
 
 # --------------------------------------------------------------------------- refusals: exit 2, one line, no load
@@ -508,7 +522,7 @@ def refusal_cases(tmp_path: Path, image: Path) -> list[tuple[list[str], str]]:
         (["--model-base", str(i2v), "--image_path", str(image), "--resolution", "720p"], "--resolution: 720p, but "
          "--model-base " + str(i2v) + " holds 480p_i2v"),
         (["--model-base", str(i2v), "--image_path", str(image), "--enable_step_distill"], "--enable_step_distill: "
-         "True, but --model-base " + str(i2v) + " holds 480p_i2v"),
+         "true, but --model-base " + str(i2v) + " holds 480p_i2v"),
         (["--model-base", str(i2v), "--image_path", str(image), "--video-length", "1"], "--video-length: 1 frame"),
         (["--model-base", str(tmp_path / "missing"), "--resolution", "480p"], "--model-base: "),
     ]  # fmt: skip
@@ -556,3 +570,13 @@ def test_decoding_latents_needs_only_the_vae(tmp_path) -> None:
     argv = ["--model-base", str(base), "--decode-latents", str(latents), "--save-path", str(tmp_path / "o")]
     r = validate(cli.build_parser().parse_args([*argv, "--device", "cpu"]))
     assert (r.family, r.paths.version, r.i2v_mode, r.decode_latents) == ("1.5", "480p_i2v", False, latents)
+
+
+def test_python_api_construction_takes_images_later(tmp_path) -> None:
+    """The Python API validates once with `image_later` (each call brings its image): text-to-video weights stay
+    text-to-video, image-to-video weights need no image yet."""
+    values = {"prompt": "a cat", "device": "cpu", "save_path": str(tmp_path / "o")}
+    t2v = validate({**values, "model_base": str(official_tree(tmp_path / "ckpts", "480p_t2v"))}, image_later=True)
+    assert (t2v.task, t2v.i2v_mode) == ("t2v", False)
+    i2v = validate({**values, "model_base": str(diffusers_folder(tmp_path / "d", I2V_CLASS))}, image_later=True)
+    assert (i2v.task, i2v.i2v_mode, i2v.i2v_image) == ("i2v", True, None)

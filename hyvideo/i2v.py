@@ -152,8 +152,9 @@ def header_input_width(weights: Path, load_key: str = "module") -> int | None:
 
     safetensors: the header names every shape. An official `.pt` in torch's zip format: `torch.load(mmap=True,
     weights_only=True)` unpickles the small record index and maps the tensor data without reading it (measured on
-    a 2 GiB file of 1500 tensors: about 4 KiB read per tensor, 0.5 s, peak RSS +5 MiB, the same as for a file of
-    1500 empty tensors). A legacy (non-zip) `.pt` cannot be mapped: None (loading reads it and checks)."""
+    a 2 GiB file of 1500 tensors, more than the released DiT's 856: about 4 KiB read per tensor, 0.5 s, peak RSS
+    +5 MiB, the same as for a file of 1500 empty tensors). A legacy (non-zip) `.pt` cannot be mapped: None
+    (loading reads it and checks). docs/DESIGN.md §17.9."""
     kind, where = find_dit_weights(weights)
     if kind == "official":
         if not zipfile.is_zipfile(where):

@@ -305,6 +305,19 @@ def test_header_input_width_reads_every_format_without_the_weights(models, tmp_p
     assert i2v.header_input_width(legacy) is None
 
 
+def test_embedded_guidance_default_is_the_official_scripts_6(models, image_path, tmp_path):
+    """The official I2V CLI's --embedded-cfg-scale defaults to None, which cannot run token_replace weights (its DiT
+    is then built without guidance_in and the strict load refuses the checkpoint's guidance_in weights, or with the
+    default --model it raises at the first step); every official I2V script and README command passes 6.0. Ours
+    defaults to 6 for token_replace: the latents of an explicit --embedded-cfg-scale 6, not those of 1."""
+    size = ["--video-size", str(HEIGHT), str(WIDTH)]
+    default, record, _ = run(models["token_replace"], tmp_path / "default", *size, image=image_path)
+    six, _, _ = run(models["token_replace"], tmp_path / "six", *size, "--embedded-cfg-scale", "6", image=image_path)
+    one, _, _ = run(models["token_replace"], tmp_path / "one", *size, "--embedded-cfg-scale", "1", image=image_path)
+    assert torch.equal(default, six) and not torch.equal(default, one)
+    assert record["embedded_cfg_scale"] == 6.0
+
+
 # --------------------------------------------------------------------------- RIFLEx on the command line
 def test_riflex_cli(models, tmp_path):
     root = models["t2v_riflex"]

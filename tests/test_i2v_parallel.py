@@ -23,8 +23,9 @@ SIZE = ["--video-size", str(HEIGHT), str(WIDTH)]
 # fp32 on both sides; the ring only reorders sums (attention over key blocks merged by log-sum-exp), cfg-parallel
 # computes the same two forwards and exchanges them whole. Measured (tiny models, 3 steps): ring 1.8e-7
 # (token_replace, latent_concat, token_replace over 4 positions), 5.2e-7 (SkyReels: real CFG 6 scales the
-# differences), cfg-parallel 0.0 for all three. The bound is the text-to-video parallel tests'. Frame 0 given its
-# own modulation on chunk 0 only (the share of chunk 1 under --ring-degree 4 dropped) measured 2.6e-2.
+# differences; also with --cfg-parallel on top, 4 processes), cfg-parallel 0.0 for all three, ring 4 with TeaCache
+# 1.9e-7. The bound is the text-to-video parallel tests'. Frame 0 given its own modulation on chunk 0 only (the
+# share of chunk 1 under --ring-degree 4 dropped) measured 2.6e-2.
 TOL = 1e-5
 TIMEOUT_S = 1200  # one launch: torch import per rank, the tiny models, on two shared, busy cores
 
@@ -67,6 +68,10 @@ CASES: dict[str, tuple[str, list[str], list[str], int]] = {
     "cfg_parallel-token_replace": ("token_replace", ["--cfg-parallel"], ["--cfg-scale", "2"], 2),
     "cfg_parallel-latent_concat": ("latent_concat", ["--cfg-parallel"], ["--cfg-scale", "2"], 2),
     "cfg_parallel-skyreels": ("skyreels", ["--cfg-parallel"], [], 2),
+    # the two together: cfg halves of two ring positions each
+    "ring_cfg_parallel-skyreels": ("skyreels", ["--ring-degree", "2", "--cfg-parallel"], [], 4),
+    # TeaCache runs the blocks through SequenceParallelDiT.run_blocks, which splits frame 0's count too
+    "ring4_teacache-token_replace": ("token_replace", ["--ring-degree", "4"], ["--teacache-thresh", "10"], 4),
 }
 
 

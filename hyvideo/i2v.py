@@ -12,16 +12,21 @@ Nothing here knows the architecture: the DiT sees the concatenated channels or t
 
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 
+from hyvideo.checkpoints.common import as_state_dict, load_torch_file
+from hyvideo.checkpoints.dit import DIFFUSERS_STEM, find_dit_weights
 from hyvideo.checkpoints.layout import ModelPaths, locate
 from hyvideo.checkpoints.vae import load_vae
 from hyvideo.choices import DEFAULT_NEGATIVE_PROMPT
 from hyvideo.config import DiTConfig, with_image_condition
 from hyvideo.dtypes import PRECISIONS
-from hyvideo.errors import UsageError
+from hyvideo.errors import CheckpointError, UsageError
 from hyvideo.image import prepare_image
 from hyvideo.modules.llava_encoder import NEGATIVE_PROMPT_I2V, I2VTextEncoders, LlavaEncoderConfig, check_prompt
 from hyvideo.modules.text_encoders import TextEmbeddings
@@ -109,10 +114,66 @@ def model_paths(req: SampleRequest) -> ModelPaths:
 
 
 def dit_config(cfg: DiTConfig, req: SampleRequest) -> DiTConfig:
-    """`cfg` (the preset, or the config beside the weights) as the request's image-to-video DiT: the released
-    official tree has no config, so the preset becomes the DiT of the condition (`with_image_condition`); loading
-    then checks the weights' input width against it."""
-    return with_image_condition(cfg, req.i2v_condition) if cfg.image_condition == "none" else cfg
+    """`cfg` (the preset, or the config beside the weights) as the request's image-to-video DiT. The released
+    official tree has no config, so the preset becomes the DiT of the condition (`with_image_condition`), after
+    `check_input_width` compared the condition with the width the weights' header gives (before anything loads)."""
+    if cfg.image_condition != "none":
+        return cfg
+    out = with_image_condition(cfg, req.i2v_condition)
+    check_input_width(out, model_paths(req).dit, req.load_key)
+    return out
+
+
+INPUT_WEIGHTS = ("img_in.proj.weight", "x_embedder.proj.weight")  # the patch embedding: official, diffusers name
+
+
+def check_input_width(cfg: DiTConfig, weights: Path, load_key: str = "module") -> None:
+    """The request's DiT (`cfg`, built from its condition) must take the input width of `weights`: else exit 2
+    naming the condition and what the weights are (e.g. --i2v-condition-type latent_concat with 16-channel
+    weights, or the default token_replace with the 33-channel ones). Nothing to check when the header cannot be
+    read cheaply (`header_input_width`); loading then compares them."""
+    width = header_input_width(weights, load_key)
+    if width is None or width == cfg.in_channels:
+        return
+    c = cfg.out_channels
+    what = {  # for 16 latent channels: 16, 33, 32 input channels
+        c: "token_replace or text-to-video; give --i2v-condition-type token_replace",
+        2 * c + 1: "latent_concat; give --i2v-condition-type latent_concat",
+        2 * c: "SkyReels-V1 concat; run them from their diffusers folder, whose config says so",
+    }.get(width, "no known image condition")
+    raise UsageError(
+        "--i2v-condition-type",
+        f"{cfg.image_condition}, but the DiT weights {weights} take {width} input channels ({what})",
+    )
+
+
+def header_input_width(weights: Path, load_key: str = "module") -> int | None:
+    """The input channels of a DiT checkpoint from its header alone, or None when only a full read could tell.
+
+    safetensors: the header names every shape. An official `.pt` in torch's zip format: `torch.load(mmap=True,
+    weights_only=True)` unpickles the small record index and maps the tensor data without reading it (measured on
+    a 2 GiB file of 1500 tensors, more than the released DiT's 856: about 4 KiB read per tensor, 0.5 s, peak RSS
+    +5 MiB, the same as for a file of 1500 empty tensors). A legacy (non-zip) `.pt` cannot be mapped: None
+    (loading reads it and checks). docs/DESIGN.md §17.9."""
+    kind, where = find_dit_weights(weights)
+    if kind == "official":
+        if not zipfile.is_zipfile(where):
+            return None
+        sd = as_state_dict(load_torch_file(where), where, load_key)
+        w = sd.get(INPUT_WEIGHTS[0])
+        return None if w is None or w.ndim != 5 else int(w.shape[1])
+    files = [where] if where.is_file() else sorted(where.glob(f"{DIFFUSERS_STEM}*.safetensors"))
+    for file in files:
+        try:
+            with safe_open(str(file), "pt") as f:
+                names = set(f.keys())  # the header's tensor names
+                for name in INPUT_WEIGHTS:
+                    if name in names:
+                        shape = f.get_slice(name).get_shape()  # (C, in, pt, ph, pw)
+                        return int(shape[1]) if len(shape) == 5 else None
+        except (SafetensorError, OSError) as e:
+            raise CheckpointError(f"{file}: cannot read the safetensors header ({str(e)[:160]})") from None
+    return None
 
 
 def llava_config(req: SampleRequest, paths: ModelPaths) -> LlavaEncoderConfig:

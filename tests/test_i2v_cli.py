@@ -16,7 +16,9 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from torchrun_launch import launch
 
-from hyvideo import cli, io, pipeline
+from hyvideo import cli, i2v, io, pipeline
+from hyvideo.checkpoints.dit import load_dit, save_dit_diffusers
+from hyvideo.checkpoints.layout import OFFICIAL_I2V_DIT_DIR
 from hyvideo.config import DiTConfig
 from hyvideo.modules.llava_encoder import I2V_TEMPLATE, NEGATIVE_PROMPT_I2V, I2VTextEncoders, LlavaEncoderConfig
 from hyvideo.modules.text_encoders import NEGATIVE_PROMPT, TextEncoderConfig, TextEncoders
@@ -240,6 +242,80 @@ def test_bad_input_exit_2_one_line(models, image_path, tmp_path, capsys, monkeyp
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and message in err, (extra, err)
     assert not loaded and not (tmp_path / "out").exists()
+
+
+# --------------------------------------------------------------------------- the released official tree: no config
+def official_without_config(root: Path, condition: str) -> Path:
+    """The official I2V tree as released: no config.json beside mp_rank_00_model_states.pt (seed 1: the weights of
+    the diffusers folders of `models`)."""
+    write_tiny_i2v_model(root, "official", condition, seed=1)
+    (root / OFFICIAL_I2V_DIT_DIR / "transformers" / "config.json").unlink()
+    return root
+
+
+def test_official_tree_without_config_checks_the_condition_up_front(models, image_path, tmp_path, capsys, monkeypatch):
+    """The condition the flag (or its default, token_replace) names is checked against the input width in the
+    weights' header before anything loads: exit 2, one line naming both."""
+    token_replace = official_without_config(tmp_path / "tr", "token_replace")
+    latent_concat = official_without_config(tmp_path / "lc", "latent_concat")
+    capsys.readouterr()  # writing the models' progress bars
+    loaded = []
+    for name in ("load_denoiser", "encode_text"):
+        monkeypatch.setattr(pipeline, name, lambda *a, **k: loaded.append(a))
+    monkeypatch.setattr(i2v, "encode_image", lambda *a, **k: loaded.append(a))
+    cases = [
+        (token_replace, ["--i2v-condition-type", "latent_concat"], "--i2v-condition-type: latent_concat, but the DiT "
+         "weights", "take 16 input channels (token_replace or text-to-video; give --i2v-condition-type token_replace)"),
+        (latent_concat, [], "--i2v-condition-type: token_replace, but the DiT weights",
+         "take 33 input channels (latent_concat; give --i2v-condition-type latent_concat)"),
+    ]  # fmt: skip
+    for root, extra, *messages in cases:
+        argv = ["--prompt", PROMPT, "--model-base", str(root), "--i2v-mode", "--i2v-image-path", str(image_path)]
+        argv += ["--seed", "1", "--save-path", str(tmp_path / "out"), "--device", "cpu", *extra]
+        assert cli.main(argv) == 2, extra
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and all(m in err for m in messages), err
+        assert "mp_rank_00_model_states.pt" in err
+    assert not loaded and not (tmp_path / "out").exists()
+    # the flag that agrees passes: the preset (no config to read) becomes the 33-channel DiT without guidance input
+    flags = {"prompt": PROMPT, "model_base": str(latent_concat), "i2v_mode": True, "i2v_image_path": str(image_path)}
+    req = validate({**flags, "i2v_condition_type": "latent_concat"})
+    cfg = i2v.dit_config(pipeline.denoiser_config(req, i2v.model_paths(req)), req)
+    assert (cfg.image_condition, cfg.in_channels, cfg.guidance_embed) == ("latent_concat", 33, False)
+
+
+def test_header_input_width_reads_every_format_without_the_weights(models, tmp_path):
+    """The official zip `.pt` (memory-mapped), a diffusers folder (one file, or shards behind an index) and a
+    single safetensors file with either naming; a legacy `.pt` gives None (only a full read could tell)."""
+    official = models["official_token_replace"] / OFFICIAL_I2V_DIT_DIR / "transformers"
+    assert i2v.header_input_width(official) == 16
+    assert i2v.header_input_width(models["latent_concat"] / "transformer") == 33
+    assert i2v.header_input_width(models["skyreels"] / "transformer") == 32
+    model = load_dit(models["latent_concat"] / "transformer")
+    sharded = tmp_path / "sharded"
+    save_dit_diffusers(model, sharded, max_shard_bytes=50_000)
+    assert len(list(sharded.glob("*.safetensors"))) > 1 and i2v.header_input_width(sharded) == 33
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp_path / "official_names.safetensors")
+    assert i2v.header_input_width(tmp_path / "official_names.safetensors") == 33
+    diffusers_file = sorted((models["skyreels"] / "transformer").glob("*.safetensors"))[0]
+    assert i2v.header_input_width(diffusers_file) == 32
+    legacy = tmp_path / "legacy" / "mp_rank_00_model_states.pt"
+    legacy.parent.mkdir()
+    torch.save({"module": model.state_dict()}, legacy, _use_new_zipfile_serialization=False)
+    assert i2v.header_input_width(legacy) is None
+
+
+def test_embedded_guidance_default_is_the_official_scripts_6(models, image_path, tmp_path):
+    """The official I2V CLI's --embedded-cfg-scale defaults to None, which cannot run token_replace weights (its DiT
+    is then built without guidance_in and the strict load refuses the checkpoint's guidance_in weights, or with the
+    default --model it raises at the first step); every official I2V script and README command passes 6.0. Ours
+    defaults to 6 for token_replace: the latents of an explicit --embedded-cfg-scale 6, not those of 1."""
+    size = ["--video-size", str(HEIGHT), str(WIDTH)]
+    default, record, _ = run(models["token_replace"], tmp_path / "default", *size, image=image_path)
+    six, _, _ = run(models["token_replace"], tmp_path / "six", *size, "--embedded-cfg-scale", "6", image=image_path)
+    one, _, _ = run(models["token_replace"], tmp_path / "one", *size, "--embedded-cfg-scale", "1", image=image_path)
+    assert torch.equal(default, six) and not torch.equal(default, one)
+    assert record["embedded_cfg_scale"] == 6.0
 
 
 # --------------------------------------------------------------------------- RIFLEx on the command line

@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo demo-i2v test lint format bench gpu-check clean
+.PHONY: install demo demo-i2v demo-1.5 test lint format bench gpu-check clean
 
 install: $(STAMP)
 
@@ -61,6 +61,27 @@ demo-i2v: $(TINY_I2V)/.done
 		--prompt "A ball rolls across a colourful wall." --video-size 96 160 --video-length 17 --infer-steps 8 \
 		--seed 42 --save-path results \
 		--precision fp32 --vae-precision fp32 --text-encoder-precision fp32 --text-encoder-precision-2 fp32
+
+# HunyuanVideo 1.5: a tiny random-weight 480p image-to-video model (official ckpts/ layout: Qwen2.5-VL, byT5 with
+# its glyph vocabulary, SigLIP, the 1.5 DiT and VAE), run with generate.py's own option names; then text-to-video
+# from a tiny 480p_t2v tree.
+TINY_15 := results/tiny-1.5-model
+$(TINY_15)/.done: $(STAMP) hyvideo/tiny.py hyvideo/tiny_qwen.py
+	$(PY) -m hyvideo.tiny $(TINY_15)/i2v --family 1.5 --task i2v
+	$(PY) -m hyvideo.tiny $(TINY_15)/t2v --family 1.5
+	$(PY) -c "import numpy as n; from PIL import Image; y, x = n.mgrid[0:96, 0:160]; \
+		a = n.stack([x * 255 // 159, y * 255 // 95, 255 * ((x - 80) ** 2 + (y - 48) ** 2 < 900)], -1); \
+		Image.fromarray(a.astype(n.uint8)).save('$(TINY_15)/first_frame.png')"
+	touch $@
+
+demo-1.5: $(TINY_15)/.done
+	$(PY) sample_video.py --model-base $(TINY_15)/i2v --image_path $(TINY_15)/first_frame.png \
+		--prompt 'A ball rolls past a sign that reads "HELLO".' --video-size 96 160 --video_length 17 \
+		--num_inference_steps 8 --seed 42 --output_path results/demo-1.5-i2v.mp4 --dtype fp32 \
+		--text-encoder-precision fp32 --vae-precision fp32
+	$(PY) sample_video.py --model-base $(TINY_15)/t2v --prompt 'A neon sign that says "OPEN".' \
+		--video-size 96 160 --video_length 17 --num_inference_steps 8 --seed 42 \
+		--save-path results --dtype fp32 --text-encoder-precision fp32 --vae-precision fp32
 
 bench: install
 	$(PY) -m benchmarks

@@ -539,7 +539,7 @@ def decode_and_write(
         with timings.stage(f"decode seed {seed}", device):
             video = decode(vae, latents, drop)
         with timings.stage(f"write seed {seed}", device):
-            path = io.video_filename(req.save_dir, seed, req.prompt or "", when, req.name_suffix)
+            path = output_path(req, seed, when)
             record = sidecar.build(
                 req,
                 seed,
@@ -552,6 +552,13 @@ def decode_and_write(
     total = sum(timings.seconds.values())
     logger.info(f"done in {total:.1f} s; peak host RSS {peak_host_mb():.0f} MiB")
     return written
+
+
+def output_path(req: SampleRequest, seed: int, when: datetime) -> Path:
+    """Where video `seed` goes: generate.py's --output_path as given (1.5, one video), else our naming scheme."""
+    if req.hv15 is not None and req.hv15.output_file is not None:
+        return req.hv15.output_file
+    return io.video_filename(req.save_dir, seed, req.prompt or "", when, req.name_suffix)
 
 
 def _latents_meta(req: SampleRequest, seed: int) -> dict[str, object]:

@@ -161,3 +161,12 @@ def test_tiny_writer_command_and_dims(tmp_path):
     index = json.loads((tmp_path / "m" / "model_index.json").read_text())
     assert index["_class_name"] == "HunyuanVideo15ImageToVideoPipeline"
     HunyuanVideo15ImageToVideoPipeline.from_pretrained(tmp_path / "m")
+
+
+def test_output_path_names_the_video(folders, tmp_path):
+    """generate.py's --output_path FILE.mp4: exactly that file, its sidecar and latents beside it."""
+    target = tmp_path / "out" / "clip.mp4"
+    argv = ["--prompt", PROMPT, "--model-base", str(folders["diffusers_480p_t2v"]), "--video_length", str(FRAMES)]
+    argv += ["--video-size", str(HEIGHT), str(WIDTH), "--num_inference_steps", "1", *FP32, "--device", "cpu"]
+    assert cli.main([*argv, "--output_path", str(target), "--save-latents"]) == 0
+    assert sorted(p.name for p in target.parent.iterdir()) == ["clip.json", "clip.latents.safetensors", "clip.mp4"]

@@ -198,15 +198,16 @@ def run_batch(batch: Batch) -> BatchResult:
             todo.append(job)
         else:
             results.append(_result(job, "skipped", where, files=[p.name for _, p in job.outputs]))
+    models = _models(req) if todo else None  # its checks (exit 2) come before anything is logged or loaded
     share = f"rank {where.rank}/{where.world}: " if where.world > 1 else ""
     logger.info(
         f"{share}{batch.path}: {len(jobs)} entr{'y' if len(jobs) == 1 else 'ies'}, "
         f"{len(jobs) - len(todo)} finished earlier, {len(todo)} to do"
     )
     try:
-        if todo:
+        if models is not None:
             req.save_dir.mkdir(parents=True, exist_ok=True)
-            results += _generate(req, todo, device, where)
+            results += _generate(req, todo, device, where, models)
     except KeyboardInterrupt:
         logger.warning("interrupted: finished videos are kept; run the same command again to resume")
         raise
@@ -289,10 +290,13 @@ def _models(req: SampleRequest) -> tuple[ModelPaths, DiTConfig]:
     return paths, pipeline.denoiser_config(req, paths)
 
 
-def _generate(req: SampleRequest, todo: list[Job], device: torch.device, where: Ranks) -> list[ItemResult]:
-    """The pending jobs: memory checked per entry, then text encoders, DiT and VAE loaded once for all of them."""
+def _generate(
+    req: SampleRequest, todo: list[Job], device: torch.device, where: Ranks, models: tuple[ModelPaths, DiTConfig]
+) -> list[ItemResult]:
+    """The pending jobs: memory checked per entry, then text encoders, DiT and VAE loaded once for all of them.
+    `models`: `_models(req)`, the same for every entry."""
     results: list[ItemResult] = []
-    paths, cfg = _models(req)  # the same model for every entry
+    paths, cfg = models
     verify_vae(paths.vae)  # names and shapes only: a bad VAE must fail before hours of sampling
     todo = _fitting(
         todo, model_sizes(cfg, paths), device, where, results

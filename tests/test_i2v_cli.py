@@ -16,7 +16,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from torchrun_launch import launch
 
-from hyvideo import cli, i2v, io, pipeline
+from hyvideo import batch, cli, i2v, io, pipeline
 from hyvideo.checkpoints.dit import load_dit, save_dit_diffusers
 from hyvideo.checkpoints.layout import OFFICIAL_I2V_DIT_DIR
 from hyvideo.config import DiTConfig
@@ -263,14 +263,20 @@ def test_official_tree_without_config_checks_the_condition_up_front(models, imag
     for name in ("load_denoiser", "encode_text"):
         monkeypatch.setattr(pipeline, name, lambda *a, **k: loaded.append(a))
     monkeypatch.setattr(i2v, "encode_image", lambda *a, **k: loaded.append(a))
+    monkeypatch.setattr(batch, "_encode", lambda *a, **k: loaded.append(a))
+    (tmp_path / "p.jsonl").write_text(json.dumps({"prompt": PROMPT, "image": str(image_path)}) + "\n")
     cases = [
         (token_replace, ["--i2v-condition-type", "latent_concat"], "--i2v-condition-type: latent_concat, but the DiT "
          "weights", "take 16 input channels (token_replace or text-to-video; give --i2v-condition-type token_replace)"),
         (latent_concat, [], "--i2v-condition-type: token_replace, but the DiT weights",
          "take 33 input channels (latent_concat; give --i2v-condition-type latent_concat)"),
+        (latent_concat, ["PROMPT_FILE"], "--i2v-condition-type: token_replace, but the DiT weights",
+         "take 33 input channels (latent_concat"),  # a prompt file's run builds the DiT config the same way
     ]  # fmt: skip
     for root, extra, *messages in cases:
         argv = ["--prompt", PROMPT, "--model-base", str(root), "--i2v-mode", "--i2v-image-path", str(image_path)]
+        if extra == ["PROMPT_FILE"]:
+            argv, extra = ["--prompt-file", str(tmp_path / "p.jsonl"), *argv[2:]], []
         argv += ["--seed", "1", "--save-path", str(tmp_path / "out"), "--device", "cpu", *extra]
         assert cli.main(argv) == 2, extra
         err = capsys.readouterr().err.strip()

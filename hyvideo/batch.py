@@ -28,8 +28,9 @@ import torch
 import torch.distributed as dist
 from loguru import logger
 
-from hyvideo import hardware, i2v, io, pipeline, sidecar
-from hyvideo.checkpoints.layout import ModelPaths, locate
+from hyvideo import hardware, hv15, i2v, io, pipeline, sidecar
+from hyvideo.checkpoints.layout import Model15Paths, ModelPaths, locate
+from hyvideo.checkpoints.vae15 import verify_vae15
 from hyvideo.checkpoints.verify import verify_vae
 from hyvideo.config import DiTConfig
 from hyvideo.errors import UsageError
@@ -124,7 +125,9 @@ def recorded_seed(req: SampleRequest, line: int) -> int | None:
 
 def plan(item: BatchItem) -> Job:
     req = item.request
-    if req.i2v_mode:  # the prompt checks and negative-prompt default of a single image-to-video run
+    if (
+        req.i2v_mode and req.hv15 is None
+    ):  # the prompt checks and negative-prompt default of a single image-to-video run
         try:
             req = i2v.resolve(req)
         except UsageError as e:
@@ -232,6 +235,8 @@ def _encode(
 ) -> dict[int, Embeddings]:
     """Embeddings on the CPU per entry line, the encoders loaded once and freed; entries that fail are recorded.
     HunyuanVideo-I2V encodes each entry's prompt with its image through the LLaVA (no cache: the image differs)."""
+    if req.hv15 is not None:
+        return _encode15(req, todo, device, failed, where)
     llava = req.i2v_mode and i2v.uses_llava(req)
     encoders = I2VTextEncoders(i2v.llava_config(req, paths), device) if llava else None
     text_encoders = None if llava else TextEncoders(pipeline.text_config(req, paths), device)
@@ -263,6 +268,45 @@ def _encode(
     return out
 
 
+def _encode15(
+    req: SampleRequest, todo: list[Job], device: torch.device, failed: list[ItemResult], where: Ranks
+) -> dict[int, Embeddings]:
+    """HunyuanVideo 1.5: Qwen2.5-VL + byT5 loaded once, each entry's prompt and negative prompt encoded."""
+    encoder = hv15.load_text(req, device)
+    out: dict[int, Embeddings] = {}
+    try:
+        for job in todo:
+            try:
+                out[job.item.line] = hv15.encode_with(encoder, job.request)
+            except Exception as e:
+                logger.error(f"line {job.item.line}: text encoding failed: {_one_line(e)}")
+                failed.append(_result(job, "failed", where, error=f"text encoding: {_one_line(e)}"))
+    finally:
+        encoder.free()
+    return out
+
+
+def _encode_images15(
+    req: SampleRequest, todo: list[Job], device: torch.device, failed: list[ItemResult], where: Ranks
+) -> dict[int, dict[int, hv15.Condition15]]:
+    """HunyuanVideo 1.5 image-to-video: each entry's image latent and SigLIP states (the same for its seeds), the
+    VAE and SigLIP loaded once."""
+    vae, vision = hv15.load_encoder(req, device), hv15.load_vision(req, device)
+    out: dict[int, dict[int, hv15.Condition15]] = {}
+    try:
+        for job in todo:
+            try:
+                condition = hv15.encode_image(job.request, device, vae, vision)
+                out[job.item.line] = {s: condition for _, s, _ in job.pending}
+            except Exception as e:
+                logger.error(f"line {job.item.line}: image encoding failed: {_one_line(e)}")
+                failed.append(_result(job, "failed", where, error=f"image encoding: {_one_line(e)}"))
+    finally:
+        vision.free()
+        del vae
+    return out
+
+
 def _encode_images(
     req: SampleRequest, paths: ModelPaths, todo: list[Job], device: torch.device, failed: list[ItemResult], where: Ranks
 ) -> dict[int, dict[int, i2v.ImageStart]]:
@@ -281,8 +325,10 @@ def _encode_images(
     return out
 
 
-def _models(req: SampleRequest) -> tuple[ModelPaths, DiTConfig]:
+def _models(req: SampleRequest) -> tuple[ModelPaths | Model15Paths, DiTConfig]:
     """The components and the DiT config, as a single run of the same request finds them."""
+    if req.hv15 is not None:
+        return hv15.paths_of(req), hv15.denoiser_config(req)
     if req.i2v_mode:
         paths = i2v.model_paths(req)
         return paths, i2v.dit_config(pipeline.denoiser_config(req, paths), req)
@@ -291,26 +337,35 @@ def _models(req: SampleRequest) -> tuple[ModelPaths, DiTConfig]:
 
 
 def _generate(
-    req: SampleRequest, todo: list[Job], device: torch.device, where: Ranks, models: tuple[ModelPaths, DiTConfig]
+    req: SampleRequest,
+    todo: list[Job],
+    device: torch.device,
+    where: Ranks,
+    models: tuple[ModelPaths | Model15Paths, DiTConfig],
 ) -> list[ItemResult]:
     """The pending jobs: memory checked per entry, then text encoders, DiT and VAE loaded once for all of them.
     `models`: `_models(req)`, the same for every entry."""
     results: list[ItemResult] = []
     paths, cfg = models
-    verify_vae(paths.vae)  # names and shapes only: a bad VAE must fail before hours of sampling
-    todo = _fitting(
-        todo, model_sizes(cfg, paths), device, where, results
-    )  # entries that cannot fit fail now, before any loading
+    if req.hv15 is None:  # names and shapes only: a bad VAE must fail before hours of sampling
+        verify_vae(paths.vae)
+    else:
+        verify_vae15(paths.vae)
+    sizes = model_sizes(cfg, paths) if req.hv15 is None else hv15.memory_sizes(req)
+    todo = _fitting(todo, sizes, device, where, results)  # entries that cannot fit fail now, before any loading
     if not todo:
         return results
     load = pipeline.Timings({})
     with load.stage("text encode", device):
         embeddings = _encode(req, paths, todo, device, results, where)
     todo = [job for job in todo if job.item.line in embeddings]
-    images: dict[int, dict[int, i2v.ImageStart]] = {}
+    images: dict[int, dict[int, i2v.ImageStart | hv15.Condition15]] = {}
     if req.i2v_mode:
         with load.stage("image encode", device):
-            images = _encode_images(req, paths, todo, device, results, where)
+            if req.hv15 is not None:
+                images = _encode_images15(req, todo, device, results, where)
+            else:
+                images = _encode_images(req, paths, todo, device, results, where)
         todo = [job for job in todo if job.item.line in images]
         pipeline.release_memory()
     if not todo:
@@ -365,7 +420,8 @@ def _fitting(
     baseline, capacity = current_rss(), device_capacity(str(device))
     fits, largest = [], None
     for job in todo:
-        est = estimate(plan_from_request(job.request), sizes, baseline=baseline)
+        plan = plan_from_request(job.request) if job.request.hv15 is None else hv15.memory_plan(job.request)
+        est = estimate(plan, sizes, baseline=baseline)
         problem = check_fits(est, capacity)
         if problem is not None and job.request.memory_check:
             logger.error(f"line {job.item.line}: {problem}")

@@ -153,36 +153,57 @@ def memory_sizes(req: SampleRequest) -> ModelSizes:
     return model_sizes15(p.dit, p.vae, p.llm, p.byt5, p.glyph, vision)
 
 
-def encode_text(req: SampleRequest, device: torch.device) -> tuple[Text15Embeddings, Text15Embeddings | None]:
-    """(prompt, negative prompt or None) through Qwen2.5-VL and byT5; the negative prompt's byT5 states are zeros
-    unless --neg-byt5 (official). The encoders are freed before returning."""
+def load_text(req: SampleRequest, device: torch.device) -> Text15Encoder:
+    """Qwen2.5-VL (--text-encoder-precision) and byT5 (float32, as the official code runs it); `free()` after use."""
     p = paths_of(req)
     dtype = PRECISIONS[req.text.text_encoder_precision]
-    encoder = Text15Encoder.load(
+    return Text15Encoder.load(
         p.llm, p.llm_tokenizer, p.byt5, p.byt5_tokenizer, p.glyph, dtype, device, byt5_dtype=BYT5_DTYPE
     )
+
+
+def encode_with(encoder: Text15Encoder, req: SampleRequest) -> tuple[Text15Embeddings, Text15Embeddings | None]:
+    """(prompt, negative prompt or None) on the CPU; the negative prompt's byT5 states are zeros unless --neg-byt5
+    (the official behaviour, docs/DESIGN.md §20)."""
+    cond = encoder.encode([req.prompt or ""]).to("cpu")
+    if req.cfg_scale <= 1:
+        return cond, None
+    return cond, encoder.encode([req.neg_prompt or ""], glyph=req.hv15.negative_byt5).to("cpu")
+
+
+def encode_text(req: SampleRequest, device: torch.device) -> tuple[Text15Embeddings, Text15Embeddings | None]:
+    """`encode_with` encoders loaded here and freed before returning."""
+    encoder = load_text(req, device)
     try:
-        cond = encoder.encode([req.prompt])
-        uncond = None
-        if req.cfg_scale > 1:
-            uncond = encoder.encode([req.neg_prompt or ""], glyph=req.hv15.negative_byt5)
+        return encode_with(encoder, req)
     finally:
         encoder.free()
-    return cond, uncond
 
 
-def encode_image(req: SampleRequest, device: torch.device, vae: HYVideo15VAE | None = None) -> Condition15:
-    """The image's latent (the VAE, `vae` or one loaded and freed here) and SigLIP states, both from the frame
-    prepared at the video size; TEXT_TO_VIDEO for text-to-video weights."""
+def load_vision(req: SampleRequest, device: torch.device) -> VisionEncoder15:
+    """SigLIP in --text-encoder-precision (the official runs it in the text encoders' dtype); `free()` after use."""
+    p = paths_of(req)
+    return VisionEncoder15.load(p.vision, p.vision_processor, PRECISIONS[req.text.text_encoder_precision], device)
+
+
+def encode_image(
+    req: SampleRequest,
+    device: torch.device,
+    vae: HYVideo15VAE | None = None,
+    vision: VisionEncoder15 | None = None,
+) -> Condition15:
+    """The image's latent and SigLIP states (on the CPU), both from the frame prepared at the video size, with
+    `vae` / `vision` or ones loaded and freed here; TEXT_TO_VIDEO for text-to-video weights."""
     if req.hv15.task != "i2v":
         return TEXT_TO_VIDEO
-    p = paths_of(req)
     frame = cover_frame(req.i2v_image.image, req.height, req.width)
-    vision = VisionEncoder15.load(p.vision, p.vision_processor, PRECISIONS[req.text.text_encoder_precision], device)
+    own = vision is None
+    vision = load_vision(req, device) if own else vision
     try:
         states = vision.encode(frame).cpu()
     finally:
-        vision.free()
+        if own:
+            vision.free()
     vae = load_encoder(req, device) if vae is None else vae
     return Condition15(image_latent(vae, frame).cpu(), states)
 
@@ -206,8 +227,3 @@ def start_noise(req: SampleRequest, seed: int, device: torch.device) -> torch.Te
     if req.sampling.noise == "official":
         return official_noise(shape, [seed], "cpu", PRECISIONS[req.dit.precision]).to(device)
     return initial_noise(shape, [seed], device)
-
-
-def with_request(req: SampleRequest) -> SampleRequest:
-    """The request as the shared pipeline steps read it: the 1.5 VAE's 32 latent channels."""
-    return req if req.latent_channels == LATENT_CHANNELS else req.replace(latent_channels=LATENT_CHANNELS)

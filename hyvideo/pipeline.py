@@ -25,6 +25,7 @@ from hyvideo import hardware, hv15, i2v, io, sidecar
 from hyvideo.checkpoints.dit import load_dit
 from hyvideo.checkpoints.layout import ModelPaths, locate
 from hyvideo.checkpoints.vae import load_vae
+from hyvideo.checkpoints.vae15 import verify_vae15
 from hyvideo.checkpoints.verify import verify_vae
 from hyvideo.compile import compile_blocks
 from hyvideo.config import DiTConfig, dit_config
@@ -154,9 +155,9 @@ def load_denoiser(
     """The DiT ready to run: weights read (LoRAs merged, fp8 stored, offloaded as asked), compiled as asked.
     `cfg`: `denoiser_config` when already computed; `reader`: reads a share of the block weights (a runner's)."""
     cfg = denoiser_config(req, paths) if cfg is None else cfg
-    if cfg.out_channels != req.latent_channels:
+    if cfg.out_channels != latent_channels(req):
         raise UsageError(
-            "--latent-channels", f"the DiT makes {cfg.out_channels} latent channels, not {req.latent_channels}"
+            "--latent-channels", f"the DiT makes {cfg.out_channels} latent channels, not {latent_channels(req)}"
         )
     dtype = PRECISIONS[req.precision]
     home = device if req.offload == "none" else torch.device("cpu")  # offloaded weights stay in host memory
@@ -317,6 +318,11 @@ def load_decoder(req: SampleRequest, paths: ModelPaths, device: torch.device) ->
     return vae.enable_tiling(tile_size=req.vae_tile_size, tile_stride=req.vae_tile_stride)
 
 
+def latent_channels(req: SampleRequest) -> int:
+    """Channels of the DiT's latents: the VAE's (v1: --latent-channels, 16; HunyuanVideo 1.5: 32)."""
+    return hv15.LATENT_CHANNELS if req.hv15 is not None else req.latent_channels
+
+
 def frames_dropped(req: SampleRequest) -> int:
     """Leading decoded frames the video leaves out (v1 latent_concat image-to-video: 4)."""
     if req.hv15 is not None or not req.i2v_mode:
@@ -405,8 +411,6 @@ def run(req: SampleRequest) -> list[Path]:
     if req.runtime.reproduce:
         hardware.make_deterministic()
     timings = Timings({})
-    if req.hv15 is not None:
-        req = hv15.with_request(req)
     if req.output.decode_latents is not None:
         device = torch.device(req.runtime.device)
         return [decode_only(req, device, timings)] if dist_steps.is_main_process() else []
@@ -435,6 +439,7 @@ def run15(req: SampleRequest, timings: Timings) -> list[Path]:
     paths = hv15.paths_of(req)
     cfg = hv15.denoiser_config(req)
     dist_steps.check_degrees(req, cfg)
+    verify_vae15(paths.vae)  # names and shapes only: a bad VAE must fail now, not after sampling
     runner = dist_steps.start(req)
     preflight(req, None, None, runner.device, plan=hv15.memory_plan(req), sizes=hv15.memory_sizes(req))
     latents = sample(runner, req, paths, cfg, timings)  # type: ignore[arg-type]  # the fields sample reads
@@ -584,9 +589,9 @@ def decode_only(req: SampleRequest, device: torch.device, timings: Timings) -> P
         latents, meta = io.load_latents(req.decode_latents)
     except (KeyError, OSError, ValueError) as e:
         raise UsageError("--decode-latents", f"{req.decode_latents}: not a latents file ({e})") from None
-    if latents.ndim != 5 or latents.shape[1] != req.latent_channels:
+    if latents.ndim != 5 or latents.shape[1] != latent_channels(req):
         raise UsageError(
-            "--decode-latents", f"expected (1, {req.latent_channels}, T, h, w), got {tuple(latents.shape)}"
+            "--decode-latents", f"expected (1, {latent_channels(req)}, T, h, w), got {tuple(latents.shape)}"
         )
     if req.hv15 is not None:
         paths = hv15.paths_of(req)

@@ -170,3 +170,29 @@ def test_output_path_names_the_video(folders, tmp_path):
     argv += ["--video-size", str(HEIGHT), str(WIDTH), "--num_inference_steps", "1", *FP32, "--device", "cpu"]
     assert cli.main([*argv, "--output_path", str(target), "--save-latents"]) == 0
     assert sorted(p.name for p in target.parent.iterdir()) == ["clip.json", "clip.latents.safetensors", "clip.mp4"]
+
+
+def test_prompt_file_lines_with_images_equal_single_runs(folders, image_path, tmp_path):
+    """A 1.5 image-to-video prompt file: each line's image (absolute, or relative to the file) and seed; every
+    video's latents equal its single run's bit for bit, the negative prompt and quoted text included."""
+    root = folders["diffusers_480p_i2v"]
+    (tmp_path / "imgs").mkdir()
+    Image.fromarray((np.random.RandomState(6).rand(HEIGHT, WIDTH, 3) * 255).astype(np.uint8)).save(
+        tmp_path / "imgs" / "b.png"
+    )
+    lines = [
+        {"prompt": PROMPT, "image": str(image_path), "seed": 7},
+        {"prompt": "A dog runs", "image": "imgs/b.png", "seed": 8, "neg_prompt": NEGATIVE},
+    ]
+    (tmp_path / "p.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    argv = ["--prompt-file", str(tmp_path / "p.jsonl"), "--model-base", str(root), "--video-length", str(FRAMES)]
+    argv += ["--video-size", str(HEIGHT), str(WIDTH), "--infer-steps", str(STEPS), *FP32, "--device", "cpu"]
+    assert cli.main([*argv, "--save-path", str(tmp_path / "batch"), "--save-latents"]) == 0
+    got = {}
+    for mp4 in (tmp_path / "batch").glob("*.mp4"):
+        record = json.loads(mp4.with_suffix(".json").read_text())
+        got[record["batch"]["line"]] = io.load_latents(io.latents_filename(mp4))[0]
+    one, _ = run(root, tmp_path / "one", "--seed", "7", image=image_path)
+    argv = ["--prompt", "A dog runs", "--seed", "8", "--neg-prompt", NEGATIVE]
+    two, _ = run(root, tmp_path / "two", *argv, image=tmp_path / "imgs" / "b.png")
+    assert sorted(got) == [1, 2] and torch.equal(got[1], one) and torch.equal(got[2], two)

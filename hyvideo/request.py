@@ -26,6 +26,7 @@ from typing import Any, Literal
 import torch
 
 from hyvideo import hardware, io
+from hyvideo.checkpoints.dit import DIFFUSERS15_RULES, DIFFUSERS_RULES, Rule
 from hyvideo.checkpoints.layout import (
     Model15Paths,
     ModelKind,
@@ -347,8 +348,9 @@ class DiTOptions:
     compile_mode: str  # torch.compile mode of the blocks (COMPILE_MODES); others than "default" imply compile
 
     @classmethod
-    def from_flags(cls, f: Flags, runtime: RuntimeOptions) -> DiTOptions:
-        """Paths and files first (names checked, nothing loaded), then what the device must support."""
+    def from_flags(cls, f: Flags, runtime: RuntimeOptions, hv15: bool = False) -> DiTOptions:
+        """Paths and files first (names checked, nothing loaded), then what the device must support. `hv15`: LoRA
+        names are checked against HunyuanVideo 1.5's DiT."""
         rope_theta = _int(f, "rope_theta", 1)
         vae_channels = int(f["vae"].split("-")[1].rstrip("c"))
         if f["latent_channels"] != vae_channels:
@@ -356,7 +358,7 @@ class DiTOptions:
         if not f["load_key"].strip():
             raise UsageError("--load-key", "must not be empty (e.g. module or ema)")
         model_base, dit_weight = _check_weights(f, must_exist=not runtime.dry_run)
-        loras = _lora_specs(f)  # reads only the files' headers
+        loras = _lora_specs(f, DIFFUSERS15_RULES if hv15 else DIFFUSERS_RULES)  # reads only the files' headers
         _check_attn_backend(f["attn_backend"], runtime.device)
         teacache_thresh = _float(f, "teacache_thresh", 0.0, what=" (0 turns step caching off)")
         compile_mode = _check_compile_mode(f["compile_mode"], runtime.device, runtime.offload)
@@ -384,7 +386,7 @@ class DiTOptions:
         )
 
 
-def _lora_specs(f: Flags) -> tuple[LoraSpec, ...]:
+def _lora_specs(f: Flags, rules: tuple[Rule, ...]) -> tuple[LoraSpec, ...]:
     """--lora PATH[:SCALE] values, then the official `--use-lora --lora-path P --lora-scale S` as one more entry."""
     official: tuple[LoraSpec, ...] = ()
     if f["use_lora"]:
@@ -397,7 +399,7 @@ def _lora_specs(f: Flags) -> tuple[LoraSpec, ...]:
         raise UsageError("--lora-path", "needs --use-lora (official flags), or give it as --lora PATH[:SCALE]")
     elif f["lora_scale"] != 1.0:
         raise UsageError("--lora-scale", "needs --use-lora --lora-path PATH; for --lora use PATH:SCALE")
-    return check_lora_specs([*(parse_lora_flag(v) for v in f["lora"] or ()), *official])
+    return check_lora_specs([*(parse_lora_flag(v) for v in f["lora"] or ()), *official], rules)
 
 
 def _check_weights(f: Flags, must_exist: bool = True) -> tuple[Path, Path | None]:
@@ -467,14 +469,18 @@ class DecodeOptions:
     vae_tile_stride: int  # VAE spatial tile stride in pixels (tile_size - stride pixels are blended)
 
     @classmethod
-    def from_flags(cls, f: Flags) -> DecodeOptions:
-        """Tiles: multiples of 8 pixels (one latent), at least 64, the blended overlap (size - stride) at most half a
-        tile. The stride defaults to 3/4 of the tile (the official overlap)."""
+    def from_flags(cls, f: Flags, hv15: bool = False) -> DecodeOptions:
+        """Tiles: multiples of one latent in pixels (v1: 8; HunyuanVideo 1.5 (`hv15`): 16), at least 64, the blended
+        overlap (size - stride) at most half a tile. The stride defaults to the official overlap: 1/4 of the tile
+        for v1, 1/8 for 1.5 (256 -> 224)."""
+        unit = 16 if hv15 else 8
         size = int(f["vae_tile_size"])
-        if size < 64 or size % 8:
-            raise UsageError("--vae-tile-size", f"must be a multiple of 8 pixels, at least 64, got {size}")
-        stride = size * 3 // 4 // 8 * 8 if f["vae_tile_stride"] is None else int(f["vae_tile_stride"])
-        why = tile_problem(size, stride, 8)
+        if size < 64 or size % unit:
+            raise UsageError("--vae-tile-size", f"must be a multiple of {unit} pixels, at least 64, got {size}")
+        overlap = size // 8 if hv15 else size // 4
+        default = (size - overlap) // unit * unit
+        stride = default if f["vae_tile_stride"] is None else int(f["vae_tile_stride"])
+        why = tile_problem(size, stride, unit)
         if why is not None:
             raise UsageError("--vae-tile-stride", f"{why} (pixels; --vae-tile-size {size})")
         return cls(
@@ -1245,8 +1251,8 @@ def validate(flags: Namespace | Flags, notes: list[str] | None = None, *, image_
     parallel = ParallelOptions.from_flags(f, sampling.cfg_scale)
     output = OutputOptions.from_flags(f)
     runtime = RuntimeOptions.from_flags(f)
-    dit = DiTOptions.from_flags(f, runtime)
-    decode = DecodeOptions.from_flags(f)
+    dit = DiTOptions.from_flags(f, runtime, hv15=hv15 is not None)
+    decode = DecodeOptions.from_flags(f, hv15=hv15 is not None)
     if (
         sampling.seed_was_random
         and output.decode_latents is None

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
+from safetensors.torch import save_file
 
 from hyvideo import cli, pipeline
 from hyvideo.checkpoints.layout import folder_version15, locate15, model_family, official_versions15
@@ -580,3 +582,27 @@ def test_python_api_construction_takes_images_later(tmp_path) -> None:
     assert (t2v.task, t2v.i2v_mode) == ("t2v", False)
     i2v = validate({**values, "model_base": str(diffusers_folder(tmp_path / "d", I2V_CLASS))}, image_later=True)
     assert (i2v.task, i2v.i2v_mode, i2v.i2v_image) == ("i2v", True, None)
+
+
+def test_vae_tiles_and_lora_names_follow_the_family(tmp_path) -> None:
+    """1.5: tiles in multiples of 16 px with the official 1/8 overlap by default (256 -> 224); LoRA files are checked
+    against the 1.5 DiT's diffusers names (a name of the 1.5 DiT passes, a v1-only name is refused) and the
+    reverse for v1."""
+    base = official_tree(tmp_path / "ckpts", "480p_t2v")
+    r = req(base, tmp_path)
+    assert (r.vae_tile_size, r.vae_tile_stride) == (256, 224)
+    assert req(base, tmp_path, "--vae-tile-size", "128").vae_tile_stride == 112
+    with pytest.raises(UsageError, match="--vae-tile-size: must be a multiple of 16"):
+        req(base, tmp_path, "--vae-tile-size", "136")
+    (tmp_path / "v1").mkdir()
+    assert req(tmp_path / "v1", tmp_path).vae_tile_stride == 192  # v1 unchanged
+    lora15, lora1 = tmp_path / "l15.safetensors", tmp_path / "l1.safetensors"
+    pair = {"lora_A.weight": torch.zeros(2, 8), "lora_B.weight": torch.zeros(8, 2)}
+    save_file({f"transformer.context_embedder_2.linear_1.{k}": v for k, v in pair.items()}, lora15)
+    save_file({f"transformer.single_transformer_blocks.0.attn.to_q.{k}": v for k, v in pair.items()}, lora1)
+    assert req(base, tmp_path, "--lora", str(lora15)).loras[0].path == lora15
+    with pytest.raises(UsageError, match="--lora"):
+        req(base, tmp_path, "--lora", str(lora1))
+    assert req(tmp_path / "v1", tmp_path, "--lora", str(lora1)).loras[0].path == lora1
+    with pytest.raises(UsageError, match="--lora"):
+        req(tmp_path / "v1", tmp_path, "--lora", str(lora15))

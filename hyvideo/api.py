@@ -29,14 +29,17 @@ from typing import Any
 import torch
 from PIL import Image, ImageOps
 
-from hyvideo import i2v, pipeline, sidecar
+from hyvideo import hv15, i2v, pipeline, sidecar
 from hyvideo.checkpoints.layout import ModelPaths, locate
 from hyvideo.errors import UsageError
 from hyvideo.flags import build_parser
 from hyvideo.image import SourceImage, load_image, to_rgb
 from hyvideo.modules.llava_encoder import I2VTextEncoders
+from hyvideo.modules.qwen_encoder import Text15Encoder
+from hyvideo.modules.siglip_encoder import VisionEncoder15
 from hyvideo.modules.text_encoders import TextEmbeddings, TextEncoders
 from hyvideo.modules.vae import HYVideoVAE
+from hyvideo.modules.vae15 import HYVideo15VAE
 from hyvideo.request import SampleRequest, flag_defaults, for_prompt, validate
 
 _PLACEHOLDER_PROMPT = "-"  # validation needs a prompt; each generate() call brings its own
@@ -135,7 +138,12 @@ class Generator:
         req = self.request
         self.device = torch.device(req.device)
         cfg = None
-        if req.i2v_mode:  # the components a --i2v-mode run finds
+        self.text15: Text15Encoder | None = None  # HunyuanVideo 1.5: Qwen2.5-VL + byT5
+        self._vision: VisionEncoder15 | None = None  # 1.5 image-to-video: SigLIP, loaded at the first image
+        if req.hv15 is not None:
+            self.paths = hv15.paths_of(req)  # type: ignore[assignment]  # the fields the shared steps read
+            cfg = hv15.denoiser_config(req)
+        elif req.i2v_mode:  # the components a --i2v-mode run finds
             self.paths: ModelPaths = i2v.model_paths(req)
             cfg = i2v.dit_config(pipeline.denoiser_config(req, self.paths), req)
         else:
@@ -143,7 +151,9 @@ class Generator:
         self.llava: I2VTextEncoders | None = None
         self.timings = pipeline.Timings({})
         with self.timings.stage("load text encoders", self.device):
-            if req.i2v_mode and i2v.uses_llava(req):
+            if req.hv15 is not None:
+                self.text15 = hv15.load_text(req, self.device)
+            elif req.i2v_mode and i2v.uses_llava(req):
                 self.llava = I2VTextEncoders(i2v.llava_config(req, self.paths), self.device)
             else:
                 self.encoders = TextEncoders(pipeline.text_config(req, self.paths), self.device)
@@ -151,7 +161,7 @@ class Generator:
             self.model = pipeline.load_denoiser(req, self.paths, self.device, cfg)
         with self.timings.stage("load VAE", self.device):
             self.vae = pipeline.load_decoder(req, self.paths, self.device)
-        self._image_vae: HYVideoVAE | None = None  # the untiled image encoder, loaded at the first image
+        self._image_vae: HYVideoVAE | HYVideo15VAE | None = None  # the untiled image encoder, loaded at the first image
         self._cache: dict[tuple[str, int], TextEmbeddings] = {}
 
     def _for_prompt(self, image: SourceImage | None = None, **values: object) -> SampleRequest:
@@ -159,7 +169,7 @@ class Generator:
         given = {k: v for k, v in values.items() if v is not None}
         try:
             req = for_prompt(self.request, {**self.flags, **given}, image)
-            return i2v.resolve(req) if req.i2v_mode else req
+            return i2v.resolve(req) if req.i2v_mode and req.hv15 is None else req
         except UsageError as e:
             raise ValueError(str(e)) from None
 
@@ -220,13 +230,20 @@ class Generator:
             neg_prompt=negative_prompt,
         )
         seeds = seeds or [req.seed + i for i in range(req.num_videos)]
-        if self.llava is not None:  # HunyuanVideo-I2V: the prompt with its image through the LLaVA
+        if self.text15 is not None:  # HunyuanVideo 1.5
+            cond, uncond = hv15.encode_with(self.text15, req)
+        elif self.llava is not None:  # HunyuanVideo-I2V: the prompt with its image through the LLaVA
             cond, uncond = i2v.encode_with(self.llava, req)
         else:
             cond = self._encode(req.prompt or "", req.video_length)
             uncond = self._encode(req.neg_prompt, req.video_length) if req.cfg_scale > 1 and req.neg_prompt else None
-        starts: dict[int, i2v.ImageStart] = {}
-        if req.i2v_mode:
+        starts: dict[int, i2v.ImageStart | hv15.Condition15] = {}
+        if req.i2v_mode and req.hv15 is not None:
+            if self._image_vae is None:
+                self._image_vae, self._vision = hv15.load_encoder(req, self.device), hv15.load_vision(req, self.device)
+            condition = hv15.encode_image(req, self.device, self._image_vae, self._vision)
+            starts = {int(s): condition for s in seeds}
+        elif req.i2v_mode:
             if self._image_vae is None:
                 self._image_vae = i2v.load_encoder(req, self.paths, self.device)
             starts = i2v.encode_image(req, self.paths, self.device, [int(s) for s in seeds], self._image_vae)
@@ -261,6 +278,8 @@ class Generator:
 
     def close(self) -> None:
         """Free the models (the object cannot generate afterwards)."""
-        (self.llava or self.encoders).free()
-        self.model = self.vae = self._image_vae = None  # type: ignore[assignment]
+        (self.text15 or self.llava or self.encoders).free()
+        if self._vision is not None:
+            self._vision.free()
+        self.model = self.vae = self._image_vae = self._vision = None  # type: ignore[assignment]
         pipeline.release_memory()

@@ -14,6 +14,7 @@ from diffusers import HunyuanVideo15ImageToVideoPipeline, HunyuanVideo15Pipeline
 from PIL import Image
 
 from hyvideo import cli, io
+from hyvideo.api import Generator
 from hyvideo.hv15 import cover_frame
 from hyvideo.modules.qwen_encoder import crop_start
 from hyvideo.tiny import TINY_TEXT_DIMS, write_tiny15_model
@@ -196,3 +197,19 @@ def test_prompt_file_lines_with_images_equal_single_runs(folders, image_path, tm
     argv = ["--prompt", "A dog runs", "--seed", "8", "--neg-prompt", NEGATIVE]
     two, _ = run(root, tmp_path / "two", *argv, image=tmp_path / "imgs" / "b.png")
     assert sorted(got) == [1, 2] and torch.equal(got[1], one) and torch.equal(got[2], two)
+
+
+def test_python_api_equals_the_command_line(folders, image_path, tmp_path):
+    """`Generator(<1.5 I2V folder>, i2v_mode=True).generate(prompt, i2v_image=PIL)` gives the CLI's latents bit for
+    bit (models loaded once; the image's latent and SigLIP states computed per call)."""
+    root = folders["diffusers_480p_i2v"]
+    cli_latents, _ = run(root, tmp_path / "cli", "--neg-prompt", NEGATIVE, image=image_path)
+    gen = Generator(root, device="cpu", precision="fp32", vae_precision="fp32", text_encoder_precision="fp32",
+                    i2v_mode=True)  # fmt: skip
+    try:
+        (video,) = gen.generate(PROMPT, i2v_image=Image.open(image_path), height=HEIGHT, width=WIDTH,
+                                video_length=FRAMES, seed=SEED, infer_steps=STEPS, negative_prompt=NEGATIVE)  # fmt: skip
+    finally:
+        gen.close()
+    assert torch.equal(video.latents, cli_latents)
+    assert video.record["model"]["family"] == "1.5" and video.frames.shape == (3, FRAMES, HEIGHT, WIDTH)

@@ -7,8 +7,9 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from hyvideo.checkpoints.dit import build_dit
-from hyvideo.config import DIT_PRESETS
+from hyvideo.config import DIT_PRESETS, TINY_DIT15
 from hyvideo.flops import dit_flops
+from hyvideo.modules.dit import ExtraInputs
 from hyvideo.tiny import TINY_DIT, random_dit
 
 
@@ -60,3 +61,20 @@ def test_full_size_720p_forward():
     assert (total, attn) == (want.total, want.attention)
     assert round(want.total / 1e14) == 121 and round(want.linear / 1e13) == 162
     assert 0.86 < want.attention / want.total < 0.87
+
+
+def test_hunyuanvideo15_forward_with_all_three_context_streams():
+    """The 1.5 DiT (split q/k/v, no single blocks, no vector_in) with Qwen, byT5 and vision tokens and meanflow's
+    t_r: the analytic count equals FlopCounterMode's."""
+    cfg = TINY_DIT15.replace(meanflow=True)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, cfg.in_channels, 2, 3, 4, generator=g)
+    states = torch.randn(1, 7, cfg.text_states_dim, generator=g)
+    extra = ExtraInputs(torch.randn(1, 5, cfg.byt5_dim, generator=g), torch.ones(1, 5, dtype=torch.long),
+                        torch.randn(1, cfg.vision_tokens, cfg.vision_dim, generator=g), torch.tensor([250.0]))  # fmt: skip
+    model = random_dit(cfg, seed=3)
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        model(x, torch.tensor([500.0]), states, None, None, None, extra=extra)
+    want = dit_flops(cfg, 2 * 3 * 4, 7, byt5_tokens=5, vision_tokens=cfg.vision_tokens, t_r=True)
+    assert counter.get_total_flops() == want.total
+    assert counter.get_flop_counts()["Global"].get(torch.ops.aten.bmm, 0) == want.attention

@@ -212,7 +212,10 @@ class Generator:
             raise ValueError("seed: give at least one seed")
         image = self._image(i2v_image_path, i2v_image)
         size = self.flags["video_size"]
-        sized = height is not None or width is not None or not self.request.i2v_mode
+        # without height/width: the size of the construction's flags (v1 text-to-video), or the bucket of the image
+        # (image-to-video) or of the version's aspect ratio (HunyuanVideo 1.5), as on the command line
+        given = height is not None or width is not None
+        sized = given or (not self.request.i2v_mode and self.request.hv15 is None)
         req = self._for_prompt(
             image,
             prompt=prompt,

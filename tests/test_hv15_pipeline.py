@@ -26,14 +26,22 @@ HEIGHT, WIDTH, FRAMES, STEPS, SEED = 48, 80, 5, 3, 11  # 48x80 is a bucket of ba
 FP32 = ["--precision", "fp32", "--text-encoder-precision", "fp32", "--vae-precision", "fp32"]
 
 
+class Folders(dict):
+    """ "<layout>_<version>" -> a tiny 1.5 model of the same weights (seed 2), written when first asked for."""
+
+    def __init__(self, base: Path) -> None:
+        super().__init__()
+        self.base = base
+
+    def __missing__(self, key: str) -> Path:
+        layout, version = key.split("_", 1)
+        self[key] = write_tiny15_model(self.base / key, layout, version, seed=2)
+        return self[key]
+
+
 @pytest.fixture(scope="module")
-def folders(tmp_path_factory) -> dict[str, Path]:
-    base = tmp_path_factory.mktemp("tiny15")
-    out = {}
-    for version in ("480p_t2v", "480p_i2v", "480p_i2v_step_distilled"):
-        for layout in ("diffusers", "official"):
-            out[f"{layout}_{version}"] = write_tiny15_model(base / f"{layout}_{version}", layout, version, seed=2)
-    return out
+def folders(tmp_path_factory) -> Folders:
+    return Folders(tmp_path_factory.mktemp("tiny15"))
 
 
 @pytest.fixture(scope="module")
@@ -213,3 +221,15 @@ def test_python_api_equals_the_command_line(folders, image_path, tmp_path):
         gen.close()
     assert torch.equal(video.latents, cli_latents)
     assert video.record["model"]["family"] == "1.5" and video.frames.shape == (3, FRAMES, HEIGHT, WIDTH)
+
+
+def test_python_api_text_to_video_takes_the_version_size(folders):
+    """Without height/width, a 1.5 text-to-video call gets the version's 16:9 bucket (480x848 at 480p), as the
+    command line does, not v1's 720x1280."""
+    gen = Generator(folders["diffusers_480p_t2v"], device="cpu", precision="fp32", vae_precision="fp32",
+                    text_encoder_precision="fp32")  # fmt: skip
+    try:
+        (video,) = gen.generate(PROMPT, video_length=1, infer_steps=1, seed=SEED)
+    finally:
+        gen.close()
+    assert video.frames.shape == (3, 1, 480, 848) and video.latents.shape == (1, 32, 1, 30, 53)

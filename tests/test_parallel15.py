@@ -14,16 +14,21 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
 from PIL import Image
 from torch.distributed.elastic.multiprocessing.errors import record
 from torchrun_launch import launch  # tests/ is on sys.path: under pytest, and as the worker (this file's folder)
 
 from hyvideo import cli, io, pipeline
+from hyvideo.modules.qwen_encoder import Text15Embeddings
+from hyvideo.modules.text_encoders import TextEmbeddings
 from hyvideo.parallel import group
+from hyvideo.parallel.steps import Torchrun
 from hyvideo.tiny import write_tiny15_model
 
 # fp32 everywhere, the reference on one thread as the ranks. Ulysses splits the heads (each head's attention is the
@@ -157,6 +162,44 @@ def test_sample_video_on_four_processes_ring_x_cfg_parallel_sharded(folders, ima
     err = rel(latents_in(tmp_path / "out"), single[model])
     print(f"4 processes, {' '.join(flags)}: rel {err:.2e}")
     assert err <= TOL_RING, err
+
+
+@pytest.fixture
+def one_rank_job():
+    """A process group of this process alone (gloo, in memory), for the rank-0 side of the broadcasts."""
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def text15(seed: int) -> Text15Embeddings:
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.tensor([[1, 1, 1, 0]])
+    return Text15Embeddings(torch.randn(1, 4, 8, generator=g), mask, torch.randn(1, 3, 5, generator=g), mask[:, :3])
+
+
+@pytest.mark.parametrize("cfg_scale", [1.0, 6.0])
+def test_the_runner_sends_every_field_of_its_embeddings_class(one_rank_job, cfg_scale):
+    """Rank 0's side of `Torchrun.encode`: what it sends is rebuilt field by field (4 tensors per prompt for 1.5,
+    the negative prompt's after the prompt's with real CFG); embeddings of another class than the runner's are
+    refused before anything is sent, instead of leaving the other ranks waiting for tensors that never come."""
+    req = SimpleNamespace(sampling=SimpleNamespace(cfg_scale=cfg_scale))
+    mesh = SimpleNamespace(is_main=True, device=torch.device("cpu"))
+    runner = Torchrun(req, mesh, Text15Embeddings)  # type: ignore[arg-type]  # the fields encode reads
+    pair = (text15(1), text15(2) if cfg_scale > 1 else None)
+    cond, uncond = runner.encode(lambda: pair)
+    for got, want in zip((cond, uncond), pair, strict=True):
+        assert (got is None) == (want is None)
+        if want is not None:
+            assert type(got) is Text15Embeddings
+            assert all(torch.equal(getattr(got, f), getattr(want, f)) for f in vars(want))
+    v1 = TextEmbeddings(torch.zeros(1, 4, 8), torch.ones(1, 4, dtype=torch.int64), torch.zeros(1, 3))
+    with pytest.raises(TypeError, match=r"broadcasts \d Text15Embeddings; the text encoding gave TextEmbeddings"):
+        runner.encode(lambda: (v1, v1 if cfg_scale > 1 else None))
+    with pytest.raises(TypeError, match="gave Text15Embeddings"):  # a negative prompt missing (or one too many)
+        runner.encode(lambda: (text15(1), None if cfg_scale > 1 else text15(2)))
 
 
 @pytest.fixture

@@ -440,7 +440,7 @@ def run15(req: SampleRequest, timings: Timings) -> list[Path]:
     cfg = hv15.denoiser_config(req)
     dist_steps.check_degrees(req, cfg)
     verify_vae15(paths.vae)  # names and shapes only: a bad VAE must fail now, not after sampling
-    runner = dist_steps.start(req)
+    runner = dist_steps.start(req, hv15.Text15Embeddings)  # what rank 0's text encoding gives the other ranks
     preflight(req, None, None, runner.device, plan=hv15.memory_plan(req), sizes=hv15.memory_sizes(req))
     latents = sample(runner, req, paths, cfg, timings)  # type: ignore[arg-type]  # the fields sample reads
     if not runner.is_main:

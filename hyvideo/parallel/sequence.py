@@ -13,6 +13,7 @@ Text tokens are computed redundantly (identically) on every rank; padded image t
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -20,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hyvideo.modules.attention import KeyMask
-from hyvideo.modules.dit import Context, HYVideoDiT
+from hyvideo.modules.dit import Context, ExtraInputs, HYVideoDiT
 from hyvideo.parallel.attention import SequenceParallelAttention
 from hyvideo.parallel.group import Mesh
 from hyvideo.sampling import CondModelFn, ModelFn
@@ -48,11 +49,14 @@ class SequenceParallelDiT(nn.Module):
         t: torch.Tensor,
         text_states: torch.Tensor,
         text_mask: torch.Tensor | None,
-        text_pooled: torch.Tensor,
+        text_pooled: torch.Tensor | None,
         guidance: torch.Tensor | None = None,
+        *,
+        extra: ExtraInputs | None = None,
     ) -> torch.Tensor:
+        """`HYVideoDiT.forward` (HunyuanVideo 1.5: its byT5 / vision / t_r inputs in `extra`), the blocks split."""
         dit = self.dit
-        img, txt, vec, ctx = dit.embed(x, t, text_states, text_mask, text_pooled, guidance)
+        img, txt, vec, ctx = dit.embed(x, t, text_states, text_mask, text_pooled, guidance, extra=extra)
         Li = img.shape[1]
         mine, local = self._split(img, ctx)
         out = self._gather(dit.transformer(mine, txt, vec, local), Li)  # (B, Li, P)
@@ -90,9 +94,10 @@ class SequenceParallelDiT(nn.Module):
         return torch.cat(chunks, 1)[:, :Li]
 
 
-def with_cfg_parallel(model_fn: CondModelFn, cond, uncond, scale: float, mesh: Mesh) -> ModelFn:
+def with_cfg_parallel(model_fn: CondModelFn, cond: Any, uncond: Any, scale: float, mesh: Mesh) -> ModelFn:
     """Real CFG with cond on cfg half 0 and uncond on half 1, each one forward per step, then exchanged:
-    v = v_uncond + scale * (v_cond - v_uncond) (the formula of `sampling.with_cfg`), identical on every rank."""
+    v = v_uncond + scale * (v_cond - v_uncond) (the formula of `sampling.with_cfg`), identical on every rank.
+    cond / uncond are whatever `model_fn` takes (TextEmbeddings, Text15Embeddings), passed through untouched."""
     mine = cond if mesh.c_rank == 0 else uncond
 
     def fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

@@ -11,9 +11,11 @@ of rank 0 while decoding or writing is reported by rank 0's own exit code (and s
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from loguru import logger
@@ -29,7 +31,9 @@ from hyvideo.parallel.shard import load_sharded_dit, weight_mesh
 from hyvideo.request import SampleRequest
 from hyvideo.sampling import CondModelFn, ModelFn, with_cfg
 
-Embeddings = tuple[TextEmbeddings, TextEmbeddings | None]  # (prompt, negative prompt or None)
+# (prompt, negative prompt or None), each a model family's text conditioning: a dataclass whose fields are all
+# tensors (TextEmbeddings; HunyuanVideo 1.5's Text15Embeddings)
+Embeddings = tuple[Any, Any | None]
 # Reads the DiT straight into this process's share of the block weights: (path, config, dtype) -> model
 WeightReader = Callable[[Path, DiTConfig, torch.dtype], HYVideoDiT]
 
@@ -67,8 +71,8 @@ class Local:
         """The DiT as this runner executes it (sequence parallel under torchrun)."""
         return model
 
-    def guided(self, fn: CondModelFn, cond: TextEmbeddings, uncond: TextEmbeddings, scale: float) -> ModelFn:
-        """Real classifier-free guidance around `fn`."""
+    def guided(self, fn: CondModelFn, cond: Any, uncond: Any, scale: float) -> ModelFn:
+        """Real classifier-free guidance around `fn` (cond / uncond: a family's text conditioning)."""
         return with_cfg(fn, cond, uncond, scale)
 
     def finish(self) -> None:
@@ -78,23 +82,29 @@ class Local:
 class Torchrun(Local):
     """This rank of a torchrun job sharing one video."""
 
-    def __init__(self, req: SampleRequest, mesh: Mesh) -> None:
+    def __init__(self, req: SampleRequest, mesh: Mesh, embeddings: type = TextEmbeddings) -> None:
         super().__init__(mesh.device)
         self.mesh = mesh
         self.is_main = mesh.is_main
         self.cfg_pass = req.sampling.cfg_scale > 1
+        self.embeddings = embeddings  # the dataclass `encode` returns, rebuilt by the other ranks
 
     def encode(self, encode: Callable[[], Embeddings]) -> Embeddings:
-        """Rank 0 runs `encode` (loading the text encoders); the others receive the embeddings by broadcast."""
-        count = 6 if self.cfg_pass else 3
+        """Rank 0 runs `encode` (loading the text encoders); the others receive the embeddings by broadcast: every
+        field of the runner's `embeddings` dataclass, the prompt's, then with real CFG the negative prompt's."""
+        kind = self.embeddings
+        names = [f.name for f in dataclasses.fields(kind)]
+        n = len(names)
+        count = n * (2 if self.cfg_pass else 1)
         tensors = None
         if self.mesh.is_main:
-            cond, uncond = encode()
-            tensors = [cond.llm_states, cond.llm_mask, cond.clip_pooled]
-            if uncond is not None:
-                tensors += [uncond.llm_states, uncond.llm_mask, uncond.clip_pooled]
+            pair = [e for e in encode() if e is not None]
+            if len(pair) * n != count or any(type(e) is not kind for e in pair):  # the others would wait or misread
+                got = ", ".join(type(e).__name__ for e in pair)
+                raise TypeError(f"this runner broadcasts {count // n} {kind.__name__}; the text encoding gave {got}")
+            tensors = [getattr(e, name) for e in pair for name in names]
         out = [t.cpu() for t in group.broadcast_tensors(tensors, count, self.mesh.device)]
-        return TextEmbeddings(*out[:3]), (TextEmbeddings(*out[3:]) if count == 6 else None)
+        return kind(*out[:n]), (kind(*out[n:]) if count > n else None)
 
     def weight_reader(self, req: SampleRequest) -> WeightReader | None:
         """FSDP2-sharded blocks read straight from the checkpoint with --shard-weights; not with fp8 storage or
@@ -116,7 +126,7 @@ class Torchrun(Local):
             return model
         return SequenceParallelDiT(model, self.mesh)  # type: ignore[return-value]  # same call signature and attributes
 
-    def guided(self, fn: CondModelFn, cond: TextEmbeddings, uncond: TextEmbeddings, scale: float) -> ModelFn:
+    def guided(self, fn: CondModelFn, cond: Any, uncond: Any, scale: float) -> ModelFn:
         """--cfg-parallel: cond and uncond on the two rank halves."""
         if self.mesh.cfg == 1:
             return super().guided(fn, cond, uncond, scale)
@@ -128,9 +138,10 @@ class Torchrun(Local):
         group.shutdown()
 
 
-def start(req: SampleRequest) -> Local:
+def start(req: SampleRequest, embeddings: type = TextEmbeddings) -> Local:
     """The runner of this request: join the torchrun job and build the rank grid when several processes share the
-    video (the device becomes this rank's GPU), else a single process on the request's device."""
+    video (the device becomes this rank's GPU), else a single process on the request's device. `embeddings`: the
+    dataclass of tensors the text encoding gives (HunyuanVideo 1.5: Text15Embeddings), what the other ranks get."""
     par = req.parallel
     if par.world_size <= 1:
         return Local(torch.device(req.runtime.device))
@@ -140,4 +151,4 @@ def start(req: SampleRequest) -> Local:
         f"{mesh.world} processes: ulysses {mesh.ulysses} x ring {mesh.ring} x cfg {mesh.cfg}, "
         f"{'sharded' if par.shard_weights else 'replicated'} DiT weights, device {mesh.device} on rank 0"
     )
-    return Torchrun(req, mesh)
+    return Torchrun(req, mesh, embeddings)

@@ -140,14 +140,17 @@ class Generator:
         cfg = None
         self.text15: Text15Encoder | None = None  # HunyuanVideo 1.5: Qwen2.5-VL + byT5
         self._vision: VisionEncoder15 | None = None  # 1.5 image-to-video: SigLIP, loaded at the first image
-        if req.hv15 is not None:
-            self.paths = hv15.paths_of(req)  # type: ignore[assignment]  # the fields the shared steps read
-            cfg = hv15.denoiser_config(req)
-        elif req.i2v_mode:  # the components a --i2v-mode run finds
-            self.paths: ModelPaths = i2v.model_paths(req)
-            cfg = i2v.dit_config(pipeline.denoiser_config(req, self.paths), req)
-        else:
-            self.paths = locate(req.model_base, req.dit_weight)
+        try:  # the components and the DiT config, checked before anything loads (bad input: ValueError)
+            if req.hv15 is not None:
+                self.paths = hv15.paths_of(req)  # type: ignore[assignment]  # the fields the shared steps read
+                cfg = hv15.denoiser_config(req)
+            elif req.i2v_mode:  # the components a --i2v-mode run finds
+                self.paths: ModelPaths = i2v.model_paths(req)
+                cfg = i2v.dit_config(pipeline.denoiser_config(req, self.paths), req)
+            else:
+                self.paths = locate(req.model_base, req.dit_weight)
+        except UsageError as e:
+            raise ValueError(str(e)) from None
         self.llava: I2VTextEncoders | None = None
         self.timings = pipeline.Timings({})
         with self.timings.stage("load text encoders", self.device):

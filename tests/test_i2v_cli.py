@@ -291,11 +291,6 @@ def test_official_tree_without_config_checks_the_condition_up_front(models, imag
     assert (cfg.image_condition, cfg.in_channels, cfg.guidance_embed) == ("latent_concat", 33, False)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="hyvideo/api.py Generator._init calls i2v.dit_config outside its `except UsageError -> ValueError`, so the "
-    "header check reaches the Python API as a UsageError, not the documented ValueError (fix belongs to api.py)",
-)
 def test_api_official_tree_without_config_refuses_the_condition_with_valueerror(image_path, tmp_path, monkeypatch):
     root = official_without_config(tmp_path / "lc", "latent_concat")
     monkeypatch.setattr(pipeline, "load_denoiser", lambda *a, **k: pytest.fail("the DiT loaded"))

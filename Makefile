@@ -83,8 +83,10 @@ demo-1.5: $(TINY_15)/.done
 		--video-size 96 160 --video_length 17 --num_inference_steps 8 --seed 42 \
 		--save-path results --dtype fp32 --text-encoder-precision fp32 --vae-precision fp32
 
+# every v1 benchmark, then HunyuanVideo 1.5 against diffusers' 1.5 pipelines (benchmarks/bench_hv15.py)
 bench: install
 	$(PY) -m benchmarks
+	$(PY) -m benchmarks bench_hv15
 
 # Every GPU path once on random mid-size weights (no downloads), one table; exit 1 on a crash or mismatch.
 # Without CUDA it says so and exits 0.

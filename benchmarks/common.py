@@ -46,3 +46,19 @@ def descendants(pid: int) -> list[int]:
         frontier = [child for child, ppid in parent.items() if ppid in frontier]
         out += frontier
     return out
+
+
+# block_out_channels and resnets per block of the benchmarks' mid-size HunyuanVideo 1.5 VAE (the release:
+# (128, 256, 512, 1024, 1024), 2); RMS norms, so no group count
+MID_VAE15_LAYOUT = ((32, 64, 128, 256, 256), 2)
+
+
+def write_mid_vae15(vae_dir: Path, seed: int, layout: str = "diffusers") -> Path:
+    """The mid-size random 1.5 VAE (MID_VAE15_LAYOUT), fp32, in `layout` ("diffusers" or "official")."""
+    # start-up: the model code loads only for the benchmarks that write a model
+    from hyvideo.checkpoints.vae15 import random_vae15, save_vae15
+    from hyvideo.modules.vae15 import VAE15Config
+
+    channels, layers = MID_VAE15_LAYOUT
+    return save_vae15(random_vae15(VAE15Config(block_out_channels=channels, layers_per_block=layers), seed), vae_dir,
+                      layout)  # fmt: skip

@@ -109,12 +109,6 @@ def _name_patterns(rules: tuple[Rule, ...]) -> tuple[list, list]:
 _NAMES = {id(t): _name_patterns(t) for t in (DIFFUSERS_RULES, DIFFUSERS15_RULES)}
 
 
-def family_rules(family: str) -> tuple[Rule, ...]:
-    """The key-map table LoRA names are read with for a model family ("v1" or "1.5"), e.g. to check a file's names
-    (`check_lora_specs`) before the model is built."""
-    return DIFFUSERS15_RULES if family == "1.5" else DIFFUSERS_RULES
-
-
 def model_rules(model: object) -> tuple[Rule, ...]:
     """The key-map table of a DiT (its config's family); v1 for anything without a config (a state dict)."""
     cfg = getattr(model, "cfg", None)

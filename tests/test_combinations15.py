@@ -31,8 +31,6 @@ from safetensors.torch import save_file
 
 from hyvideo import hv15, io, pipeline
 from hyvideo.cli import main
-from hyvideo.errors import UsageError
-from hyvideo.lora import LoraSpec, check_lora_specs, family_rules
 from hyvideo.tiny import write_tiny15_model
 
 # measured on these runs (tiny models, fp32, CPU): offload <= 0 (the same kernels on the same weights: equal),
@@ -254,52 +252,6 @@ def test_decode_latents_of_a_combined_run(runner: Runner, task: str) -> None:
     [decoded] = (out.parent / (out.name + ".decoded")).glob("*.mp4")
     assert runner.videos[decoded].shape == (3, FRAMES, HEIGHT, WIDTH)
     assert torch.equal(runner.videos[decoded], runner.videos[mp4])
-
-
-LORA15_REQUEST_CHECK = (
-    "hyvideo/request.py _lora_specs checks the LoRA file's names with the v1 table whatever the family, so names "
-    "only 1.5 has (context_embedder_2, image_embedder, official img_attn_q) are refused (exit 2) before the 1.5 DiT "
-    "would map them; fix: check_lora_specs(..., family_rules(_family(f))) with hyvideo.lora.family_rules"
-)
-
-
-def write_lora15(path: Path) -> Path:
-    """A LoRA on the 1.5 layers v1 lacks: the glyph byT5 mapper and the SigLIP projection in diffusers' names, a
-    double block's own q Linear in the official kohya form (tiny sizes)."""
-    g = torch.Generator().manual_seed(6)
-    layers = {"transformer.context_embedder_2.linear_1": (2048, 24), "transformer.image_embedder.linear_1": (48, 48),
-              "lora_unet_double_blocks_0_img_attn_q": (64, 64)}  # fmt: skip
-    sd = {}
-    for name, (out, inp) in layers.items():
-        down, up = (
-            (".lora_down.weight", ".lora_up.weight")
-            if name.startswith("lora_unet")
-            else (".lora_A.weight", ".lora_B.weight")
-        )
-        sd[name + down] = torch.randn(4, inp, generator=g) / inp**0.5
-        sd[name + up] = torch.randn(out, 4, generator=g) / 2
-    save_file(sd, path)
-    return path
-
-
-def test_family_rules_read_names_only_15_has(tmp_path: Path) -> None:
-    """The table a request must check a LoRA file with: the 1.5 one reads these names, v1's refuses them."""
-    spec = LoraSpec(write_lora15(tmp_path / "l.safetensors"))
-    assert check_lora_specs([spec], family_rules("1.5")) == (spec,)
-    with pytest.raises(UsageError, match="6 key"):  # all of them: v1 has no such layers (img_attn_qkv is fused)
-        check_lora_specs([spec], family_rules("v1"))
-
-
-@pytest.mark.xfail(strict=True, reason=LORA15_REQUEST_CHECK)
-def test_lora_with_names_only_15_has(runner: Runner) -> None:
-    """`write_lora15`'s LoRA through the command line: it runs and changes the I2V run (fp8 + CFG on)."""
-    path = write_lora15(runner.root / "lora15.safetensors")
-    features = frozenset({"fp8", "cfg"})
-    out = runner.root / "runs" / "i2v" / "lora15"
-    assert main([*runner.argv("i2v", features, out), "--lora", str(path)]) == 0
-    [latents_file] = out.glob("*.latents.safetensors")
-    latents, _ = io.load_latents(latents_file)
-    assert rel(latents, runner.run("i2v", features)) > EFFECT
 
 
 def test_every_pair_is_covered() -> None:

@@ -13,7 +13,7 @@ Unlike v1's token_replace, frame 0 is not held: every latent frame is stepped (b
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from PIL import Image
@@ -23,7 +23,7 @@ from hyvideo.checkpoints.vae15 import load_vae15
 from hyvideo.config import DiTConfig, dit_config
 from hyvideo.dtypes import PRECISIONS
 from hyvideo.image import to_pixels
-from hyvideo.memory import MemoryPlan, ModelSizes, model_sizes15, plan15
+from hyvideo.memory import MemoryPlan, ModelSizes, model_sizes15, plan15, weight_shards
 from hyvideo.modules.dit import ExtraInputs, HYVideoDiT
 from hyvideo.modules.qwen_encoder import Text15Embeddings, Text15Encoder
 from hyvideo.modules.siglip_encoder import VisionEncoder15
@@ -130,8 +130,11 @@ def denoiser_config(req: SampleRequest) -> DiTConfig:
 
 
 def memory_plan(req: SampleRequest) -> MemoryPlan:
-    s, h = req.sampling, req.hv15
-    return plan15(
+    """The memory-relevant choices of a 1.5 request: real CFG runs its two branches one after the other (the
+    runner's guidance, or one branch per process half with --cfg-parallel); U x R processes split the tokens and,
+    with --shard-weights, the block weights."""
+    s, h, par = req.sampling, req.hv15, req.parallel
+    plan = plan15(
         s.height,
         s.width,
         s.video_length,
@@ -142,9 +145,11 @@ def memory_plan(req: SampleRequest) -> MemoryPlan:
         vae_tiling=req.decode.vae_tiling,
         tile_size=req.decode.vae_tile_size,
         real_cfg=s.cfg_scale > 1,
-        device=req.runtime.device,
-        parallel=req.parallel.world_size,
+        cfg_batched=False,
+        device=torch.device(req.runtime.device).type,
+        parallel=par.ulysses_degree * par.ring_degree,
     )
+    return replace(plan, shards=weight_shards(req))
 
 
 def memory_sizes(req: SampleRequest) -> ModelSizes:

@@ -120,11 +120,11 @@ def plan_from_request(req: SampleRequest) -> MemoryPlan:
         tile_size=decode.vae_tile_size,
         chunk_frames=4 * tiling.chunk_latents + 1 if tiling.mode == "chunked" else tiling.tile_frames + 1,
         parallel=par.ulysses_degree * par.ring_degree,
-        shards=_weight_shards(req),
+        shards=weight_shards(req),
     )
 
 
-def _weight_shards(req: SampleRequest) -> int:
+def weight_shards(req: SampleRequest) -> int:
     """How many processes split the DiT block weights: the torchrun world with --shard-weights, unless fp8 or
     offloading (which load the weights replicated)."""
     plain = not req.dit.use_fp8 and req.runtime.offload == "none"

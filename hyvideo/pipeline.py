@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from hyvideo import hardware, hv15, i2v, io, sidecar
 from hyvideo.checkpoints.dit import load_dit
-from hyvideo.checkpoints.layout import ModelPaths, locate
+from hyvideo.checkpoints.layout import ModelPaths, locate, locate15
 from hyvideo.checkpoints.vae import load_vae
 from hyvideo.checkpoints.vae15 import verify_vae15
 from hyvideo.checkpoints.verify import verify_vae
@@ -34,9 +34,12 @@ from hyvideo.errors import CheckpointError, UsageError
 from hyvideo.lora import apply_loras
 from hyvideo.memory import (
     CUDA_CONTEXT,
+    MemoryPlan,
+    ModelSizes,
     card_capacity,
     current_rss,
     dry_run_lines,
+    full_size_sizes15,
     host_capacity,
     local_processes,
     plan_from_request,
@@ -451,20 +454,15 @@ def run15(req: SampleRequest, timings: Timings) -> list[Path]:
 def dry_run(req: SampleRequest) -> list[str]:
     """--dry-run: the request's memory plan per stage (device and host) and the cheapest flag set that fits, as
     lines to print. Loads nothing and needs no weights: the sizes come from the configs under --model-base when the
-    weights are there, else from the released model (the --model preset); --ulysses-degree / --ring-degree /
-    --cfg-parallel plan a job of that many processes on one machine. The capacity: a card of --gpu-memory GB
-    (host RAM not checked: that machine's is not known here), else the free memory of the device present and this
-    machine's RAM; without CUDA, the device is this machine's RAM (--gpu-memory plans for a GPU)."""
-    try:
-        paths: ModelPaths | None = locate(req.dit.model_base, req.dit.dit_weight)
-        cfg = denoiser_config(req, paths)
-        source = f"the configs under {req.dit.model_base}"
-    except CheckpointError:
-        paths, cfg = None, dit_config(req.dit.model)
-        source = f"the released {req.dit.model} (no weights under {req.dit.model_base})"
+    weights are there, else from the released model (v1: the --model preset; HunyuanVideo 1.5: the release of the
+    version the flags name); --ulysses-degree / --ring-degree / --cfg-parallel plan a job of that many processes on
+    one machine. The capacity: a card of --gpu-memory GB (host RAM not checked: that machine's is not known here),
+    else the free memory of the device present and this machine's RAM; without CUDA, the device is this machine's
+    RAM (--gpu-memory plans for a GPU)."""
+    plan, sizes, source = _plan15(req) if req.hv15 is not None else _plan_v1(req)
     # the processes on this machine: torchrun's local ones, or (planning a job not started) all of them on one machine
     processes = local_processes() if launched_by_torchrun() else req.parallel.world_size
-    plan = replace(plan_from_request(req), processes=processes)
+    plan = replace(plan, device=torch.device(req.runtime.device).type, processes=processes)
     gb = req.runtime.gpu_memory
     if gb is not None:
         plan = replace(plan, device="cuda")
@@ -472,7 +470,7 @@ def dry_run(req: SampleRequest) -> list[str]:
     else:
         capacity, host = None, host_capacity(plan.processes)
     lines = [f"dry run, nothing loaded; sizes from {source}"]
-    lines += dry_run_lines(plan, planning_sizes(cfg, paths), capacity, host, baseline=current_rss())
+    lines += dry_run_lines(plan, sizes, capacity, host, baseline=current_rss())
     if gb is None and plan.device == "cpu":
         lines.append("planned for this machine's RAM (the device is the CPU); pass --gpu-memory GB to plan for a GPU")
     elif gb is not None:
@@ -481,6 +479,33 @@ def dry_run(req: SampleRequest) -> list[str]:
             "not checked: give the machine at least the host figure above"
         )
     return lines
+
+
+def _plan_v1(req: SampleRequest) -> tuple[MemoryPlan, ModelSizes, str]:
+    """A v1 request's plan, sizes and where the sizes come from (for `dry_run`)."""
+    try:
+        paths: ModelPaths | None = locate(req.dit.model_base, req.dit.dit_weight)
+        cfg = denoiser_config(req, paths)
+        source = f"the configs under {req.dit.model_base}"
+    except CheckpointError:
+        paths, cfg = None, dit_config(req.dit.model)
+        source = f"the released {req.dit.model} (no weights under {req.dit.model_base})"
+    return plan_from_request(req), planning_sizes(cfg, paths), source
+
+
+def _plan15(req: SampleRequest) -> tuple[MemoryPlan, ModelSizes, str]:
+    """A HunyuanVideo 1.5 request's plan and sizes, as its preflight computes them (`hv15.memory_plan` /
+    `memory_sizes`); without the weights (a dry run validates none), the released version's sizes."""
+    version = req.hv15.version
+    try:
+        located = locate15(req.dit.model_base, version)
+    except CheckpointError:
+        sizes = full_size_sizes15(meanflow=req.hv15.meanflow)
+        source = f"the released HunyuanVideo 1.5 {version} (no weights under {req.dit.model_base})"
+    else:
+        sizes = hv15.memory_sizes(req.replace(paths=located))
+        source = f"the configs under {req.dit.model_base} (HunyuanVideo 1.5 {version})"
+    return hv15.memory_plan(req), sizes, source
 
 
 def seeds(req: SampleRequest) -> list[int]:

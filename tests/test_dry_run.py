@@ -7,9 +7,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
-from hyvideo import cli, pipeline
-from hyvideo.tiny import write_tiny_model
+from hyvideo import cli, hv15, pipeline
+from hyvideo.memory import GiB, estimate, estimate15
+from hyvideo.tiny import write_tiny15_model, write_tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 PLAN_720P = ["--dry-run", "--video-size", "720", "1280", "--video-length", "129"]
@@ -22,8 +24,10 @@ def no_loading(monkeypatch: pytest.MonkeyPatch) -> None:
     def boom(*a: object, **k: object) -> None:
         raise AssertionError("a dry run loaded a model")
 
-    for name in ("load_dit", "load_vae", "TextEncoders", "load_denoiser", "load_decoder", "run", "preflight"):
+    for name in ("load_dit", "load_vae", "TextEncoders", "load_denoiser", "load_decoder", "run", "run15", "preflight"):
         monkeypatch.setattr(pipeline, name, boom)
+    for name in ("encode_text", "encode_image", "load_encoder", "load_decoder"):  # HunyuanVideo 1.5's loaders
+        monkeypatch.setattr(hv15, name, boom)
 
 
 def dry(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, list[str], str]:
@@ -104,6 +108,59 @@ def test_bad_dry_run_flags(tmp_path: Path, capsys, no_loading, extra: list[str],
     extra = [str(tmp_path / e) if e.endswith(".safetensors") else e for e in extra]
     code, lines, err = dry(["--prompt", "a cat", "--model-base", str(tmp_path), *extra], capsys)
     assert code == 2 and lines == [] and err.count("\n") == 1 and err.startswith(f"error: {flag}:"), err
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# HunyuanVideo 1.5: the plan of its own components (Qwen2.5-VL, byT5, SigLIP, the 8.3B DiT, the 32-channel VAE)
+# ---------------------------------------------------------------------------------------------------------------
+def test_plan15_without_weights_is_the_release_of_the_version(tmp_path: Path, capsys, no_loading) -> None:
+    """Before the download the flags name the version (--resolution 720p: 720p_t2v, 1280x720, cfg 6: real CFG):
+    the plan is the one the 1.5 preflight makes (`estimate15` of the release), not v1's sizes (its 13B DiT is
+    23.9 GiB of bf16 weights; 1.5's 8,326,608,160 parameters are 15.51 GiB). Real CFG runs its two branches one
+    after the other (as the pipeline does), so 720p x 121 on 24 GB fits with fp8 weights, as without real CFG."""
+    base = ["--model-base", str(tmp_path / "ckpts"), "--resolution", "720p", "--dry-run", "--gpu-memory", "24"]
+    code, lines, err = dry([*base, "--prompt", "a cat"], capsys)
+    assert code == 0, err
+    assert (
+        lines[0]
+        == f"dry run, nothing loaded; sizes from the released HunyuanVideo 1.5 720p_t2v (no weights under {tmp_path / 'ckpts'})"
+    )
+    want = estimate15(720, 1280, 121, version="720p_t2v", cfg_batched=False)
+    assert lines[1].startswith("memory estimate for 1280x720x121 (bf16, offload none, real CFG one branch at a time")
+    assert f"peak cuda {want.device_peak / GiB:.1f} GiB" in lines[1], lines[1]
+    assert "DiT denoise: weights 15.51 + " in lines[3], lines
+    assert lines[-2].startswith("cheapest flags that fit: --use-fp8 (peak cuda"), lines
+    code, lines, err = dry([*base, "--prompt", "a cat", "--cfg-scale", "1"], capsys)
+    assert code == 0 and "real CFG" not in lines[1], err
+    assert lines[-2].startswith("cheapest flags that fit: --use-fp8 (peak cuda"), lines
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture(scope="module")
+def tiny15(tmp_path_factory) -> Path:
+    return write_tiny15_model(tmp_path_factory.mktemp("tiny15") / "ckpts", "official", "480p_i2v_step_distilled", 0)
+
+
+def test_plan15_with_weights_present_is_the_preflights(tiny15: Path, tmp_path: Path, capsys, no_loading) -> None:
+    """With the weights under --model-base the sizes come from their configs, exactly as the run's preflight
+    computes them (`hv15.memory_plan`, `hv15.memory_sizes`): I2V adds the image encoders' stage, the meanflow DiT
+    its time_r_in; the step-distilled version runs no real CFG."""
+    image = tmp_path / "first.png"
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(image)
+    argv = ["--model-base", str(tiny15), "--prompt", "a cat", "--image-path", str(image), "--video-length", "9"]
+    code, lines, err = dry([*argv, "--dry-run", "--device", "cpu"], capsys)
+    assert code == 0, err
+    assert (
+        lines[0]
+        == f"dry run, nothing loaded; sizes from the configs under {tiny15} (HunyuanVideo 1.5 480p_i2v_step_distilled)"
+    )
+    req = cli.parse_request([*argv, "--device", "cpu", "--save-path", str(tmp_path / "out")])  # a run's request
+    preflight = estimate(hv15.memory_plan(req), hv15.memory_sizes(req))
+    assert lines[2:6] == preflight.lines()[1:5]  # the stages: text, image encoders, DiT, VAE (host RSS aside)
+    assert [ln.split(":")[0].strip() for ln in lines[2:6]] == ["text encoders", "image encoders", "DiT denoise",
+                                                              "VAE decode"]  # fmt: skip
+    assert lines[1].startswith("memory estimate for ") and "I2V" in lines[1] and "real CFG" not in lines[1]
+    assert lines[-2] == "fits as requested"
 
 
 def test_real_entry_point(tmp_path: Path) -> None:

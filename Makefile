@@ -91,4 +91,4 @@ bench: install
 # Every GPU path once on random mid-size weights (no downloads), one table; exit 1 on a crash or mismatch.
 # Without CUDA it says so and exits 0.
 gpu-check: install
-	$(PY) -m benchmarks.gpu_check
+	$(PY) -m benchmarks.gpu_check; v1=$$?; $(PY) -m benchmarks.gpu_check --family 1.5 && exit $$v1

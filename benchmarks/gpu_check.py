@@ -1,6 +1,6 @@
 """`make gpu-check`: every GPU path of the sampler once, on random mid-size weights, in one table.
 
-    python -m benchmarks.gpu_check [--only NAME ...] [--workdir DIR] [--keep]
+    python -m benchmarks.gpu_check [--family 1.5] [--only NAME ...] [--workdir DIR] [--keep]
 
 Writes a random mid-size model (DiT hidden 1536, 12 heads of 128 dims like the release, 2 double + 4 single blocks,
 bf16 file; VAE (32, 64, 64, 64); the tiny text encoders) and runs the real command line (`sample_video.py`) once per
@@ -12,6 +12,9 @@ Each row reports seconds per denoising step (of the last video, after warm-up), 
 (`--save-latents`) with its reference row within the row's tolerance (see `Row.rule`). A row that crashes is
 reported in its row; the others still run. Exit 1 if any row crashed or mismatched, 0 otherwise; without CUDA, one
 line and exit 0. `--device cpu --preset tiny` runs the CPU-capable rows on the tiny model (the harness's own test).
+`--family 1.5` runs the same rows (TeaCache aside: 1.5 refuses it) on a random HunyuanVideo 1.5 model: DiT hidden
+1024, 8 heads of 128, 4 double blocks, the 1.5 VAE at mid widths, the tiny Qwen2.5-VL / byT5 encoders (`mid15`), or
+the tiny 1.5 model (`tiny15`, CPU).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchmarks.common import TORCHRUN_ENV, descendants
+from benchmarks.common import TORCHRUN_ENV, descendants, write_mid_vae15
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPT = "A cat walks on the grass, realistic style."
@@ -164,8 +167,9 @@ class Row:
         return 3 * e if self.rule == BF16 else e
 
 
-def select_rows(cap: Capabilities) -> list[Row]:
-    """The rows this machine can run, in order (references before the rows compared with them)."""
+def select_rows(cap: Capabilities, family: str = "v1") -> list[Row]:
+    """The rows this machine can run for a model `family` ("v1" or "1.5"), in order (references before the rows
+    compared with them)."""
     cuda = cap.device == "cuda"
     sdpa = ("--attn-backend", "sdpa")
     rows = [
@@ -212,7 +216,8 @@ def select_rows(cap: Capabilities) -> list[Row]:
         )
     for mode in ("model", "block"):
         rows.append(Row(f"bf16 --offload {mode}", (*bf16, "--offload", mode), "bf16 sdpa", EXACT, "same kernels"))
-    rows.append(Row("bf16 --teacache-thresh 0.1", (*bf16, "--teacache-thresh", "0.1"), why="skips steps by design"))
+    if family == "v1":  # no TeaCache calibration exists for 1.5: refused there
+        rows.append(Row("bf16 --teacache-thresh 0.1", (*bf16, "--teacache-thresh", "0.1"), why="skips steps by design"))
     rows.append(Row("VAE decode, 128 px tiles", ("--vae-tile-size", "128", "--vae-tile-stride", "96"),
                     decode_of="bf16 sdpa", why="decode only"))  # fmt: skip
     rows.append(Row("VAE decode, untiled", ("--no-vae-tiling",), decode_of="bf16 sdpa", why="decode only"))
@@ -257,6 +262,7 @@ class Preset:
     steps: int
     videos: int  # > 1: the last video's steps are timed (compilation, autotuning and lazy init are behind us)
     extra: tuple[str, ...] = ()  # flags for every row (e.g. fp32 text encoders on the CPU)
+    family: str = "v1"  # "v1" or "1.5": the model family `write_model` writes
 
 
 CPU_PRECISIONS = ("--text-encoder-precision", "fp32", "--text-encoder-precision-2", "fp32", "--vae-precision", "fp32")
@@ -264,7 +270,11 @@ PRESETS = {
     "mid": Preset("mid", "mid", (320, 512), 33, 6, 2),  # 9 x 20 x 32 = 5760 image tokens
     "tiny": Preset("tiny", "tiny", (64, 64), 5, 2, 1, CPU_PRECISIONS),  # the harness's CPU test
     "mid-small": Preset("mid-small", "mid", (64, 64), 5, 2, 2, CPU_PRECISIONS),  # the mid model, a CPU-sized request
+    # HunyuanVideo 1.5 (16x VAE: 320 x 512 x 33 is 9 x 20 x 32 = 5760 image tokens at patch 1, as the v1 mid preset)
+    "mid15": Preset("mid15", "mid15", (320, 512), 33, 6, 2, family="1.5"),
+    "tiny15": Preset("tiny15", "tiny15", (64, 64), 5, 2, 1, CPU_PRECISIONS, family="1.5"),
 }
+DEFAULT_PRESETS = {("v1", "cuda"): "mid", ("v1", "cpu"): "tiny", ("1.5", "cuda"): "mid15", ("1.5", "cpu"): "tiny15"}
 
 
 @dataclass
@@ -287,12 +297,13 @@ class Result:
 
 
 def base_argv(model: Path, preset: Preset, device: str) -> list[str]:
+    """The command line every row shares. 1.5 has no embedded guidance (its versions' real CFG applies)."""
     h, w = preset.size
+    guidance = ("--embedded-cfg-scale", EMBEDDED_CFG) if preset.family == "v1" else ()
     return [
         "--model-base", str(model), "--prompt", PROMPT, "--video-size", str(h), str(w),
         "--video-length", str(preset.frames), "--infer-steps", str(preset.steps), "--seed", str(SEED),
-        "--num-videos", str(preset.videos), "--embedded-cfg-scale", EMBEDDED_CFG, "--device", device,
-        "--save-latents", *preset.extra,
+        "--num-videos", str(preset.videos), *guidance, "--device", device, "--save-latents", *preset.extra,
     ]  # fmt: skip
 
 
@@ -482,6 +493,8 @@ def write_model(root: Path, preset: Preset) -> Path:
 
     if preset.model == "tiny":
         return write_tiny_model(root, "official", seed=0)
+    if preset.family == "1.5":
+        return write_model15(root, preset)
     write_tiny_model(root, "official", seed=0, dit=mid_dit_config(1536, 12, 2, 4, refiner=1))
     dit_file = root / OFFICIAL_DIT_DIR / "transformers" / "mp_rank_00_model_states.pt"
     state = torch.load(dit_file, weights_only=True, mmap=True)
@@ -493,6 +506,21 @@ def write_model(root: Path, preset: Preset) -> Path:
     vae_dir = root / OFFICIAL_DIT_DIR / "vae"
     shutil.rmtree(vae_dir)
     save_vae_official(random_vae(vae_cfg, 0, torch.float32), vae_cfg, vae_dir)
+    return root
+
+
+def write_model15(root: Path, preset: Preset) -> Path:
+    """A random 480p_t2v HunyuanVideo 1.5 tree (official layout): the tiny one, or (mid15) the DiT at hidden 1024,
+    8 heads of 128 with the release's RoPE split, 4 double blocks, and the mid-width 1.5 VAE; fp32 files."""
+    from hyvideo.config import TINY_DIT15
+    from hyvideo.tiny import write_tiny15_model
+
+    if preset.model == "tiny15":
+        return write_tiny15_model(root, "official", "480p_t2v", seed=0)
+    dit = TINY_DIT15.replace(hidden_size=1024, heads=8, depth_double=4, rope_axes=(16, 56, 56))
+    write_tiny15_model(root, "official", "480p_t2v", seed=0, dit=dit)
+    shutil.rmtree(root / "vae")
+    write_mid_vae15(root / "vae", 0, "official")
     return root
 
 
@@ -522,7 +550,9 @@ def run_all(
 def main(argv: list[str] | None = None, runner: Runner = run_process) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.gpu_check", description=__doc__.splitlines()[0])
     ap.add_argument("--device", choices=("cuda", "cpu"), default="cuda", help="cpu: the harness's own test")
-    ap.add_argument("--preset", choices=sorted(PRESETS), default=None, help="mid on CUDA, tiny on the CPU")
+    ap.add_argument("--family", choices=("v1", "1.5"), default="v1", help="the model family to check")
+    ap.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                    help="mid (1.5: mid15) on CUDA, tiny (tiny15) on the CPU")  # fmt: skip
     ap.add_argument("--only", nargs="+", metavar="NAME", help="run only these rows (and their references)")
     ap.add_argument("--workdir", type=Path, help="where the model and the outputs go (default: a temporary dir)")
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds per row")
@@ -536,8 +566,11 @@ def main(argv: list[str] | None = None, runner: Runner = run_process) -> int:
     if cap is None:
         print("gpu-check: no CUDA device here (torch.cuda.is_available() is False); nothing to check")
         return 0
-    preset = PRESETS[args.preset or ("mid" if cap.device == "cuda" else "tiny")]
-    rows = select_rows(cap)
+    preset = PRESETS[args.preset or DEFAULT_PRESETS[(args.family, cap.device)]]
+    if preset.family != args.family:
+        print(f"error: --preset {preset.name} is a {preset.family} model; it contradicts --family {args.family}")
+        return 2
+    rows = select_rows(cap, preset.family)
     if args.only:
         unknown = set(args.only) - {r.name for r in rows}
         if unknown:
@@ -545,7 +578,7 @@ def main(argv: list[str] | None = None, runner: Runner = run_process) -> int:
             return 2
         rows = with_references(rows, args.only)
     where = f"{cap.gpus} x {cap.name} (sm{cap.capability[0]}{cap.capability[1]})" if cap.device == "cuda" else "cpu"
-    print(f"gpu-check on {where}: {len(rows)} rows, preset {preset.name} ({preset.size[0]}x{preset.size[1]}x"
+    print(f"gpu-check on {where}: {len(rows)} rows, HunyuanVideo {preset.family} preset {preset.name} ({preset.size[0]}x{preset.size[1]}x"
           f"{preset.frames}, {preset.steps} steps, {preset.videos} video(s))"
           f"{'' if cap.flash else '; flash-attn not installed'}{'' if cap.sage else '; sageattention not installed'}",
           flush=True)  # fmt: skip

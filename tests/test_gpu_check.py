@@ -238,3 +238,38 @@ def test_real_rows_on_the_cpu(tmp_path: Path, capsys) -> None:
     assert float(s_step) > 0 and float(peak) > 100 and float(estimate) > 100  # MiB of a whole CPU process
     assert (vs, rel, bound, status) == ("bf16 sdpa", "0", "exact", "ok")
     assert 0 < float(rows["bf16 sdpa"][4]) < 0.03  # E: measured 0.0059 (bf16 rounding only, see EMBEDDED_CFG)
+
+
+def test_hunyuanvideo15_rows_and_command_lines(tmp_path: Path, capsys, monkeypatch) -> None:
+    """--family 1.5: the same rows without TeaCache (refused for 1.5), the 1.5 preset, no embedded guidance on the
+    command line; a preset of the other family is exit 2."""
+    assert "bf16 --teacache-thresh 0.1" not in [r.name for r in gc.select_rows(H100x2, "1.5")]
+    assert [r.name for r in gc.select_rows(H100x2, "1.5")] == [n for n in names(H100x2) if "teacache" not in n]
+    argv = gc.base_argv(tmp_path, gc.PRESETS["mid15"], "cuda")
+    assert "--embedded-cfg-scale" not in argv and "--embedded-cfg-scale" in gc.base_argv(
+        tmp_path, gc.PRESETS["mid"], "cuda"
+    )
+    seen: list[list[str]] = []
+    fake = fake_cli("--no-such-flag", "--no-such-flag")
+
+    def run(cmd, cwd, timeout):
+        seen.append(cmd)
+        return fake(cmd, cwd, timeout)
+
+    monkeypatch.setattr(gc, "write_model", lambda root, preset: seen.append([preset.name]) or root)
+    code = gc.main(["--device", "cpu", "--family", "1.5", "--workdir", str(tmp_path)], runner=run)
+    assert code == 0 and seen[0] == ["tiny15"] and all("--embedded-cfg-scale" not in c for c in seen[1:])
+    assert "HunyuanVideo 1.5 preset tiny15" in capsys.readouterr().out
+    assert gc.main(["--device", "cpu", "--family", "1.5", "--preset", "tiny"]) == 2
+
+
+@pytest.mark.slow
+def test_real_rows_on_the_cpu_with_hunyuanvideo15(tmp_path: Path, capsys) -> None:
+    """The tiny 1.5 model through the real command line: fp32, bf16 within its bound, block offload bitwise."""
+    code = gc.main(["--device", "cpu", "--family", "1.5", "--only", "bf16 --offload block", "--workdir", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    rows = {line.split("|")[1].strip(): line.split("|")[2:-1] for line in out.splitlines() if line.startswith("| ")}
+    assert set(rows) == {"path", "fp32 sdpa", "bf16 sdpa", "bf16 --offload block"}
+    assert [c.strip() for c in rows["bf16 --offload block"]][3:] == ["bf16 sdpa", "0", "exact", "ok"]
+    assert 0 < float(rows["bf16 sdpa"][4]) < 0.03

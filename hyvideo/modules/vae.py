@@ -668,6 +668,23 @@ class DiagonalGaussian:
 # The model
 
 
+def counted(
+    decoder_pass: Callable[[torch.Tensor, StreamState | None], torch.Tensor], total: int, progress: Progress | None
+) -> DecodeStep:
+    """`decoder_pass` (latents, stream state) -> pixels, reporting progress(done, total) after each call."""
+    done = 0
+
+    def step(v: torch.Tensor, state: StreamState | None = None) -> torch.Tensor:
+        nonlocal done
+        out = decoder_pass(v, state)
+        done += 1
+        if progress is not None:
+            progress(done, total)
+        return out
+
+    return step
+
+
 class HYVideoVAE(nn.Module):
     """Encoder + decoder of 884-16c-hy with optional tiling (`self.tiling`, see TilingConfig).
 
@@ -717,17 +734,7 @@ class HYVideoVAE(nn.Module):
 
         `progress(done, total)` is called after each decoder pass (a spatial tile's temporal tile or chunk, or the
         whole clip when untiled): done = 1 .. total, total = `decode_steps(z.shape)`."""
-        total = self.decode_steps(z.shape)
-        done = 0
-
-        def step(v: torch.Tensor, state: StreamState | None = None) -> torch.Tensor:
-            nonlocal done
-            out = self._decode_tile(v, state)
-            done += 1
-            if progress is not None:
-                progress(done, total)
-            return out
-
+        step = counted(self._decode_tile, self.decode_steps(z.shape), progress)
         with heap_buffers(z.device.type == "cpu" and self.tiling.enabled):  # untiled: few, huge buffers
             out = self._decode(self._in(z), step).contiguous()
         return out.clamp_(-1.0, 1.0) if clamp else out

@@ -37,6 +37,7 @@ from hyvideo.modules.vae import (
     StreamState,
     causal_frame_attention,
     conv3d,
+    counted,
     tile_space,
 )
 from hyvideo.utils.host_memory import heap_buffers
@@ -535,17 +536,7 @@ class HYVideo15VAE(nn.Module):
 
         `progress(done, total)` is called after each decoder pass (a spatial tile's chunk, or the whole tile, or the
         whole clip when untiled): done = 1 .. total, total = `decode_steps(z.shape)`."""
-        total = self.decode_steps(z.shape)
-        done = 0
-
-        def step(v: torch.Tensor, state: StreamState | None = None) -> torch.Tensor:
-            nonlocal done
-            out = self.decoder(v, state)
-            done += 1
-            if progress is not None:
-                progress(done, total)
-            return out
-
+        step = counted(self.decoder, self.decode_steps(z.shape), progress)
         with heap_buffers(z.device.type == "cpu" and self.tiling.enabled):  # untiled: few, huge buffers
             out = self._decode(self._in(z), step).contiguous()
         return out.clamp_(-1.0, 1.0) if clamp else out

@@ -12,6 +12,7 @@ import pytest
 import torch
 from diffusers import HunyuanVideo15ImageToVideoPipeline, HunyuanVideo15Pipeline
 from PIL import Image
+from torchrun_launch import launch
 
 from hyvideo import cli, io
 from hyvideo.api import Generator
@@ -183,7 +184,8 @@ def test_output_path_names_the_video(folders, tmp_path):
 
 def test_prompt_file_lines_with_images_equal_single_runs(folders, image_path, tmp_path):
     """A 1.5 image-to-video prompt file: each line's image (absolute, or relative to the file) and seed; every
-    video's latents equal its single run's bit for bit, the negative prompt and quoted text included."""
+    video's latents equal its single run's bit for bit, the negative prompt and quoted text included. Under torchrun
+    (2 processes, data parallel: one line per rank) each line equals its single run too."""
     root = folders["diffusers_480p_i2v"]
     (tmp_path / "imgs").mkdir()
     Image.fromarray((np.random.RandomState(6).rand(HEIGHT, WIDTH, 3) * 255).astype(np.uint8)).save(
@@ -197,14 +199,30 @@ def test_prompt_file_lines_with_images_equal_single_runs(folders, image_path, tm
     argv = ["--prompt-file", str(tmp_path / "p.jsonl"), "--model-base", str(root), "--video-length", str(FRAMES)]
     argv += ["--video-size", str(HEIGHT), str(WIDTH), "--infer-steps", str(STEPS), *FP32, "--device", "cpu"]
     assert cli.main([*argv, "--save-path", str(tmp_path / "batch"), "--save-latents"]) == 0
-    got = {}
-    for mp4 in (tmp_path / "batch").glob("*.mp4"):
-        record = json.loads(mp4.with_suffix(".json").read_text())
-        got[record["batch"]["line"]] = io.load_latents(io.latents_filename(mp4))[0]
     one, _ = run(root, tmp_path / "one", "--seed", "7", image=image_path)
-    argv = ["--prompt", "A dog runs", "--seed", "8", "--neg-prompt", NEGATIVE]
-    two, _ = run(root, tmp_path / "two", *argv, image=tmp_path / "imgs" / "b.png")
-    assert sorted(got) == [1, 2] and torch.equal(got[1], one) and torch.equal(got[2], two)
+    two_argv = ["--prompt", "A dog runs", "--seed", "8", "--neg-prompt", NEGATIVE]
+    two, _ = run(root, tmp_path / "two", *two_argv, image=tmp_path / "imgs" / "b.png")
+    got = batch_latents(tmp_path / "batch")
+    assert sorted(got) == [1, 2] and torch.equal(got[1][0], one) and torch.equal(got[2][0], two)
+    job = launch(2, ["sample_video.py", *argv, "--save-path", str(tmp_path / "dp"), "--save-latents"], timeout=1200,
+                 log_dir=tmp_path / "logs")  # fmt: skip
+    assert job.ok, job.failure_message()
+    got = batch_latents(tmp_path / "dp")
+    assert sorted(got) == [1, 2]
+    for line, want in ((1, one), (2, two)):
+        latents, record = got[line]
+        # measured 0.0; the ranks run with torchrun's OMP_NUM_THREADS=1: the parallel tests' bound
+        assert rel(latents, want) <= 1e-5, (line, rel(latents, want))
+        assert record["runtime"]["parallel"]["rank"] == line - 1 and record["model"]["family"] == "1.5"
+
+
+def batch_latents(folder: Path) -> dict[int, tuple[torch.Tensor, dict]]:
+    """A prompt-file run's outputs: line -> (saved latents, sidecar record)."""
+    out = {}
+    for mp4 in folder.glob("*.mp4"):
+        record = json.loads(mp4.with_suffix(".json").read_text())
+        out[record["batch"]["line"]] = (io.load_latents(io.latents_filename(mp4))[0], record)
+    return out
 
 
 def test_python_api_equals_the_command_line(folders, image_path, tmp_path):

@@ -12,6 +12,7 @@ The 4-process launch is plain `sample_video.py`, teardown included: ring x cfg-p
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -22,7 +23,7 @@ import torch
 import torch.distributed as dist
 from PIL import Image
 from torch.distributed.elastic.multiprocessing.errors import record
-from torchrun_launch import launch  # tests/ is on sys.path: under pytest, and as the worker (this file's folder)
+from torchrun_launch import ROOT, launch  # tests/ is on sys.path: under pytest, and as the worker (this file's folder)
 
 from hyvideo import cli, io, pipeline
 from hyvideo.modules.qwen_encoder import Text15Embeddings
@@ -144,7 +145,10 @@ def test_two_processes_every_mode_gives_the_single_process_latents(folders, imag
         runs[-1] += ["--dist-timeout", "900"]
     cases_file = tmp_path / "cases.json"
     cases_file.write_text(json.dumps(runs))
-    job = launch(2, [__file__, str(cases_file)], timeout=TIMEOUT_S, log_dir=tmp_path / "logs")
+    # this file runs as the ranks' script: its folder is their sys.path[0], the repository root (for the launcher's
+    # `benchmarks` import) is not, whatever the installed package gives
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    job = launch(2, [__file__, str(cases_file)], env={"PYTHONPATH": path}, timeout=TIMEOUT_S, log_dir=tmp_path / "logs")
     assert job.ok, job.failure_message()
     errors = {case: rel(latents_in(tmp_path / f"case{n}"), single[CASES[case][0]]) for n, case in enumerate(CASES)}
     print("\n".join(f"{case}: rel {err:.2e}" for case, err in errors.items()))

@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
@@ -34,6 +33,7 @@ import torch
 from loguru import logger
 
 from hyvideo.checkpoints.dit import build_dit
+from hyvideo.choices import HV15_VERSIONS
 from hyvideo.config import DiTConfig
 from hyvideo.errors import UsageError
 from hyvideo.modules.vae import HYVideoVAE, TilingConfig, VAEConfig
@@ -772,7 +772,6 @@ HV15_VAE = {  # the release VAE config (diffusers' names; the official config.js
     "downsample_match_channel": True,
     "upsample_match_channel": True,
 }
-HV15_VERSION = re.compile(r"(480p|720p)_(t2v|i2v)(_step_distilled|_distilled)?")
 
 
 def dit15_tensors(cfg: dict) -> tuple[tuple[tuple[tuple[int, bool], ...], ...], tuple[int, ...]]:
@@ -1009,13 +1008,13 @@ def full_size_sizes15(meanflow: bool = False) -> ModelSizes:
 
 def hv15_version(version: str) -> tuple[str, str, bool, bool]:
     """(resolution, task, cfg-distilled: guidance 1, no real CFG, meanflow) of a 1.5 version name."""
-    m = HV15_VERSION.fullmatch(version)
-    if m is None:
+    spec = HV15_VERSIONS.get(version)
+    if spec is None or spec.sparse:  # sparse-attention versions are refused, so never planned
         raise ValueError(
             f"unknown HunyuanVideo 1.5 version {version!r}: one of {{480p,720p}}_{{t2v,i2v}}[_distilled] or "
             "480p_i2v_step_distilled"
         )
-    return m[1], m[2], m[3] is not None, m[3] == "_step_distilled"
+    return spec.resolution, spec.task, spec.cfg_scale <= 1, spec.step_distilled
 
 
 def plan15(

@@ -21,14 +21,13 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 from benchmarks.bench_i2v import write_test_image
-from benchmarks.common import MID_VAE15_LAYOUT, write_mid_vae15
+from benchmarks.common import MID_VAE15_LAYOUT, latents_rel_diff, run_child, write_mid_vae15
 from hyvideo.utils.host_memory import proc_kb
 
 SEED = 42
@@ -199,25 +198,6 @@ def child_diffusers(root: Path, image: Path | None, out: Path, a: argparse.Names
 # ---------------------------------------------------------------------------------------------------------------
 # Parent
 # ---------------------------------------------------------------------------------------------------------------
-def _run_child(kind: str, root: Path, image: Path | None, out: Path, a: argparse.Namespace) -> dict:
-    cmd = [sys.executable, "-m", "benchmarks.bench_hv15", "--child", kind, str(root), str(image or "-"), str(out),
-           "--size", *map(str, a.size), "--frames", str(a.frames), "--steps", str(a.steps)]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{kind} child failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def latents_rel_diff(ours: Path, theirs: Path) -> float:
-    """||ours - theirs|| / ||theirs|| of the latents each side decoded."""
-    from safetensors.torch import load_file
-
-    o, t = load_file(str(ours))["latents"], load_file(str(theirs))["latents"]
-    if o.shape != t.shape:
-        raise RuntimeError(f"final latents differ in shape: ours {tuple(o.shape)}, diffusers {tuple(t.shape)}")
-    return ((o - t).norm() / t.norm()).item()
-
-
 def check_args(ap: argparse.ArgumentParser, a: argparse.Namespace) -> None:
     H, W = a.size
     if H % 16 or W % 16 or H <= 0 or W <= 0:
@@ -263,7 +243,11 @@ def main(argv: list[str] | None = None) -> None:
             rels = []
             for i in range(a.repeats):  # alternate the sides so background load hits both alike
                 for kind in ("ours", "diffusers"):
-                    r = _run_child(kind, root, image, Path(tmp) / f"out-{task}-{kind}-{i}", a)
+                    r = run_child(
+                        "benchmarks.bench_hv15",
+                        [kind, str(root), str(image or "-"), str(Path(tmp) / f"out-{task}-{kind}-{i}")],
+                        a,
+                    )
                     r["load"] = os.getloadavg()[0]
                     print(f"{task} {kind} run {i + 1}: {json.dumps(r)}", file=sys.stderr, flush=True)
                     runs[kind].append(r)

@@ -17,14 +17,13 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 from benchmarks.bench_pipeline import SEED, SHORT_PROMPT, StepTimer, _fmt_ratio, _timed
-from benchmarks.common import MID_VAE_LAYOUT, add_dit_size_args, write_mid_vae
+from benchmarks.common import MID_VAE_LAYOUT, add_dit_size_args, latents_rel_diff, run_child, write_mid_vae
 from hyvideo.utils.host_memory import proc_kb
 
 CONDITION = "token_replace"
@@ -165,26 +164,6 @@ def child_diffusers(root: Path, image: Path, out: Path, a: argparse.Namespace) -
 # ---------------------------------------------------------------------------------------------------------------
 # Parent
 # ---------------------------------------------------------------------------------------------------------------
-def _run_child(kind: str, root: Path, image: Path, out: Path, a: argparse.Namespace) -> dict:
-    cmd = [sys.executable, "-m", "benchmarks.bench_i2v", "--child", kind, str(root), str(image), str(out),
-           "--size", *map(str, a.size), "--frames", str(a.frames), "--steps", str(a.steps)]  # fmt: skip
-    env = {**os.environ, "BENCH_I2V_TEMPLATE": a.template}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{kind} child failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def latents_rel_diff(ours: Path, theirs: Path) -> float:
-    """||ours - theirs|| / ||theirs|| of the latents each side decoded."""
-    from safetensors.torch import load_file
-
-    o, t = load_file(str(ours))["latents"], load_file(str(theirs))["latents"]
-    if o.shape != t.shape:
-        raise RuntimeError(f"final latents differ in shape: ours {tuple(o.shape)}, diffusers {tuple(t.shape)}")
-    return ((o - t).norm() / t.norm()).item()
-
-
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_dit_size_args(ap, double=1, single=2)
@@ -212,7 +191,12 @@ def main(argv: list[str] | None = None) -> None:
         rels = []
         for i in range(a.repeats):  # alternate the sides so background load hits both alike
             for kind in ("ours", "diffusers"):
-                r = _run_child(kind, root, image, Path(tmp) / f"out-{kind}-{i}", a)
+                r = run_child(
+                    "benchmarks.bench_i2v",
+                    [kind, str(root), str(image), str(Path(tmp) / f"out-{kind}-{i}")],
+                    a,
+                    {"BENCH_I2V_TEMPLATE": a.template},
+                )
                 r["load"] = os.getloadavg()[0]
                 print(f"{kind} run {i + 1}: {json.dumps(r)}", file=sys.stderr, flush=True)
                 runs[kind].append(r)

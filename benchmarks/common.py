@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 # block_out_channels, resnets per block, norm groups of the benchmarks' mid-size VAE
@@ -62,3 +66,25 @@ def write_mid_vae15(vae_dir: Path, seed: int, layout: str = "diffusers") -> Path
     channels, layers = MID_VAE15_LAYOUT
     return save_vae15(random_vae15(VAE15Config(block_out_channels=channels, layers_per_block=layers), seed), vae_dir,
                       layout)  # fmt: skip
+
+
+def run_child(module: str, child: list[str], a: argparse.Namespace, env: dict[str, str] | None = None) -> dict:
+    """`python -m module --child CHILD... --size H W --frames F --steps S` in a fresh process (its own peak RSS); the
+    JSON object on the last line of its stdout."""
+    cmd = [sys.executable, "-m", module, "--child", *child, "--size", *map(str, a.size), "--frames", str(a.frames),
+           "--steps", str(a.steps)]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})})
+    if proc.returncode != 0:
+        raise RuntimeError(f"{child[0]} child failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def latents_rel_diff(ours: Path, theirs: Path) -> float:
+    """||ours - theirs|| / ||theirs|| of the latents each side decoded."""
+    # start-up: safetensors loads only for the benchmarks that compare latents
+    from safetensors.torch import load_file
+
+    o, t = load_file(str(ours))["latents"], load_file(str(theirs))["latents"]
+    if o.shape != t.shape:
+        raise RuntimeError(f"final latents differ in shape: ours {tuple(o.shape)}, diffusers {tuple(t.shape)}")
+    return ((o - t).norm() / t.norm()).item()

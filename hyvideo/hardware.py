@@ -13,6 +13,10 @@ import torch
 
 # Compute capabilities SageAttention's `sageattn` has a kernel for (its dispatch raises on any other card)
 SAGE_CAPABILITIES: tuple[tuple[int, int], ...] = ((8, 0), (8, 6), (8, 9), (9, 0), (12, 0), (12, 1))
+# Compute capabilities flash-attn 2 has kernels for: its C++ entry points accept sm8x and sm90 and raise "FlashAttention
+# only supports Ampere GPUs or newer" on any other card (Turing and Volta; also sm10x/sm12x in the releases that check
+# for sm90 exactly, so "auto" does not pick it there: SDPA is always correct)
+FLASH_MAJOR, FLASH_HOPPER = 8, (9, 0)
 # cuBLAS is deterministic only with one of these workspace settings, read before its first GEMM
 CUBLAS_DETERMINISTIC = (":4096:8", ":16:8")
 
@@ -54,6 +58,11 @@ def scaled_mm_available(device: torch.device) -> bool:
 def sage_supported(cap: tuple[int, int] | None) -> bool:
     """Whether `sageattn` has a kernel for a card of compute capability `cap`."""
     return cap in SAGE_CAPABILITIES
+
+
+def flash_supported(cap: tuple[int, int] | None) -> bool:
+    """Whether flash-attn 2 has a kernel for a card of compute capability `cap` (every sm8x, and sm90)."""
+    return cap is not None and (cap[0] == FLASH_MAJOR or cap == FLASH_HOPPER)
 
 
 def installed(module: str) -> bool:

@@ -46,6 +46,7 @@ from hyvideo.memory import (
     planning_sizes,
     preflight,
 )
+from hyvideo.modules.attention import runnable_backend
 from hyvideo.modules.dit import HYVideoDiT, riflex_k
 from hyvideo.modules.text_encoders import TextEmbeddings, TextEncoderConfig, TextEncoders
 from hyvideo.modules.vae import HYVideoVAE
@@ -183,7 +184,7 @@ def load_denoiser(
     model = apply_offload(model, req.offload, device, dtype=dtype)
     if req.fp8_compute:
         enable_fp8_compute(model)
-    model.attn_backend = req.attn_backend
+    model.attn_backend = runnable_backend(req.attn_backend, device)
     return compile_blocks(model, mode=req.compile_mode) if req.compile else model
 
 

@@ -420,7 +420,7 @@ def _check_weights(f: Flags, must_exist: bool = True) -> tuple[Path, Path | None
 
 
 def _check_attn_backend(backend: str, device: str) -> None:
-    """flash and sage need their package and a CUDA device; sage also a card its `sageattn` has a kernel for."""
+    """flash and sage need their package and a CUDA device, and a card their kernels support."""
     if backend not in ATTN_PACKAGES:
         return
     module, pip = ATTN_PACKAGES[backend]
@@ -429,10 +429,12 @@ def _check_attn_backend(backend: str, device: str) -> None:
     if not device.startswith("cuda"):
         raise UsageError("--attn-backend", f"{backend} needs a CUDA device, got --device {device}; use sdpa")
     cap = hardware.capability(device)
+    card = f"{hardware.device_name(device)} ({device}, sm{cap[0]}{cap[1]})" if cap else device
     if backend == "sage" and not hardware.sage_supported(cap):
-        card = f"{hardware.device_name(device)} ({device}, sm{cap[0]}{cap[1]})" if cap else device
         known = ", ".join(f"sm{a}{b}" for a, b in hardware.SAGE_CAPABILITIES)
         raise UsageError("--attn-backend", f"sage has no kernel for {card} (it has: {known}); use sdpa or flash")
+    if backend == "flash" and cap is not None and not hardware.flash_supported(cap):
+        raise UsageError("--attn-backend", f"flash-attn has no kernel for {card} (it has: sm8x, sm90); use sdpa")
 
 
 def _check_compile_mode(mode: str, device: str, offload: str) -> str:

@@ -10,6 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from hyvideo import hardware, request
+from hyvideo.errors import UsageError
 from hyvideo.modules import attention as attn_mod
 from hyvideo.modules.attention import (
     KeyMask,
@@ -17,6 +19,7 @@ from hyvideo.modules.attention import (
     check_backend,
     kernel_for,
     reference_varlen_kernel,
+    runnable_backend,
     varlen_attention,
 )
 
@@ -160,3 +163,46 @@ def test_optional_kernels_give_the_sdpa_result(monkeypatch, kernel, masked):
     assert torch.allclose(got[rows], want[rows], atol=1e-6)
     if masked:  # padded query rows come out as zeros (their outputs are never used)
         assert got[~valid].abs().max() == 0
+
+
+# --------------------------------------------------------------------------- cards flash-attn has no kernel for
+@pytest.mark.parametrize(
+    "cap, ok",
+    [((7, 0), False), ((7, 5), False), ((8, 0), True), ((8, 6), True), ((8, 9), True), ((9, 0), True),
+     ((10, 0), False), ((12, 0), False), (None, False)],
+)  # fmt: skip
+def test_flash_supported_cards(cap, ok):
+    """flash-attn 2's entry points accept sm8x and sm90 only (V100 and T4 raise at the first call)."""
+    assert hardware.flash_supported(cap) is ok
+
+
+@pytest.mark.parametrize(
+    "device, cap, flash, backend, want",
+    [
+        ("cuda", (7, 5), True, "auto", "sdpa"),  # a T4 with flash-attn installed: auto must not reach it
+        ("cuda", (8, 6), True, "auto", "auto"),
+        ("cuda", (9, 0), True, "auto", "auto"),
+        ("cuda", (7, 5), False, "auto", "auto"),  # nothing to avoid: kernel_for picks SDPA anyway
+        ("cuda", (7, 5), True, "sdpa", "sdpa"),
+        ("cuda", (10, 0), True, "sage", "sage"),  # sage's own card check is the request's
+        ("cpu", None, True, "auto", "auto"),
+    ],
+)
+def test_runnable_backend_avoids_flash_where_it_has_no_kernel(monkeypatch, device, cap, flash, backend, want):
+    monkeypatch.setattr(attn_mod, "HAS_FLASH", flash)
+    monkeypatch.setattr(hardware, "capability", lambda d: cap)
+    assert runnable_backend(backend, torch.device(device)) == want
+    q = FakeQ(torch.device(device), torch.bfloat16)
+    assert (kernel_for(q, want) == "flash") is (device == "cuda" and flash and hardware.flash_supported(cap))
+
+
+def test_explicit_flash_refused_up_front_on_a_card_without_a_kernel(monkeypatch):
+    """--attn-backend flash on a Turing card: one line naming the flag and the card, before anything loads."""
+    monkeypatch.setattr(hardware, "installed", lambda module: True)
+    monkeypatch.setattr(hardware, "device_name", lambda device: "Tesla T4")
+    monkeypatch.setattr(hardware, "capability", lambda device: (7, 5))
+    with pytest.raises(UsageError, match=r"flash-attn has no kernel for Tesla T4 \(cuda, sm75\).*use sdpa") as e:
+        request._check_attn_backend("flash", "cuda")
+    assert e.value.flag == "--attn-backend"
+    monkeypatch.setattr(hardware, "capability", lambda device: (8, 9))
+    request._check_attn_backend("flash", "cuda")  # an RTX 4090: accepted

@@ -5,11 +5,14 @@ stand-in of its contract)."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 import torch.nn.functional as F
 from cuda_standins import CudaContractError, strict_efficient_attention
 
+from hyvideo.parallel import attention as par_attn
 from hyvideo.parallel.attention import (
     MATH_SCORES,
     attention_lse,
@@ -125,3 +128,25 @@ def test_ring_merge_of_chunked_parts_equals_full_attention():
     ]
     keep = torch.cat([torch.ones(2, 20, dtype=torch.bool), valid[:, 20:]], 1)
     torch.testing.assert_close(merge_lse(parts).double(), reference(q, k, v, keep)[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend, flash", [("auto", True), ("flash", True), ("sdpa", False), ("sage", False)])
+def test_the_ring_asks_for_flash_only_where_the_model_backend_allows_it(monkeypatch, backend, flash):
+    """Every ring step (image blocks and the text keys) chooses its kernel with the model's backend: "sdpa" (what a
+    card without flash-attn kernels runs, or the user's choice) never reaches flash-attn."""
+    asked = []
+    real = par_attn.ring_kernel
+    monkeypatch.setattr(par_attn, "HAS_FLASH", True)
+    monkeypatch.setattr(par_attn, "ring_kernel", lambda d, t, f, m: asked.append(f) or real(d, t, f, m))
+    mesh = SimpleNamespace(ulysses=1, ring=1, r_rank=0, ring_ranks=(0,), ring_group=None)
+    sp = par_attn.SequenceParallelAttention(mesh, num_image_tokens=6, chunk=6)  # type: ignore[arg-type]
+    g = torch.Generator().manual_seed(0)
+    q, ik, iv, tk, tv = (torch.randn(1, n, 2, 8, generator=g) for n in (10, 6, 6, 4, 4))
+    valid = torch.tensor([[True, True, True, False]])
+    out = sp._ring(q, ik, iv, tk, tv, valid, backend)  # (1, 10, 2, 8)
+    assert asked == [flash, flash]  # one image block, then the text keys
+    ref = F.scaled_dot_product_attention(
+        *(x.transpose(1, 2) for x in (q, torch.cat([ik, tk], 1), torch.cat([iv, tv], 1))),
+        attn_mask=F.pad(valid, (6, 0), value=True)[:, None, None],
+    ).transpose(1, 2)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)

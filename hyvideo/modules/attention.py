@@ -14,6 +14,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from hyvideo import hardware
+
 try:  # optional CUDA kernels
     from flash_attn import flash_attn_func, flash_attn_varlen_func
 
@@ -62,6 +64,15 @@ def check_backend(backend: str, device: torch.device) -> None:
             raise ValueError(f"--attn-backend {backend}: {pip} is not installed (pip install {pip})")
         if device.type != "cuda":
             raise ValueError(f"--attn-backend {backend}: needs a CUDA device, got {device.type}")
+
+
+def runnable_backend(backend: str, device: torch.device) -> str:
+    """The backend a model on `device` runs with: "auto" becomes "sdpa" on a GPU flash-attn has no kernel for, so
+    that neither the blocks nor the ring (which calls flash-attn for "auto" and "flash") reach its runtime error.
+    Decided once when the model is set up, not per call (an explicit "flash" there is refused up front)."""
+    if backend == "auto" and HAS_FLASH and device.type == "cuda":
+        return "auto" if hardware.flash_supported(hardware.capability(device)) else "sdpa"
+    return backend
 
 
 def kernel_for(q: torch.Tensor, backend: str) -> str:

@@ -46,14 +46,15 @@ def ring_kernel(device_type: str, dtype: torch.dtype, has_flash: bool, masked: b
 
 
 def attention_lse(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_valid: torch.Tensor | None = None
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_valid: torch.Tensor | None = None, backend: str = "auto"
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(softmax(q k^T / sqrt(D)) v, lse) with lse = logsumexp_k(q k^T / sqrt(D)) over allowed keys.
 
     q (B, Lq, H, D), k/v (B, Lk, H, D), key_valid (B, Lk) bool or None -> out (B, Lq, H, D), lse (B, H, Lq) float32.
-    The kernel is `ring_kernel(...)`'s choice.
+    The kernel is `ring_kernel(...)`'s choice; flash-attn only for the backends that allow it ("auto", "flash": the
+    model's backend is already "sdpa" on a card flash-attn has no kernel for, see `runnable_backend`).
     """
-    kernel = ring_kernel(q.device.type, q.dtype, HAS_FLASH, key_valid is not None)
+    kernel = ring_kernel(q.device.type, q.dtype, HAS_FLASH and backend in ("auto", "flash"), key_valid is not None)
     if kernel == "cpu_flash":
         qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))  # (B, H, L, D)
         bias = None if key_valid is None else key_bias(key_valid, q.dtype)[:, None, None]  # (B, 1, 1, Lk)
@@ -179,7 +180,7 @@ class SequenceParallelAttention:
             out = attention(queries, torch.cat([ik[:, :n], tk], 1), torch.cat([iv[:, :n], tv], 1), keys_valid, backend)
             out = out.unflatten(-1, (Hu, D))  # (B, n+Lt, Hu, D)
         else:
-            out = self._ring(queries, ik, iv, tk, tv, txt_valid)
+            out = self._ring(queries, ik, iv, tk, tv, txt_valid, backend)
         i_out, t_out = out.split([n, out.shape[1] - n], 1)
         i_out = F.pad(i_out, (0, 0, 0, 0, 0, U * c - n))  # padded query rows -> 0 (dropped at the end anyway)
         # 3. inverse Ulysses: (B, U*c, Hu, D) -> (U, B, c, Hu, D) -> all-to-all -> (B, c, U*Hu, D)
@@ -199,6 +200,7 @@ class SequenceParallelAttention:
         tk: torch.Tensor,
         tv: torch.Tensor,
         txt_valid: torch.Tensor | None,
+        backend: str,
     ) -> torch.Tensor:
         """Pass image k/v blocks around the ring (send to r+1, receive from r-1), attend to each, merge by lse."""
         m = self.mesh
@@ -217,10 +219,10 @@ class SequenceParallelAttention:
                 pending = dist.batch_isend_irecv(ops)
             n = self.block_valid[j]
             if n > 0:
-                parts[j] = attention_lse(queries, kv[0][:, :n], kv[1][:, :n])
+                parts[j] = attention_lse(queries, kv[0][:, :n], kv[1][:, :n], None, backend)
             for req in pending:
                 req.wait()
             if incoming is not None:
                 kv = incoming
-        parts[R] = attention_lse(queries, tk, tv, txt_valid)
+        parts[R] = attention_lse(queries, tk, tv, txt_valid, backend)
         return merge_lse([parts[j] for j in sorted(parts)])

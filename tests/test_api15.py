@@ -103,12 +103,19 @@ def test_text_to_video_equals_the_command_line(tree, tmp_path):
     decoded = pipeline.decode(pipeline.load_decoder(req, hv15.paths_of(req), torch.device("cpu")), want)
     official = (decoded.unsqueeze(0) / 2 + 0.5).clamp(0, 1).cpu().float()  # (1, 3, T, H, W)
 
-    version = HunyuanVideo_1_5_Pipeline.get_transformer_version("480p", "t2v")
-    pipe = HunyuanVideo_1_5_Pipeline.create_pipeline(tree, version, **FP32, **FP32_OPTIONS)
-    pipe.apply_infer_optimization(infer_state=InferState(), enable_offloading=False)
+    # generate.py's calls, with its keywords (offloading off: this machine has no CUDA)
+    version = HunyuanVideo_1_5_Pipeline.get_transformer_version("480p", "t2v", False, False, False)
+    pipe = HunyuanVideo_1_5_Pipeline.create_pipeline(
+        pretrained_model_name_or_path=tree, transformer_version=version, create_sr_pipeline=False,
+        transformer_dtype=torch.float32, device=torch.device("cpu"), transformer_init_device=torch.device("cpu"),
+        **FP32_OPTIONS,
+    )  # fmt: skip
+    pipe.apply_infer_optimization(infer_state=InferState(), enable_offloading=False, enable_group_offloading=False,
+                                  overlap_group_offloading=True)  # fmt: skip
     assert (pipe.ideal_task, pipe.ideal_resolution, pipe.use_meanflow) == ("t2v", "480p", False)
-    common = dict(prompt=PROMPT, aspect_ratio="16:9", video_length=FRAMES, num_inference_steps=STEPS, seed=7,
-                  negative_prompt=NEGATIVE, enable_sr=False, prompt_rewrite=False)  # fmt: skip
+    common = dict(enable_sr=False, prompt=PROMPT, aspect_ratio="16:9", num_inference_steps=STEPS,
+                  sr_num_inference_steps=None, video_length=FRAMES, negative_prompt=NEGATIVE, seed=7,
+                  prompt_rewrite=False, return_pre_sr_video=False)  # fmt: skip
     try:
         out = pipe(**common, output_type="pt")
         latents = pipe(**common, output_type="latent", return_dict=False)
@@ -222,6 +229,22 @@ def test_apply_infer_optimization_maps_to_our_flags(tree, monkeypatch):
     if not torch.cuda.is_available():  # generate.py's default: offloading, the models run on CUDA
         refused(lambda: pipe.apply_infer_optimization(enable_offloading=True), r"^enable_offloading: .* CUDA device")
     assert not pipe.request.compile  # a refused setting leaves the previous ones
+
+
+def test_offloading_runs_on_cuda_as_the_official_convention(tree, monkeypatch):
+    """generate.py's default passes device=cpu with enable_offloading: the models wait on the CPU and run on CUDA
+    (offload model; group offloading streams the DiT's blocks). A CUDA device is made present for the checks."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    pipe = HunyuanVideo_1_5_Pipeline.create_pipeline(tree, "480p_t2v", device=torch.device("cpu"))
+    assert (pipe.request.device, pipe.request.offload) == ("cpu", "none")
+    pipe.apply_infer_optimization(enable_offloading=True)
+    assert (pipe.request.device, pipe.request.offload) == ("cuda", "model")
+    pipe.apply_infer_optimization(enable_offloading=True, enable_group_offloading=True, overlap_group_offloading=False)
+    assert (pipe.request.device, pipe.request.offload) == ("cuda", "block")
+    pipe = HunyuanVideo_1_5_Pipeline.create_pipeline(tree, "480p_t2v", device="cuda:0")
+    pipe.apply_infer_optimization(enable_offloading=True)
+    assert (pipe.request.device, pipe.request.offload) == ("cuda:0", "model")
 
 
 def test_get_offloading_config():

@@ -64,10 +64,12 @@ def small_buckets():
 
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory) -> Path:
-    """An official ckpts tree with transformer/480p_t2v and transformer/480p_i2v (the same encoders and VAE)."""
+    """An official ckpts tree with transformer/{480p_t2v, 480p_i2v_step_distilled, 480p_i2v} (the same encoders and
+    VAE): two image-to-video versions, as the release has."""
     root = tmp_path_factory.mktemp("tiny15") / "ckpts"
-    write_tiny15_model(root, "official", "480p_t2v", seed=2)
-    return write_tiny15_model(root, "official", "480p_i2v", seed=2)
+    for version in ("480p_t2v", "480p_i2v_step_distilled", "480p_i2v"):
+        write_tiny15_model(root, "official", version, seed=2)
+    return root
 
 
 @pytest.fixture(scope="module")
@@ -144,6 +146,18 @@ def test_image_to_video_equals_the_command_line(tree, image_path, tmp_path):
     finally:
         pipe.close()
     assert torch.equal(by_path, want) and torch.equal(by_pil, want)
+
+
+def test_the_version_named_is_the_one_loaded(tree):
+    """Of the tree's two image-to-video versions, each name gives its own DiT folder and the official defaults of
+    its version (the step-distilled one: meanflow, 12 steps, guidance 1)."""
+    base = HunyuanVideo_1_5_Pipeline.create_pipeline(tree, "480p_i2v", device="cpu")
+    step = HunyuanVideo_1_5_Pipeline.create_pipeline(tree, "480p_i2v_step_distilled", device="cpu")
+    assert base.request.hv15.paths.dit == tree / "transformer" / "480p_i2v"
+    assert step.request.hv15.paths.dit == tree / "transformer" / "480p_i2v_step_distilled"
+    assert not base.use_meanflow and step.use_meanflow and step.ideal_task == "i2v"
+    assert (base.request.hv15.default_infer_steps, base.request.hv15.default_cfg_scale) == (50, 6.0)
+    assert (step.request.hv15.default_infer_steps, step.request.hv15.default_cfg_scale) == (12, 1.0)
 
 
 def test_a_diffusers_folder_holds_one_version(tmp_path):

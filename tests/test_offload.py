@@ -128,10 +128,11 @@ def test_window_must_be_positive():
 
 
 @pytest.mark.parametrize("file_dtype", [torch.float32, torch.bfloat16], ids=["fp32-file", "bf16-file"])
-def test_pipeline_offload_levels_give_identical_latents(tmp_path, file_dtype):
+def test_pipeline_offload_levels_give_identical_latents(tmp_path, monkeypatch, file_dtype):
     from hyvideo import pipeline
     from hyvideo.checkpoints.layout import locate
     from hyvideo.cli import parse_request
+    from hyvideo.modules import text_encoders
     from hyvideo.tiny import write_tiny_model
 
     base = write_tiny_model(tmp_path / "model", seed=3)
@@ -154,11 +155,24 @@ def test_pipeline_offload_levels_give_identical_latents(tmp_path, file_dtype):
 
     ref = latents(req())
     assert req("--use-cpu-offload").offload == "model"  # the official flag keeps its meaning
+    # --offload block streams the LLM's layers too (docs/DESIGN.md §23): its text states are the resident ones
+    made: list[BlockStreamer] = []
+
+    def record(*args, **kwargs) -> BlockStreamer:
+        made.append(offload.stream_layers(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(text_encoders, "stream_layers", record)
+    streamed_cond, streamed_uncond = pipeline.encode_text(req("--offload", "block"), paths, CPU)
+    assert streamed_uncond is None and torch.equal(streamed_cond.llm_states, cond.llm_states)
+    assert len(made) == 1 and ("run", 0) in made[0].trace  # the streamer ran the layer (tiny LLM: 1 after skip 2)
+    assert not made[0].modules[0]._forward_pre_hooks  # and encode_text freed the encoder: hooks removed
     for extra in (["--offload", "model"], ["--offload", "block"], ["--use-cpu-offload"]):
         r = req(*extra)
         model = pipeline.load_denoiser(r, paths, CPU)
         assert isinstance(model._offload, BlockStreamer if r.offload == "block" else ModelOffload)
-        assert torch.equal(pipeline.denoise(model, cond, uncond, r, r.seed, CPU), ref), extra
+        text = (streamed_cond, streamed_uncond) if r.offload == "block" else (cond, uncond)
+        assert torch.equal(pipeline.denoise(model, *text, r, r.seed, CPU), ref), extra
 
 
 # --- streaming from a memory-mapped checkpoint on the CPU (host RAM holds a window of blocks) ---

@@ -687,7 +687,7 @@ def dry_run_lines(
         least = min((estimate(c, sizes, baseline) for c in candidates(plan)), key=lambda e: e.device_peak)
         stage = max(least.stages, key=lambda s: s.device)
         tip = {
-            "text encoders": "the text encoders' stage is at its least (--offload block streams the LLM's layers): "
+            "text encoders": "block offload already streams the LLM's layers and nothing else lowers this stage: "
             "it needs a larger card",
             "DiT denoise": "try a smaller --video-size / --video-length, or sequence parallelism over several GPUs "
             "(torchrun --ulysses-degree)",

@@ -7,6 +7,8 @@ streamer did not load would fail instead of computing; the streamer's trace and 
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 import pytest
 import torch
@@ -137,3 +139,19 @@ def test_qwen_streamed_equals_resident(tmp_path, streamers):
     check_streamed(streamers[0], 2, forwards=2)
     streamed.free()
     check_freed(streamers[0])
+
+
+def test_free_drops_the_streamer_before_emptying_the_pinned_cache(v1_root, monkeypatch):
+    """On CUDA, `free()` empties torch's pinned-host cache once the streamer (which holds the pinned slabs) is gone,
+    so the text stage's pinned RAM is returned before the DiT pins its blocks; a resident encoder does not call it."""
+    streamed = TextEncoders(TextEncoderConfig.from_model_base(v1_root, precision="fp32", stream=True))
+    alive = weakref.ref(streamed.llm.streamer)
+    calls: list[bool] = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # free_model's CUDA branch, on the CPU
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    monkeypatch.setattr(torch.accelerator, "empty_host_cache", lambda: calls.append(alive() is None))
+    streamed.free()
+    assert calls == [True]  # once (CLIP is not streamed), with the streamer already collected
+    resident = TextEncoders(TextEncoderConfig.from_model_base(v1_root, precision="fp32"))
+    resident.free()
+    assert calls == [True]

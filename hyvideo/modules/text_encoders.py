@@ -352,7 +352,7 @@ def free_model(model: torch.nn.Module | None) -> None:
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
         if streamed:  # the caching host allocator keeps freed pinned blocks; give the host RAM back
-            torch._C._host_emptyCache()
+            torch.accelerator.empty_host_cache()
     return None
 
 

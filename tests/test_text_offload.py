@@ -14,11 +14,14 @@ import pytest
 import torch
 from PIL import Image
 
+from hyvideo import i2v, pipeline
+from hyvideo.cli import parse_request
 from hyvideo.modules import llava_encoder, qwen_encoder, text_encoders
 from hyvideo.modules.llava_encoder import I2VTextEncoders, LlavaEncoderConfig
 from hyvideo.modules.qwen_encoder import Text15Encoder
 from hyvideo.modules.text_encoders import TextEncoderConfig, TextEncoders
 from hyvideo.offload import DEFAULT_WINDOW, BlockStreamer
+from hyvideo.tiny import write_tiny15_model, write_tiny_i2v_model
 from hyvideo.tiny_llava import write_llava
 from hyvideo.tiny_qwen import write_tiny_text15
 from hyvideo.tiny_text import write_text_encoders_diffusers
@@ -51,15 +54,15 @@ def streamers(monkeypatch) -> list[BlockStreamer]:
     return made
 
 
-def check_streamed(streamer: BlockStreamer, layers: int, forwards: int) -> None:
+def check_streamed(streamer: BlockStreamer, layers: int, forwards: int, live: bool = True) -> None:
     """Every layer ran in each forward, in order, each loaded by the streamer, never more than the window resident;
-    the layers not resident hold meta placeholders."""
+    while the encoder is `live` (not freed yet), the layers not resident hold meta placeholders."""
     runs = [i for op, i in streamer.trace if op == "run"]
     assert runs == list(range(layers)) * forwards
     assert streamer.max_resident == min(DEFAULT_WINDOW, layers)
     assert streamer.trace[0] == ("load", 0)
     for block, r in zip(streamer.modules, streamer.blocks, strict=True):
-        assert all(t.is_meta for t in block.parameters()) == (not r.on_device)
+        assert not live or all(t.is_meta for t in block.parameters()) == (not r.on_device)
 
 
 def check_freed(streamer: BlockStreamer) -> None:
@@ -155,3 +158,38 @@ def test_free_drops_the_streamer_before_emptying_the_pinned_cache(v1_root, monke
     resident = TextEncoders(TextEncoderConfig.from_model_base(v1_root, precision="fp32"))
     resident.free()
     assert calls == [True]
+
+
+@pytest.mark.parametrize("family", ["i2v", "hv15"])
+def test_pipeline_text_step_streams_under_block_offload(tmp_path, streamers, family):
+    """The pipeline's text step (`pipeline.encode_text`) of HunyuanVideo-I2V (LLaVA) and HunyuanVideo 1.5 (Qwen)
+    streams under --offload block, with real CFG (two forwards), and gives the states of --offload none; the encoder
+    is freed before it returns (hooks gone). v1 text-to-video: tests/test_offload.py."""
+    argv = ["--prompt", PROMPTS[1], "--video-length", "5", "--device", "cpu", "--save-path", str(tmp_path / "out")]
+    argv += ["--text-encoder-precision", "fp32", "--cfg-scale", "2.0"]
+    if family == "i2v":
+        root = write_tiny_i2v_model(tmp_path / "model", "diffusers", "token_replace", seed=1)
+        image = tmp_path / "first.png"
+        Image.fromarray((np.random.RandomState(0).rand(50, 70, 3) * 255).astype(np.uint8)).save(image)
+        argv += ["--model-base", str(root), "--text-encoder-precision-2", "fp32", "--i2v-mode"]
+        argv += ["--i2v-image-path", str(image)]
+    else:
+        root = write_tiny15_model(tmp_path / "model", "official", "480p_t2v", seed=2)
+        argv += ["--model-base", str(root)]
+
+    def encode(*extra: str):
+        req = parse_request([*argv, *extra])
+        req = i2v.resolve(req) if family == "i2v" else req
+        paths = i2v.model_paths(req) if family == "i2v" else None
+        return pipeline.encode_text(req, paths, CPU)
+
+    resident = encode()
+    assert streamers == []
+    streamed = encode("--offload", "block")
+    for a, b in zip(resident, streamed, strict=True):
+        for name, x in vars(a).items():
+            assert torch.equal(x, vars(b)[name]), name
+    (streamer,) = streamers
+    assert len(streamer.blocks) == 2  # tiny LLaVA / Qwen: 4 layers, the last 2 never built
+    check_streamed(streamer, 2, forwards=2, live=False)  # the prompt, the negative prompt
+    check_freed(streamer)

@@ -168,6 +168,7 @@ class ModelSizes:
     vision_hidden: int = 0
     vision_intermediate: int = 0
     llm_layer_tensors: tuple[int, ...] = ()  # numel of each tensor of one decoder layer (its pinned copy's slabs)
+    llm_vision: int = 0  # the I2V LLaVA's vision tower + projector: on the device with the LLM, streamed or not
 
     @property
     def dit(self) -> int:
@@ -252,7 +253,32 @@ def llm_sizes(cfg: dict) -> dict[str, object]:
     names = ("llm", "llm_hidden", "llm_layers", "llm_intermediate", "llm_layer")
     out: dict[str, object] = dict(zip(names, llm_params(cfg) if cfg else (0,) * len(names), strict=True))
     out["llm_layer_tensors"] = llm_layer_tensors(cfg) if cfg else ()
+    out["llm_vision"] = llava_vision_params(cfg) if cfg else 0
     return out
+
+
+# transformers' CLIPVisionConfig defaults, for the keys a saved LLaVA config.json may leave out
+CLIP_VISION_DEFAULTS = {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12, "image_size": 224,
+                        "patch_size": 32, "num_channels": 3}  # fmt: skip
+
+
+def llava_vision_params(cfg: dict) -> int:
+    """Parameters of a LLaVA's CLIP vision tower (`CLIPVisionModel`: patch and position embeddings, pre- and
+    post-LayerNorm, the layers) and its projector (two Linears with biases, vision -> text width) from the LLaVA's
+    config.json; 0 for any other config (a Qwen2.5-VL folder's vision tower is never loaded)."""
+    if cfg.get("model_type") != "llava" or not cfg.get("vision_config"):
+        return 0
+    v = {**CLIP_VISION_DEFAULTS, **cfg["vision_config"]}
+    h, i, n = int(v["hidden_size"]), int(v["intermediate_size"]), int(v["num_hidden_layers"])
+    p, c = int(v["patch_size"]), int(v["num_channels"])
+    tokens = (int(v["image_size"]) // p) ** 2 + 1  # the patches and the class token
+    layer = 4 * h + 4 * (h * h + h) + h * i + i + i * h + h  # two LayerNorms, q/k/v/out, MLP
+    tower = c * p * p * h + h + tokens * h + 2 * h + n * layer + 2 * h
+    text = int((cfg.get("text_config") or {}).get("hidden_size", 4096))
+    feature_layers = cfg.get("vision_feature_layer", -2)
+    width = h * (len(feature_layers) if isinstance(feature_layers, list) else 1)
+    bias = bool(cfg.get("multimodal_projector_bias", True))
+    return tower + width * text + text * text + (2 * text if bias else 0)
 
 
 def clip_text_params(cfg: dict) -> int:
@@ -385,11 +411,13 @@ def estimate(plan: MemoryPlan, sizes: ModelSizes, baseline: int = 0) -> MemoryEs
     # and one MLP's intermediate are live at a time, per prompt
     text_act = prompts * (4 * tokens * sizes.llm_hidden * e_llm + 3 * tokens * sizes.llm_intermediate * e_llm)
     built = sizes.llm_layers - min(plan.llm_skip, sizes.llm_layers)  # decoder layers built
-    llm = (sizes.llm - (sizes.llm_layers - built) * sizes.llm_layer) * e_llm
+    vision = sizes.llm_vision * e_llm  # the LLaVA's vision tower and projector (I2V), in the LLM's dtype
+    llm = (sizes.llm - (sizes.llm_layers - built) * sizes.llm_layer) * e_llm + vision
     if plan.offload == "block" and not cpu:
-        # the LLM's layers stream (docs/DESIGN.md §23): its embeddings and final norm + `window` layers on the device;
-        # on the host, the model as read (each layer's copy released once it is pinned), then the pinned layers
-        outside = (sizes.llm - sizes.llm_layers * sizes.llm_layer) * e_llm
+        # the LLM's layers stream (docs/DESIGN.md §23): its embeddings, final norm (and a LLaVA's vision tower) +
+        # `window` layers on the device; on the host, the model as read (each layer's copy released once it is
+        # pinned), then the pinned layers
+        outside = (sizes.llm - sizes.llm_layers * sizes.llm_layer) * e_llm + vision
         resident = outside + min(plan.window, built) * sizes.llm_layer * e_llm
         host = max(llm, outside + llm_pinned(plan, sizes))
         text = Stage("text encoders", resident + sizes.clip * e_clip, text_act, host=host)

@@ -7,6 +7,7 @@ import json
 import math
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -76,6 +77,30 @@ def test_text_encoder_formulas_match_transformers():
               "num_attention_heads": 32, "num_key_value_heads": 8}  # fmt: skip
     assert llm_params(llama3)[0] == 8_030_261_248 - 128256 * 4096
     assert clip_text_params(memory.FULL_SIZE_CLIP) == 123_060_480
+
+
+def test_llava_vision_tower_counted_with_the_llm():
+    """HunyuanVideo-I2V's LLaVA loads its CLIP vision tower and projector with the language model (both on the
+    device, streamed or not: docs/DESIGN.md §23): counted from config.json as transformers builds them, with
+    CLIPVisionConfig's defaults for the keys a saved config leaves out; a Qwen2.5-VL folder's tower is not loaded."""
+    from transformers import LlavaConfig, LlavaModel
+
+    released = {"model_type": "llava", "text_config": {"model_type": "llama", "hidden_size": 4096},
+                "vision_config": {"model_type": "clip_vision_model", "hidden_size": 1024, "image_size": 336,
+                                  "intermediate_size": 4096, "num_attention_heads": 16, "num_hidden_layers": 24,
+                                  "patch_size": 14}}  # fmt: skip
+    with torch.device("meta"):
+        model = LlavaModel(LlavaConfig(**released))
+    want = sum(p.numel() for m in (model.vision_tower, model.multi_modal_projector) for p in m.parameters())
+    assert memory.llava_vision_params(released) == want == 324_487_168
+    assert memory.llava_vision_params({**released, "model_type": "qwen2_5_vl"}) == 0
+    assert memory.llava_vision_params(memory.FULL_SIZE_LLM) == 0
+    sizes = replace(full_size(), llm_vision=want)
+    for offload in ("none", "block"):
+        plan = MemoryPlan(544, 960, 129, offload=offload)
+        with_tower, without = estimate(plan, sizes).stages[0], estimate(plan, full_size()).stages[0]
+        assert with_tower.weights - without.weights == 2 * want  # fp16, on the device in both modes
+        assert with_tower.host - without.host == 2 * want
 
 
 def test_vae_count():

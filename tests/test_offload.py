@@ -325,3 +325,45 @@ def test_pinned_block_streaming_shares_one_slab_pool(monkeypatch):
     seen.clear()
     offload.BlockStreamer(blocks, torch.device("cpu"))
     assert seen == [None] * len(blocks)
+
+
+def test_stream_blocks_moves_every_tensor_outside_the_blocks():
+    """`stream_blocks` on a model whose blocks sit deep in the tree (a language model inside a multimodal model):
+    tensors on the modules above the blocks (a parameter, an integer buffer) and whole subtrees without a block move
+    to the device, cast to `dtype` where floating point; the blocks stream and the output equals the plain model's."""
+
+    class Inner(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Linear(4, 8)
+            self.layers = nn.ModuleList(nn.Linear(8, 8) for _ in range(3))
+            self.scale = nn.Parameter(torch.full((8,), 0.5))
+            self.register_buffer("steps", torch.arange(3))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = self.embed(x)
+            for i, layer in zip(self.steps.tolist(), self.layers, strict=True):
+                x = layer(x) * self.scale + i
+            return x
+
+    class Outer(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.tower = nn.Linear(4, 4)
+            self.inner = Inner()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.inner(self.tower(x))
+
+    torch.manual_seed(0)
+    model, x = Outer(), torch.randn(2, 4)
+    ref = copy.deepcopy(model).to(torch.float64)(x.double())
+    streamer = offload.stream_blocks(model, list(model.inner.layers), CPU, dtype=torch.float64)
+    assert model._offload is streamer and all(is_meta(b) for b in model.inner.layers)
+    assert model.inner.scale.dtype == torch.float64 and not model.inner.scale.requires_grad
+    assert model.inner.steps.dtype == torch.int64 and model.tower.weight.dtype == torch.float64
+    assert torch.equal(model(x.double()), ref)
+    assert [i for op, i in streamer.trace if op == "run"] == [0, 1, 2]
+    offload.unstream(model)
+    assert not hasattr(model, "_offload") and not any(b._forward_pre_hooks for b in model.inner.layers)
+    assert torch.equal(model(x.double()), ref)  # a plain host model again

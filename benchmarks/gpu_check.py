@@ -6,6 +6,7 @@ Writes a random mid-size model (DiT hidden 1536, 12 heads of 128 dims like the r
 bf16 file; VAE (32, 64, 64, 64); the tiny text encoders) and runs the real command line (`sample_video.py`) once per
 row in a fresh process: attention backends (sdpa / flash / sage where installed) in bf16 and fp16, `--compile` and
 `--compile-mode reduce-overhead`, `--use-fp8` and `--use-fp8 --fp8-compute` (sm89+), `--offload model` / `block`,
+the text stage alone with `--offload block` (the LLM's layers streamed, states compared with the resident encoder's),
 TeaCache, the VAE decode tiled and untiled, and with 2+ GPUs Ulysses / ring / cfg-parallel over NCCL (torchrun).
 Each row reports seconds per denoising step (of the last video, after warm-up), the peak device memory of the run
 (from the JSON sidecar) and the memory preflight's estimate (from the log), and compares the final latents
@@ -156,6 +157,7 @@ class Row:
     why: str = ""  # the reason for the rule, printed under the table
     nproc: int = 1  # > 1: torchrun with that many processes (one GPU each)
     decode_of: str | None = None  # a decode-only row: `--decode-latents` of this row's first video
+    text_stage: bool = False  # the text stage alone (`text_stage`): these flags against the resident encoders
 
     def bound(self, e_bf16: float | None) -> float | None:
         """The relative bound for this row given the run's measured bf16 error (None: no numeric bound)."""
@@ -216,6 +218,10 @@ def select_rows(cap: Capabilities, family: str = "v1") -> list[Row]:
         )
     for mode in ("model", "block"):
         rows.append(Row(f"bf16 --offload {mode}", (*bf16, "--offload", mode), "bf16 sdpa", EXACT, "same kernels"))
+    # every layer of the tiny v1 LLM streams with skip 0 (the default 2 builds one of its three)
+    text = ("--offload", "block", *(("--hidden-state-skip-layer", "0") if family == "v1" else ()))
+    rows.append(Row("text encoders --offload block", text, rule=EXACT, text_stage=True,
+                    why="the LLM's layers streamed vs resident: the same states"))  # fmt: skip
     if family == "v1":  # no TeaCache calibration exists for 1.5: refused there
         rows.append(Row("bf16 --teacache-thresh 0.1", (*bf16, "--teacache-thresh", "0.1"), why="skips steps by design"))
     rows.append(Row("VAE decode, 128 px tiles", ("--vae-tile-size", "128", "--vae-tile-stride", "96"),
@@ -308,7 +314,10 @@ def base_argv(model: Path, preset: Preset, device: str) -> list[str]:
 
 
 def command(row: Row, argv: list[str]) -> list[str]:
-    """The process to start: sample_video.py itself, or under torchrun (standalone rendezvous: a free port)."""
+    """The process to start: sample_video.py itself, or under torchrun (standalone rendezvous: a free port), or for a
+    text-stage row this module's `--text-stage` check."""
+    if row.text_stage:
+        return [sys.executable, "-m", "benchmarks.gpu_check", "--text-stage", *argv]
     if row.nproc > 1:
         return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(row.nproc),
                 "sample_video.py", *argv]  # fmt: skip
@@ -429,6 +438,8 @@ def run_row(
     except subprocess.TimeoutExpired:
         result.error = f"timed out after {timeout:.0f} s"
         return result
+    if row.text_stage:
+        return read_text_stage(result, proc)
     if proc.returncode != 0:
         lines = [ln for ln in proc.stderr.splitlines() if "error" in ln.lower()] or proc.stderr.splitlines()[-3:]
         result.error = f"exit {proc.returncode}: {' | '.join(lines[-3:])[:400]}"
@@ -451,6 +462,97 @@ def run_row(
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# The text stage under block offload: the streamed LLM against the resident one, in one process
+# ---------------------------------------------------------------------------------------------------------------
+def text_stage(argv: list[str]) -> dict:
+    """Encode the prompt and a negative prompt (real CFG: two forwards of the LLM) with the encoders of request
+    `argv` (which says `--offload block`) resident (`--offload none`), then streamed as `argv` asks (the pipeline's
+    own `encode_text`, which loads and frees them), and report:
+    whether every state is bitwise equal, how the streamer ran (layers, forwards, most resident), each pass's peak
+    device memory, and whether the device memory and the hooks were all released after the streamed pass."""
+    import torch
+
+    from hyvideo import offload, pipeline
+    from hyvideo.checkpoints.layout import locate
+    from hyvideo.cli import parse_request
+    from hyvideo.modules import llava_encoder, qwen_encoder, text_encoders
+
+    made: list[offload.BlockStreamer] = []
+
+    def record(*args, **kwargs) -> offload.BlockStreamer:
+        made.append(offload.stream_layers(*args, **kwargs))
+        return made[-1]
+
+    for module in (text_encoders, llava_encoder, qwen_encoder):  # see the streamers the encoders build
+        module.stream_layers = record
+    cuda = torch.cuda.is_available()
+
+    def encode(extra: list[str]) -> tuple[list[torch.Tensor], float | None, int]:
+        req = parse_request([*argv, "--cfg-scale", "2.0", *extra])
+        device = torch.device(req.device)
+        paths = None if req.hv15 is not None else locate(req.model_base, req.dit_weight)
+        before = torch.cuda.memory_allocated() if cuda else 0
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        embeddings = pipeline.encode_text(req, paths, device)  # the encoders are freed before it returns
+        peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else None
+        states = [t for e in embeddings if e is not None for t in vars(e).values() if isinstance(t, torch.Tensor)]
+        kept = sum(t.numel() * t.element_size() for t in states if t.device.type == "cuda")  # the results
+        leaked = (torch.cuda.memory_allocated() - before - kept) if cuda else 0
+        return [t.cpu() for t in states], peak, leaked
+
+    resident, resident_peak, _ = encode(["--offload", "none"])  # the last --offload given counts
+    streamed, streamed_peak, leaked = encode([])
+    equal = len(resident) == len(streamed) and all(a.equal(b) for a, b in zip(resident, streamed, strict=True))
+    runs = [i for s in made for op, i in s.trace if op == "run"]
+    layers = sum(len(s.blocks) for s in made)
+    hooked = any(b._forward_pre_hooks or b._forward_hooks for s in made for b in s.modules)
+    return {
+        "equal": equal,
+        "streamers": len(made),
+        "layers": layers,
+        "forwards": len(runs) // layers if layers else 0,
+        "max_resident": max((s.max_resident for s in made), default=0),
+        "peak_mib": streamed_peak,
+        "resident_peak_mib": resident_peak,
+        "leaked_bytes": leaked,
+        "hooks_left": hooked,
+    }
+
+
+def text_stage_problem(found: dict) -> str | None:
+    """Why a text-stage report fails, or None: states differ, nothing streamed, fewer than two forwards (prompt and
+    negative prompt), more than the window resident, hooks or device memory left behind."""
+    if not found["equal"]:
+        return "streamed states are not bitwise equal to the resident ones"
+    if found["streamers"] != 1 or found["layers"] < 1 or found["forwards"] < 2:
+        return f"the LLM did not stream ({found['streamers']} streamers, {found['forwards']} forwards)"
+    if found["max_resident"] > 2:
+        return f"{found['max_resident']} layers resident at once (window 2)"
+    if found["hooks_left"] or found["leaked_bytes"] > 0:
+        return f"not freed: hooks left {found['hooks_left']}, {found['leaked_bytes']} device bytes still allocated"
+    return None
+
+
+def read_text_stage(result: Result, proc: subprocess.CompletedProcess) -> Result:
+    """A text-stage row's result from its process's last stdout line (the JSON report)."""
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 and not lines:
+        tail = [ln for ln in proc.stderr.splitlines() if "error" in ln.lower()] or proc.stderr.splitlines()[-3:]
+        result.error = f"exit {proc.returncode}: {' | '.join(tail[-3:])[:400]}"
+        return result
+    found = json.loads(lines[-1])
+    result.peak_mib = found["peak_mib"]
+    result.rel, result.bound = (0.0 if found["equal"] else math.inf), 0.0
+    result.error = text_stage_problem(found)
+    result.notes.append(
+        f"{found['layers']} layers x {found['forwards']} forwards streamed, at most {found['max_resident']} resident"
+        + (f"; resident encoders' peak {found['resident_peak_mib']:.0f} MiB" if found["resident_peak_mib"] else "")
+    )
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # The table
 # ---------------------------------------------------------------------------------------------------------------
 def _num(value: float | None, fmt: str) -> str:
@@ -465,6 +567,7 @@ def table(results: Sequence[Result]) -> str:
     ]
     for r in results:
         vs = r.row.ref or (f"(decode of {r.row.decode_of})" if r.row.decode_of else "")
+        vs = "(resident encoders)" if r.row.text_stage else vs
         bound = "exact" if r.row.rule == EXACT else _num(r.bound, ".3g")
         status = "ok" if r.ok else f"FAIL: {r.error}"
         if r.ok and r.notes:
@@ -557,6 +660,11 @@ def main(argv: list[str] | None = None, runner: Runner = run_process) -> int:
     ap.add_argument("--workdir", type=Path, help="where the model and the outputs go (default: a temporary dir)")
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds per row")
     ap.add_argument("--probe", action="store_true", help=argparse.SUPPRESS)  # used by probe(): JSON, then exit
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--text-stage"]:  # a text-stage row's process: `--text-stage <sample_video.py flags>`
+        found = text_stage(argv[1:])
+        print(json.dumps(found))
+        return 0 if text_stage_problem(found) is None else 1
     args = ap.parse_args(argv)
     if args.probe:
         print(json.dumps(probe_here()))

@@ -159,11 +159,13 @@ def memory_sizes(req: SampleRequest) -> ModelSizes:
 
 
 def load_text(req: SampleRequest, device: torch.device) -> Text15Encoder:
-    """Qwen2.5-VL (--text-encoder-precision) and byT5 (float32, as the official code runs it); `free()` after use."""
+    """Qwen2.5-VL (--text-encoder-precision) and byT5 (float32, as the official code runs it); `free()` after use.
+    Under --offload block (--group_offloading) Qwen's decoder layers stream (docs/DESIGN.md §23)."""
     p = paths_of(req)
     dtype = PRECISIONS[req.text.text_encoder_precision]
+    stream = req.runtime.offload == "block"
     return Text15Encoder.load(
-        p.llm, p.llm_tokenizer, p.byt5, p.byt5_tokenizer, p.glyph, dtype, device, byt5_dtype=BYT5_DTYPE
+        p.llm, p.llm_tokenizer, p.byt5, p.byt5_tokenizer, p.glyph, dtype, device, byt5_dtype=BYT5_DTYPE, stream=stream
     )
 
 

@@ -192,6 +192,7 @@ def llava_config(req: SampleRequest, paths: ModelPaths) -> LlavaEncoderConfig:
         apply_final_norm=text.apply_final_norm,
         precision=text.text_encoder_precision,
         precision_2=text.text_encoder_precision_2,
+        stream=req.offload == "block",  # the language model's layers stream (docs/DESIGN.md §23)
     )
 
 

@@ -167,6 +167,8 @@ class ModelSizes:
     vision_tokens: int = 0
     vision_hidden: int = 0
     vision_intermediate: int = 0
+    llm_layer_tensors: tuple[int, ...] = ()  # numel of each tensor of one decoder layer (its pinned copy's slabs)
+    llm_vision: int = 0  # the I2V LLaVA's vision tower + projector: on the device with the LLM, streamed or not
 
     @property
     def dit(self) -> int:
@@ -233,10 +235,50 @@ def llm_params(cfg: dict) -> tuple[int, int, int, int, int]:
     return vocab * h + n * per_layer + h, h, n, inter, per_layer
 
 
-def llm_sizes(cfg: dict) -> dict[str, int]:
+def llm_layer_tensors(cfg: dict) -> tuple[int, ...]:
+    """numel of each tensor of one decoder layer, as `llm_params` counts them: q, k, v, o, gate, up, down, the two
+    norms, then the q/k/v biases where the model has them."""
+    cfg = cfg.get("text_config") or cfg
+    h, inter, heads = int(cfg["hidden_size"]), int(cfg["intermediate_size"]), int(cfg["num_attention_heads"])
+    head_dim = int(cfg.get("head_dim") or h // heads)
+    qo, kv = head_dim * heads, int(cfg.get("num_key_value_heads") or heads) * head_dim
+    tensors = (h * qo, h * kv, h * kv, qo * h, h * inter, h * inter, inter * h, h, h)
+    if cfg.get("attention_bias") or str(cfg.get("model_type", "")).startswith("qwen2"):
+        tensors += (qo, kv, kv)
+    return tensors
+
+
+def llm_sizes(cfg: dict) -> dict[str, object]:
     """The LLM fields of `ModelSizes` from its config.json (all 0 without one)."""
     names = ("llm", "llm_hidden", "llm_layers", "llm_intermediate", "llm_layer")
-    return dict(zip(names, llm_params(cfg) if cfg else (0,) * len(names), strict=True))
+    out: dict[str, object] = dict(zip(names, llm_params(cfg) if cfg else (0,) * len(names), strict=True))
+    out["llm_layer_tensors"] = llm_layer_tensors(cfg) if cfg else ()
+    out["llm_vision"] = llava_vision_params(cfg) if cfg else 0
+    return out
+
+
+# transformers' CLIPVisionConfig defaults, for the keys a saved LLaVA config.json may leave out
+CLIP_VISION_DEFAULTS = {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12, "image_size": 224,
+                        "patch_size": 32, "num_channels": 3}  # fmt: skip
+
+
+def llava_vision_params(cfg: dict) -> int:
+    """Parameters of a LLaVA's CLIP vision tower (`CLIPVisionModel`: patch and position embeddings, pre- and
+    post-LayerNorm, the layers) and its projector (two Linears with biases, vision -> text width) from the LLaVA's
+    config.json; 0 for any other config (a Qwen2.5-VL folder's vision tower is never loaded)."""
+    if cfg.get("model_type") != "llava" or not cfg.get("vision_config"):
+        return 0
+    v = {**CLIP_VISION_DEFAULTS, **cfg["vision_config"]}
+    h, i, n = int(v["hidden_size"]), int(v["intermediate_size"]), int(v["num_hidden_layers"])
+    p, c = int(v["patch_size"]), int(v["num_channels"])
+    tokens = (int(v["image_size"]) // p) ** 2 + 1  # the patches and the class token
+    layer = 4 * h + 4 * (h * h + h) + h * i + i + i * h + h  # two LayerNorms, q/k/v/out, MLP
+    tower = c * p * p * h + h + tokens * h + 2 * h + n * layer + 2 * h
+    text = int((cfg.get("text_config") or {}).get("hidden_size", 4096))
+    feature_layers = cfg.get("vision_feature_layer", -2)
+    width = h * (len(feature_layers) if isinstance(feature_layers, list) else 1)
+    bias = bool(cfg.get("multimodal_projector_bias", True))
+    return tower + width * text + text * text + (2 * text if bias else 0)
 
 
 def clip_text_params(cfg: dict) -> int:
@@ -342,6 +384,18 @@ def dit_pinned(plan: MemoryPlan, sizes: ModelSizes) -> int:
     return 0
 
 
+def llm_pinned(plan: MemoryPlan, sizes: ModelSizes) -> int:
+    """Bytes of pinned host copies of the LLM's streamed decoder layers on CUDA under block offload (the layers
+    built, in the text precision), in one slab pool shared by the layers as the DiT's blocks
+    (`offload.stream_layers`); 0 otherwise."""
+    if plan.offload != "block" or plan.device == "cpu":
+        return 0
+    e = DTYPE_BYTES[plan.text_precision]
+    layer = [n * e for n in sizes.llm_layer_tensors]
+    layers = sizes.llm_layers - min(plan.llm_skip, sizes.llm_layers)
+    return pooled_bytes([layer] * layers, SlabPool.for_largest(max(layer, default=0), pin=False).slab)
+
+
 def estimate(plan: MemoryPlan, sizes: ModelSizes, baseline: int = 0) -> MemoryEstimate:
     """Peak device memory and host RAM per stage for `plan` (see the module docstring for the model). One function
     for both families: what differs (encoders, channels, compression, context tokens) comes from `sizes`."""
@@ -356,8 +410,19 @@ def estimate(plan: MemoryPlan, sizes: ModelSizes, baseline: int = 0) -> MemoryEs
     # the LLM is built without its last `llm_skip` layers and returns only its last hidden state: a few (L, D) maps
     # and one MLP's intermediate are live at a time, per prompt
     text_act = prompts * (4 * tokens * sizes.llm_hidden * e_llm + 3 * tokens * sizes.llm_intermediate * e_llm)
-    llm = (sizes.llm - min(plan.llm_skip, sizes.llm_layers) * sizes.llm_layer) * e_llm
-    text = Stage("text encoders", llm + sizes.clip * e_clip, text_act, host=llm)
+    built = sizes.llm_layers - min(plan.llm_skip, sizes.llm_layers)  # decoder layers built
+    vision = sizes.llm_vision * e_llm  # the LLaVA's vision tower and projector (I2V), in the LLM's dtype
+    llm = (sizes.llm - (sizes.llm_layers - built) * sizes.llm_layer) * e_llm + vision
+    if plan.offload == "block" and not cpu:
+        # the LLM's layers stream (docs/DESIGN.md §23): its embeddings, final norm (and a LLaVA's vision tower) +
+        # `window` layers on the device; on the host, the model as read (each layer's copy released once it is
+        # pinned), then the pinned layers
+        outside = (sizes.llm - sizes.llm_layers * sizes.llm_layer) * e_llm + vision
+        resident = outside + min(plan.window, built) * sizes.llm_layer * e_llm
+        host = max(llm, outside + llm_pinned(plan, sizes))
+        text = Stage("text encoders", resident + sizes.clip * e_clip, text_act, host=host)
+    else:
+        text = Stage("text encoders", llm + sizes.clip * e_clip, text_act, host=llm)
 
     # --- image encoders (I2V with an image encoder: SigLIP, then the VAE encodes the first frame) ---
     image = None
@@ -650,7 +715,8 @@ def dry_run_lines(
         least = min((estimate(c, sizes, baseline) for c in candidates(plan)), key=lambda e: e.device_peak)
         stage = max(least.stages, key=lambda s: s.device)
         tip = {
-            "text encoders": "no flag lowers the text encoders' stage: it needs a larger card",
+            "text encoders": "block offload already streams the LLM's layers and nothing else lowers this stage: "
+            "it needs a larger card",
             "DiT denoise": "try a smaller --video-size / --video-length, or sequence parallelism over several GPUs "
             "(torchrun --ulysses-degree)",
         }.get(stage.name, "try a smaller --video-size / --video-length")

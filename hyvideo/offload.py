@@ -6,7 +6,8 @@
          accelerate's `cpu_offload_with_hook`). `--use-cpu-offload` means this level, as in the official tool.
 - block: the DiT's non-block layers stay on the device; its double/single blocks stream through it, at most
          `window` resident at once: block i+1 is copied from pinned memory on a side CUDA stream while block i runs,
-         and block i's device copy is dropped as soon as it has run (`BlockStreamer`).
+         and block i's device copy is dropped as soon as it has run (`BlockStreamer`). The LLM text encoders
+         stream their decoder layers the same way (`stream_layers`).
 
 Both levels are forward hooks around one primitive, `Resident` (a module's host copy + its device copy on demand).
 Code that computes with part of an offloaded module outside the forward its level hooks (TeaCache reads block 0's
@@ -307,6 +308,41 @@ class BlockStreamer:
             _unregister(r.module)
 
 
+def stream_blocks(
+    model: nn.Module,
+    blocks: list[nn.Module],
+    device: torch.device,
+    window: int = DEFAULT_WINDOW,
+    pin: bool | None = None,
+    dtype: torch.dtype | None = None,
+) -> BlockStreamer:
+    """Block offload of `model`: `blocks` (its submodules, in the order they run) stream through `device`, every
+    other tensor of the model moves there (cast to `dtype`) and stays. The streamer is kept on the model
+    (`model._offload`), where `compile` and the owners that free the model find it."""
+    streamer = BlockStreamer(blocks, device, window, pin, dtype)  # blocks now hold meta placeholders
+    _move_outside(model, set(blocks), device, dtype)
+    model._offload = streamer  # keeps the hooks' state reachable from the model
+    return streamer
+
+
+def _move_outside(module: nn.Module, blocks: set[nn.Module], device: torch.device, dtype: torch.dtype | None) -> None:
+    """Move every tensor of `module` that is not inside one of `blocks` to `device` (floating point ones cast to
+    `dtype`, as `module.to` casts): subtrees without a block whole (`move_releasing`), the others tensor by tensor
+    down to the blocks."""
+    if module in blocks:
+        return
+    if not any(m in blocks for m in module.modules()):
+        move_releasing(module, device, dtype)
+        return
+    for table in (module._parameters, module._buffers):
+        for name, t in table.items():
+            if t is not None:
+                moved = t.detach().to(device, dtype if dtype is not None and t.is_floating_point() else None)
+                table[name] = nn.Parameter(moved, requires_grad=False) if table is module._parameters else moved
+    for child in module.children():
+        _move_outside(child, blocks, device, dtype)
+
+
 def stream_dit_blocks(
     model: nn.Module,
     device: torch.device,
@@ -316,13 +352,26 @@ def stream_dit_blocks(
 ) -> BlockStreamer:
     """Block offload for a DiT (`double_blocks`, `single_blocks`): blocks stream (host copies in the checkpoint's
     dtype, cast to `dtype` per block as they load), everything else moves to `device` in `dtype`."""
-    blocks = [*model.double_blocks, *model.single_blocks]
-    streamer = BlockStreamer(blocks, device, window, pin, dtype)  # blocks now hold meta placeholders
-    for name, child in model.named_children():
-        if name not in ("double_blocks", "single_blocks"):
-            move_releasing(child, device, dtype)
-    model._offload = streamer  # keeps the hooks' state reachable from the model
-    return streamer
+    return stream_blocks(model, [*model.double_blocks, *model.single_blocks], device, window, pin, dtype)
+
+
+def stream_layers(
+    model: nn.Module, layers: nn.ModuleList, device: torch.device, window: int = DEFAULT_WINDOW
+) -> BlockStreamer:
+    """Block offload for a decoder-only language model in host memory, already in its compute dtype (the LLM text
+    encoders): its decoder `layers` stream (pinned host copies on CUDA), the rest (embeddings, final norm, rotary
+    table, and for a multimodal model its vision tower and projector) moves to `device`. Each forward of the model
+    runs every layer through the hooks, so every prompt's forward finds its layers loaded."""
+    return stream_blocks(model, list(layers), device, window)
+
+
+def unstream(model: nn.Module) -> None:
+    """Undo `stream_blocks` on `model` if it streams: hooks removed, every block's host copy put back (then the
+    model can be freed as a host model; the pinned slabs go when the last reference does)."""
+    streamer = getattr(model, "_offload", None)
+    if isinstance(streamer, BlockStreamer):
+        streamer.remove()
+        del model._offload
 
 
 class ModelOffload:

@@ -123,6 +123,7 @@ def text_config(req: SampleRequest, paths: ModelPaths) -> TextEncoderConfig:
         precision_2=text.text_encoder_precision_2,
         prompt_template=text.prompt_template,
         prompt_template_video=text.prompt_template_video,
+        stream=req.offload == "block",  # the LLM's layers stream as the DiT's blocks do (docs/DESIGN.md §23)
     )
 
 

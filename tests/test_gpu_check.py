@@ -150,11 +150,17 @@ def test_table_flags_an_estimate_below_the_peak_beyond_the_log_rounding() -> Non
 # ---------------------------------------------------------------------------------------------------------------
 # The whole harness: a fake command line that writes what the real one writes, with one crash and one mismatch
 # ---------------------------------------------------------------------------------------------------------------
+TEXT_STAGE_OK = {"equal": True, "streamers": 1, "layers": 3, "forwards": 2, "max_resident": 2, "peak_mib": None,
+                 "resident_peak_mib": None, "leaked_bytes": 0, "hooks_left": False}  # fmt: skip
+
+
 def fake_cli(crash: str, drift: str):
     """A runner standing in for sample_video.py: writes a sidecar and latents per video; `crash` (a flag) exits 1,
     `drift` (a flag) perturbs the latents by one ulp."""
 
     def run(cmd: list[str], cwd: Path, timeout: float) -> subprocess.CompletedProcess:
+        if "--text-stage" in cmd:  # the text-stage row's process: its JSON report
+            return subprocess.CompletedProcess(cmd, 0, json.dumps(TEXT_STAGE_OK) + "\n", "")
         if crash in cmd:
             return subprocess.CompletedProcess(
                 cmd, 1, "", "error: RuntimeError: CUDA error: an illegal memory access\n"
@@ -191,8 +197,12 @@ def test_a_crash_and_a_mismatch_fail_their_rows_and_the_others_still_run(tmp_pat
     assert "FAIL: JSONDecodeError" in table["bf16 --teacache-thresh 0.1"]
     for ok in ("fp32 sdpa", "bf16 --offload block", "VAE decode, untiled"):
         assert table[ok].rstrip().endswith("| ok |"), table[ok]
+    assert (
+        "| (resident encoders) | 0 | exact | ok (3 layers x 2 forwards streamed"
+        in table["text encoders --offload block"]
+    )
     assert "| 0.01 |" in table["bf16 sdpa"]  # E, the bf16 row's measured error
-    assert "3 of 9 rows FAILED: bf16 --use-fp8, bf16 --offload model, bf16 --teacache-thresh 0.1" in out
+    assert "3 of 10 rows FAILED: bf16 --use-fp8, bf16 --offload model, bf16 --teacache-thresh 0.1" in out
 
 
 def test_a_row_past_its_timeout_is_stopped_with_everything_it_started(tmp_path: Path) -> None:
@@ -221,6 +231,44 @@ def test_capabilities_come_from_a_child_process(monkeypatch) -> None:
     assert gc.detect() == gc.Capabilities("cuda", 2, (9, 0), "H100", flash=True, sage=False)
     monkeypatch.setattr(gc, "probe", lambda: None)
     assert gc.detect() is None and gc.detect("cpu") == CPU
+
+
+@pytest.mark.parametrize(
+    "change, problem",
+    [
+        ({"equal": False}, "not bitwise equal"),
+        ({"streamers": 0, "layers": 0, "forwards": 0}, "did not stream"),
+        ({"forwards": 1}, "did not stream"),  # the negative prompt's forward missed
+        ({"max_resident": 3}, "3 layers resident"),
+        ({"hooks_left": True}, "not freed"),
+        ({"leaked_bytes": 512}, "not freed"),
+    ],
+)
+def test_text_stage_report_fails_on_each_problem(change, problem) -> None:
+    assert gc.text_stage_problem(TEXT_STAGE_OK) is None
+    assert problem in gc.text_stage_problem({**TEXT_STAGE_OK, **change})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family, layers", [("v1", 3), ("1.5", 2)])
+def test_text_stage_row_on_the_cpu(tmp_path: Path, capsys, family, layers) -> None:
+    """The tiny encoders through the pipeline's text step: streamed equals resident, every layer ran in both
+    forwards (prompt, negative prompt), at most 2 resident, all released (v1 skip 0: 3 layers; Qwen: 2 of 4)."""
+    argv = [
+        "--device",
+        "cpu",
+        "--family",
+        family,
+        "--only",
+        "text encoders --offload block",
+        "--workdir",
+        str(tmp_path),
+    ]
+    code = gc.main(argv)
+    out = capsys.readouterr().out
+    assert code == 0, out
+    row = next(line for line in out.splitlines() if line.startswith("| text encoders --offload block"))
+    assert f"| 0 | exact | ok ({layers} layers x 2 forwards streamed, at most 2 resident)" in row, row
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import json
 import math
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -60,8 +61,11 @@ def test_text_encoder_formulas_match_transformers():
     llama = {"hidden_size": 256, "num_hidden_layers": 3, "intermediate_size": 512, "vocab_size": 1000,
              "num_attention_heads": 8, "num_key_value_heads": 2}  # fmt: skip
     with torch.device("meta"):
-        ref = sum(p.numel() for p in LlamaModel(LlamaConfig(**llama)).parameters())
+        model = LlamaModel(LlamaConfig(**llama))
+    ref = sum(p.numel() for p in model.parameters())
     assert llm_params(llama)[0] == ref
+    # tensor by tensor, one decoder layer (what its pinned copy packs into slabs under block offload)
+    assert sorted(memory.llm_layer_tensors(llama)) == sorted(p.numel() for p in model.layers[0].parameters())
     assert llm_params({"text_config": llama})[0] == ref  # LLaVA-style nesting
     clip = {"hidden_size": 128, "num_hidden_layers": 2, "intermediate_size": 512, "vocab_size": 500,
             "max_position_embeddings": 77, "num_attention_heads": 4}  # fmt: skip
@@ -73,6 +77,30 @@ def test_text_encoder_formulas_match_transformers():
               "num_attention_heads": 32, "num_key_value_heads": 8}  # fmt: skip
     assert llm_params(llama3)[0] == 8_030_261_248 - 128256 * 4096
     assert clip_text_params(memory.FULL_SIZE_CLIP) == 123_060_480
+
+
+def test_llava_vision_tower_counted_with_the_llm():
+    """HunyuanVideo-I2V's LLaVA loads its CLIP vision tower and projector with the language model (both on the
+    device, streamed or not: docs/DESIGN.md §23): counted from config.json as transformers builds them, with
+    CLIPVisionConfig's defaults for the keys a saved config leaves out; a Qwen2.5-VL folder's tower is not loaded."""
+    from transformers import LlavaConfig, LlavaModel
+
+    released = {"model_type": "llava", "text_config": {"model_type": "llama", "hidden_size": 4096},
+                "vision_config": {"model_type": "clip_vision_model", "hidden_size": 1024, "image_size": 336,
+                                  "intermediate_size": 4096, "num_attention_heads": 16, "num_hidden_layers": 24,
+                                  "patch_size": 14}}  # fmt: skip
+    with torch.device("meta"):
+        model = LlavaModel(LlavaConfig(**released))
+    want = sum(p.numel() for m in (model.vision_tower, model.multi_modal_projector) for p in m.parameters())
+    assert memory.llava_vision_params(released) == want == 324_487_168
+    assert memory.llava_vision_params({**released, "model_type": "qwen2_5_vl"}) == 0
+    assert memory.llava_vision_params(memory.FULL_SIZE_LLM) == 0
+    sizes = replace(full_size(), llm_vision=want)
+    for offload in ("none", "block"):
+        plan = MemoryPlan(544, 960, 129, offload=offload)
+        with_tower, without = estimate(plan, sizes).stages[0], estimate(plan, full_size()).stages[0]
+        assert with_tower.weights - without.weights == 2 * want  # fp16, on the device in both modes
+        assert with_tower.host - without.host == 2 * want
 
 
 def test_vae_count():
@@ -263,12 +291,17 @@ def test_estimate_terms_exact_for_the_released_model(device, offload, fp8, hw):
     layer = 218_112_000
     llm = 128256 * 4096 + 32 * layer + 4096 - 2 * layer
     text_tokens = 356
-    assert est.stages[0] == memory.Stage(
-        "text encoders",
-        2 * llm + 2 * 123_060_480,
-        2 * (4 * text_tokens * 4096 + 3 * text_tokens * 14336),
-        host=2 * llm,
-    )
+    text_act = 2 * (4 * text_tokens * 4096 + 3 * text_tokens * 14336)
+    want_text = memory.Stage("text encoders", 2 * llm + 2 * 123_060_480, text_act, host=2 * llm)
+    if offload == "block" and device == "cuda":  # the LLM's 30 layers stream, 2 resident (docs/DESIGN.md §23)
+        tensors = [4096 * 4096, 1024 * 4096, 1024 * 4096, 4096 * 4096, *[14336 * 4096] * 3, 4096, 4096]
+        assert sum(tensors) == layer  # q, k, v, o, gate, up, down, two norms
+        outside = 2 * (128256 * 4096 + 4096)  # embeddings, final norm: fp16 on the device
+        slab = 2**30  # 8 x the largest tensor (an MLP weight, 117 MB in fp16) rounded up to a power of two
+        pinned = pooled_bytes([[2 * n for n in tensors]] * 30, slab)
+        resident = outside + 2 * 2 * layer + 2 * 123_060_480
+        want_text = memory.Stage("text encoders", resident, text_act, host=max(2 * llm, outside + pinned))
+    assert est.stages[0] == want_text
     # DiT, bf16 compute
     blocks = [f"double_blocks.{i}." for i in range(20)] + [f"single_blocks.{i}." for i in range(40)]
     per_block = [{k: v for k, v in dit.items() if k.startswith(b)} for b in blocks]
@@ -419,8 +452,17 @@ def test_dry_run_lines():
     assert lines[4] == "capacity: cuda 23.5 GiB"
     assert lines[5].startswith("cheapest flags that fit: --offload block (peak cuda 20.4 GiB")
     assert memory.dry_run_lines(MemoryPlan(544, 960, 129), capacity=memory.card_capacity(80))[-1] == "fits as requested"
+    # 12 GB: the text stage streams under block offload (2.1 GiB), so the DiT decides (docs/DESIGN.md §23)
     no = memory.dry_run_lines(MemoryPlan(544, 960, 129), capacity=memory.card_capacity(12))[-1]
-    assert no.startswith("no flag set fits") and "text encoders" in no and "larger card" in no
+    assert no.startswith("no flag set fits: even with --use-fp8 --offload block the DiT denoise stage needs 12.1 GiB")
+    fit = memory.dry_run_lines(MemoryPlan(480, 848, 129), capacity=memory.card_capacity(12))[-1]
+    assert fit.startswith("cheapest flags that fit: --offload block (peak cuda 10.1 GiB")
+    # a 2 GB card: even streamed, the LLM's embeddings + 2 layers + CLIP-L do not fit
+    no = memory.dry_run_lines(MemoryPlan(64, 64, 5), capacity=memory.card_capacity(2))[-1]
+    assert no == (
+        "no flag set fits: even with --offload block the text encoders stage needs 2.1 GiB; block offload already "
+        "streams the LLM's layers and nothing else lowers this stage: it needs a larger card"
+    )
 
 
 def test_planning_sizes_fall_back_to_the_release(tmp_path):

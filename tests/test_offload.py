@@ -128,10 +128,11 @@ def test_window_must_be_positive():
 
 
 @pytest.mark.parametrize("file_dtype", [torch.float32, torch.bfloat16], ids=["fp32-file", "bf16-file"])
-def test_pipeline_offload_levels_give_identical_latents(tmp_path, file_dtype):
+def test_pipeline_offload_levels_give_identical_latents(tmp_path, monkeypatch, file_dtype):
     from hyvideo import pipeline
     from hyvideo.checkpoints.layout import locate
     from hyvideo.cli import parse_request
+    from hyvideo.modules import text_encoders
     from hyvideo.tiny import write_tiny_model
 
     base = write_tiny_model(tmp_path / "model", seed=3)
@@ -154,11 +155,24 @@ def test_pipeline_offload_levels_give_identical_latents(tmp_path, file_dtype):
 
     ref = latents(req())
     assert req("--use-cpu-offload").offload == "model"  # the official flag keeps its meaning
+    # --offload block streams the LLM's layers too (docs/DESIGN.md §23): its text states are the resident ones
+    made: list[BlockStreamer] = []
+
+    def record(*args, **kwargs) -> BlockStreamer:
+        made.append(offload.stream_layers(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(text_encoders, "stream_layers", record)
+    streamed_cond, streamed_uncond = pipeline.encode_text(req("--offload", "block"), paths, CPU)
+    assert streamed_uncond is None and torch.equal(streamed_cond.llm_states, cond.llm_states)
+    assert len(made) == 1 and ("run", 0) in made[0].trace  # the streamer ran the layer (tiny LLM: 1 after skip 2)
+    assert not made[0].modules[0]._forward_pre_hooks  # and encode_text freed the encoder: hooks removed
     for extra in (["--offload", "model"], ["--offload", "block"], ["--use-cpu-offload"]):
         r = req(*extra)
         model = pipeline.load_denoiser(r, paths, CPU)
         assert isinstance(model._offload, BlockStreamer if r.offload == "block" else ModelOffload)
-        assert torch.equal(pipeline.denoise(model, cond, uncond, r, r.seed, CPU), ref), extra
+        text = (streamed_cond, streamed_uncond) if r.offload == "block" else (cond, uncond)
+        assert torch.equal(pipeline.denoise(model, *text, r, r.seed, CPU), ref), extra
 
 
 # --- streaming from a memory-mapped checkpoint on the CPU (host RAM holds a window of blocks) ---
@@ -311,3 +325,45 @@ def test_pinned_block_streaming_shares_one_slab_pool(monkeypatch):
     seen.clear()
     offload.BlockStreamer(blocks, torch.device("cpu"))
     assert seen == [None] * len(blocks)
+
+
+def test_stream_blocks_moves_every_tensor_outside_the_blocks():
+    """`stream_blocks` on a model whose blocks sit deep in the tree (a language model inside a multimodal model):
+    tensors on the modules above the blocks (a parameter, an integer buffer) and whole subtrees without a block move
+    to the device, cast to `dtype` where floating point; the blocks stream and the output equals the plain model's."""
+
+    class Inner(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Linear(4, 8)
+            self.layers = nn.ModuleList(nn.Linear(8, 8) for _ in range(3))
+            self.scale = nn.Parameter(torch.full((8,), 0.5))
+            self.register_buffer("steps", torch.arange(3))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = self.embed(x)
+            for i, layer in zip(self.steps.tolist(), self.layers, strict=True):
+                x = layer(x) * self.scale + i
+            return x
+
+    class Outer(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.tower = nn.Linear(4, 4)
+            self.inner = Inner()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.inner(self.tower(x))
+
+    torch.manual_seed(0)
+    model, x = Outer(), torch.randn(2, 4)
+    ref = copy.deepcopy(model).to(torch.float64)(x.double())
+    streamer = offload.stream_blocks(model, list(model.inner.layers), CPU, dtype=torch.float64)
+    assert model._offload is streamer and all(is_meta(b) for b in model.inner.layers)
+    assert model.inner.scale.dtype == torch.float64 and not model.inner.scale.requires_grad
+    assert model.inner.steps.dtype == torch.int64 and model.tower.weight.dtype == torch.float64
+    assert torch.equal(model(x.double()), ref)
+    assert [i for op, i in streamer.trace if op == "run"] == [0, 1, 2]
+    offload.unstream(model)
+    assert not hasattr(model, "_offload") and not any(b._forward_pre_hooks for b in model.inner.layers)
+    assert torch.equal(model(x.double()), ref)  # a plain host model again

@@ -20,6 +20,10 @@ Negative prompt (real CFG): encoded with a black image and the same subsampling 
 code does. diffusers' `HunyuanVideoImageToVideoPipeline` encodes its negative with every 2nd feature whatever the
 condition type (it does not pass its `image_embed_interleave` on): with token_replace its negative holds 2x the image
 states of ours (the official's).
+
+Under `--offload block` (docs/DESIGN.md §23) the LLaVA is read into host memory and its language model's decoder
+layers stream through the device (`hyvideo.offload.stream_layers`); the vision tower (a CLIP ViT-L, 0.3B
+parameters), the projector, the embeddings and the final norm move to the device whole, as does CLIP-L.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from hyvideo.modules.text_encoders import (
     loading,
     quiet_transformers,
 )
+from hyvideo.offload import stream_layers
 
 IMAGE_TOKEN = "<image>"
 
@@ -221,6 +226,7 @@ class LlavaEncoder:
         text_len: int = 256,
         hidden_state_skip_layer: int = 2,
         apply_final_norm: bool = False,
+        stream: bool = False,
     ) -> None:
         with loading(tokenizer_path or path, "LLaVA tokenizer"):
             self.tokenizer = AutoTokenizer.from_pretrained(
@@ -231,7 +237,8 @@ class LlavaEncoder:
             self.image_processor = CLIPImageProcessorPil.from_pretrained(
                 image_processor_path or path, local_files_only=True
             )
-        self.model = _load_llava(path, dtype, device, hidden_state_skip_layer)
+        home = "cpu" if stream else device  # streamed: read into host memory, the layers go through the device
+        self.model = _load_llava(path, dtype, home, hidden_state_skip_layer)
         config = self.model.config
         if self.tokenizer.pad_token is None:  # padded positions are masked out; the id is the one the model names
             self.tokenizer.pad_token = self.tokenizer.convert_ids_to_tokens(_pad_token_id(config, self.tokenizer))
@@ -242,6 +249,8 @@ class LlavaEncoder:
         self.final_norm = language_model.norm
         if hidden_state_skip_layer > 0:
             language_model.norm = torch.nn.Identity()
+        self.streamer = stream_layers(self.model, language_model.layers, torch.device(device)) if stream else None
+        self.final_norm.to(device)
         self.device = torch.device(device)
         self.text_len = text_len
         self.skip = hidden_state_skip_layer
@@ -312,6 +321,7 @@ class LlavaEncoder:
 
     def free(self) -> None:
         """Drop the weights (tokenizer and image processor stay); the encoder cannot encode afterwards."""
+        self.streamer = None
         self.model = self.final_norm = free_model(self.model)
 
 
@@ -331,6 +341,7 @@ class LlavaEncoderConfig:
     apply_final_norm: bool = False  # [--apply-final-norm]
     precision: str = "fp16"  # LLaVA weights dtype [--text-encoder-precision]
     precision_2: str = "fp16"  # CLIP weights dtype [--text-encoder-precision-2]
+    stream: bool = False  # the language model's decoder layers stream through the device (--offload block)
 
     def __post_init__(self) -> None:
         for name in ("precision", "precision_2"):
@@ -381,6 +392,7 @@ class I2VTextEncoders:
             text_len=config.text_len,
             hidden_state_skip_layer=config.hidden_state_skip_layer,
             apply_final_norm=config.apply_final_norm,
+            stream=config.stream,
         )
         self.clip = CLIPEncoder(
             config.clip_path,

@@ -11,6 +11,10 @@ crop_start is derived from the tokenizer as the official code derives it: the en
 in the template applied to a probe prompt. The model is built without its last two layers and with an identity for
 its final norm, so its output is that hidden state and the unused layers cost nothing; of an official folder (the
 whole Qwen2.5-VL, vision tower included) only the language model's weights are read.
+
+Under `--offload block` (docs/DESIGN.md §23) the language model is read into host memory and its decoder layers
+stream through the device (`hyvideo.offload.stream_layers`); its embeddings and rotary table move to the device.
+byT5 (0.2B parameters with the glyph tokens) is small: it always moves whole.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLRotaryE
 from hyvideo.errors import CheckpointError
 from hyvideo.modules.byt5_encoder import BYT5_TEXT_LEN, ByT5Encoder
 from hyvideo.modules.text_encoders import free_model, loading, quiet_transformers
+from hyvideo.offload import stream_layers
 
 QWEN_TEXT_LEN = 1000  # prompt positions kept after the crop (the tokenizer reads crop_start + this many)
 QWEN_SKIP_LAYERS = 2  # hidden_states[-(2 + 1)]: the output of the third-to-last decoder layer
@@ -142,6 +147,7 @@ class QwenEncoder:
         dtype: torch.dtype = torch.float16,
         device: torch.device | str = "cpu",
         text_len: int = QWEN_TEXT_LEN,
+        stream: bool = False,
     ) -> None:
         with loading(tokenizer or model, "Qwen tokenizer"), quiet_transformers():
             self.tokenizer = AutoTokenizer.from_pretrained(
@@ -153,7 +159,9 @@ class QwenEncoder:
         self.suffix_len = (
             len(probe) - self.crop_start - len(self.tokenizer(CROP_PROBE, add_special_tokens=False)["input_ids"])
         )
-        self.model = load_qwen(model, dtype, device)
+        # streamed: read into host memory, the decoder layers go through the device
+        self.model = load_qwen(model, dtype, "cpu" if stream else device)
+        self.streamer = stream_layers(self.model, self.model.layers, torch.device(device)) if stream else None
         self.device = torch.device(device)
         self.text_len = text_len
 
@@ -201,6 +209,7 @@ class QwenEncoder:
 
     def free(self) -> None:
         """Drop the weights (the tokenizer stays); the encoder cannot encode afterwards."""
+        self.streamer = None
         self.model = free_model(self.model)
 
 
@@ -244,12 +253,14 @@ class Text15Encoder:
         byt5_dtype: torch.dtype = torch.float32,
         text_len: int = QWEN_TEXT_LEN,
         byt5_text_len: int = BYT5_TEXT_LEN,
+        stream: bool = False,
     ) -> Text15Encoder:
         """From explicit folders (official: llm = llm_tokenizer = text_encoder/llm, byt5 = byt5_tokenizer =
         text_encoder/byt5-small, glyph = text_encoder/Glyph-SDXL-v2; diffusers: text_encoder, tokenizer,
         text_encoder_2, tokenizer_2, glyph None). `dtype` is Qwen's; byT5 runs in `byt5_dtype`, float32 by
-        default as in the official code (which never casts it)."""
-        qwen = QwenEncoder(Path(llm), Path(llm_tokenizer), dtype=dtype, device=device, text_len=text_len)
+        default as in the official code (which never casts it). `stream`: Qwen's decoder layers stream through the
+        device (--offload block); byT5 is loaded whole either way."""
+        qwen = QwenEncoder(Path(llm), Path(llm_tokenizer), dtype=dtype, device=device, text_len=text_len, stream=stream)
         glyph_encoder = ByT5Encoder(
             Path(byt5),
             Path(byt5_tokenizer) if byt5_tokenizer else None,

@@ -7,6 +7,10 @@ CLIP: prompt -> 77 tokens (max_length padding, truncation) -> `pooler_output` (B
 
 Weights load with transformers from local folders only (`local_files_only=True`); nothing is downloaded.
 
+Under `--offload block` (docs/DESIGN.md §23) the LLM is read into host memory and its decoder layers stream through
+the device (`hyvideo.offload.stream_layers`: a window of layers resident, pinned host copies on CUDA); its
+embeddings and final norm move to the device. CLIP-L (123M parameters) is small: it always moves whole.
+
 Input length, as the official tool sets it: the LLM always reads text_len + crop_start(video template) tokens
 (256 + 95 = 351), whichever template the request uses. A video request crops 95 and keeps 256 states; a 1-frame
 request (image template) crops only 36 and keeps 315 positions: a long prompt is cut after 315 tokens (its closing
@@ -31,6 +35,7 @@ from transformers.utils import logging as hf_logging
 
 from hyvideo.dtypes import PRECISIONS
 from hyvideo.errors import CheckpointError
+from hyvideo.offload import stream_layers, unstream
 
 _LAYER_KEY = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 
@@ -78,6 +83,7 @@ class TextEncoderConfig:
     precision_2: str = "fp16"  # CLIP weights dtype [--text-encoder-precision-2]
     prompt_template: str = "dit-llm-encode"  # template for 1-frame requests [--prompt-template]
     prompt_template_video: str = "dit-llm-encode-video"  # template for videos [--prompt-template-video]
+    stream: bool = False  # the LLM's decoder layers stream through the device (--offload block)
 
     def __post_init__(self) -> None:
         for name in ("precision", "precision_2"):
@@ -240,6 +246,7 @@ class LLMEncoder:
         text_len: int = 256,
         hidden_state_skip_layer: int = 2,
         apply_final_norm: bool = False,
+        stream: bool = False,
     ) -> None:
         with loading(tokenizer_path or path, "LLM tokenizer"):
             self.tokenizer = AutoTokenizer.from_pretrained(
@@ -248,7 +255,10 @@ class LLMEncoder:
         if self.tokenizer.pad_token is None:  # plain Llama-3 tokenizers have none; padded positions are masked out
             self.tokenizer.pad_token = self.tokenizer.eos_token
         # the model stops at the layer whose output is used; `final_norm` is its final RMSNorm
-        self.model, self.final_norm = _load_llm(path, dtype, device, skip_last=hidden_state_skip_layer)
+        home = "cpu" if stream else device  # streamed: read into host memory, the layers go through the device
+        self.model, self.final_norm = _load_llm(path, dtype, home, skip_last=hidden_state_skip_layer)
+        self.streamer = stream_layers(self.model, self.model.layers, torch.device(device)) if stream else None
+        self.final_norm.to(device)
         self.device = torch.device(device)
         self.text_len = text_len
         self.skip = hidden_state_skip_layer
@@ -294,6 +304,7 @@ class LLMEncoder:
 
     def free(self) -> None:
         """Drop the weights (the tokenizer stays); the encoder cannot encode afterwards."""
+        self.streamer = None
         self.model = self.final_norm = free_model(self.model)
 
 
@@ -331,12 +342,17 @@ class CLIPEncoder:
 
 
 def free_model(model: torch.nn.Module | None) -> None:
-    """Move a model's weights off the accelerator and let them be collected; returns None to assign back."""
+    """Move a model's weights off the accelerator and let them be collected; returns None to assign back. A model
+    whose layers stream (`stream_layers`) is unhooked first, and the pinned host memory it held is returned too."""
+    streamed = model is not None and getattr(model, "_offload", None) is not None
     if model is not None:
+        unstream(model)  # hooks off, host copies back in place: then .to("meta") below drops them
         model.to("meta")  # releases storage even if someone else still holds a reference to the module
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+        if streamed:  # the caching host allocator keeps freed pinned blocks; give the host RAM back
+            torch.accelerator.empty_host_cache()
     return None
 
 
@@ -353,6 +369,7 @@ class TextEncoders:
             text_len=config.text_len,
             hidden_state_skip_layer=config.hidden_state_skip_layer,
             apply_final_norm=config.apply_final_norm,
+            stream=config.stream,
         )
         self.clip = CLIPEncoder(
             config.clip_path,

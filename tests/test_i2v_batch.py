@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import test_i2v_cli as single
 import torch
 from PIL import Image
 from test_i2v_cli import FP32, FRAMES, HEIGHT, PROMPT, STEPS, WIDTH, run
@@ -22,15 +21,15 @@ from hyvideo import cli, io, pipeline
 SIZE = ["--video-size", str(HEIGHT), str(WIDTH)]
 
 
-@pytest.fixture(scope="module")
-def models(tmp_path_factory) -> dict[str, Path]:
-    """The tiny models of the single-prompt tests."""
-    return single.models.__wrapped__(tmp_path_factory)
+@pytest.fixture
+def models(i2v_models: dict[str, Path]) -> dict[str, Path]:
+    """The session's tiny i2v models (tests/conftest.py), read only."""
+    return i2v_models
 
 
-@pytest.fixture(scope="module")
-def image_path(tmp_path_factory) -> Path:
-    return single.image_path.__wrapped__(tmp_path_factory)
+@pytest.fixture
+def image_path(i2v_image_path: Path) -> Path:
+    return i2v_image_path
 
 
 def batch(root: Path, prompt_file: Path, save: Path, *extra: str) -> dict[int, tuple[torch.Tensor, dict]]:

@@ -14,20 +14,20 @@ import pytest
 import torch
 from PIL import Image
 from test_i2v_cli import FP32, FRAMES, HEIGHT, PROMPT, STEPS, WIDTH, run
-from torchrun_launch import launch
+from torchrun_launch import CaseLaunches
 
 from hyvideo import cli, io, pipeline
 
 SIZE = ["--video-size", str(HEIGHT), str(WIDTH)]
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def models(i2v_models: dict[str, Path]) -> dict[str, Path]:
     """The session's tiny i2v models (tests/conftest.py), read only."""
     return i2v_models
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def image_path(i2v_image_path: Path) -> Path:
     return i2v_image_path
 
@@ -151,20 +151,35 @@ def test_skyreels_jsonl_lines_equal_single_runs(models, image_path, tmp_path):
         assert record["embedded_cfg_scale"] == 1.0
 
 
+DATA_PARALLEL = ["token_replace", "skyreels"]
+
+
+@pytest.fixture(scope="module")
+def data_parallel_runs(models, image_path, tmp_path_factory) -> tuple[CaseLaunches, dict[str, Path]]:
+    """Each condition's two-line prompt file under torchrun --nproc_per_node 2, both in one launch (the ranks' start
+    is most of a launch's cost); with the folder of each condition's prompt file and images."""
+    base = tmp_path_factory.mktemp("data_parallel")
+    cases, folders = {}, {}
+    for condition in DATA_PARALLEL:
+        folders[condition] = base / condition
+        folders[condition].mkdir()
+        path = skyreels_lines(folders[condition], image_path)
+        argv = ["--prompt-file", str(path), "--model-base", str(models[condition]), "--video-length", str(FRAMES)]
+        argv += ["--infer-steps", str(STEPS), *FP32, "--save-latents", "--device", "cpu", "--i2v-mode"]
+        cases[condition] = (2, argv)
+    return CaseLaunches(base / "runs", cases, timeout=1800), folders
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("condition", ["token_replace", "skyreels"])
-def test_jsonl_lines_with_images_under_torchrun_data_parallel(models, image_path, tmp_path, condition):
+@pytest.mark.parametrize("condition", DATA_PARALLEL)
+def test_jsonl_lines_with_images_under_torchrun_data_parallel(models, image_path, data_parallel_runs, condition):
     """torchrun --nproc_per_node 2 with a prompt file: line 1 on rank 0, line 2 on rank 1, each with its own image;
     every video equals the single-process run of its line."""
     root = models[condition]
-    path = skyreels_lines(tmp_path, image_path)
-    argv = ["sample_video.py", "--prompt-file", str(path), "--model-base", str(root), "--video-length", str(FRAMES)]
-    argv += ["--infer-steps", str(STEPS), *FP32, "--save-path", str(tmp_path / "batch"), "--save-latents"]
-    argv += ["--device", "cpu", "--i2v-mode"]
-    job = launch(2, argv, timeout=1200, log_dir=tmp_path / "logs")
-    assert job.ok, job.failure_message()
+    runs, folders = data_parallel_runs
+    tmp_path = folders[condition]
     got = {}
-    for mp4 in sorted((tmp_path / "batch").glob("*.mp4")):
+    for mp4 in sorted(runs.save_path(condition).glob("*.mp4")):
         record = json.loads(mp4.with_suffix(".json").read_text())
         got[record["batch"]["line"]] = (io.load_latents(io.latents_filename(mp4))[0], record)
     one, _, _ = run(root, tmp_path / "one", *SIZE, "--seed", "7", image=image_path)

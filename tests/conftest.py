@@ -4,6 +4,7 @@ costs seconds to write; tests treat them as read-only and copy one before changi
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ from loguru import logger
 from PIL import Image
 
 from hyvideo.config import DiTConfig
-from hyvideo.tiny import write_tiny_i2v_model, write_tiny_model
+from hyvideo.tiny import write_tiny15_model, write_tiny_i2v_model, write_tiny_model
 
 
 @pytest.fixture(autouse=True)
@@ -21,6 +22,21 @@ def _restore_logging() -> None:
     yield
     logger.remove()
     logger.add(sys.__stderr__, level="INFO")
+
+
+@pytest.fixture(scope="session")
+def tiny_v1(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, int], Path]:
+    """`tiny_v1(layout, seed)`: a text-to-video model folder (hyvideo.tiny, "official" or "diffusers" layout),
+    written on first use and shared by the session."""
+    folders: dict[tuple[str, int], Path] = {}
+
+    def get(layout: str, seed: int) -> Path:
+        if (layout, seed) not in folders:
+            base = tmp_path_factory.mktemp(f"tiny_v1_seed{seed}")
+            folders[layout, seed] = write_tiny_model(base / layout, layout, seed=seed)
+        return folders[layout, seed]
+
+    return get
 
 
 @pytest.fixture(scope="session")
@@ -45,4 +61,31 @@ def i2v_image_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A non-square random image of another size than the i2v modules' videos."""
     path = tmp_path_factory.mktemp("img") / "first.png"
     Image.fromarray((np.random.RandomState(0).rand(50, 70, 3) * 255).astype(np.uint8)).save(path)
+    return path
+
+
+class Tiny15(dict):
+    """ "<layout>_<version>" -> a tiny HunyuanVideo 1.5 model of the same weights (seed 2), written when first
+    asked for."""
+
+    def __init__(self, base: Path) -> None:
+        super().__init__()
+        self.base = base
+
+    def __missing__(self, key: str) -> Path:
+        layout, version = key.split("_", 1)
+        self[key] = write_tiny15_model(self.base / key, layout, version, seed=2)
+        return self[key]
+
+
+@pytest.fixture(scope="session")
+def tiny15(tmp_path_factory: pytest.TempPathFactory) -> Tiny15:
+    return Tiny15(tmp_path_factory.mktemp("tiny15"))
+
+
+@pytest.fixture(scope="session")
+def image15_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random 48x80 image (a bucket of base 64: no resize) for the 1.5 image-to-video modules."""
+    path = tmp_path_factory.mktemp("img15") / "first.png"
+    Image.fromarray((np.random.RandomState(3).rand(48, 80, 3) * 255).astype(np.uint8)).save(path)
     return path

@@ -23,7 +23,6 @@ from hyvideo.checkpoints.layout import locate
 from hyvideo.cli import main, parse_request
 from hyvideo.modules.attention import attention
 from hyvideo.parallel.attention import attention_lse, merge_lse
-from hyvideo.tiny import write_tiny_model
 
 WORKER = ROOT / "tests" / "parallel_worker.py"
 TOL = 1e-5
@@ -95,8 +94,8 @@ def test_four_processes_ulysses_x_ring_matches_one_process(tmp_path: Path) -> No
 # The CLI under torchrun
 # ---------------------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def model_base(tmp_path_factory) -> Path:
-    return write_tiny_model(tmp_path_factory.mktemp("tiny") / "official", "official", seed=3)
+def model_base(tiny_v1) -> Path:
+    return tiny_v1("official", 3)  # the session's (conftest.py), read only: a test that breaks a file copies it
 
 
 def cli_args(base: Path, out: Path, *extra: str) -> list[str]:

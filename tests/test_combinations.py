@@ -26,7 +26,6 @@ from torchrun_launch import launch_cli_cases  # tests/ is on sys.path under pyte
 
 from hyvideo import io
 from hyvideo.cli import main
-from hyvideo.tiny import write_tiny_model
 
 # the issue's bounds; measured on these runs (tiny model, fp32, CPU): offload and SP layouts <= 3.4e-7 (the ring's
 # and Ulysses' reordered attention sums), compile <= 4.4e-7
@@ -143,9 +142,9 @@ def write_lora(path: Path, hidden: int, mlp: int) -> Path:
 class Runner:
     """Runs configurations once each (a session-wide cache keyed by the set of features) and returns latents."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, model: Path) -> None:
         self.root = root
-        self.model = write_tiny_model(root / "model", "official", seed=3)
+        self.model = model
         self.lora = write_lora(root / "lora.safetensors", 48, 192)
         self.cache: dict[frozenset[str], torch.Tensor] = {}
         self.failed: dict[int, str] = {}  # process count -> why its launch failed
@@ -213,8 +212,8 @@ class Runner:
 
 
 @pytest.fixture(scope="session")
-def runner(tmp_path_factory) -> Runner:
-    return Runner(tmp_path_factory.mktemp("combinations"))
+def runner(tmp_path_factory, tiny_v1) -> Runner:
+    return Runner(tmp_path_factory.mktemp("combinations"), tiny_v1("official", 3))  # the session's model (conftest.py)
 
 
 # ---------------------------------------------------------------------------------------------------------------

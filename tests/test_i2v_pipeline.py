@@ -37,7 +37,7 @@ PROMPT = "A cat walks on the grass, realistic"
 HEIGHT, WIDTH, FRAMES, STEPS, SEED = 32, 48, 9, 3, 7
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def folders(i2v_models: dict[str, Path]) -> dict[str, Path]:
     """The session's tiny i2v models (tests/conftest.py): each condition in the diffusers layout and as
     official_<condition>, seed 1; read only."""

@@ -252,18 +252,18 @@ def test_launcher_kills_every_rank_after_its_timeout(tmp_path: Path) -> None:
     assert not _alive(job.proc.pid)
 
 
-def test_cli_cases_report_the_failing_case_with_its_own_log(model_base: Path, tmp_path: Path) -> None:
-    """tests/cli_worker.py: the cases run in order in the same rank; a case the CLI refuses stops the job with the
-    case's number in the rank's error, and each case's log is told apart (one process: the worker's logic)."""
-    good = cli_args(model_base, tmp_path / "out", "--infer-steps", "1", "--video-length", "1")
-    bad = cli_args(model_base, tmp_path / "bad", "--infer-steps", "0")  # refused: exit 2
-    job = launch_cli_cases(1, [good, bad, good], tmp_path / "logs", timeout=900)
+def test_cli_cases_report_the_failing_case_and_stop(model_base: Path, tmp_path: Path) -> None:
+    """tests/cli_worker.py (one process: the worker's logic): a case the CLI refuses stops the job with the case's
+    number in the rank's error file; its log is its own (Launch.case_stderr) and the next case never starts. The
+    cases that pass are every parallel test's."""
+    good = cli_args(model_base, tmp_path / "out")
+    bad = cli_args(model_base, tmp_path / "bad", "--infer-steps", "0")  # refused before loading: exit 2
+    job = launch_cli_cases(1, [bad, good], tmp_path / "logs", timeout=900)
     assert not job.ok and not job.timed_out, job.failure_message()
     message = job.failure_message()
-    assert "first failure by error-file time: rank 0" in message and "case 1: the CLI exited 2" in message, message
-    assert "wrote " in job.case_stderr(0, 0) and "wrote " not in job.case_stderr(0, 1), job.rank_stderr(0)[-3000:]
-    assert "--infer-steps" in job.case_stderr(0, 1) and job.case_stderr(0, 2) == "", job.rank_stderr(0)[-3000:]
-    assert len(list((tmp_path / "out").glob("*.mp4"))) == 1 and not (tmp_path / "bad").exists()
+    assert "first failure by error-file time: rank 0" in message and "case 0: the CLI exited 2" in message, message
+    assert "--infer-steps" in job.case_stderr(0, 0) and job.case_stderr(0, 1) == "", job.rank_stderr(0)[-3000:]
+    assert not (tmp_path / "out").exists() and not (tmp_path / "bad").exists()
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,22 @@ def image_path(i2v_image_path: Path) -> Path:
     return i2v_image_path
 
 
+@pytest.fixture(scope="module")
+def single_run(models, tmp_path_factory) -> Callable[..., torch.Tensor]:
+    """`single_run(model, image, *flags)`: the final latents of the single-prompt command line at the test size,
+    computed once per (model, flags, image content) and shared by the tests that compare prompt-file lines with it
+    (each folder's second image is written alike)."""
+    cache: dict[tuple, torch.Tensor] = {}
+
+    def get(model: str, image: Path, *extra: str) -> torch.Tensor:
+        key = (model, extra, hashlib.sha256(image.read_bytes()).hexdigest())
+        if key not in cache:
+            cache[key] = run(models[model], tmp_path_factory.mktemp("single"), *SIZE, *extra, image=image)[0]
+        return cache[key]
+
+    return get
+
+
 def batch(root: Path, prompt_file: Path, save: Path, *extra: str) -> dict[int, tuple[torch.Tensor, dict]]:
     """The batch run; returns line -> (saved latents, sidecar record)."""
     argv = ["--prompt-file", str(prompt_file), "--model-base", str(root), "--video-length", str(FRAMES)]
@@ -53,7 +70,7 @@ def second_image(folder: Path) -> Path:
     return path
 
 
-def test_jsonl_lines_with_images_equal_single_runs(models, image_path, tmp_path):
+def test_jsonl_lines_with_images_equal_single_runs(models, image_path, single_run, tmp_path):
     """Line 1: an absolute image path; line 2: a relative one with --i2v-stability and the stretch resize. Each
     video's latents equal the single-prompt run's bit for bit, and its sidecar records that line's image and sha256."""
     root = models["token_replace"]
@@ -65,7 +82,7 @@ def test_jsonl_lines_with_images_equal_single_runs(models, image_path, tmp_path)
     ]  # fmt: skip
     (tmp_path / "p.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
     got = batch(root, tmp_path / "p.jsonl", tmp_path / "batch", "--i2v-mode")
-    one, _, _ = run(root, tmp_path / "one", *SIZE, "--seed", "7", image=image_path)
+    one = single_run("token_replace", image_path, "--seed", "7")
     two, _, _ = run(
         root, tmp_path / "two", *SIZE, "--prompt", "A dog runs", "--seed", "8", "--i2v-stability",
         "--i2v-resize", "stretch", image=other,
@@ -133,16 +150,14 @@ def skyreels_lines(folder: Path, image: Path) -> Path:
     return path
 
 
-def test_skyreels_jsonl_lines_equal_single_runs(models, image_path, tmp_path):
+def test_skyreels_jsonl_lines_equal_single_runs(models, image_path, single_run, tmp_path):
     """SkyReels-V1 weights: the text-to-video encoders (prompt and negative prompt cached across lines), real CFG 6,
     and each seed's own posterior sample of its line's image drawn before the noise: each video equals the
     single-prompt run bit for bit."""
     root = models["skyreels"]
     got = batch(root, skyreels_lines(tmp_path, image_path), tmp_path / "batch", "--i2v-mode")
-    one, _, _ = run(root, tmp_path / "one", *SIZE, "--seed", "7", image=image_path)
-    two, _, _ = run(
-        root, tmp_path / "two", *SIZE, "--seed", "8", "--prompt", "A dog runs", image=tmp_path / "imgs" / "second.jpg"
-    )
+    one = single_run("skyreels", image_path, "--seed", "7")
+    two = single_run("skyreels", tmp_path / "imgs" / "second.jpg", "--seed", "8", "--prompt", "A dog runs")
     assert sorted(got) == [1, 2]
     assert torch.equal(got[1][0], one) and torch.equal(got[2][0], two)
     for line in (1, 2):
@@ -172,20 +187,17 @@ def data_parallel_runs(models, image_path, tmp_path_factory) -> tuple[CaseLaunch
 
 @pytest.mark.slow
 @pytest.mark.parametrize("condition", DATA_PARALLEL)
-def test_jsonl_lines_with_images_under_torchrun_data_parallel(models, image_path, data_parallel_runs, condition):
+def test_jsonl_lines_with_images_under_torchrun_data_parallel(image_path, single_run, data_parallel_runs, condition):
     """torchrun --nproc_per_node 2 with a prompt file: line 1 on rank 0, line 2 on rank 1, each with its own image;
     every video equals the single-process run of its line."""
-    root = models[condition]
     runs, folders = data_parallel_runs
     tmp_path = folders[condition]
     got = {}
     for mp4 in sorted(runs.save_path(condition).glob("*.mp4")):
         record = json.loads(mp4.with_suffix(".json").read_text())
         got[record["batch"]["line"]] = (io.load_latents(io.latents_filename(mp4))[0], record)
-    one, _, _ = run(root, tmp_path / "one", *SIZE, "--seed", "7", image=image_path)
-    two, _, _ = run(
-        root, tmp_path / "two", *SIZE, "--seed", "8", "--prompt", "A dog runs", image=tmp_path / "imgs" / "second.jpg"
-    )
+    one = single_run(condition, image_path, "--seed", "7")
+    two = single_run(condition, tmp_path / "imgs" / "second.jpg", "--seed", "8", "--prompt", "A dog runs")
     assert sorted(got) == [1, 2]
     for line, want in ((1, one), (2, two)):
         latents, record = got[line]

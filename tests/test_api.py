@@ -9,7 +9,6 @@ import textwrap
 from pathlib import Path
 
 import imageio.v3 as iio
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -20,7 +19,6 @@ from hyvideo.checkpoints.layout import locate
 from hyvideo.cli import parse_request
 from hyvideo.config import parse_args
 from hyvideo.inference import HunyuanVideoSampler
-from hyvideo.tiny import write_tiny_i2v_model, write_tiny_model
 from hyvideo.utils.file_utils import save_videos_grid, video_grid
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,8 +27,8 @@ FP32 = ["--precision", "fp32", "--vae-precision", "fp32", "--text-encoder-precis
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory) -> Path:
-    return write_tiny_model(tmp_path_factory.mktemp("tiny") / "m", "official", seed=5)
+def model(tiny_v1) -> Path:
+    return tiny_v1("official", 5)  # the session's (conftest.py), read only
 
 
 @pytest.fixture(scope="module")
@@ -170,14 +168,11 @@ def test_generator_loads_once_and_saves_with_sidecar(model, tmp_path, monkeypatc
 
 
 # --------------------------------------------------------------------------- image-to-video
-def test_image_to_video_api_equals_the_command_line(tmp_path_factory):
+def test_image_to_video_api_equals_the_command_line(i2v_models, i2v_image_path, tmp_path):
     """Generator(i2v_mode=True).generate(i2v_image_path=...) and (i2v_image=PIL) give the CLI's latents bit for bit
     (same LLaVA encoding, image latent, start and model wrapper); HunyuanVideoSampler.predict with the official
     i2v arguments gives the CLI's video at the image's bucket; a text-to-video model is the CLI's one-line error."""
-    base = tmp_path_factory.mktemp("i2v_api")
-    root = write_tiny_i2v_model(base / "tr", "diffusers", "token_replace", seed=1)
-    image_path = base / "first.png"
-    Image.fromarray((np.random.RandomState(0).rand(50, 70, 3) * 255).astype(np.uint8)).save(image_path)
+    base, root, image_path = tmp_path, i2v_models["token_replace"], i2v_image_path  # the session's (conftest.py)
     argv = ["--prompt", "A cat walks", "--model-base", str(root), "--video-length", "9", "--infer-steps", "3"]
     argv += ["--seed", "7", *FP32, "--save-path", str(base / "cli"), "--save-latents", "--video-size", "32", "48"]
     assert cli.main([*argv, "--i2v-mode", "--i2v-image-path", str(image_path)]) == 0
@@ -213,6 +208,6 @@ def test_image_to_video_api_equals_the_command_line(tmp_path_factory):
     assert out["size"][:2] == tuple(want.shape[2:]) and out["size"][:2] != (32, 48)
     assert torch.equal(out["samples"][0], want)
 
-    t2v = write_tiny_model(base / "t2v", "diffusers", seed=1)
+    t2v = i2v_models["t2v"]
     with pytest.raises(ValueError, match=r"^--i2v-mode: --model-base .* holds text-to-video weights"):
         Generator(t2v, device="cpu", precision="fp32", i2v_mode=True)

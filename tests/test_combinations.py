@@ -6,37 +6,33 @@ its final latents (`--save-latents`) are checked against the run of its *numeric
 - plumbing (offload, compile, the torchrun layouts) changes no number: rel. difference <= 1e-5 (compile 1e-4);
 - a run of numeric features only (TeaCache, fp8, LoRA, CFG) must differ from the run of each of them alone (both
   took effect); each numeric feature alone must differ from the plain run.
-Pairs of two in-process features run in this process (`hyvideo.cli.main`). A torchrun launch costs a few seconds of
-process start-up per rank and the CLI runs one configuration per launch, so the torchrun pairs are covered by six
-launches, each a layout with several other features (`TORCHRUN_ROWS`, a covering table that
-`test_every_torchrun_pair_is_covered` checks), compared with the single-process run of the same numeric features.
+Pairs of two in-process features run in this process (`hyvideo.cli.main`). A torchrun launch costs a torch import
+per rank and the job's start, so the torchrun pairs are covered by six configurations, each a layout with several
+other features (`TORCHRUN_ROWS`, a covering table that `test_every_torchrun_pair_is_covered` checks), compared with
+the single-process run of the same numeric features; the configurations of one process count share one launch
+(tests/cli_worker.py: the CLI once per configuration in the same ranks, the last one as `sample_video.py`).
 """
 
 from __future__ import annotations
 
 import itertools
-import os
-import re
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import save_file
+from torchrun_launch import launch_cli_cases  # tests/ is on sys.path under pytest
 
 from hyvideo import io
 from hyvideo.cli import main
-from hyvideo.tiny import write_tiny_model
 
-ROOT = Path(__file__).resolve().parents[1]
-TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 # the issue's bounds; measured on these runs (tiny model, fp32, CPU): offload and SP layouts <= 3.4e-7 (the ring's
 # and Ulysses' reordered attention sums), compile <= 4.4e-7
 PLUMBING_TOL = 1e-5
 COMPILE_TOL = 1e-4
 EFFECT = 1e-3  # a numeric feature that took effect moves the latents by more: measured >= 2.4e-2 (fp8 on a LoRA run)
+TORCHRUN_TIMEOUT_S = 1500  # one launch: three configurations (compile in each of the 2-process ones), busy cores
 
 pytestmark = pytest.mark.slow
 
@@ -70,9 +66,9 @@ FEATURES: dict[str, Feature] = {
 LOCAL = [name for name, f in FEATURES.items() if f.procs == 1]
 TORCHRUN_MODES = [name for name, f in FEATURES.items() if f.procs > 1]
 
-# Each torchrun mode with every other feature (the other two modes included) at least once, in six launches: three
-# of four processes that pair the modes, three of two that carry --compile (compiling in four processes on two
-# cores would dominate the file's time). See the module docstring.
+# Each torchrun mode with every other feature (the other two modes included) at least once, in six configurations:
+# three of four processes that pair the modes, three of two that carry --compile (compiling in four processes on two
+# cores would dominate the file's time); one launch for each process count. See the module docstring.
 TORCHRUN_ROWS: list[tuple[str, ...]] = [
     ("ulysses", "ring", "offload-block", "teacache", "lora-merge", "cfg"),
     ("ulysses", "cfg-parallel", "offload-model", "fp8"),
@@ -81,6 +77,14 @@ TORCHRUN_ROWS: list[tuple[str, ...]] = [
     ("ring", "offload-model", "compile", "fp8"),
     ("cfg-parallel", "offload-block", "compile", "teacache", "lora-merge"),
 ]
+
+
+def processes(features: frozenset[str]) -> int:
+    """The torchrun processes a configuration needs (1: runs in this process)."""
+    out = 1
+    for f in features:
+        out *= FEATURES[f].procs
+    return out
 
 
 def closure(features: tuple[str, ...]) -> frozenset[str]:
@@ -138,11 +142,12 @@ def write_lora(path: Path, hidden: int, mlp: int) -> Path:
 class Runner:
     """Runs configurations once each (a session-wide cache keyed by the set of features) and returns latents."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, model: Path) -> None:
         self.root = root
-        self.model = write_tiny_model(root / "model", "official", seed=3)
+        self.model = model
         self.lora = write_lora(root / "lora.safetensors", 48, 192)
         self.cache: dict[frozenset[str], torch.Tensor] = {}
+        self.failed: dict[int, str] = {}  # process count -> why its launch failed
 
     def flags(self, features: frozenset[str]) -> list[str]:
         out = []
@@ -155,29 +160,41 @@ class Runner:
 
     def run(self, features: frozenset[str]) -> torch.Tensor:
         if features not in self.cache:
-            procs = 1
-            for f in features:
-                procs *= FEATURES[f].procs
-            out = self.out_dir(features)
-            argv = base_args(self.model, out) + self.flags(features)
-            if procs == 1:
-                if "compile" in features:
-                    torch._dynamo.reset()  # a fresh model per run: no recompile-limit fallback to eager
-                    torch._dynamo.utils.counters.clear()
-                code = main(argv)
-                assert code == 0, f"{sorted(features)}: exit {code}"
-                if "compile" in features:  # the blocks did run compiled (an eager fallback would pass any tolerance)
-                    assert torch._dynamo.utils.counters["frames"]["ok"] > 0, sorted(features)
-            else:
-                logs = torchrun(procs, [*argv, "--dist-timeout", "300"], out)
-                if "compile" in features:
-                    rank0 = "".join(p.read_text() for p in logs.rglob("stderr.log") if p.parent.name == "0")
-                    assert "torch.compile (" in rank0, sorted(features)
-            [path] = out.glob("*.latents.safetensors")
-            latents, _ = io.load_latents(path)
-            assert torch.isfinite(latents).all(), sorted(features)
-            self.cache[features] = latents
+            procs = processes(features)
+            if procs > 1:
+                self.run_torchrun(procs)
+                assert features in self.cache, f"{sorted(features)} is no torchrun row"
+                return self.cache[features]
+            if "compile" in features:
+                torch._dynamo.reset()  # a fresh model per run: no recompile-limit fallback to eager
+                torch._dynamo.utils.counters.clear()
+            code = main(base_args(self.model, self.out_dir(features)) + self.flags(features))
+            assert code == 0, f"{sorted(features)}: exit {code}"
+            if "compile" in features:  # the blocks did run compiled (an eager fallback would pass any tolerance)
+                assert torch._dynamo.utils.counters["frames"]["ok"] > 0, sorted(features)
+            self.cache[features] = self.latents(features)
         return self.cache[features]
+
+    def run_torchrun(self, nproc: int) -> None:
+        """Every torchrun row of `nproc` processes, in one launch (tests/cli_worker.py)."""
+        if nproc in self.failed:
+            pytest.fail(f"the launch of the {nproc}-process rows failed (see its first test):\n{self.failed[nproc]}")
+        rows = [row for r in TORCHRUN_ROWS if processes(row := closure(r)) == nproc]
+        cases = [[*base_args(self.model, self.out_dir(r)), *self.flags(r), "--dist-timeout", "300"] for r in rows]
+        job = launch_cli_cases(nproc, cases, self.root / f"torchrun{nproc}.logs", timeout=TORCHRUN_TIMEOUT_S)
+        if not job.ok:
+            self.failed[nproc] = job.failure_message()
+            pytest.fail(self.failed[nproc])
+        for i, row in enumerate(rows):
+            if "compile" in row:  # rank 0 logs the compiled blocks (an eager fallback would pass any tolerance)
+                assert "torch.compile (" in job.case_stderr(0, i), sorted(row)
+            self.cache[row] = self.latents(row)
+
+    def latents(self, features: frozenset[str]) -> torch.Tensor:
+        [path] = self.out_dir(features).glob("*.latents.safetensors")
+        latents, _ = io.load_latents(path)
+        assert torch.isfinite(latents).all(), sorted(features)
+        return latents
 
     def check(self, features: tuple[str, ...]) -> None:
         """Run `features` and compare with the run of its numeric features alone (see the module docstring)."""
@@ -194,32 +211,9 @@ class Runner:
         assert err <= tol, f"{sorted(wanted)} vs {sorted(numeric) or 'plain'}: rel. {err:.2e} > {tol:g}"
 
 
-def torchrun(nproc: int, argv: list[str], out: Path, timeout: float = 300) -> Path:
-    """sample_video.py under torchrun (a free port: --standalone); each rank's log in its own file (the folder is
-    returned), and on failure every rank's first error line in the assertion message."""
-    logs = out.parent / (out.name + ".logs")
-    env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_ENV}
-    env["PYTHONPATH"] = str(ROOT)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-           "--log-dir", str(logs), "--redirects", "3", "sample_video.py", *argv]  # fmt: skip
-    try:
-        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-        code = proc.returncode
-    except subprocess.TimeoutExpired:
-        code = f"timeout after {timeout:.0f} s"
-    if code != 0:
-        firsts = []
-        for rank_log in sorted(logs.rglob("stderr.log")):
-            text = rank_log.read_text(errors="replace")
-            lines = [ln for ln in text.splitlines() if re.search(r"error|Error|Traceback", ln)]
-            firsts.append(f"rank {rank_log.parent.name}: {lines[0] if lines else text[-300:]}")
-        pytest.fail(f"torchrun {nproc} x {' '.join(argv[-8:])}: exit {code}\n" + "\n".join(firsts))
-    return logs
-
-
 @pytest.fixture(scope="session")
-def runner(tmp_path_factory) -> Runner:
-    return Runner(tmp_path_factory.mktemp("combinations"))
+def runner(tmp_path_factory, tiny_v1) -> Runner:
+    return Runner(tmp_path_factory.mktemp("combinations"), tiny_v1("official", 3))  # the session's model (conftest.py)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -16,14 +16,14 @@ from hyvideo.compile import compile_blocks, compile_region, uses_cuda_graphs
 from hyvideo.offload import apply_offload
 from hyvideo.request import UsageError, _check_compile_mode
 from hyvideo.teacache import TeaCache
-from hyvideo.tiny import TINY_DIT, random_dit, write_tiny_model
+from hyvideo.tiny import TINY_DIT, random_dit
 
 PROMPT = "A cat walks on the grass, realistic style."
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    return write_tiny_model(tmp_path_factory.mktemp("tiny") / "official", "official", seed=3)
+def tiny_model(tiny_v1) -> Path:
+    return tiny_v1("official", 3)  # the session's (conftest.py), read only
 
 
 def args(base: Path, out: Path, *extra: str) -> list[str]:

@@ -27,7 +27,7 @@ from hyvideo.checkpoints.layout import OFFICIAL_DIT_DIR, OFFICIAL_DIT_FILE
 from hyvideo.modules.dit import HYVideoDiT
 from hyvideo.modules.text_encoders import TextEncoders
 from hyvideo.modules.vae import HYVideoVAE
-from hyvideo.tiny import TINY_DIT, random_dit, write_tiny_model
+from hyvideo.tiny import TINY_DIT, random_dit
 
 ROOT = Path(__file__).resolve().parents[1]
 DIT_DIR = f"{OFFICIAL_DIT_DIR}/transformers"  # official layout, relative to --model-base
@@ -40,9 +40,9 @@ PROGRESS_BAR = re.compile(
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("tiny")
-    return {layout: write_tiny_model(root / layout, layout, seed=5) for layout in ("official", "diffusers")}
+def models(tiny_v1) -> dict[str, Path]:
+    """The session's (conftest.py), read only: the rows that break a file copy the folder first."""
+    return {layout: tiny_v1(layout, 5) for layout in ("official", "diffusers")}
 
 
 def argv(base: Path, out: Path, *extra: str) -> list[str]:

@@ -18,7 +18,7 @@ from hyvideo import cli, io
 from hyvideo.api import Generator
 from hyvideo.hv15 import cover_frame
 from hyvideo.modules.qwen_encoder import crop_start
-from hyvideo.tiny import TINY_TEXT_DIMS, write_tiny15_model
+from hyvideo.tiny import TINY_TEXT_DIMS
 from hyvideo.tiny import main as tiny_main
 
 PROMPT = 'A shop sign that reads "OPEN" and a banner saying \u201cSALE\u201d'
@@ -27,29 +27,16 @@ HEIGHT, WIDTH, FRAMES, STEPS, SEED = 48, 80, 5, 3, 11  # 48x80 is a bucket of ba
 FP32 = ["--precision", "fp32", "--text-encoder-precision", "fp32", "--vae-precision", "fp32"]
 
 
-class Folders(dict):
-    """ "<layout>_<version>" -> a tiny 1.5 model of the same weights (seed 2), written when first asked for."""
-
-    def __init__(self, base: Path) -> None:
-        super().__init__()
-        self.base = base
-
-    def __missing__(self, key: str) -> Path:
-        layout, version = key.split("_", 1)
-        self[key] = write_tiny15_model(self.base / key, layout, version, seed=2)
-        return self[key]
+@pytest.fixture(scope="session")
+def folders(tiny15) -> dict[str, Path]:
+    """ "<layout>_<version>" -> a tiny 1.5 model of the same weights (seed 2): the session's (conftest.py), read
+    only."""
+    return tiny15
 
 
-@pytest.fixture(scope="module")
-def folders(tmp_path_factory) -> Folders:
-    return Folders(tmp_path_factory.mktemp("tiny15"))
-
-
-@pytest.fixture(scope="module")
-def image_path(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("img15") / "first.png"
-    Image.fromarray((np.random.RandomState(3).rand(HEIGHT, WIDTH, 3) * 255).astype(np.uint8)).save(path)
-    return path
+@pytest.fixture(scope="session")
+def image_path(image15_path: Path) -> Path:
+    return image15_path  # HEIGHT x WIDTH
 
 
 def run(root: Path, save: Path, *extra: str, image: Path | None = None) -> tuple[torch.Tensor, dict]:

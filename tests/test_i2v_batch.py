@@ -7,30 +7,46 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
-import test_i2v_cli as single
 import torch
 from PIL import Image
 from test_i2v_cli import FP32, FRAMES, HEIGHT, PROMPT, STEPS, WIDTH, run
-from torchrun_launch import launch
+from torchrun_launch import CaseLaunches
 
 from hyvideo import cli, io, pipeline
 
 SIZE = ["--video-size", str(HEIGHT), str(WIDTH)]
 
 
-@pytest.fixture(scope="module")
-def models(tmp_path_factory) -> dict[str, Path]:
-    """The tiny models of the single-prompt tests."""
-    return single.models.__wrapped__(tmp_path_factory)
+@pytest.fixture(scope="session")
+def models(i2v_models: dict[str, Path]) -> dict[str, Path]:
+    """The session's tiny i2v models (tests/conftest.py), read only."""
+    return i2v_models
+
+
+@pytest.fixture(scope="session")
+def image_path(i2v_image_path: Path) -> Path:
+    return i2v_image_path
 
 
 @pytest.fixture(scope="module")
-def image_path(tmp_path_factory) -> Path:
-    return single.image_path.__wrapped__(tmp_path_factory)
+def single_run(models, tmp_path_factory) -> Callable[..., torch.Tensor]:
+    """`single_run(model, image, *flags)`: the final latents of the single-prompt command line at the test size,
+    computed once per (model, flags, image content) and shared by the tests that compare prompt-file lines with it
+    (each folder's second image is written alike)."""
+    cache: dict[tuple, torch.Tensor] = {}
+
+    def get(model: str, image: Path, *extra: str) -> torch.Tensor:
+        key = (model, extra, hashlib.sha256(image.read_bytes()).hexdigest())
+        if key not in cache:
+            cache[key] = run(models[model], tmp_path_factory.mktemp("single"), *SIZE, *extra, image=image)[0]
+        return cache[key]
+
+    return get
 
 
 def batch(root: Path, prompt_file: Path, save: Path, *extra: str) -> dict[int, tuple[torch.Tensor, dict]]:
@@ -54,7 +70,7 @@ def second_image(folder: Path) -> Path:
     return path
 
 
-def test_jsonl_lines_with_images_equal_single_runs(models, image_path, tmp_path):
+def test_jsonl_lines_with_images_equal_single_runs(models, image_path, single_run, tmp_path):
     """Line 1: an absolute image path; line 2: a relative one with --i2v-stability and the stretch resize. Each
     video's latents equal the single-prompt run's bit for bit, and its sidecar records that line's image and sha256."""
     root = models["token_replace"]
@@ -66,7 +82,7 @@ def test_jsonl_lines_with_images_equal_single_runs(models, image_path, tmp_path)
     ]  # fmt: skip
     (tmp_path / "p.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
     got = batch(root, tmp_path / "p.jsonl", tmp_path / "batch", "--i2v-mode")
-    one, _, _ = run(root, tmp_path / "one", *SIZE, "--seed", "7", image=image_path)
+    one = single_run("token_replace", image_path, "--seed", "7")
     two, _, _ = run(
         root, tmp_path / "two", *SIZE, "--prompt", "A dog runs", "--seed", "8", "--i2v-stability",
         "--i2v-resize", "stretch", image=other,
@@ -134,16 +150,14 @@ def skyreels_lines(folder: Path, image: Path) -> Path:
     return path
 
 
-def test_skyreels_jsonl_lines_equal_single_runs(models, image_path, tmp_path):
+def test_skyreels_jsonl_lines_equal_single_runs(models, image_path, single_run, tmp_path):
     """SkyReels-V1 weights: the text-to-video encoders (prompt and negative prompt cached across lines), real CFG 6,
     and each seed's own posterior sample of its line's image drawn before the noise: each video equals the
     single-prompt run bit for bit."""
     root = models["skyreels"]
     got = batch(root, skyreels_lines(tmp_path, image_path), tmp_path / "batch", "--i2v-mode")
-    one, _, _ = run(root, tmp_path / "one", *SIZE, "--seed", "7", image=image_path)
-    two, _, _ = run(
-        root, tmp_path / "two", *SIZE, "--seed", "8", "--prompt", "A dog runs", image=tmp_path / "imgs" / "second.jpg"
-    )
+    one = single_run("skyreels", image_path, "--seed", "7")
+    two = single_run("skyreels", tmp_path / "imgs" / "second.jpg", "--seed", "8", "--prompt", "A dog runs")
     assert sorted(got) == [1, 2]
     assert torch.equal(got[1][0], one) and torch.equal(got[2][0], two)
     for line in (1, 2):
@@ -152,26 +166,38 @@ def test_skyreels_jsonl_lines_equal_single_runs(models, image_path, tmp_path):
         assert record["embedded_cfg_scale"] == 1.0
 
 
+DATA_PARALLEL = ["token_replace", "skyreels"]
+
+
+@pytest.fixture(scope="module")
+def data_parallel_runs(models, image_path, tmp_path_factory) -> tuple[CaseLaunches, dict[str, Path]]:
+    """Each condition's two-line prompt file under torchrun --nproc_per_node 2, both in one launch (the ranks' start
+    is most of a launch's cost); with the folder of each condition's prompt file and images."""
+    base = tmp_path_factory.mktemp("data_parallel")
+    cases, folders = {}, {}
+    for condition in DATA_PARALLEL:
+        folders[condition] = base / condition
+        folders[condition].mkdir()
+        path = skyreels_lines(folders[condition], image_path)
+        argv = ["--prompt-file", str(path), "--model-base", str(models[condition]), "--video-length", str(FRAMES)]
+        argv += ["--infer-steps", str(STEPS), *FP32, "--save-latents", "--device", "cpu", "--i2v-mode"]
+        cases[condition] = (2, argv)
+    return CaseLaunches(base / "runs", cases, timeout=1800), folders
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("condition", ["token_replace", "skyreels"])
-def test_jsonl_lines_with_images_under_torchrun_data_parallel(models, image_path, tmp_path, condition):
+@pytest.mark.parametrize("condition", DATA_PARALLEL)
+def test_jsonl_lines_with_images_under_torchrun_data_parallel(image_path, single_run, data_parallel_runs, condition):
     """torchrun --nproc_per_node 2 with a prompt file: line 1 on rank 0, line 2 on rank 1, each with its own image;
     every video equals the single-process run of its line."""
-    root = models[condition]
-    path = skyreels_lines(tmp_path, image_path)
-    argv = ["sample_video.py", "--prompt-file", str(path), "--model-base", str(root), "--video-length", str(FRAMES)]
-    argv += ["--infer-steps", str(STEPS), *FP32, "--save-path", str(tmp_path / "batch"), "--save-latents"]
-    argv += ["--device", "cpu", "--i2v-mode"]
-    job = launch(2, argv, timeout=1200, log_dir=tmp_path / "logs")
-    assert job.ok, job.failure_message()
+    runs, folders = data_parallel_runs
+    tmp_path = folders[condition]
     got = {}
-    for mp4 in sorted((tmp_path / "batch").glob("*.mp4")):
+    for mp4 in sorted(runs.save_path(condition).glob("*.mp4")):
         record = json.loads(mp4.with_suffix(".json").read_text())
         got[record["batch"]["line"]] = (io.load_latents(io.latents_filename(mp4))[0], record)
-    one, _, _ = run(root, tmp_path / "one", *SIZE, "--seed", "7", image=image_path)
-    two, _, _ = run(
-        root, tmp_path / "two", *SIZE, "--seed", "8", "--prompt", "A dog runs", image=tmp_path / "imgs" / "second.jpg"
-    )
+    one = single_run(condition, image_path, "--seed", "7")
+    two = single_run(condition, tmp_path / "imgs" / "second.jpg", "--seed", "8", "--prompt", "A dog runs")
     assert sorted(got) == [1, 2]
     for line, want in ((1, one), (2, two)):
         latents, record = got[line]

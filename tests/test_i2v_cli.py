@@ -8,23 +8,21 @@ import hashlib
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from diffusers import HunyuanSkyreelsImageToVideoPipeline, HunyuanVideoImageToVideoPipeline
 from PIL import Image
 from safetensors.torch import load_file, save_file
-from torchrun_launch import launch
+from torchrun_launch import CaseLaunches
 
 from hyvideo import batch, cli, i2v, io, pipeline
 from hyvideo.api import Generator
 from hyvideo.checkpoints.dit import load_dit, save_dit_diffusers
 from hyvideo.checkpoints.layout import OFFICIAL_I2V_DIT_DIR
-from hyvideo.config import DiTConfig
 from hyvideo.modules.llava_encoder import I2V_TEMPLATE, NEGATIVE_PROMPT_I2V, I2VTextEncoders, LlavaEncoderConfig
 from hyvideo.modules.text_encoders import NEGATIVE_PROMPT, TextEncoderConfig, TextEncoders
 from hyvideo.request import validate
-from hyvideo.tiny import write_tiny_i2v_model, write_tiny_model
+from hyvideo.tiny import write_tiny_i2v_model
 
 PROMPT = "A cat walks on the grass, realistic"
 HEIGHT, WIDTH, FRAMES, STEPS, SEED = 32, 48, 9, 3, 7
@@ -32,26 +30,15 @@ FP32 = ["--precision", "fp32", "--vae-precision", "fp32"]
 FP32 += ["--text-encoder-precision", "fp32", "--text-encoder-precision-2", "fp32"]
 
 
-@pytest.fixture(scope="module")
-def models(tmp_path_factory) -> dict[str, Path]:
-    base = tmp_path_factory.mktemp("i2v_cli")
-    out = {c: write_tiny_i2v_model(base / c, "diffusers", c, seed=1) for c in ("token_replace", "latent_concat")}
-    out["official_token_replace"] = write_tiny_i2v_model(base / "official", "official", "token_replace", seed=1)
-    out["skyreels"] = write_tiny_i2v_model(base / "skyreels", "diffusers", "skyreels", seed=3)
-    out["t2v"] = write_tiny_model(base / "t2v", "diffusers", seed=1)
-    # a text-to-video DiT whose temporal RoPE has 8 pairs (as the release's), so RIFLEx's pair 4 exists
-    riflex = DiTConfig(hidden_size=64, heads=2, depth_double=1, depth_single=1, depth_refiner=1,
-                       rope_axes=(16, 8, 8), text_states_dim=32, text_pool_dim=32)  # fmt: skip
-    out["t2v_riflex"] = write_tiny_model(base / "t2v_riflex", "diffusers", seed=1, dit=riflex)
-    return out
+@pytest.fixture(scope="session")
+def models(i2v_models: dict[str, Path]) -> dict[str, Path]:
+    """The session's tiny i2v models (tests/conftest.py), read only."""
+    return i2v_models
 
 
-@pytest.fixture(scope="module")
-def image_path(tmp_path_factory) -> Path:
-    """A non-square random image of another size than the video."""
-    path = tmp_path_factory.mktemp("img") / "first.png"
-    Image.fromarray((np.random.RandomState(0).rand(50, 70, 3) * 255).astype(np.uint8)).save(path)
-    return path
+@pytest.fixture(scope="session")
+def image_path(i2v_image_path: Path) -> Path:
+    return i2v_image_path
 
 
 def run(root: Path, save: Path, *extra: str, image: Path | None = None) -> tuple[torch.Tensor, dict, Path]:
@@ -394,24 +381,39 @@ def test_run_options_with_an_image(models, image_path, tmp_path, condition, extr
 
 
 # --------------------------------------------------------------------------- two processes (torchrun, gloo)
+ULYSSES_CASES = ["token_replace", "latent_concat", "skyreels", "riflex"]
+
+
+def ulysses_extra(models: dict[str, Path], image_path: Path, case: str) -> tuple[Path, list[str]]:
+    """The model and flags of a case: SkyReels runs real CFG 6 by default; every rank draws the same image sample
+    and noise."""
+    size = ["--video-size", str(HEIGHT), str(WIDTH)]
+    if case != "riflex":
+        return models[case], [*size, "--i2v-mode", "--i2v-image-path", str(image_path)]
+    return models["t2v_riflex"], [*size, "--riflex", "on"]
+
+
+@pytest.fixture(scope="module")
+def ulysses_runs(models, image_path, tmp_path_factory) -> CaseLaunches:
+    """Every case under `--ulysses-degree 2`, in one launch (the cases share the ranks' start)."""
+    cases = {}
+    for case in ULYSSES_CASES:
+        root, extra = ulysses_extra(models, image_path, case)
+        argv = ["--prompt", PROMPT, "--model-base", str(root), "--video-length", str(FRAMES)]
+        argv += ["--infer-steps", str(STEPS), "--seed", str(SEED), *FP32]
+        cases[case] = (2, [*argv, "--save-latents", "--device", "cpu", "--ulysses-degree", "2", *extra])
+    return CaseLaunches(tmp_path_factory.mktemp("ulysses"), cases, timeout=1800)
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("case", ["token_replace", "latent_concat", "skyreels", "riflex"])
-def test_ulysses_matches_one_process(models, image_path, tmp_path, case):
+@pytest.mark.parametrize("case", ULYSSES_CASES)
+def test_ulysses_matches_one_process(models, image_path, ulysses_runs, tmp_path, case):
     """token_replace (each rank modulates its share of the first frame's tokens), latent_concat and SkyReels
     image-to-video, and --riflex on (the choice must reach the DiT inside the sequence-parallel wrapper), under
     --ulysses-degree 2 give the single process's latents."""
-    size = ["--video-size", str(HEIGHT), str(WIDTH)]
-    if case != "riflex":  # SkyReels: real CFG 6 by default; every rank draws the same image sample and noise
-        root, extra = models[case], [*size, "--i2v-mode", "--i2v-image-path", str(image_path)]
-    else:
-        root, extra = models["t2v_riflex"], [*size, "--riflex", "on"]
+    root, extra = ulysses_extra(models, image_path, case)
     want, _, _ = run(root, tmp_path / "one", *extra)
-    argv = ["sample_video.py", "--prompt", PROMPT, "--model-base", str(root), "--video-length", str(FRAMES)]
-    argv += ["--infer-steps", str(STEPS), "--seed", str(SEED), *FP32, "--save-path", str(tmp_path / "two")]
-    argv += ["--save-latents", "--device", "cpu", "--ulysses-degree", "2", *extra]
-    job = launch(2, argv, timeout=900, log_dir=tmp_path / "logs")
-    assert job.ok, job.failure_message()
-    (latents_file,) = (tmp_path / "two").glob("*.latents.safetensors")
+    (latents_file,) = ulysses_runs.save_path(case).glob("*.latents.safetensors")
     got, _ = io.load_latents(latents_file)
     rel = float((got - want).norm() / want.norm())
     assert rel <= 1e-5, rel  # the bound of the text-to-video parallel tests: fp32 sums in another order

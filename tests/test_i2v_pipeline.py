@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -36,14 +37,11 @@ PROMPT = "A cat walks on the grass, realistic"
 HEIGHT, WIDTH, FRAMES, STEPS, SEED = 32, 48, 9, 3, 7
 
 
-@pytest.fixture(scope="module")
-def folders(tmp_path_factory):
-    base = tmp_path_factory.mktemp("tiny_i2v")
-    out = {}
-    for condition in ("token_replace", "latent_concat"):
-        out[condition] = write_tiny_i2v_model(base / f"diffusers_{condition}", "diffusers", condition, seed=1)
-        out[f"official_{condition}"] = write_tiny_i2v_model(base / f"official_{condition}", "official", condition, 1)
-    return out
+@pytest.fixture(scope="session")
+def folders(i2v_models: dict[str, Path]) -> dict[str, Path]:
+    """The session's tiny i2v models (tests/conftest.py): each condition in the diffusers layout and as
+    official_<condition>, seed 1; read only."""
+    return i2v_models
 
 
 @pytest.fixture(scope="module")

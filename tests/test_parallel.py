@@ -16,14 +16,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from torchrun_launch import ROOT, TORCHRUN_ENV, Launch, first_error, launch, start
+from torchrun_launch import ROOT, TORCHRUN_ENV, Launch, first_error, launch, launch_cli_cases, start
 
 from hyvideo import io, pipeline
 from hyvideo.checkpoints.layout import locate
 from hyvideo.cli import main, parse_request
 from hyvideo.modules.attention import attention
 from hyvideo.parallel.attention import attention_lse, merge_lse
-from hyvideo.tiny import write_tiny_model
 
 WORKER = ROOT / "tests" / "parallel_worker.py"
 TOL = 1e-5
@@ -95,8 +94,8 @@ def test_four_processes_ulysses_x_ring_matches_one_process(tmp_path: Path) -> No
 # The CLI under torchrun
 # ---------------------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def model_base(tmp_path_factory) -> Path:
-    return write_tiny_model(tmp_path_factory.mktemp("tiny") / "official", "official", seed=3)
+def model_base(tiny_v1) -> Path:
+    return tiny_v1("official", 3)  # the session's (conftest.py), read only: a test that breaks a file copies it
 
 
 def cli_args(base: Path, out: Path, *extra: str) -> list[str]:
@@ -251,6 +250,20 @@ def test_launcher_kills_every_rank_after_its_timeout(tmp_path: Path) -> None:
     time.sleep(1.0)
     assert not any(_alive(pid) for pid in pids), pids
     assert not _alive(job.proc.pid)
+
+
+def test_cli_cases_report_the_failing_case_and_stop(model_base: Path, tmp_path: Path) -> None:
+    """tests/cli_worker.py (one process: the worker's logic): a case the CLI refuses stops the job with the case's
+    number in the rank's error file; its log is its own (Launch.case_stderr) and the next case never starts. The
+    cases that pass are every parallel test's."""
+    good = cli_args(model_base, tmp_path / "out")
+    bad = cli_args(model_base, tmp_path / "bad", "--infer-steps", "0")  # refused before loading: exit 2
+    job = launch_cli_cases(1, [bad, good], tmp_path / "logs", timeout=900)
+    assert not job.ok and not job.timed_out, job.failure_message()
+    message = job.failure_message()
+    assert "first failure by error-file time: rank 0" in message and "case 0: the CLI exited 2" in message, message
+    assert "--infer-steps" in job.case_stderr(0, 0) and job.case_stderr(0, 1) == "", job.rank_stderr(0)[-3000:]
+    assert not (tmp_path / "out").exists() and not (tmp_path / "bad").exists()
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -17,11 +17,9 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-from PIL import Image
 from torch.distributed.elastic.multiprocessing.errors import record
 from torchrun_launch import ROOT, launch  # tests/ is on sys.path: under pytest, and as the worker (this file's folder)
 
@@ -30,7 +28,6 @@ from hyvideo.modules.qwen_encoder import Text15Embeddings
 from hyvideo.modules.text_encoders import TextEmbeddings
 from hyvideo.parallel import group
 from hyvideo.parallel.steps import Torchrun
-from hyvideo.tiny import write_tiny15_model
 
 # fp32 everywhere, the reference on one thread as the ranks. Ulysses splits the heads (each head's attention is the
 # same call over the same keys) and cfg-parallel runs the same two forwards on two processes, exchanging them whole:
@@ -80,29 +77,27 @@ def argv(root: Path, save: Path, image: Path | None, *extra: str) -> list[str]:
 def worker(cases_file: Path) -> None:
     shutdown = group.shutdown
     group.shutdown = lambda: None  # the job stays up for the next case; it ends after the last one
-    for i, args in enumerate(json.loads(cases_file.read_text())):
-        code = cli.main(args)
-        if code != 0:
-            raise RuntimeError(f"case {i}: the CLI exited {code}")
-    shutdown()
+    try:
+        for i, args in enumerate(json.loads(cases_file.read_text())):
+            code = cli.main(args)
+            if code != 0:
+                raise RuntimeError(f"case {i}: the CLI exited {code}")
+    finally:
+        shutdown()  # every path leaves the process group: exiting with a live gloo group can abort
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # The tests
 # ---------------------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def folders(tmp_path_factory) -> dict[str, Path]:
-    base = tmp_path_factory.mktemp("tiny15")
-    return {
-        name: write_tiny15_model(base / name, layout, version, seed=2) for name, (layout, version) in MODELS.items()
-    }
+def folders(tiny15) -> dict[str, Path]:
+    """The session's tiny 1.5 models (conftest.py, seed 2), read only."""
+    return {name: tiny15[f"{layout}_{version}"] for name, (layout, version) in MODELS.items()}
 
 
 @pytest.fixture(scope="module")
-def image_path(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("img15") / "first.png"
-    Image.fromarray((np.random.RandomState(3).rand(HEIGHT, WIDTH, 3) * 255).astype(np.uint8)).save(path)
-    return path
+def image_path(image15_path: Path) -> Path:
+    return image15_path  # HEIGHT x WIDTH
 
 
 def latents_in(folder: Path) -> torch.Tensor:

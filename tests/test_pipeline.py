@@ -19,16 +19,14 @@ from hyvideo import io, pipeline
 from hyvideo.checkpoints.layout import locate
 from hyvideo.cli import main, parse_request
 from hyvideo.modules.text_encoders import PROMPT_TEMPLATES, TextEncoders
-from hyvideo.tiny import write_tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPT = "A cat walks on the grass, realistic style."
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    base = tmp_path_factory.mktemp("tiny")
-    return write_tiny_model(base / "official", "official", seed=3), write_tiny_model(base / "diffusers", "diffusers", 3)
+def models(tiny_v1):
+    return tiny_v1("official", 3), tiny_v1("diffusers", 3)  # the session's (conftest.py), read only
 
 
 def request(base: Path, out: Path, *extra: str):

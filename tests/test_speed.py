@@ -12,14 +12,14 @@ import torch.nn.functional as F
 
 from hyvideo.cli import main
 from hyvideo.modules.attention import KeyMask, attention, check_backend, kernel_for, sage_attention
-from hyvideo.tiny import TINY_DIT, random_dit, write_tiny_model
+from hyvideo.tiny import TINY_DIT, random_dit
 
 PROMPT = "A cat walks on the grass, realistic style."
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    return write_tiny_model(tmp_path_factory.mktemp("tiny") / "official", "official", seed=3)
+def tiny_model(tiny_v1) -> Path:
+    return tiny_v1("official", 3)  # the session's (conftest.py), read only
 
 
 def args(base: Path, out: Path, *extra: str) -> list[str]:

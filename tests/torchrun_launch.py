@@ -4,6 +4,8 @@
     run = launch(2, ["sample_video.py", *flags], timeout=600)
     assert run.ok, run.failure_message()
     run.rank_stderr(0)  # what rank 0 wrote to stderr
+    run = launch_cli_cases(2, [argv_1, argv_2], log_dir)  # several CLI runs in one launch (tests/cli_worker.py)
+    run.case_stderr(0, 1)  # what rank 0 wrote to stderr during the second one
 
 Every launch:
 - uses `--standalone` rendezvous (the agent's store binds port 0: no fixed port, no clash between concurrent jobs;
@@ -36,6 +38,8 @@ from pathlib import Path
 from benchmarks.common import TORCHRUN_ENV, descendants
 
 ROOT = Path(__file__).resolve().parents[1]
+CLI_WORKER = ROOT / "tests" / "cli_worker.py"
+CASE_MARKER = re.compile(r"^cli_worker: case (\d+)$", re.M)  # the line tests/cli_worker.py writes before each case
 DEFAULT_TIMEOUT_S = 600.0  # one launch on a loaded 2-core machine: torch import x N ranks, then the work
 FIRST_ERROR_CHARS = 2500  # per rank, in the failure message
 # the first line of an error in a rank's stderr; c10d prefixes an uncaught exception's lines with "[rankN]: "
@@ -94,6 +98,15 @@ class Launch:
     def rank_stdout(self, rank: int) -> str:
         path = self._rank_file(rank, "stdout.log")
         return path.read_text(errors="replace") if path else ""
+
+    def case_stderr(self, rank: int, case: int) -> str:
+        """What the rank wrote to stderr during case `case` of a `launch_cli_cases` job ("" if it never started)."""
+        text = self.rank_stderr(rank)
+        starts = {int(m.group(1)): m.end() for m in CASE_MARKER.finditer(text)}
+        if case not in starts:
+            return ""
+        following = [m.start() for m in CASE_MARKER.finditer(text) if int(m.group(1)) > case]
+        return text[starts[case] : min(following, default=len(text))]
 
     def rank_error(self, rank: int) -> dict | None:
         """The rank's elastic error file (written by a `@record`-wrapped entry point that raised), or None."""
@@ -197,3 +210,41 @@ def launch(
     """Run a torchrun job to the end (or `timeout` seconds, then kill it). Check `.ok`; `.failure_message()` says
     what went wrong on every rank."""
     return start(nproc, argv, env=env, cwd=cwd, log_dir=log_dir).wait(timeout)
+
+
+def launch_cli_cases(
+    nproc: int, cases: list[list[str]], log_dir: Path, *, timeout: float = DEFAULT_TIMEOUT_S
+) -> Launch:
+    """Run the CLI once per argument list in one torchrun job (tests/cli_worker.py: the last case as
+    `sample_video.py`), to the end or `timeout` seconds for all of them. The cases are written to
+    log_dir/cases.json."""
+    log_dir = Path(log_dir)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    cases_file = log_dir / "cases.json"
+    cases_file.write_text(json.dumps([[str(a) for a in args] for args in cases]))
+    # the worker runs as a script: its folder (tests/) is its sys.path[0]; the repository root is not
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    return launch(nproc, [str(CLI_WORKER), str(cases_file)], env={"PYTHONPATH": path}, timeout=timeout, log_dir=log_dir)
+
+
+class CaseLaunches:
+    """Named CLI runs under torchrun, every run of one process count in one launch (`launch_cli_cases`), started
+    when a test first asks for one of its runs: parametrized tests keep one test per case and share the launch.
+
+        runs = CaseLaunches(tmp, {"ring": (2, [...flags]), "ring4": (4, [...flags])})
+        runs.save_path("ring")  # the run's --save-path folder, after its launch ended well (else the test fails)
+    """
+
+    def __init__(self, root: Path, cases: dict[str, tuple[int, list[str]]], timeout: float = DEFAULT_TIMEOUT_S):
+        self.root, self.cases, self.timeout = Path(root), cases, timeout
+        self.jobs: dict[int, Launch] = {}
+
+    def save_path(self, name: str) -> Path:
+        nproc = self.cases[name][0]
+        if nproc not in self.jobs:
+            names = [n for n, (p, _) in self.cases.items() if p == nproc]
+            argv = [[*self.cases[n][1], "--save-path", str(self.root / n)] for n in names]
+            self.jobs[nproc] = launch_cli_cases(nproc, argv, self.root / f"logs{nproc}", timeout=self.timeout)
+        job = self.jobs[nproc]
+        assert job.ok, job.failure_message()
+        return self.root / name

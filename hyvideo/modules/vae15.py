@@ -41,6 +41,9 @@ from hyvideo.modules.vae import (
 )
 
 RMS_EPS = 1e-12  # the floor of the channel norm (F.normalize's default, used by both references)
+# a causal conv's time slices hold at least this many frames: a chunk of the default chunked decode (5 frames at most)
+# is one slice, a longer input (untiled, "tiles" mode) is still cut to bound the padded buffer
+MIN_SLICE_FRAMES = 8
 
 
 @dataclass(frozen=True)
@@ -259,12 +262,12 @@ class RMSNorm(nn.Module):
         return rms_normed(self, x).to(x.dtype)
 
 
-def rms_normed(norm: RMSNorm, x: torch.Tensor) -> torch.Tensor:
-    """RMS norm of x (B, C, T, H, W) in float32."""
+def rms_normed(norm: RMSNorm, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """RMS norm of x (B, C, T, H, W) in float32, into `out` (any strides) when given and x is float32."""
     xf = x.float()
     inv = torch.linalg.vector_norm(xf, dim=1, keepdim=True).clamp_min_(RMS_EPS).reciprocal_()  # (B, 1, T, H, W)
     weight = norm.gamma.float() * norm.gamma.shape[0] ** 0.5  # (C, 1, 1, 1)
-    return (xf * inv).mul_(weight)  # (B, C, T, H, W) float32
+    return torch.mul(xf, inv, out=out).mul_(weight)  # (B, C, T, H, W) float32
 
 
 @dataclass
@@ -275,7 +278,11 @@ class RMSInput(ConvInput):
 
     def write(self, a: int, b: int, out: torch.Tensor) -> None:
         assert self.norm is not None
-        out.copy_(rms_normed(self.norm, self.x[:, :, a:b]))
+        xs = self.x[:, :, a:b]
+        if xs.dtype == out.dtype == torch.float32 and not torch.is_grad_enabled():  # no temporary (out= has no grad)
+            rms_normed(self.norm, xs, out)
+        else:  # half precision: normalised in float32, rounded once
+            out.copy_(rms_normed(self.norm, xs))
         F.silu(out, inplace=True)
 
 
@@ -508,6 +515,9 @@ class HYVideo15VAE(CausalVAE):
         self.tiling = tiling or TilingConfig15()
         self.encoder = Encoder(config)
         self.decoder = Decoder(config)
+        # measured on the CPU (docs/DESIGN.md §19): oneDNN reads channels-last inputs without a reorder, and a conv
+        # cut into 1-frame time slices re-reads its padding frames and copies them forward for every frame
+        self.set_channels_last(True).set_min_slice(MIN_SLICE_FRAMES)
 
     # -- public API ------------------------------------------------------------------------------------------------
     @torch.inference_mode()

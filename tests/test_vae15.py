@@ -20,7 +20,15 @@ from hyvideo.checkpoints.vae15 import (
     to_official_keys,
     verify_vae15,
 )
-from hyvideo.modules.vae15 import TINY_VAE15, HYVideo15VAE, TilingConfig15, VAE15Config, build_vae15
+from hyvideo.modules.vae import CausalConv3d
+from hyvideo.modules.vae15 import (
+    MIN_SLICE_FRAMES,
+    TINY_VAE15,
+    HYVideo15VAE,
+    TilingConfig15,
+    VAE15Config,
+    build_vae15,
+)
 
 TOL = 1e-4  # fp32 parity bound (issue 16); measured at most 1.3e-5 (see each test)
 # a second tiny config whose resamplers keep the width, so resnets change it and carry a 1x1 nin_shortcut
@@ -144,15 +152,40 @@ def test_untiled_encode_decode_match_diffusers(config):
     assert _max(got, want_video) <= TOL
 
 
-def test_convs_sliced_in_time_match_diffusers(ours, ref, monkeypatch):
-    """Large conv inputs are normalised and convolved a frame at a time; force that path everywhere."""
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_convs_sliced_in_time_match_diffusers(ours, ref, monkeypatch, channels_last):
+    """Large conv inputs are normalised and convolved a frame at a time; force that path everywhere, in both
+    memory formats."""
     monkeypatch.setattr(vae_mod, "SLICE_BYTES", 1)
-    ours.disable_tiling()
+    ours.disable_tiling().set_min_slice(1).set_channels_last(channels_last)
     video, z = _randn(1, 3, 9, 32, 32, seed=13), _randn(1, 32, 3, 2, 3, seed=14)
     with torch.no_grad():
         want_mean, want_video = ref.encode(video).latent_dist.mean, ref.decode(z).sample
-    assert _max(ours.encode(video).mean, want_mean) <= TOL
-    assert _max(ours.decode(z), want_video) <= TOL
+    try:
+        assert _max(ours.encode(video).mean, want_mean) <= TOL
+        assert _max(ours.decode(z), want_video) <= TOL
+    finally:
+        ours.set_min_slice(MIN_SLICE_FRAMES).set_channels_last(True)
+
+
+def test_a_chunk_is_one_conv_call_in_channels_last(ours, monkeypatch):
+    """The decoder's speed rule: every 3x3x3 conv of a chunk (5 frames at most) is one call on a channels-last input,
+    however small the slice budget (1-frame slices and the reorder to oneDNN's layout cost ~1/3 of the decode)."""
+    monkeypatch.setattr(vae_mod, "SLICE_BYTES", 1)
+    calls: list[tuple[int, bool]] = []
+    conv3d = vae_mod.conv3d
+
+    def counting(x, weight, bias, stride=1):
+        if weight.shape[2:] == (3, 3, 3):
+            calls.append((x.shape[2], x.is_contiguous(memory_format=torch.channels_last_3d)))
+        return conv3d(x, weight, bias, stride)
+
+    monkeypatch.setattr(vae_mod, "conv3d", counting)
+    ours.disable_tiling()
+    ours.decode(_randn(1, 32, 2, 2, 2, seed=29))  # 2 latents -> 5 frames, the default first chunk
+    convs = sum(m.conv.kernel_size == (3, 3, 3) for m in ours.decoder.modules() if isinstance(m, CausalConv3d))
+    assert len(calls) == convs
+    assert all(channels_last for _, channels_last in calls)
 
 
 @pytest.mark.parametrize(("overlap", "stride"), [(0.25, 48), (0.125, 112)])

@@ -16,9 +16,10 @@ is exact except for the GroupNorm statistics, which become per chunk.
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 import torch
 import torch.nn.functional as F
@@ -311,7 +312,8 @@ class CausalConv3d(nn.Module):
     normalised input is ever materialised whole and each input frame is normalised once.
     """
 
-    channels_last = False  # padded inputs in channels-last-3d? (set by HYVideoVAE.set_channels_last)
+    channels_last = False  # padded inputs in channels-last-3d? (set by CausalVAE.set_channels_last)
+    min_slice = 1  # fewest output frames per time slice (set by CausalVAE.set_min_slice)
 
     def __init__(self, c_in: int, c_out: int, kernel: int = 3, stride: tuple[int, int, int] | int = 1) -> None:
         super().__init__()
@@ -330,7 +332,7 @@ class CausalConv3d(nn.Module):
         if kt == kh == kw == 1 and src.affine is None:
             return conv3d(src.x, self.conv.weight, self.conv.bias, self.conv.stride)
         padded_frame = b_ * c_ * (h + 2 * ph) * (w + 2 * pw) * src.x.element_size()
-        step = t if self.conv.stride[0] != 1 else min(t, max(1, SLICE_BYTES // padded_frame - pt))
+        step = t if self.conv.stride[0] != 1 else min(t, max(self.min_slice, SLICE_BYTES // padded_frame - pt))
         fmt = torch.channels_last_3d if self.channels_last else torch.contiguous_format
         buf = torch.empty(
             (b_, c_, pt + step, h + 2 * ph, w + 2 * pw), dtype=src.x.dtype, device=src.x.device, memory_format=fmt
@@ -685,7 +687,115 @@ def counted(
     return step
 
 
-class HYVideoVAE(nn.Module):
+class CausalVAE(nn.Module, ABC):
+    """What both causal VAEs (HYVideoVAE, HYVideo15VAE) share around their own encoder and decoder: the tiling and
+    conv-layout switches, `decode` (a counted decoder pass per tile / chunk), the DiT-latent wrappers and the chunked
+    decode of one spatial tile. A subclass sets `config` (scaling_factor, time_compression_ratio), `tiling` (a frozen
+    dataclass with enabled, chunk_latents), `decoder` (its conv_in a CausalConv3d) and implements `decode_steps`,
+    `_decode` and `_decode_pass`."""
+
+    config: Any
+    tiling: Any
+    decoder: nn.Module
+    channels_last = False  # see set_channels_last
+
+    # -- switches --------------------------------------------------------------------------------------------------
+    def enable_tiling(self, **overrides: Any) -> Self:
+        """Turn tiling on; keyword overrides are fields of the model's tiling config (mode, tile_size, ...)."""
+        self.tiling = replace(self.tiling, enabled=True, **overrides)
+        return self
+
+    def disable_tiling(self) -> Self:
+        self.tiling = replace(self.tiling, enabled=False)
+        return self
+
+    def set_channels_last(self, enabled: bool) -> Self:
+        """Run the 3x3x3 convs on channels-last-3d inputs or contiguous ones (same values, another speed)."""
+        self.channels_last = enabled
+        for m in self.modules():
+            if isinstance(m, CausalConv3d):
+                m.channels_last = enabled
+        return self
+
+    def set_min_slice(self, frames: int) -> Self:
+        """Fewest output frames a causal conv computes per time slice, whatever SLICE_BYTES allows (>= 1)."""
+        if frames < 1:
+            raise ValueError(f"min_slice must be >= 1, got {frames}")
+        for m in self.modules():
+            if isinstance(m, CausalConv3d):
+                m.min_slice = frames
+        return self
+
+    # -- public API ------------------------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def decode(self, z: torch.Tensor, clamp: bool = False, progress: Progress | None = None) -> torch.Tensor:
+        """Unscaled z (B, latent, T, h, w) -> video (B, 3, 4(T-1)+1, s h, s w), s the spatial compression.
+        `clamp=True` clips to [-1, 1].
+
+        `progress(done, total)` is called after each decoder pass (a spatial tile's temporal tile or chunk, or the
+        whole clip when untiled): done = 1 .. total, total = `decode_steps(z.shape)`."""
+        step = counted(self._decode_pass, self.decode_steps(z.shape), progress)
+        with heap_buffers(z.device.type == "cpu" and self.tiling.enabled):  # untiled: few, huge buffers
+            out = self._decode(self._in(z), step).contiguous()
+        return out.clamp_(-1.0, 1.0) if clamp else out
+
+    def decode_latents(
+        self, latents: torch.Tensor, clamp: bool = True, progress: Progress | None = None
+    ) -> torch.Tensor:
+        """DiT latents (z * scaling_factor) -> video clipped to [-1, 1]; `progress` as in `decode`."""
+        return self.decode(latents / self.config.scaling_factor, clamp=clamp, progress=progress)
+
+    def encode_latents(self, video: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """video -> DiT latents: a posterior sample (its mean when generator is None) times scaling_factor."""
+        post = self.encode(video)
+        z = post.mode() if generator is None else post.sample(generator)
+        return z * self.config.scaling_factor
+
+    @abstractmethod
+    def encode(self, video: torch.Tensor) -> DiagonalGaussian:
+        """video (B, 3, 4k+1, H, W) in [-1, 1] -> posterior over unscaled z."""
+
+    @abstractmethod
+    def decode_steps(self, shape: Sequence[int]) -> int:
+        """Decoder passes `decode` makes for latents of `shape` (B, C, T, h, w) under the current tiling."""
+
+    # -- internals -------------------------------------------------------------------------------------------------
+    @abstractmethod
+    def _decode_pass(self, z: torch.Tensor, state: StreamState | None = None) -> torch.Tensor:
+        """One decoder pass: latents (B, latent, t, h, w) -> pixels, carrying `state` between chunks."""
+
+    @abstractmethod
+    def _decode(self, z: torch.Tensor, step: DecodeStep) -> torch.Tensor:
+        """The whole decode of z (tiles, chunks) through `step`, a counted `_decode_pass`."""
+
+    def _in(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.decoder.conv_in.conv.weight
+        return x.to(device=p.device, dtype=p.dtype).contiguous()
+
+    def _chunk_starts(self, latents: int) -> list[int]:
+        """First latent of each chunk: [0, n + 1), [n + 1, 2n + 1), ... for n = chunk_latents."""
+        n = self.tiling.chunk_latents
+        return [0, *range(n + 1, latents, n)]
+
+    def _decode_chunked(self, z: torch.Tensor, step: DecodeStep) -> torch.Tensor:
+        """Decode `chunk_latents` latents at a time into one preallocated video, carrying the stream state (the conv
+        padding frames and attention keys)."""
+        tc, n = self.config.time_compression_ratio, self.tiling.chunk_latents
+        state: StreamState = {}
+        out: torch.Tensor | None = None
+        pos = 0
+        for i in self._chunk_starts(z.shape[2]):
+            y = step(z[:, :, i : n + 1 if i == 0 else i + n], state)  # (B, 3, 4n + 1 first, else 4n, H, W)
+            if out is None:
+                out = y.new_empty((*y.shape[:2], (z.shape[2] - 1) * tc + 1, *y.shape[3:]))
+            out[:, :, pos : pos + y.shape[2]] = y
+            pos += y.shape[2]
+            del y
+        assert out is not None and pos == out.shape[2]
+        return out
+
+
+class HYVideoVAE(CausalVAE):
     """Encoder + decoder of 884-16c-hy with optional tiling (`self.tiling`, see TilingConfig).
 
     decode(z): unscaled z (B, 16, T, h, w) -> video (B, 3, 4(T-1)+1, 8h, 8w), nominally in [-1, 1].
@@ -697,29 +807,10 @@ class HYVideoVAE(nn.Module):
         super().__init__()
         self.config = config
         self.tiling = tiling or TilingConfig()
-        self.channels_last = False  # see set_channels_last: no gain measured for the whole decoder here
         self.encoder = Encoder(config)
         self.decoder = Decoder(config)
         self.quant_conv = nn.Conv3d(2 * config.latent_channels, 2 * config.latent_channels, 1)
         self.post_quant_conv = nn.Conv3d(config.latent_channels, config.latent_channels, 1)
-
-    # -- tiling switches -------------------------------------------------------------------------------------------
-    def enable_tiling(self, **overrides: Any) -> HYVideoVAE:
-        """Turn tiling on; keyword overrides are TilingConfig fields (mode, tile_size, tile_stride, ...)."""
-        self.tiling = replace(self.tiling, enabled=True, **overrides)
-        return self
-
-    def disable_tiling(self) -> HYVideoVAE:
-        self.tiling = replace(self.tiling, enabled=False)
-        return self
-
-    def set_channels_last(self, enabled: bool) -> HYVideoVAE:
-        """Run the 3x3x3 convs on channels-last-3d inputs (default) or contiguous ones."""
-        self.channels_last = enabled
-        for m in self.modules():
-            if isinstance(m, CausalConv3d):
-                m.channels_last = enabled
-        return self
 
     # -- public API ------------------------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -727,23 +818,6 @@ class HYVideoVAE(nn.Module):
         """video (B, 3, T, H, W) in [-1, 1], T = 4k + 1, H and W multiples of 8 -> posterior over unscaled z."""
         x = self._in(video)
         return DiagonalGaussian.from_moments(self._encode(x).contiguous())
-
-    @torch.inference_mode()
-    def decode(self, z: torch.Tensor, clamp: bool = False, progress: Progress | None = None) -> torch.Tensor:
-        """Unscaled z (B, 16, T, h, w) -> video (B, 3, 4(T-1)+1, 8h, 8w). `clamp=True` clips to [-1, 1].
-
-        `progress(done, total)` is called after each decoder pass (a spatial tile's temporal tile or chunk, or the
-        whole clip when untiled): done = 1 .. total, total = `decode_steps(z.shape)`."""
-        step = counted(self._decode_tile, self.decode_steps(z.shape), progress)
-        with heap_buffers(z.device.type == "cpu" and self.tiling.enabled):  # untiled: few, huge buffers
-            out = self._decode(self._in(z), step).contiguous()
-        return out.clamp_(-1.0, 1.0) if clamp else out
-
-    def decode_latents(
-        self, latents: torch.Tensor, clamp: bool = True, progress: Progress | None = None
-    ) -> torch.Tensor:
-        """DiT latents (z * scaling_factor) -> video clipped to [-1, 1]; `progress` as in `decode`."""
-        return self.decode(latents / self.config.scaling_factor, clamp=clamp, progress=progress)
 
     def decode_steps(self, shape: Sequence[int]) -> int:
         """Decoder passes `decode` makes for latents of `shape` (B, C, T, h, w) under the current tiling: spatial
@@ -760,21 +834,11 @@ class HYVideoVAE(nn.Module):
             return space * len(self._chunk_starts(frames))
         return space * len(range(0, frames, t.tile_stride_frames // tc))
 
-    def encode_latents(self, video: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """video -> DiT latents: a posterior sample (its mean when generator is None) times scaling_factor."""
-        post = self.encode(video)
-        z = post.mode() if generator is None else post.sample(generator)
-        return z * self.config.scaling_factor
-
     # -- internals -------------------------------------------------------------------------------------------------
-    def _in(self, x: torch.Tensor) -> torch.Tensor:
-        p = self.post_quant_conv.weight
-        return x.to(device=p.device, dtype=p.dtype).contiguous()
-
     def _encode_tile(self, x: torch.Tensor) -> torch.Tensor:
         return self.quant_conv(self.encoder(x))  # (B, 2*latent, T', h, w)
 
-    def _decode_tile(self, z: torch.Tensor, state: StreamState | None = None) -> torch.Tensor:
+    def _decode_pass(self, z: torch.Tensor, state: StreamState | None = None) -> torch.Tensor:
         return self.decoder(self.post_quant_conv(z), state)
 
     def _encode(self, x: torch.Tensor) -> torch.Tensor:
@@ -802,11 +866,6 @@ class HYVideoVAE(nn.Module):
             return frames > t.chunk_latents + 1
         return frames > t.tile_frames // self.config.time_compression_ratio
 
-    def _chunk_starts(self, frames: int) -> list[int]:
-        """First latent of each chunk: [0, n + 1), [n + 1, 2n + 1), ... for n = chunk_latents."""
-        n = self.tiling.chunk_latents
-        return [0, *range(n + 1, frames, n)]
-
     def _decode(self, z: torch.Tensor, step: DecodeStep) -> torch.Tensor:
         """`step(z_piece, state)` decodes one piece (post_quant_conv + decoder); `decode` passes a counting one."""
         tc, s, t = self.config.time_compression_ratio, self.config.spatial_compression_ratio, self.tiling
@@ -828,24 +887,6 @@ class HYVideoVAE(nn.Module):
             return all_frames(z)
         out_hw = (z.shape[3] * s, z.shape[4] * s)
         return tile_space(z, all_frames, lat_size, lat_stride, t.tile_stride, t.tile_size - t.tile_stride, out_hw)
-
-    def _decode_chunked(self, z: torch.Tensor, step: DecodeStep) -> torch.Tensor:
-        """Decode `chunk_latents` latent frames at a time, carrying conv padding frames and attention keys."""
-        tc, n = self.config.time_compression_ratio, self.tiling.chunk_latents
-        state: StreamState = {}
-        out: torch.Tensor | None = None
-        pos = 0
-        for i in self._chunk_starts(z.shape[2]):
-            j = n + 1 if i == 0 else i + n
-            y = step(z[:, :, i:j], state)  # (B, 3, 4n + 1 for the first chunk else 4n, H, W)
-            if out is None:
-                shape = (y.shape[0], y.shape[1], (z.shape[2] - 1) * tc + 1, y.shape[3], y.shape[4])
-                out = y.new_empty(shape)
-            out[:, :, pos : pos + y.shape[2]] = y
-            pos += y.shape[2]
-            del y
-        assert out is not None and pos == out.shape[2]
-        return out
 
 
 # ---------------------------------------------------------------------------------------------------------------------

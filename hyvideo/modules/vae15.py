@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from itertools import pairwise
 from typing import Any, Literal
 
@@ -30,19 +30,20 @@ from torch import nn
 from hyvideo.config import tile_problem
 from hyvideo.modules.vae import (
     CausalConv3d,
+    CausalVAE,
     ConvInput,
     DecodeStep,
     DiagonalGaussian,
-    Progress,
     StreamState,
     causal_frame_attention,
     conv3d,
-    counted,
     tile_space,
 )
-from hyvideo.utils.host_memory import heap_buffers
 
 RMS_EPS = 1e-12  # the floor of the channel norm (F.normalize's default, used by both references)
+# a causal conv's time slices hold at least this many frames: a chunk of the default chunked decode (5 frames at most)
+# is one slice, a longer input (untiled, "tiles" mode) is still cut to bound the padded buffer
+MIN_SLICE_FRAMES = 8
 
 
 @dataclass(frozen=True)
@@ -261,12 +262,12 @@ class RMSNorm(nn.Module):
         return rms_normed(self, x).to(x.dtype)
 
 
-def rms_normed(norm: RMSNorm, x: torch.Tensor) -> torch.Tensor:
-    """RMS norm of x (B, C, T, H, W) in float32."""
+def rms_normed(norm: RMSNorm, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """RMS norm of x (B, C, T, H, W) in float32, into `out` (any strides) when given and x is float32."""
     xf = x.float()
     inv = torch.linalg.vector_norm(xf, dim=1, keepdim=True).clamp_min_(RMS_EPS).reciprocal_()  # (B, 1, T, H, W)
     weight = norm.gamma.float() * norm.gamma.shape[0] ** 0.5  # (C, 1, 1, 1)
-    return (xf * inv).mul_(weight)  # (B, C, T, H, W) float32
+    return torch.mul(xf, inv, out=out).mul_(weight)  # (B, C, T, H, W) float32
 
 
 @dataclass
@@ -277,7 +278,11 @@ class RMSInput(ConvInput):
 
     def write(self, a: int, b: int, out: torch.Tensor) -> None:
         assert self.norm is not None
-        out.copy_(rms_normed(self.norm, self.x[:, :, a:b]))
+        xs = self.x[:, :, a:b]
+        if xs.dtype == out.dtype == torch.float32 and not torch.is_grad_enabled():  # no temporary (out= has no grad)
+            rms_normed(self.norm, xs, out)
+        else:  # half precision: normalised in float32, rounded once
+            out.copy_(rms_normed(self.norm, xs))
         F.silu(out, inplace=True)
 
 
@@ -496,7 +501,7 @@ class Decoder(nn.Module):
 # The model
 
 
-class HYVideo15VAE(nn.Module):
+class HYVideo15VAE(CausalVAE):
     """Encoder + decoder of the HunyuanVideo 1.5 VAE with optional tiling (`self.tiling`, see TilingConfig15).
 
     decode(z): unscaled z (B, 32, T, h, w) -> video (B, 3, 4(T-1)+1, 16h, 16w), nominally in [-1, 1].
@@ -510,16 +515,9 @@ class HYVideo15VAE(nn.Module):
         self.tiling = tiling or TilingConfig15()
         self.encoder = Encoder(config)
         self.decoder = Decoder(config)
-
-    # -- tiling switches -------------------------------------------------------------------------------------------
-    def enable_tiling(self, **overrides: Any) -> HYVideo15VAE:
-        """Turn tiling on; keyword overrides are TilingConfig15 fields (mode, tile_size, tile_stride, ...)."""
-        self.tiling = replace(self.tiling, enabled=True, **overrides)
-        return self
-
-    def disable_tiling(self) -> HYVideo15VAE:
-        self.tiling = replace(self.tiling, enabled=False)
-        return self
+        # measured on the CPU (docs/DESIGN.md §19): oneDNN reads channels-last inputs without a reorder, and a conv
+        # cut into 1-frame time slices re-reads its padding frames and copies them forward for every frame
+        self.set_channels_last(True).set_min_slice(MIN_SLICE_FRAMES)
 
     # -- public API ------------------------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -529,23 +527,6 @@ class HYVideo15VAE(nn.Module):
         if (video.shape[2] - 1) % tc or video.shape[3] % s or video.shape[4] % s:
             raise ValueError(f"video (B, C, T, H, W) needs T = {tc}k + 1 and H, W multiples of {s}: {video.shape}")
         return DiagonalGaussian.from_moments(self._encode(self._in(video)).contiguous())
-
-    @torch.inference_mode()
-    def decode(self, z: torch.Tensor, clamp: bool = False, progress: Progress | None = None) -> torch.Tensor:
-        """Unscaled z (B, 32, T, h, w) -> video (B, 3, 4(T-1)+1, 16h, 16w). `clamp=True` clips to [-1, 1].
-
-        `progress(done, total)` is called after each decoder pass (a spatial tile's chunk, or the whole tile, or the
-        whole clip when untiled): done = 1 .. total, total = `decode_steps(z.shape)`."""
-        step = counted(self.decoder, self.decode_steps(z.shape), progress)
-        with heap_buffers(z.device.type == "cpu" and self.tiling.enabled):  # untiled: few, huge buffers
-            out = self._decode(self._in(z), step).contiguous()
-        return out.clamp_(-1.0, 1.0) if clamp else out
-
-    def decode_latents(
-        self, latents: torch.Tensor, clamp: bool = True, progress: Progress | None = None
-    ) -> torch.Tensor:
-        """DiT latents (z * scaling_factor) -> video clipped to [-1, 1]; `progress` as in `decode`."""
-        return self.decode(latents / self.config.scaling_factor, clamp=clamp, progress=progress)
 
     def decode_steps(self, shape: Sequence[int]) -> int:
         """Decoder passes `decode` makes for latents of `shape` (B, C, T, h, w) under the current tiling: spatial
@@ -558,21 +539,9 @@ class HYVideo15VAE(nn.Module):
         space = 1 if max(h, w) <= size else len(range(0, h, stride)) * len(range(0, w, stride))
         return space * (len(self._chunk_starts(frames)) if t.mode == "chunked" else 1)
 
-    def encode_latents(self, video: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """video -> DiT latents: a posterior sample (its mean when generator is None) times scaling_factor."""
-        post = self.encode(video)
-        z = post.mode() if generator is None else post.sample(generator)
-        return z * self.config.scaling_factor
-
     # -- internals -------------------------------------------------------------------------------------------------
-    def _in(self, x: torch.Tensor) -> torch.Tensor:
-        p = self.decoder.conv_in.conv.weight
-        return x.to(device=p.device, dtype=p.dtype).contiguous()
-
-    def _chunk_starts(self, latents: int) -> list[int]:
-        """First latent of each chunk: [0, n + 1), [n + 1, 2n + 1), ... for n = chunk_latents."""
-        n = self.tiling.chunk_latents
-        return [0, *range(n + 1, latents, n)]
+    def _decode_pass(self, z: torch.Tensor, state: StreamState | None = None) -> torch.Tensor:
+        return self.decoder(z, state)
 
     def _encode(self, x: torch.Tensor) -> torch.Tensor:
         t, s = self.tiling, self.config.spatial_compression_ratio
@@ -614,22 +583,6 @@ class HYVideo15VAE(nn.Module):
             return all_frames(z)
         out_hw = (z.shape[3] * s, z.shape[4] * s)
         return tile_space(z, all_frames, size, stride, t.tile_stride, t.tile_size - t.tile_stride, out_hw)
-
-    def _decode_chunked(self, z: torch.Tensor, step: DecodeStep) -> torch.Tensor:
-        """Decode `chunk_latents` latents at a time into one preallocated video, carrying the stream state."""
-        tc, n = self.config.time_compression_ratio, self.tiling.chunk_latents
-        state: StreamState = {}
-        out: torch.Tensor | None = None
-        pos = 0
-        for i in self._chunk_starts(z.shape[2]):
-            y = step(z[:, :, i : n + 1 if i == 0 else i + n], state)  # (B, 3, 4n + 1 first, else 4n, H, W)
-            if out is None:
-                out = y.new_empty((*y.shape[:2], (z.shape[2] - 1) * tc + 1, *y.shape[3:]))
-            out[:, :, pos : pos + y.shape[2]] = y
-            pos += y.shape[2]
-            del y
-        assert out is not None and pos == out.shape[2]
-        return out
 
 
 def build_vae15(config: VAE15Config, device: torch.device | str = "meta") -> HYVideo15VAE:

@@ -19,7 +19,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
-from typing import Any, Literal, Self
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +27,9 @@ from torch import nn
 
 from hyvideo.config import tile_problem
 from hyvideo.utils.host_memory import heap_buffers
+
+if TYPE_CHECKING:  # Python 3.11+; annotations only (they are strings here), the project supports 3.10
+    from typing import Self
 
 NORM_EPS = 1e-6  # every GroupNorm in this VAE
 

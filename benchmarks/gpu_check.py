@@ -441,8 +441,7 @@ def run_row(
     if row.text_stage:
         return read_text_stage(result, proc)
     if proc.returncode != 0:
-        lines = [ln for ln in proc.stderr.splitlines() if "error" in ln.lower()] or proc.stderr.splitlines()[-3:]
-        result.error = f"exit {proc.returncode}: {' | '.join(lines[-3:])[:400]}"
+        result.error = exit_error(proc)
         return result
     records = read_sidecars(out)
     if not records:
@@ -534,12 +533,17 @@ def text_stage_problem(found: dict) -> str | None:
     return None
 
 
+def exit_error(proc: subprocess.CompletedProcess) -> str:
+    """A failed row's error: its exit code and its last error lines (else the last lines of its stderr)."""
+    lines = [ln for ln in proc.stderr.splitlines() if "error" in ln.lower()] or proc.stderr.splitlines()[-3:]
+    return f"exit {proc.returncode}: {' | '.join(lines[-3:])[:400]}"
+
+
 def read_text_stage(result: Result, proc: subprocess.CompletedProcess) -> Result:
     """A text-stage row's result from its process's last stdout line (the JSON report)."""
     lines = proc.stdout.strip().splitlines()
     if proc.returncode != 0 and not lines:
-        tail = [ln for ln in proc.stderr.splitlines() if "error" in ln.lower()] or proc.stderr.splitlines()[-3:]
-        result.error = f"exit {proc.returncode}: {' | '.join(tail[-3:])[:400]}"
+        result.error = exit_error(proc)
         return result
     found = json.loads(lines[-1])
     result.peak_mib = found["peak_mib"]

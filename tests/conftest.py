@@ -4,11 +4,12 @@ costs seconds to write; tests treat them as read-only and copy one before changi
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from loguru import logger
 from PIL import Image
 
@@ -22,6 +23,16 @@ def _restore_logging() -> None:
     yield
     logger.remove()
     logger.add(sys.__stderr__, level="INFO")
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """For modules of tiny models (`pytestmark = pytest.mark.usefixtures("one_thread")`): tiny convs and matmuls are
+    dominated by thread synchronisation, and on a busy 2-core machine OpenMP spinning makes them many times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

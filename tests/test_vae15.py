@@ -42,13 +42,8 @@ RELEASE_PARAMS = 1_260_634_115  # encoder + decoder of the released 1.5 VAE (its
 # shapes as diffusers' default AutoencoderKLHunyuanVideo15 (checked key by key below)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny convs are dominated by thread synchronisation; one thread is much faster on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# tiny models: one thread (tests/conftest.py one_thread)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
